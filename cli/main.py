@@ -1,0 +1,440 @@
+"""The `runyard` command: the daemon, and a client for every operation on executions."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import msgspec
+
+from runyard.protocol import Client, ConnectionLost, RemoteError, default_socket_path
+from runyard.protocol.logformat import parse_records
+from runyard.protocol.methods import ExecutionView
+
+from . import render
+
+EXIT_ERROR = 1  # the execution failed, or lint found errors
+EXIT_USAGE = 2  # the daemon refused the request
+EXIT_UNREACHABLE = 3
+
+
+class CliError(Exception):
+    pass
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+
+
+def _key_value(text: str, what: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{what} must look like NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _param(text: str) -> tuple[str, str]:
+    return _key_value(text, "a parameter")
+
+
+def _input(text: str) -> tuple[str, str]:
+    return _key_value(text, "an input")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runyard",
+        description="Run valohai.yaml steps as Docker containers on your own machines.",
+    )
+    parser.add_argument("--socket", default=None,
+                        help=f"daemon socket (default: $RUNYARD_SOCKET or {default_socket_path()})")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("daemon", help="run the daemon in the foreground (logs to stderr)")
+    p.add_argument("--config", help="TOML config file (see config.example.toml)")
+
+    p = sub.add_parser("run", help="run a step of valohai.yaml as a new execution")
+    p.add_argument("step", help="step name in valohai.yaml")
+    p.add_argument("-p", "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
+                   help="parameter value (repeatable)")
+    p.add_argument("--input", type=_input, action="append", default=[], metavar="NAME=URL",
+                   help="input URL, replacing the step's default (repeatable)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--adhoc", action="store_true",
+                     help="snapshot the working tree as it is, uncommitted and untracked files too")
+    src.add_argument("--commit", default=None, metavar="REF", help="snapshot this commit (default HEAD)")
+    p.add_argument("--image", help="Docker image instead of the step's")
+    p.add_argument("--title", help="a title for the execution")
+    p.add_argument("--directory", "-C", default=".", help="repository directory (default: .)")
+    p.add_argument("--yaml", default="valohai.yaml", help="config path inside the repository")
+    p.add_argument("--watch", "-w", action="store_true", help="follow the logs until it ends")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("list", help="list executions, newest first")
+    p.add_argument("--status", action="append", default=[], help="only this status (repeatable)")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("info", help="everything about one execution")
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("logs", help="print an execution's log")
+    p.add_argument("id", type=int)
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until it ends")
+    p.add_argument("--head", type=int, metavar="N", help="the first N lines")
+    p.add_argument("--tail", type=int, metavar="N", help="the last N lines")
+    p.add_argument("--stream", choices=["stdout", "stderr"], help="only this stream")
+    p.add_argument("--timestamps", "-t", action="store_true", help="prefix each line with its time")
+
+    p = sub.add_parser("metadata", help="metadata points and the latest value of each key")
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("stop", help="stop executions (SIGTERM, then SIGKILL after the grace period)")
+    p.add_argument("ids", type=int, nargs="*")
+    p.add_argument("--all", action="store_true", help="every active execution you may stop")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("restart", help="a new execution with the same snapshot, step, parameters, image")
+    p.add_argument("id", type=int)
+    p.add_argument("--watch", "-w", action="store_true")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("rename", help="set an execution's title")
+    p.add_argument("id", type=int)
+    p.add_argument("title")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("delete", help="delete an ended execution and its log")
+    p.add_argument("id", type=int)
+    p.add_argument("--purge-outputs", action="store_true", help="remove its stored outputs too")
+
+    p = sub.add_parser("outputs", help="list (or download) an execution's outputs")
+    p.add_argument("id", type=int)
+    p.add_argument("--download", metavar="DIR", help="copy every output into DIR")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("lint", help="check a valohai.yaml and print every problem")
+    p.add_argument("path", nargs="?", default="valohai.yaml")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.command == "daemon":
+        return _daemon(args)
+    if args.command == "lint":
+        return _lint(args)
+    try:
+        return asyncio.run(_client_command(args))
+    except CliError as exc:
+        print(f"runyard: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RemoteError as exc:
+        print(f"runyard: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConnectionLost as exc:
+        print(f"runyard: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _daemon(args: argparse.Namespace) -> int:
+    from runyard.daemon.app import run
+    from runyard.daemon.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"runyard: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.socket:
+        config.daemon.socket = os.path.abspath(args.socket)
+    return run(config)
+
+
+def _lint(args: argparse.Namespace) -> int:
+    from runyard.daemon.steps import lint_text
+
+    path = Path(args.path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        print(f"runyard: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    problems = lint_text(text, str(path))
+    if args.json:
+        _print_json([{"severity": p.severity, "message": p.message, "location": p.location} for p in problems])
+    else:
+        for problem in problems:
+            print(f"{problem.location or path}: {problem.severity}: {problem.message}")
+        errors = sum(1 for p in problems if p.severity == "error")
+        if not problems:
+            print(f"{path}: ok")
+        else:
+            print(f"{errors} error(s), {len(problems) - errors} other problem(s)")
+    return EXIT_ERROR if any(p.severity == "error" for p in problems) else 0
+
+
+async def _client_command(args: argparse.Namespace) -> int:
+    handler = COMMANDS[args.command]
+    client = await Client.connect(args.socket, client_name="runyard-cli")
+    try:
+        return await handler(client, args)
+    finally:
+        await client.close()
+
+
+async def cmd_run(client: Client, args: argparse.Namespace) -> int:
+    from runyard.daemon.snapshots import SnapshotError, snapshot_commit, snapshot_worktree
+
+    directory = Path(args.directory).resolve()
+    try:
+        if args.adhoc:
+            snap = await asyncio.to_thread(snapshot_worktree, directory)
+        else:
+            snap = await asyncio.to_thread(snapshot_commit, directory, args.commit or "HEAD")
+    except SnapshotError as exc:
+        raise CliError(str(exc)) from None
+    if not args.json:
+        kind = "working tree" if args.adhoc else f"commit {(snap.commit or '')[:12]}"
+        print(f"snapshot {snap.id[:12]} of {kind}: {snap.files} files, {render.human_size(len(snap.data))}",
+              file=sys.stderr)
+    if not await client.snapshot_has(snap.id):
+        await client.snapshot_put(snap.id, snap.data)
+    inputs: dict[str, list[str]] = {}
+    for name, url in args.input:
+        inputs.setdefault(name, []).append(url)
+    execution = await client.submit(
+        step=args.step, snapshot=snap.id, parameters=dict(args.param), title=args.title,
+        image=args.image, commit=snap.commit, inputs=inputs, config_path=args.yaml,
+    )
+    return await _report_new(client, execution, args)
+
+
+async def _report_new(client: Client, execution: ExecutionView, args: argparse.Namespace) -> int:
+    if args.json and not args.watch:
+        _print_json(execution)
+        return 0
+    print(f"execution {execution.id} ({execution.step}) {execution.status}; "
+          f"follow it with: runyard logs {execution.id} -f", file=sys.stderr)
+    if not args.watch:
+        print(execution.id)
+        return 0
+    await _follow(client, execution.id, 0, None, False)
+    final = await client.get(execution.id)
+    if args.json:
+        _print_json(final)
+    else:
+        print(f"execution {final.id}: {render.status_text(final.status, final.reason, render.use_colour(sys.stderr))}",
+              file=sys.stderr)
+    return 0 if final.status == "complete" else EXIT_ERROR
+
+
+async def _follow(client: Client, execution_id: int, offset: int, stream: str | None, timestamps: bool) -> None:
+    async for block in client.follow_logs(execution_id, offset):
+        _print_records(block.data, stream, timestamps)
+
+
+def _print_records(data: str, stream: str | None, timestamps: bool) -> None:
+    out = []
+    for line in parse_records(data):
+        if stream is None or line.stream == stream:
+            out.append(render.log_line(line, timestamps) + "\n")
+    sys.stdout.write("".join(out))
+    sys.stdout.flush()
+
+
+async def cmd_list(client: Client, args: argparse.Namespace) -> int:
+    executions = await client.list_executions(status=args.status, limit=args.limit)
+    if args.json:
+        _print_json(executions)
+    elif executions:
+        print(render.executions_table(executions, render.use_colour()))
+    else:
+        print("no executions")
+    return 0
+
+
+async def cmd_info(client: Client, args: argparse.Namespace) -> int:
+    e = await client.get(args.id)
+    if args.json:
+        _print_json(e)
+        return 0
+    colour = render.use_colour()
+    fields = [
+        ("id", str(e.id)), ("title", e.title or "-"), ("step", e.step),
+        ("status", render.status_text(e.status, e.reason, colour)),
+        ("owner", e.owner), ("host", e.host or "-"), ("image", e.image),
+        ("snapshot", e.snapshot[:12] + (f" (commit {e.commit[:12]})" if e.commit else "")),
+        ("created", e.created_at), ("started", e.started_at or "-"), ("ended", e.ended_at or "-"),
+        ("duration", render.duration(e.started_at, e.ended_at)),
+        ("exit code", "-" if e.exit_code is None else str(e.exit_code)),
+        ("container", (e.container_id or "-")[:12]),
+        ("restarted from", str(e.restarted_from) if e.restarted_from else "-"),
+        ("command", e.command), ("log", render.human_size(e.log_size)),
+    ]
+    for key, value in fields:
+        print(f"{key + ':':<16}{value}")
+    if e.parameters:
+        print("parameters:")
+        for name, param in e.parameters.items():
+            print(f"  {name} = {json.dumps(param)}")
+    if e.inputs:
+        print("inputs:")
+        for key, urls in e.inputs.items():
+            print(f"  {key}: {', '.join(urls) or '-'}")
+    if e.metadata:
+        print("metadata (latest):")
+        for name, point in e.metadata.items():
+            print(f"  {name} = {json.dumps(point)}")
+    return 0
+
+
+async def cmd_logs(client: Client, args: argparse.Namespace) -> int:
+    if (args.head is not None and args.head < 0) or (args.tail is not None and args.tail < 0):
+        raise CliError("--head and --tail take a number of lines, 0 or more")
+    end = 0
+    if args.head is not None or args.tail is not None:
+        head_end = 0
+        if args.head is not None:
+            head = await client.read_logs(args.id, head=args.head, stream=args.stream)
+            _print_records(head.data, None, args.timestamps)
+            head_end = end = head.end
+        if args.tail is not None:
+            tail = await client.read_logs(args.id, tail=args.tail, stream=args.stream)
+            if args.head is not None and tail.start > head_end:
+                skipped = await client.call("logs.count", {"id": args.id}) if args.stream is None else None
+                shown = len(parse_records(head.data)) + len(parse_records(tail.data))
+                print(f"... {skipped - shown} lines skipped ..." if skipped is not None else "...")
+            _print_records(_records_from(tail.data, tail.start, head_end), None, args.timestamps)
+            end = tail.end
+    else:
+        offset = 0
+        while True:
+            block = await client.read_logs(args.id, offset=offset, max_bytes=1 << 20)
+            _print_records(block.data, args.stream, args.timestamps)
+            end = block.end
+            if block.end <= offset or block.end >= block.size:
+                break
+            offset = block.end
+    if args.follow:
+        await _follow(client, args.id, end, args.stream, args.timestamps)
+    return 0
+
+
+def _records_from(data: str, start: int, offset: int) -> str:
+    """The records of a block starting at byte ``start`` that lie at or after ``offset``."""
+    if offset <= start:
+        return data
+    raw = data.encode()
+    return raw[offset - start :].decode("utf-8", "replace") if offset - start < len(raw) else ""
+
+
+async def cmd_metadata(client: Client, args: argparse.Namespace) -> int:
+    points = await client.metadata(args.id)
+    latest: dict[str, Any] = {}
+    for point in points:
+        latest.update(point.values)
+    if args.json:
+        _print_json({"points": points, "latest": latest})
+        return 0
+    if not points:
+        print("no metadata: print JSON objects on stdout to record some")
+        return 0
+    keys = sorted({k for p in points for k in p.values if k != "_time"})
+    rows = [[str(p.n), str(p.values.get("_time", p.time))] + [_cell(p.values.get(k)) for k in keys] for p in points]
+    print(render.table(["N", "TIME", *keys], rows))
+    print()
+    print("latest:")
+    for key in keys:
+        print(f"  {key} = {json.dumps(latest[key])}")
+    return 0
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else json.dumps(value)
+
+
+async def cmd_stop(client: Client, args: argparse.Namespace) -> int:
+    if not args.ids and not args.all:
+        raise CliError("name the executions to stop, or --all")
+    result = await client.stop(args.ids, all=args.all)
+    if args.json:
+        _print_json(result)
+        return 0
+    for execution_id in result.stopped:
+        print(f"execution {execution_id}: stopping")
+    for execution_id in result.already_ended:
+        print(f"execution {execution_id}: had already ended")
+    if not result.stopped and not result.already_ended:
+        print("nothing to stop")
+    return 0
+
+
+async def cmd_restart(client: Client, args: argparse.Namespace) -> int:
+    execution = await client.restart(args.id)
+    return await _report_new(client, execution, args)
+
+
+async def cmd_rename(client: Client, args: argparse.Namespace) -> int:
+    execution = await client.rename(args.id, args.title)
+    if args.json:
+        _print_json(execution)
+    else:
+        print(f"execution {execution.id} is now titled {execution.title!r}")
+    return 0
+
+
+async def cmd_delete(client: Client, args: argparse.Namespace) -> int:
+    await client.delete(args.id, purge_outputs=args.purge_outputs)
+    print(f"execution {args.id} deleted" + (" with its outputs" if args.purge_outputs else ""))
+    return 0
+
+
+async def cmd_outputs(client: Client, args: argparse.Namespace) -> int:
+    files = await client.outputs(args.id)
+    if args.download:
+        target = Path(args.download)
+        for f in files:
+            rel = PurePosixPath(f.path)
+            if rel.is_absolute() or ".." in rel.parts:
+                raise CliError(f"refusing output path {f.path!r}: it leaves the download directory")
+            dest = target.joinpath(*rel.parts)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with dest.open("wb") as fh:
+                offset = 0
+                while offset < f.size:
+                    chunk = await client.read_output(args.id, f.path, offset, 1 << 20)
+                    if not chunk:
+                        break
+                    fh.write(chunk)
+                    offset += len(chunk)
+            print(f"{dest} ({render.human_size(f.size)})", file=sys.stderr)
+    if args.json:
+        _print_json(files)
+    elif not args.download:
+        if not files:
+            print("no outputs")
+        else:
+            print(render.table(["SIZE", "PATH"], [[render.human_size(f.size), f.path] for f in files]))
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run, "list": cmd_list, "info": cmd_info, "logs": cmd_logs, "metadata": cmd_metadata,
+    "stop": cmd_stop, "restart": cmd_restart, "rename": cmd_rename, "delete": cmd_delete,
+    "outputs": cmd_outputs,
+}

@@ -1,0 +1,83 @@
+"""Plain-text rendering for the CLI: tables, durations, sizes, log lines."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import UTC, datetime
+from typing import TextIO
+
+from runyard.protocol.logformat import LogLine
+from runyard.protocol.methods import ExecutionView
+
+_COLOURS = {"complete": "32", "error": "31", "stopped": "33", "stopping": "33", "started": "36",
+            "queued": "37", "created": "37"}
+
+
+def use_colour(stream: TextIO = sys.stdout) -> bool:
+    return stream.isatty() and "NO_COLOR" not in os.environ
+
+
+def status_text(status: str, reason: str | None, colour: bool) -> str:
+    text = f"{status} ({reason})" if reason else status
+    code = _COLOURS.get(status)
+    return f"\x1b[{code}m{text}\x1b[0m" if colour and code else text
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def duration(start: str | None, end: str | None) -> str:
+    begin = parse_time(start)
+    if begin is None:
+        return "-"
+    finish = parse_time(end) or datetime.now(UTC)
+    seconds = int((finish - begin).total_seconds())
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def table(headers: list[str], rows: list[list[str]], widths_from_plain: list[list[str]] | None = None) -> str:
+    """Left-aligned columns; ``widths_from_plain`` gives the uncoloured text for width math."""
+    plain = widths_from_plain or rows
+    widths = [len(h) for h in headers]
+    for row in plain:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = ["  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)).rstrip()]
+    for row, plain_row in zip(rows, plain, strict=True):
+        cells = [cell + " " * (widths[i] - len(plain_row[i])) for i, cell in enumerate(row)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def executions_table(executions: list[ExecutionView], colour: bool) -> str:
+    headers = ["ID", "STATUS", "STEP", "TITLE", "OWNER", "HOST", "DURATION"]
+    rows, plain = [], []
+    for e in executions:
+        base = [str(e.id), "", e.step, e.title or "", e.owner, e.host or "-",
+                duration(e.started_at, e.ended_at)]
+        plain.append([base[0], status_text(e.status, e.reason, False), *base[2:]])
+        rows.append([base[0], status_text(e.status, e.reason, colour), *base[2:]])
+    return table(headers, rows, plain)
+
+
+def log_line(line: LogLine, timestamps: bool) -> str:
+    prefix = f"{line.time} " if timestamps and line.time else ""
+    marker = "runyard: " if line.stream == "system" else ""
+    return f"{prefix}{marker}{line.text}"

@@ -1,0 +1,193 @@
+"""Request methods: parameter structs in, plain data out, permission checks on the way."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from runyard.protocol import methods as m
+from runyard.protocol.messages import ErrorCode
+
+from .core import Core, OperationError
+from .outputs import OutputError
+from .snapshots import SnapshotError
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking, from the kernel (SO_PEERCRED), never from the request."""
+
+    uid: int
+    user: str
+    admin: bool
+
+
+Handler = Callable[[Core, Caller, Any], Awaitable[Any]]
+METHODS: dict[str, tuple[type[msgspec.Struct], Handler]] = {}
+
+
+def method(name: str, params: type[msgspec.Struct]) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        METHODS[name] = (params, fn)
+        return fn
+
+    return register
+
+
+async def _owned(core: Core, caller: Caller, execution_id: int, action: str) -> None:
+    row = await core.get(execution_id)
+    if caller.admin or row.owner_uid == caller.uid:
+        return
+    raise OperationError(
+        ErrorCode.PERMISSION_DENIED,
+        f"execution {execution_id} belongs to {row.owner}; only they or an admin may {action} it",
+    )
+
+
+@method("executions.submit", m.SubmitParams)
+async def submit(core: Core, caller: Caller, p: m.SubmitParams) -> Any:
+    row = await core.submit(
+        step=p.step, snapshot=p.snapshot, parameters=p.parameters, title=p.title, image=p.image,
+        commit=p.commit, inputs=p.inputs, config_path=p.config_path, owner=caller.user,
+        owner_uid=caller.uid,
+    )
+    return core.view(row)
+
+
+@method("executions.get", m.IdParams)
+async def get(core: Core, caller: Caller, p: m.IdParams) -> Any:
+    row = await core.get(p.id)
+    return core.view(row, await core.store.latest_metadata(p.id))
+
+
+@method("executions.list", m.ListParams)
+async def list_(core: Core, caller: Caller, p: m.ListParams) -> Any:
+    unknown = sorted(set(p.status) - set(m.ALL_STATUSES))
+    if unknown:
+        raise OperationError(ErrorCode.INVALID_PARAMS,
+                             f"unknown status {unknown[0]!r} (one of {', '.join(m.ALL_STATUSES)})")
+    if not 1 <= p.limit <= 10_000:
+        raise OperationError(ErrorCode.INVALID_PARAMS, "limit must be between 1 and 10000")
+    rows = await core.store.list_executions(statuses=p.status, limit=p.limit, before_id=p.before_id)
+    return [core.view(r) for r in rows]
+
+
+@method("executions.stop", m.StopParams)
+async def stop(core: Core, caller: Caller, p: m.StopParams) -> Any:
+    if p.all:
+        rows = await core.store.active()
+        ids = [r.id for r in rows if caller.admin or r.owner_uid == caller.uid]
+    else:
+        ids = p.ids
+        if not ids:
+            raise OperationError(ErrorCode.INVALID_PARAMS, "name at least one execution id, or all")
+        for execution_id in ids:
+            await _owned(core, caller, execution_id, "stop")
+    stopped: list[int] = []
+    ended: list[int] = []
+    for execution_id in ids:
+        (stopped if await core.stop(execution_id) else ended).append(execution_id)
+    return {"stopped": stopped, "already_ended": ended}
+
+
+@method("executions.restart", m.IdParams)
+async def restart(core: Core, caller: Caller, p: m.IdParams) -> Any:
+    return core.view(await core.restart(p.id, caller.user, caller.uid))
+
+
+@method("executions.rename", m.RenameParams)
+async def rename(core: Core, caller: Caller, p: m.RenameParams) -> Any:
+    await _owned(core, caller, p.id, "rename")
+    title = p.title.strip()
+    if not title or len(title) > 200 or any(ord(c) < 32 for c in title):
+        raise OperationError(ErrorCode.INVALID_PARAMS, "a title is 1 to 200 printable characters")
+    return core.view(await core.rename(p.id, title))
+
+
+@method("executions.delete", m.DeleteParams)
+async def delete(core: Core, caller: Caller, p: m.DeleteParams) -> Any:
+    await _owned(core, caller, p.id, "delete")
+    await core.delete(p.id, p.purge_outputs)
+    return None
+
+
+@method("executions.metadata", m.IdParams)
+async def metadata(core: Core, caller: Caller, p: m.IdParams) -> Any:
+    await core.get(p.id)
+    return [{"n": n, "time": at, "values": values} for n, at, values in await core.store.metadata(p.id)]
+
+
+@method("outputs.list", m.IdParams)
+async def outputs(core: Core, caller: Caller, p: m.IdParams) -> Any:
+    await core.get(p.id)
+    return [{"path": path, "size": size, "sha256": sha} for path, size, sha in await core.store.outputs(p.id)]
+
+
+class OutputReadParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: int
+    path: str
+    offset: int = 0
+    size: int = 1 << 20
+
+
+@method("outputs.read", OutputReadParams)
+async def output_read(core: Core, caller: Caller, p: OutputReadParams) -> Any:
+    await core.get(p.id)
+    size = max(0, min(p.size, 2 << 20))
+    try:
+        return await asyncio.to_thread(core.outputs.read, p.id, p.path, max(0, p.offset), size)
+    except OutputError as exc:
+        raise OperationError(ErrorCode.NOT_FOUND, str(exc)) from None
+
+
+@method("logs.read", m.LogsReadParams)
+async def logs_read(core: Core, caller: Caller, p: m.LogsReadParams) -> Any:
+    await core.get(p.id)
+    if p.stream not in (None, "stdout", "stderr"):
+        raise OperationError(ErrorCode.INVALID_PARAMS, "stream is stdout or stderr")
+    if p.max_bytes < 1 or p.max_bytes > 8 << 20:
+        raise OperationError(ErrorCode.INVALID_PARAMS, "max_bytes must be between 1 and 8 MiB")
+    logfile = core.log_file(p.id)
+    if p.head is not None:
+        data, end = await asyncio.to_thread(logfile.head, p.head, p.stream)
+        start = 0
+    elif p.tail is not None:
+        data, start = await asyncio.to_thread(logfile.tail, p.tail, p.stream)
+        end = logfile.size
+    else:
+        start = p.offset or 0
+        data, end = await asyncio.to_thread(logfile.read_range, start, p.max_bytes)
+    return {"data": data.decode("utf-8", "replace"), "start": start, "end": end, "size": logfile.size}
+
+
+@method("logs.count", m.IdParams)
+async def logs_count(core: Core, caller: Caller, p: m.IdParams) -> Any:
+    await core.get(p.id)
+    return await asyncio.to_thread(core.log_file(p.id).line_count)
+
+
+@method("snapshots.has", m.SnapshotHasParams)
+async def snapshot_has(core: Core, caller: Caller, p: m.SnapshotHasParams) -> Any:
+    try:
+        return core.snapshots.has(p.id)
+    except SnapshotError as exc:
+        raise OperationError(ErrorCode.INVALID_PARAMS, str(exc)) from None
+
+
+@method("snapshots.put", m.SnapshotPutParams)
+async def snapshot_put(core: Core, caller: Caller, p: m.SnapshotPutParams) -> Any:
+    try:
+        await asyncio.to_thread(core.snapshots.put_chunk, p.id, p.offset, p.data, p.final)
+    except SnapshotError as exc:
+        raise OperationError(ErrorCode.INVALID_PARAMS, str(exc)) from None
+    return None
+
+
+@method("snapshots.files", m.IdParams)
+async def snapshot_files(core: Core, caller: Caller, p: m.IdParams) -> Any:
+    row = await core.get(p.id)
+    return [{"path": name, "size": size} for name, size in core.snapshots.list_files(row.snapshot)]

@@ -1,0 +1,65 @@
+"""Running the daemon: start services, serve the socket, shut down cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from .config import Config
+from .core import Core
+from .runtime_docker import EngineError
+from .server import Server, ServerError
+from .store import SchemaTooNew, Store
+
+log = logging.getLogger("runyard.daemon")
+
+
+class StartupError(Exception):
+    pass
+
+
+async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM or SIGINT; executions keep running across a restart."""
+    try:
+        store = await Store.open(config.data_dir / "runyard.sqlite3")
+    except SchemaTooNew as exc:
+        raise StartupError(str(exc)) from None
+    core = Core(config, store)
+    server = Server(core, config.daemon.socket, mode=config.socket_mode, group=config.daemon.socket_group,
+                    admins=config.daemon.admins, max_frame=config.daemon.max_frame_bytes)
+    try:
+        try:
+            await core.start()
+            await server.start()
+        except (EngineError, ServerError) as exc:
+            raise StartupError(str(exc)) from None
+        log.info("runyard daemon %s serving %s (data in %s)", store.daemon_id, config.daemon.socket,
+                 config.data_dir)
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        if ready is not None:
+            ready.set()
+        await stopping.wait()
+        log.info("shutting down; running executions keep running")
+    finally:
+        await server.close()
+        await core.shutdown()
+        await store.close()
+
+
+def run(config: Config) -> int:
+    logging.basicConfig(
+        level=config.daemon.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        asyncio.run(serve(config))
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0

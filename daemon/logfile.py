@@ -1,0 +1,219 @@
+"""One execution's log: an append-only file of records, addressable by byte offset.
+
+Head, tail and ranges read only what they return, so they stay cheap on logs of
+millions of lines. Followers wait on a condition that every append notifies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Final
+
+from runyard.protocol.logformat import HEADER_WIDTH, STREAM_LETTERS, TIMESTAMP_WIDTH
+
+from .logstream import ResumePoint
+
+_BLOCK: Final = 1 << 16
+
+
+def _matches(record: bytes, letter: bytes | None) -> bool:
+    return letter is None or record[:1] == letter
+
+
+class LogFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self.size = path.stat().st_size if path.exists() else 0
+        self.finished = False
+        self._changed = asyncio.Condition()
+        self._counted_offset = 0
+        self._counted_lines = 0
+
+    def open_for_append(self) -> None:
+        """Open for writing, first cutting off a torn last record left by a crash."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
+        size = os.fstat(fd).st_size
+        if size:
+            tail_start = max(0, size - _BLOCK)
+            tail = os.pread(fd, size - tail_start, tail_start)
+            cut = tail.rfind(b"\n")
+            good = tail_start + cut + 1 if cut >= 0 else 0
+            if good != size:
+                # Nothing is lost: a torn record was never acknowledged and is re-read from Docker.
+                os.ftruncate(fd, good)
+                size = good
+        self._fd = fd
+        self.size = size
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    async def append(self, data: str) -> int:
+        """Append whole records and wake followers; returns the new size."""
+        if not data:
+            return self.size
+        assert self._fd is not None, "log not opened for append"
+        raw = data.encode("utf-8", "surrogateescape")
+        view = memoryview(raw)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self.size += len(raw)
+        async with self._changed:
+            self._changed.notify_all()
+        return self.size
+
+    async def finish(self) -> None:
+        self.finished = True
+        self.close()
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_beyond(self, offset: int) -> None:
+        """Return once the log is longer than ``offset`` or has finished."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.size > offset or self.finished)
+
+    def _pread(self, offset: int, size: int) -> bytes:
+        with self.path.open("rb") as fh:
+            fh.seek(offset)
+            return fh.read(size)
+
+    def read_range(self, offset: int, max_bytes: int) -> tuple[bytes, int]:
+        """Whole records from ``offset``; at least one record even if it is longer than max_bytes."""
+        offset = max(0, min(offset, self.size))
+        data = self._pread(offset, min(max_bytes, self.size - offset))
+        cut = data.rfind(b"\n")
+        if cut < 0 and offset < self.size:
+            with self.path.open("rb") as fh:  # one record longer than max_bytes
+                fh.seek(offset)
+                line = fh.readline()
+            return line, offset + len(line)
+        data = data[: cut + 1]
+        return data, offset + len(data)
+
+    def head(self, count: int, stream: str | None = None) -> tuple[bytes, int]:
+        """The first ``count`` records (of one stream, if given) and the offset after them."""
+        letter = STREAM_LETTERS[stream].encode() if stream else None
+        picked: list[bytes] = []
+        end = 0
+        if count <= 0 or not self.path.exists():
+            return b"", 0
+        with self.path.open("rb") as fh:
+            for record in fh:
+                if not record.endswith(b"\n"):
+                    break
+                end += len(record)
+                if _matches(record, letter):
+                    picked.append(record)
+                    if len(picked) >= count:
+                        break
+        return b"".join(picked), end
+
+    def tail(self, count: int, stream: str | None = None) -> tuple[bytes, int]:
+        """The last ``count`` records and the offset where the first of them starts."""
+        letter = STREAM_LETTERS[stream].encode() if stream else None
+        if count <= 0 or self.size == 0:
+            return b"", self.size
+        picked: list[bytes] = []
+        start = self.size
+        pos = self.size
+        fragment = b""  # the end of a record whose start lies in an earlier block
+        with self.path.open("rb") as fh:
+            while pos > 0 and len(picked) < count:
+                step = min(_BLOCK, pos)
+                pos -= step
+                fh.seek(pos)
+                buf = fh.read(step) + fragment
+                if pos > 0:
+                    first_nl = buf.find(b"\n")
+                    if first_nl < 0:
+                        fragment = buf
+                        continue
+                    fragment, complete, base = buf[: first_nl + 1], buf[first_nl + 1 :], pos + first_nl + 1
+                else:
+                    fragment, complete, base = b"", buf, 0
+                starts: list[int] = []
+                records = complete.split(b"\n")[:-1]
+                offset = base
+                for record in records:
+                    starts.append(offset)
+                    offset += len(record) + 1
+                for record, record_start in zip(reversed(records), reversed(starts), strict=True):
+                    if _matches(record, letter):
+                        picked.append(record + b"\n")
+                        start = record_start
+                        if len(picked) >= count:
+                            break
+        picked.reverse()
+        return b"".join(picked), start
+
+    def line_count(self) -> int:
+        """Records so far; counted incrementally so repeated calls cost only the new bytes."""
+        if self._counted_offset < self.size:
+            with self.path.open("rb") as fh:
+                fh.seek(self._counted_offset)
+                while block := fh.read(1 << 20):
+                    self._counted_lines += block.count(b"\n")
+            self._counted_offset = self.size
+        return self._counted_lines
+
+    def resume_point(self, window_seconds: float = 10.0) -> ResumePoint:
+        """Where to resume reading Docker's log so that no line is lost or stored twice.
+
+        ``since`` lies ``window_seconds`` before the last stored record; ``skip``
+        counts the stored records at or after ``since``. The backward scan goes
+        on a minute past ``since`` because stdout and stderr are not ordered.
+        """
+        if self.size == 0:
+            return ResumePoint()
+        last: str | None = None
+        since = ""
+        floor = ""
+        skip = 0
+        chunk = 4096
+        while True:
+            data, start = self.tail(chunk)
+            records = [r for r in data.split(b"\n") if r]
+            skip = 0
+            reached_floor = False
+            for record in reversed(records):
+                if record[:1] == b"S":
+                    continue  # runyard's own notes did not come from Docker
+                ts = _timestamp(record)
+                if ts is None:
+                    continue
+                if last is None:
+                    last = ts
+                    since = _shift(ts, -window_seconds)
+                    floor = _shift(ts, -window_seconds - 60)
+                if ts >= since:
+                    skip += 1
+                elif ts < floor:
+                    reached_floor = True
+                    break
+            if last is None:
+                return ResumePoint()
+            if reached_floor or start == 0:
+                return ResumePoint(since, skip)
+            chunk *= 4
+
+
+def _shift(timestamp: str, seconds: float) -> str:
+    from datetime import datetime, timedelta
+
+    base, _, frac = timestamp.rstrip("Z").partition(".")
+    moved = datetime.fromisoformat(base) + timedelta(seconds=seconds)
+    return f"{moved.strftime('%Y-%m-%dT%H:%M:%S')}.{(frac + '000000000')[:9]}Z"
+
+
+def _timestamp(record: bytes) -> str | None:
+    if len(record) < HEADER_WIDTH - 1:
+        return None
+    return record[2 : 2 + TIMESTAMP_WIDTH].decode("ascii", "replace")

@@ -1,0 +1,229 @@
+"""Running executions as Docker containers, through aiodocker.
+
+Containers are labelled with the daemon and execution ids, which is all the
+daemon needs to find them again after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import aiodocker
+import aiohttp
+
+LABEL_DAEMON: Final = "runyard.daemon"
+LABEL_EXECUTION: Final = "runyard.execution"
+LABEL_HOST: Final = "runyard.host"
+
+log = logging.getLogger("runyard.runtime")
+
+
+class EngineError(Exception):
+    """The engine refused or failed an operation; the message says what and why."""
+
+
+class ImageMissing(EngineError):
+    pass
+
+
+class ContainerGone(EngineError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    execution_id: int
+    image: str
+    command: str
+    environment: dict[str, str]
+    workdir: Path
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerState:
+    id: str
+    execution_id: int
+    status: str  # created, running, exited, ...
+    exit_code: int
+    oom_killed: bool
+
+
+class DockerRuntime:
+    def __init__(self, docker_socket: str, daemon_id: str, *, pull: str = "missing",
+                 pull_timeout: float = 300) -> None:
+        self.docker_socket = docker_socket
+        self.daemon_id = daemon_id
+        self.pull = pull
+        self.pull_timeout = pull_timeout
+        self._docker: aiodocker.Docker | None = None
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        if self._docker is None:
+            self._docker = aiodocker.Docker(url=f"unix://{self.docker_socket}")
+        return self._docker
+
+    async def close(self) -> None:
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+
+    async def ping(self) -> str:
+        try:
+            version = await self.docker.version()
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+            raise EngineError(f"Docker engine at {self.docker_socket} is not reachable: {exc}") from None
+        return str(version.get("Version", "?"))
+
+    async def ensure_image(self, image: str) -> None:
+        try:
+            await self.docker.images.inspect(image)
+            return
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                raise EngineError(f"cannot inspect image {image!r}: {exc.message}") from None
+        if self.pull == "never":
+            raise ImageMissing(f"image {image!r} is not on this host and pulling is disabled (local.pull = \"never\")")
+        try:
+            await asyncio.wait_for(self.docker.images.pull(image), self.pull_timeout)
+        except (aiodocker.DockerError, TimeoutError, aiohttp.ClientError) as exc:
+            detail = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            raise ImageMissing(f"image {image!r} is not on this host and could not be pulled: {detail}") from None
+
+    async def create(self, spec: ContainerSpec) -> str:
+        work = spec.workdir
+        env = dict(spec.environment)
+        config: dict[str, Any] = {
+            "Image": spec.image,
+            "Cmd": ["/bin/sh", "-c", spec.command],
+            "WorkingDir": "/valohai/repository",
+            "Env": [f"{k}={v}" for k, v in env.items()],
+            "Labels": {
+                LABEL_DAEMON: self.daemon_id,
+                LABEL_EXECUTION: str(spec.execution_id),
+                LABEL_HOST: spec.host,
+            },
+            "Tty": False,
+            "HostConfig": {
+                "Binds": [
+                    f"{work / 'repository'}:/valohai/repository",
+                    f"{work / 'inputs'}:/valohai/inputs:ro",
+                    f"{work / 'outputs'}:/valohai/outputs",
+                    f"{work / 'config'}:/valohai/config:ro",
+                ],
+                # tini as PID 1 so that SIGTERM reaches the user's process, not a deaf shell
+                "Init": True,
+                "SecurityOpt": ["no-new-privileges"],
+                "LogConfig": {"Type": "json-file", "Config": {}},
+            },
+        }
+        name = f"runyard-{self.daemon_id}-{spec.execution_id}"
+        try:
+            container = await self.docker.containers.create(config, name=name)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                raise ImageMissing(f"image {spec.image!r} is not on this host") from None
+            if exc.status == 409:
+                # A container for this execution already exists: adopt it rather than run twice.
+                existing = await self.find(spec.execution_id)
+                if existing is not None:
+                    return existing.id
+            raise EngineError(f"cannot create container: {exc.message}") from None
+        return str(container.id)
+
+    async def start(self, container_id: str) -> None:
+        try:
+            await self.docker.containers.container(container_id).start()
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                raise ContainerGone(f"container {container_id[:12]} was removed") from None
+            raise EngineError(f"cannot start container: {exc.message}") from None
+
+    async def state(self, container_id: str) -> ContainerState:
+        try:
+            info = await self.docker.containers.container(container_id).show()
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                raise ContainerGone(f"container {container_id[:12]} was removed behind runyard's back") from None
+            raise EngineError(f"cannot inspect container: {exc.message}") from None
+        return _state_of(info)
+
+    async def find(self, execution_id: int) -> ContainerState | None:
+        for state in await self.list_ours(execution_id):
+            return state
+        return None
+
+    async def list_ours(self, execution_id: int | None = None) -> list[ContainerState]:
+        labels = [f"{LABEL_DAEMON}={self.daemon_id}"]
+        if execution_id is not None:
+            labels.append(f"{LABEL_EXECUTION}={execution_id}")
+        containers = await self.docker.containers.list(all=True, filters={"label": labels})
+        states = []
+        for container in containers:
+            try:
+                states.append(_state_of(await container.show()))
+            except aiodocker.DockerError:
+                continue  # removed between list and inspect
+        return states
+
+    async def wait(self, container_id: str) -> None:
+        try:
+            await self.docker.containers.container(container_id).wait()
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                raise ContainerGone(f"container {container_id[:12]} was removed behind runyard's back") from None
+            raise
+
+    async def logs(self, container_id: str, since: str | None) -> AsyncIterator[bytes]:
+        """Raw multiplexed log stream with timestamps, following until the container ends."""
+        params: dict[str, str] = {"stdout": "1", "stderr": "1", "follow": "1", "timestamps": "1"}
+        if since:
+            params["since"] = _docker_since(since)
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        # aiodocker's log() merges stdout and stderr into text; we need the raw frames.
+        async with self.docker._query(
+            f"containers/{container_id}/logs", params=params, timeout=timeout
+        ) as response:
+            async for chunk in response.content.iter_any():
+                yield chunk
+
+    async def stop(self, container_id: str, grace_seconds: int) -> None:
+        try:
+            await self.docker.containers.container(container_id).stop(t=grace_seconds)
+        except aiodocker.DockerError as exc:
+            if exc.status not in (304, 404):
+                raise EngineError(f"cannot stop container: {exc.message}") from None
+
+    async def remove(self, container_id: str) -> None:
+        try:
+            await self.docker.containers.container(container_id).delete(force=True)
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                log.warning("cannot remove container %s: %s", container_id[:12], exc.message)
+
+
+def _state_of(info: dict[str, Any]) -> ContainerState:
+    state = info.get("State", {})
+    labels = info.get("Config", {}).get("Labels") or {}
+    return ContainerState(
+        id=str(info["Id"]),
+        execution_id=int(labels.get(LABEL_EXECUTION, "0")),
+        status=str(state.get("Status", "unknown")),
+        exit_code=int(state.get("ExitCode", 0) or 0),
+        oom_killed=bool(state.get("OOMKilled", False)),
+    )
+
+
+def _docker_since(timestamp: str) -> str:
+    """RFC 3339 with nanoseconds to Docker's `seconds.nanoseconds` form."""
+    from datetime import datetime
+
+    base, _, frac = timestamp.rstrip("Z").partition(".")
+    seconds = int(datetime.fromisoformat(base + "+00:00").timestamp())
+    return f"{seconds}.{(frac + '000000000')[:9]}"

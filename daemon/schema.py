@@ -1,0 +1,70 @@
+"""SQLite schema as forward-only migrations; the index in the list is the version."""
+
+from __future__ import annotations
+
+from typing import Final
+
+MIGRATIONS: Final[list[str]] = [
+    # 1: the foundation
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE executions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        step TEXT NOT NULL,
+        title TEXT,
+        status TEXT NOT NULL,
+        reason TEXT,
+        owner TEXT NOT NULL,
+        owner_uid INTEGER NOT NULL,
+        parameters TEXT NOT NULL,
+        inputs TEXT NOT NULL,
+        image TEXT NOT NULL,
+        command TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        snapshot TEXT NOT NULL,
+        commit_ref TEXT,
+        config_path TEXT NOT NULL,
+        host TEXT,
+        container_id TEXT,
+        exit_code INTEGER,
+        priority INTEGER NOT NULL DEFAULT 0,
+        restarted_from INTEGER,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        ended_at TEXT,
+        metadata_offset INTEGER NOT NULL DEFAULT 0,
+        metadata_count INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX executions_status ON executions (status, id);
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        execution_id INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT,
+        at TEXT NOT NULL
+    );
+    CREATE TABLE metadata (
+        execution_id INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        at TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (execution_id, n)
+    ) WITHOUT ROWID;
+    CREATE TABLE metadata_latest (
+        execution_id INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (execution_id, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE outputs (
+        execution_id INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        PRIMARY KEY (execution_id, path)
+    ) WITHOUT ROWID;
+    """,
+]
+
+SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -1,0 +1,216 @@
+"""Code snapshots: deterministic, content-addressed tar archives of a tree.
+
+The same files give the same bytes and so the same id, whether they came from a
+commit or from the working tree, and each snapshot is stored once. Archives
+arrive from clients, so extraction trusts nothing in them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+SNAPSHOT_ID_LENGTH = 64
+
+
+class SnapshotError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    path: str
+    mode: int  # 0o644, 0o755 or 0o120000 for a symlink
+    data: bytes  # file content, or the link target
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    id: str
+    data: bytes
+    commit: str | None
+    files: int
+
+
+def build_archive(entries: list[Entry]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for entry in sorted(entries, key=lambda e: e.path):
+            info = tarfile.TarInfo(entry.path)
+            info.mtime = 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            if entry.mode == 0o120000:
+                info.type = tarfile.SYMTYPE
+                info.linkname = entry.data.decode("utf-8", "surrogateescape")
+                info.mode = 0o777
+                tar.addfile(info)
+            else:
+                info.mode = entry.mode
+                info.size = len(entry.data)
+                tar.addfile(info, io.BytesIO(entry.data))
+    return buffer.getvalue()
+
+
+def snapshot_of(entries: list[Entry], commit: str | None) -> Snapshot:
+    data = build_archive(entries)
+    return Snapshot(id=hashlib.sha256(data).hexdigest(), data=data, commit=commit, files=len(entries))
+
+
+def _normal_mode(mode: int) -> int:
+    if stat.S_ISLNK(mode) or mode == 0o120000:
+        return 0o120000
+    return 0o755 if mode & 0o111 else 0o644
+
+
+def snapshot_commit(repo_path: Path, ref: str) -> Snapshot:
+    """Archive the tree of a commit exactly as committed."""
+    import git
+
+    try:
+        repo = git.Repo(repo_path, search_parent_directories=True)
+        commit = repo.commit(ref)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise SnapshotError(f"{repo_path} is not inside a git repository (use --adhoc)") from None
+    except (git.BadName, ValueError):
+        raise SnapshotError(f"{ref!r} is not a commit in {repo_path}") from None
+    entries: list[Entry] = []
+    for item in commit.tree.traverse():
+        if not isinstance(item, git.Blob):
+            continue  # trees are implicit; submodules are not part of the snapshot
+        entries.append(Entry(str(item.path), _normal_mode(item.mode), item.data_stream.read()))
+    return snapshot_of(entries, commit.hexsha)
+
+
+def snapshot_worktree(path: Path) -> Snapshot:
+    """Archive the working tree as it is: tracked, modified and untracked files, minus ignored ones."""
+    import git
+
+    try:
+        repo = git.Repo(path, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        repo = None
+    if repo is None:
+        root = path
+        names = [
+            str(p.relative_to(root))
+            for p in sorted(root.rglob("*"))
+            if ".git" not in p.relative_to(root).parts and (p.is_file() or p.is_symlink())
+        ]
+        head = None
+    else:
+        root = Path(repo.working_tree_dir or path)
+        listing = repo.git.ls_files("-co", "--exclude-standard", "-z")
+        names = sorted(set(n for n in listing.split("\0") if n))
+        try:
+            head = repo.head.commit.hexsha + "+adhoc"
+        except ValueError:
+            head = None  # a repository with no commit yet
+    entries: list[Entry] = []
+    for name in names:
+        full = root / name
+        try:
+            st = full.lstat()
+        except FileNotFoundError:
+            continue  # tracked, but deleted in the working tree
+        if stat.S_ISLNK(st.st_mode):
+            entries.append(Entry(name, 0o120000, os.readlink(full).encode("utf-8", "surrogateescape")))
+        elif stat.S_ISREG(st.st_mode):
+            entries.append(Entry(name, _normal_mode(st.st_mode), full.read_bytes()))
+    return snapshot_of(entries, head)
+
+
+def _safe_member_path(name: str) -> PurePosixPath:
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise SnapshotError(f"snapshot member {name!r} would escape the repository directory")
+    return path
+
+
+class SnapshotStore:
+    """Snapshots on disk under ``<data_dir>/snapshots/<id>.tar``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _check_id(self, snapshot_id: str) -> None:
+        if len(snapshot_id) != SNAPSHOT_ID_LENGTH or any(c not in "0123456789abcdef" for c in snapshot_id):
+            raise SnapshotError(f"{snapshot_id!r} is not a snapshot id (64 lowercase hex digits)")
+
+    def path(self, snapshot_id: str) -> Path:
+        self._check_id(snapshot_id)
+        return self.root / f"{snapshot_id}.tar"
+
+    def has(self, snapshot_id: str) -> bool:
+        return self.path(snapshot_id).exists()
+
+    def put_chunk(self, snapshot_id: str, offset: int, data: bytes, final: bool) -> None:
+        """Append one uploaded chunk; on the last one, verify the content hash."""
+        target = self.path(snapshot_id)
+        if target.exists():
+            return
+        partial = target.with_suffix(".part")
+        size = partial.stat().st_size if partial.exists() else 0
+        if offset == 0:
+            size = 0
+            partial.write_bytes(b"")
+        if offset != size:
+            raise SnapshotError(f"snapshot upload out of order: expected offset {size}, got {offset}")
+        with partial.open("ab") as fh:
+            fh.write(data)
+        if final:
+            digest = hashlib.sha256()
+            with partial.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            if digest.hexdigest() != snapshot_id:
+                partial.unlink()
+                raise SnapshotError("snapshot upload does not match its id (corrupted or wrong id)")
+            partial.rename(target)
+
+    def read_file(self, snapshot_id: str, name: str) -> bytes | None:
+        """One regular file from the snapshot, or None if it has no such file."""
+        wanted = str(_safe_member_path(name))
+        with tarfile.open(self.path(snapshot_id), mode="r") as tar:
+            for member in tar:
+                if member.name == wanted and member.isfile():
+                    fh = tar.extractfile(member)
+                    return fh.read() if fh else None
+        return None
+
+    def list_files(self, snapshot_id: str) -> list[tuple[str, int]]:
+        with tarfile.open(self.path(snapshot_id), mode="r") as tar:
+            return [(m.name, m.size) for m in tar if m.isfile() or m.issym()]
+
+    def extract(self, snapshot_id: str, dest: Path) -> None:
+        """Extract into ``dest``; every member must stay inside it, no write goes through a link."""
+        dest.mkdir(parents=True, exist_ok=True)
+        links: set[PurePosixPath] = set()
+        with tarfile.open(self.path(snapshot_id), mode="r") as tar:
+            for member in tar:
+                rel = _safe_member_path(member.name)
+                if any(parent in links for parent in rel.parents):
+                    raise SnapshotError(f"snapshot member {member.name!r} lies beneath a symlink")
+                target = dest.joinpath(*rel.parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if member.issym():
+                    os.symlink(member.linkname, target)
+                    links.add(rel)
+                elif member.isfile():
+                    fh = tar.extractfile(member)
+                    assert fh is not None
+                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                                 0o755 if member.mode & 0o111 else 0o644)
+                    with os.fdopen(fd, "wb") as out:
+                        while block := fh.read(1 << 20):
+                            out.write(block)
+                elif member.isdir():
+                    target.mkdir(exist_ok=True)
+                else:
+                    raise SnapshotError(f"snapshot member {member.name!r} is not a file, link or directory")

@@ -1,0 +1,134 @@
+"""Steps from valohai.yaml, through the reference parser ``valohai-yaml``.
+
+This module is the only place that knows valohai-yaml's API: parsing, linting,
+checking parameter values from the command line, and building the command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from valohai_yaml import ValidationErrors, parse
+from valohai_yaml.commands import join_command
+from valohai_yaml.lint import lint
+from valohai_yaml.objs import Config, Step
+
+
+class StepError(Exception):
+    """A problem with the YAML, a step name or a parameter value; the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    severity: str  # error, warning or hint
+    message: str
+    location: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedStep:
+    name: str
+    image: str | None
+    command: str
+    parameters: dict[str, Any]
+    inputs: dict[str, list[str]]
+    environment: dict[str, str]
+
+
+def lint_text(text: str, source: str = "valohai.yaml") -> list[Problem]:
+    """Every problem valohai-yaml finds, each with a location where one is known."""
+    problems: list[Problem] = []
+    try:
+        yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        return [Problem("error", f"not valid YAML: {problem}", where)]
+    result = lint(text, ansi_colors=False)
+    for message in result.messages:
+        text_ = " ".join(str(message["message"]).split())
+        problems.append(Problem(str(message["type"]), text_, source))
+    return problems
+
+
+def load_config(text: str, source: str = "valohai.yaml") -> Config:
+    problems = [p for p in lint_text(text, source) if p.severity == "error"]
+    if problems:
+        detail = "; ".join(f"{p.location}: {p.message}" if p.location else p.message for p in problems)
+        raise StepError(f"{source} is not valid: {detail}")
+    try:
+        return parse(text)
+    except ValidationErrors as exc:
+        raise StepError(f"{source} is not valid: {exc}") from None
+    except Exception as exc:  # the parser raises bare errors on some malformed documents
+        raise StepError(f"{source} is not valid: {exc}") from None
+
+
+def _coerce(step: Step, name: str, raw: str) -> Any:
+    parameter = step.parameters[name]
+    if parameter.type == "flag":
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise StepError(f"parameter {name!r}: {raw!r} is not a flag value (use true or false)")
+    value: Any = raw
+    if parameter.multiple is not None:
+        value = [v for v in raw.split(parameter.multiple_separator)] if raw else []
+    try:
+        return parameter.validate(value)
+    except ValidationErrors as exc:
+        reasons = "; ".join(str(e) for e in exc.errors) if hasattr(exc, "errors") else str(exc)
+        raise StepError(f"parameter {name!r}: {reasons}") from None
+
+
+def prepare_step(config: Config, step_name: str, raw_parameters: dict[str, str],
+                 inputs: dict[str, list[str]]) -> PreparedStep:
+    """Check the user's values against the step and build the exact command to run."""
+    step = config.steps.get(step_name)
+    if step is None:
+        known = ", ".join(sorted(config.steps)) or "none"
+        raise StepError(f"no step named {step_name!r} (steps: {known})")
+    unknown = sorted(set(raw_parameters) - set(step.parameters))
+    if unknown:
+        known = ", ".join(sorted(step.parameters)) or "none"
+        raise StepError(f"step {step_name!r} has no parameter {unknown[0]!r} (parameters: {known})")
+    values: dict[str, Any] = {}
+    for name, parameter in step.parameters.items():
+        if name in raw_parameters:
+            values[name] = _coerce(step, name, raw_parameters[name])
+        elif parameter.default is not None:
+            values[name] = parameter.default
+        elif parameter.type == "flag":
+            values[name] = False
+        elif not parameter.optional:
+            raise StepError(f"parameter {name!r} of step {step_name!r} has no default: give it with -p {name}=VALUE")
+    unknown_inputs = sorted(set(inputs) - set(step.inputs))
+    if unknown_inputs:
+        known = ", ".join(sorted(step.inputs)) or "none"
+        raise StepError(f"step {step_name!r} has no input {unknown_inputs[0]!r} (inputs: {known})")
+    resolved_inputs: dict[str, list[str]] = {}
+    for name, spec in step.inputs.items():
+        urls = inputs.get(name)
+        if urls is None:
+            default = spec.default
+            urls = [] if default is None else ([default] if isinstance(default, str) else list(default))
+        resolved_inputs[name] = urls
+    # valohai-yaml shell-quotes each interpolated value, so values reach the shell literally.
+    commands = step.build_command(values)
+    environment = {
+        name: str(var.default) for name, var in step.environment_variables.items() if var.default is not None
+    }
+    return PreparedStep(
+        name=step.name,
+        image=step.image or None,
+        command=join_command(commands, " && "),
+        parameters=values,
+        inputs=resolved_inputs,
+        environment=environment,
+    )
+

@@ -1,0 +1,381 @@
+"""All durable state, in SQLite through aiosqlite.
+
+Every state transition is one transaction that updates the execution and
+appends its event, so the event log and the executions table never disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import aiosqlite
+
+from runyard.protocol.messages import Event
+
+from .schema import MIGRATIONS, SCHEMA_VERSION
+
+ACTIVE_STATUSES: Final = ("created", "queued", "started", "stopping")
+TERMINAL: Final = frozenset({"complete", "error", "stopped"})
+
+# Which transitions are legal; anything else is a bug or a race we must refuse.
+ALLOWED: Final[dict[str, frozenset[str]]] = {
+    "created": frozenset({"queued", "stopped", "error"}),
+    "queued": frozenset({"started", "stopped", "error"}),
+    "started": frozenset({"complete", "error", "stopping", "stopped"}),
+    "stopping": frozenset({"stopped", "complete", "error"}),
+}
+
+
+class StoreError(Exception):
+    pass
+
+
+class SchemaTooNew(StoreError):
+    pass
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(slots=True)
+class ExecutionRow:
+    id: int
+    step: str
+    title: str | None
+    status: str
+    reason: str | None
+    owner: str
+    owner_uid: int
+    parameters: dict[str, Any]
+    inputs: dict[str, list[str]]
+    image: str
+    command: str
+    environment: dict[str, str]
+    snapshot: str
+    commit_ref: str | None
+    config_path: str
+    host: str | None
+    container_id: str | None
+    exit_code: int | None
+    priority: int
+    restarted_from: int | None
+    created_at: str
+    started_at: str | None
+    ended_at: str | None
+    metadata_offset: int
+    metadata_count: int
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+_COLUMNS: Final = (
+    "id, step, title, status, reason, owner, owner_uid, parameters, inputs, image, command, "
+    "environment, snapshot, commit_ref, config_path, host, container_id, exit_code, priority, "
+    "restarted_from, created_at, started_at, ended_at, metadata_offset, metadata_count"
+)
+
+
+def _row(r: Sequence[Any]) -> ExecutionRow:
+    return ExecutionRow(
+        id=r[0], step=r[1], title=r[2], status=r[3], reason=r[4], owner=r[5], owner_uid=r[6],
+        parameters=json.loads(r[7]), inputs=json.loads(r[8]), image=r[9], command=r[10],
+        environment=json.loads(r[11]), snapshot=r[12], commit_ref=r[13], config_path=r[14],
+        host=r[15], container_id=r[16], exit_code=r[17], priority=r[18], restarted_from=r[19],
+        created_at=r[20], started_at=r[21], ended_at=r[22], metadata_offset=r[23],
+        metadata_count=r[24],
+    )
+
+
+@dataclass(slots=True)
+class NewExecution:
+    step: str
+    title: str | None
+    owner: str
+    owner_uid: int
+    parameters: dict[str, Any]
+    inputs: dict[str, list[str]]
+    image: str
+    command: str
+    environment: dict[str, str]
+    snapshot: str
+    commit_ref: str | None
+    config_path: str
+    restarted_from: int | None = None
+
+
+class Store:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+        self.daemon_id = ""
+        # One connection is shared by every coroutine: transactions must not interleave.
+        self._lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[None]:
+        async with self._lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        await db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL with WAL survives a process kill; only power loss can drop the last commits.
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        store = cls(db)
+        await store._migrate()
+        store.daemon_id = await store._daemon_id()
+        return store
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def _migrate(self) -> None:
+        async with self.db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"the database has schema version {version}, newer than this runyard "
+                f"understands ({SCHEMA_VERSION}); upgrade runyard"
+            )
+        for index in range(version, SCHEMA_VERSION):
+            async with self._tx():
+                for statement in _split_sql(MIGRATIONS[index]):
+                    await self.db.execute(statement)
+                await self.db.execute(f"PRAGMA user_version = {index + 1}")
+
+    async def _daemon_id(self) -> str:
+        async with self.db.execute("SELECT value FROM meta WHERE key = 'daemon_id'") as cur:
+            row = await cur.fetchone()
+        if row:
+            return str(row[0])
+        daemon_id = uuid.uuid4().hex[:12]
+        async with self._tx():
+            await self.db.execute("INSERT INTO meta (key, value) VALUES ('daemon_id', ?)", (daemon_id,))
+        return daemon_id
+
+    # -- executions ---------------------------------------------------------
+
+    async def create_execution(self, new: NewExecution, status: str = "queued") -> tuple[ExecutionRow, Event]:
+        now = utcnow()
+        async with self._tx():
+            cur = await self.db.execute(
+                "INSERT INTO executions (step, title, status, owner, owner_uid, parameters, inputs, "
+                "image, command, environment, snapshot, commit_ref, config_path, restarted_from, "
+                "created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    new.step, new.title, status, new.owner, new.owner_uid,
+                    json.dumps(new.parameters), json.dumps(new.inputs), new.image, new.command,
+                    json.dumps(new.environment), new.snapshot, new.commit_ref, new.config_path,
+                    new.restarted_from, now,
+                ),
+            )
+            execution_id = int(cur.lastrowid or 0)
+            event = await self._append_event(execution_id, "created", status, None, now)
+        row = await self.get(execution_id)
+        assert row is not None
+        return row, event
+
+    async def get(self, execution_id: int) -> ExecutionRow | None:
+        async with self.db.execute(f"SELECT {_COLUMNS} FROM executions WHERE id = ?", (execution_id,)) as cur:
+            r = await cur.fetchone()
+        return _row(r) if r else None
+
+    async def list_executions(self, *, statuses: Iterable[str] = (), limit: int = 100,
+                   before_id: int | None = None) -> list[ExecutionRow]:
+        where: list[str] = []
+        args: list[Any] = []
+        statuses = list(statuses)
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args += statuses
+        if before_id is not None:
+            where.append("id < ?")
+            args.append(before_id)
+        sql = f"SELECT {_COLUMNS} FROM executions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        async with self.db.execute(sql, args) as cur:
+            return [_row(r) for r in await cur.fetchall()]
+
+    async def active(self) -> list[ExecutionRow]:
+        async with self.db.execute(
+            f"SELECT {_COLUMNS} FROM executions WHERE status IN (?,?,?,?) ORDER BY priority DESC, id",
+            ACTIVE_STATUSES,
+        ) as cur:
+            return [_row(r) for r in await cur.fetchall()]
+
+    async def transition(self, execution_id: int, status: str, *, reason: str | None = None,
+                         **fields: Any) -> tuple[ExecutionRow, Event] | None:
+        """Move an execution to ``status`` and record the event, atomically.
+
+        Returns None when the move is not allowed from the current status (a race
+        with another actor that already moved it), so callers can be idempotent.
+        """
+        now = utcnow()
+        async with self._tx():
+            async with self.db.execute("SELECT status FROM executions WHERE id = ?", (execution_id,)) as cur:
+                r = await cur.fetchone()
+            if r is None or status not in ALLOWED.get(r[0], frozenset()):
+                return None
+            if status == "started":
+                fields.setdefault("started_at", now)
+            if status in TERMINAL:
+                fields.setdefault("ended_at", now)
+            sets = ["status = ?", "reason = ?"] + [f"{k} = ?" for k in fields]
+            await self.db.execute(
+                f"UPDATE executions SET {', '.join(sets)} WHERE id = ?",
+                (status, reason, *fields.values(), execution_id),
+            )
+            event = await self._append_event(execution_id, "status", status, reason, now)
+        row = await self.get(execution_id)
+        assert row is not None
+        return row, event
+
+    async def update(self, execution_id: int, **fields: Any) -> None:
+        """Change fields that are not the status (container id, title, ...)."""
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        async with self._tx():
+            await self.db.execute(f"UPDATE executions SET {sets} WHERE id = ?", (*fields.values(), execution_id))
+
+    async def rename(self, execution_id: int, title: str) -> Event:
+        now = utcnow()
+        async with self._tx():
+            await self.db.execute("UPDATE executions SET title = ? WHERE id = ?", (title, execution_id))
+            async with self.db.execute("SELECT status, reason FROM executions WHERE id = ?", (execution_id,)) as cur:
+                r = await cur.fetchone()
+            assert r is not None
+            event = await self._append_event(execution_id, "renamed", r[0], r[1], now)
+        return event
+
+    async def delete(self, execution_id: int) -> Event:
+        now = utcnow()
+        async with self._tx():
+            for table in ("metadata", "metadata_latest", "outputs"):
+                await self.db.execute(f"DELETE FROM {table} WHERE execution_id = ?", (execution_id,))
+            await self.db.execute("DELETE FROM executions WHERE id = ?", (execution_id,))
+            event = await self._append_event(execution_id, "deleted", "deleted", None, now)
+        return event
+
+    async def snapshot_in_use(self, snapshot: str) -> bool:
+        async with self.db.execute("SELECT 1 FROM executions WHERE snapshot = ? LIMIT 1", (snapshot,)) as cur:
+            return await cur.fetchone() is not None
+
+    # -- events -------------------------------------------------------------
+
+    async def _append_event(self, execution_id: int, kind: str, status: str, reason: str | None,
+                            at: str) -> Event:
+        cur = await self.db.execute(
+            "INSERT INTO events (execution_id, kind, status, reason, at) VALUES (?,?,?,?,?)",
+            (execution_id, kind, status, reason, at),
+        )
+        return Event(seq=int(cur.lastrowid or 0), execution_id=execution_id, kind=kind,
+                     status=status, reason=reason, at=at)
+
+    async def events_since(self, seq: int, limit: int = 10_000) -> list[Event]:
+        async with self.db.execute(
+            "SELECT seq, execution_id, kind, status, reason, at FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        ) as cur:
+            return [Event(seq=r[0], execution_id=r[1], kind=r[2], status=r[3], reason=r[4], at=r[5])
+                    for r in await cur.fetchall()]
+
+    async def event_bounds(self) -> tuple[int, int]:
+        """(oldest kept seq, latest seq); (0, 0) when none was ever recorded."""
+        async with self.db.execute("SELECT MIN(seq), MAX(seq) FROM events") as cur:
+            r = await cur.fetchone()
+        if r is None or r[1] is None:
+            async with self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'") as cur:
+                s = await cur.fetchone()
+            latest = int(s[0]) if s else 0
+            return latest + 1, latest
+        return int(r[0]), int(r[1])
+
+    async def prune_events(self, keep: int) -> None:
+        async with self._tx():
+            await self.db.execute(
+                "DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?", (keep,)
+            )
+
+    # -- metadata -----------------------------------------------------------
+
+    async def add_metadata(self, execution_id: int, points: list[tuple[str, dict[str, Any]]],
+                           new_offset: int) -> None:
+        """Record points and the log offset they were read up to, in one transaction.
+
+        The offset is what makes re-reading the log after a crash add no point twice.
+        """
+        async with self._tx():
+            async with self.db.execute(
+                "SELECT metadata_count FROM executions WHERE id = ?", (execution_id,)
+            ) as cur:
+                r = await cur.fetchone()
+            count = int(r[0]) if r else 0
+            rows = []
+            latest: dict[str, str] = {}
+            for at, values in points:
+                rows.append((execution_id, count, at, json.dumps(values, allow_nan=True)))
+                count += 1
+                for key, value in values.items():
+                    latest[key] = json.dumps(value, allow_nan=True)
+            await self.db.executemany("INSERT INTO metadata VALUES (?,?,?,?)", rows)
+            await self.db.executemany(
+                "INSERT OR REPLACE INTO metadata_latest VALUES (?,?,?)",
+                [(execution_id, k, v) for k, v in latest.items()],
+            )
+            await self.db.execute(
+                "UPDATE executions SET metadata_offset = ?, metadata_count = ? WHERE id = ?",
+                (new_offset, count, execution_id),
+            )
+
+    async def metadata(self, execution_id: int) -> list[tuple[int, str, dict[str, Any]]]:
+        async with self.db.execute(
+            "SELECT n, at, data FROM metadata WHERE execution_id = ? ORDER BY n", (execution_id,)
+        ) as cur:
+            return [(r[0], r[1], json.loads(r[2])) for r in await cur.fetchall()]
+
+    async def latest_metadata(self, execution_id: int) -> dict[str, Any]:
+        async with self.db.execute(
+            "SELECT key, value FROM metadata_latest WHERE execution_id = ? ORDER BY key", (execution_id,)
+        ) as cur:
+            return {r[0]: json.loads(r[1]) for r in await cur.fetchall()}
+
+    # -- outputs ------------------------------------------------------------
+
+    async def set_outputs(self, execution_id: int, files: list[tuple[str, int, str]]) -> None:
+        async with self._tx():
+            await self.db.execute("DELETE FROM outputs WHERE execution_id = ?", (execution_id,))
+            await self.db.executemany(
+                "INSERT INTO outputs VALUES (?,?,?,?)", [(execution_id, *f) for f in files]
+            )
+
+    async def outputs(self, execution_id: int) -> list[tuple[str, int, str]]:
+        async with self.db.execute(
+            "SELECT path, size, sha256 FROM outputs WHERE execution_id = ? ORDER BY path", (execution_id,)
+        ) as cur:
+            return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
+
+
+def _split_sql(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]

@@ -1,0 +1,71 @@
+"""The per-execution directory that becomes /valohai inside the container.
+
+The layout and the three config files are what valohai-utils reads, so scripts
+written for Valohai find their parameters, inputs and outputs unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .snapshots import SnapshotStore
+from .store import ExecutionRow
+
+CONTAINER_ROOT = "/valohai"
+
+
+def container_environment(row: ExecutionRow) -> dict[str, str]:
+    env = dict(row.environment)
+    env.update(
+        {
+            "VH_REPOSITORY_DIR": f"{CONTAINER_ROOT}/repository",
+            "VH_INPUTS_DIR": f"{CONTAINER_ROOT}/inputs",
+            "VH_OUTPUTS_DIR": f"{CONTAINER_ROOT}/outputs",
+            "VH_CONFIG_DIR": f"{CONTAINER_ROOT}/config",
+            "VH_JOB_ID": f"runyard-{row.id}",
+            "VH_EXECUTION_ID": str(row.id),
+            "PYTHONUNBUFFERED": "1",
+            # docker-init is tini: signal the whole group so `sh -c` children get SIGTERM too
+            "TINI_KILL_PROCESS_GROUP": "1",
+        }
+    )
+    return env
+
+
+def execution_config(row: ExecutionRow) -> dict[str, Any]:
+    return {
+        "valohai.execution-id": str(row.id),
+        "valohai.execution-counter": row.id,
+        "valohai.execution-step": row.step,
+        "valohai.execution-title": row.title or "",
+        "valohai.execution-image": row.image,
+        "valohai.execution-command": row.command,
+        "valohai.commit-identifier": row.commit_ref or f"snapshot:{row.snapshot[:12]}",
+        "valohai.execution-created-at": row.created_at,
+        "valohai.creator-name": row.owner,
+        "valohai.project-name": "runyard",
+        "runyard.snapshot": row.snapshot,
+    }
+
+
+def prepare(work: Path, row: ExecutionRow, snapshots: SnapshotStore) -> None:
+    """Create (or re-create after a crash) the workspace; safe to call twice."""
+    repository = work / "repository"
+    if repository.exists():
+        shutil.rmtree(repository)
+    snapshots.extract(row.snapshot, repository)
+    for name in ("inputs", "outputs", "config"):
+        (work / name).mkdir(parents=True, exist_ok=True)
+    for input_name in row.inputs:
+        (work / "inputs" / input_name).mkdir(exist_ok=True)
+    config = work / "config"
+    (config / "parameters.json").write_text(json.dumps(row.parameters, indent=2))
+    (config / "inputs.json").write_text(json.dumps({name: {"files": []} for name in row.inputs}, indent=2))
+    (config / "execution.json").write_text(json.dumps(execution_config(row), indent=2))
+
+
+def remove(work: Path) -> None:
+    shutil.rmtree(work, ignore_errors=True)

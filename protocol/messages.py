@@ -1,0 +1,117 @@
+"""Every message that crosses the daemon socket, as typed msgspec structs.
+
+A connection starts with ``hello`` from the client and ``welcome`` from the
+daemon. After that the client sends ``request`` frames and the daemon answers
+each with ``response`` or ``error`` carrying the same id. The daemon may also
+push ``event``, ``resync``, ``log-data`` and ``log-end`` frames at any time for
+subscriptions the client opened.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+PROTOCOL_MAJOR: Final = 1
+PROTOCOL_MINOR: Final = 0
+
+CAPABILITIES: Final = ("events", "log-follow", "snapshots")
+
+
+class ErrorCode:
+    """Typed error codes; clients branch on these, never on message text."""
+
+    BAD_FRAME: Final = "bad-frame"
+    FRAME_TOO_LARGE: Final = "frame-too-large"
+    PROTOCOL_VERSION: Final = "protocol-version"
+    UNKNOWN_METHOD: Final = "unknown-method"
+    INVALID_PARAMS: Final = "invalid-params"
+    NOT_FOUND: Final = "not-found"
+    INVALID_STATE: Final = "invalid-state"
+    PERMISSION_DENIED: Final = "permission-denied"
+    INTERNAL: Final = "internal"
+
+
+class Hello(msgspec.Struct, tag="hello", tag_field="type"):
+    client: str
+    major: int
+    minor: int
+
+
+class Welcome(msgspec.Struct, tag="welcome", tag_field="type"):
+    server: str
+    major: int
+    minor: int
+    capabilities: list[str]
+    daemon_id: str
+    uid: int
+    user: str
+
+
+class Request(msgspec.Struct, tag="request", tag_field="type"):
+    id: int
+    method: str
+    params: dict[str, Any] = {}
+
+
+class Response(msgspec.Struct, tag="response", tag_field="type"):
+    id: int
+    result: Any = None
+
+
+class Error(msgspec.Struct, tag="error", tag_field="type"):
+    id: int | None
+    code: str
+    message: str
+
+
+class Event(msgspec.Struct, tag="event", tag_field="type"):
+    """A state change of one execution; ``seq`` is monotonic per daemon."""
+
+    seq: int
+    execution_id: int
+    kind: str
+    status: str
+    reason: str | None
+    at: str
+
+
+class Resync(msgspec.Struct, tag="resync", tag_field="type"):
+    """The asked-for sequence is older than what the daemon keeps: reload the list."""
+
+    oldest: int
+    latest: int
+
+
+class LogData(msgspec.Struct, tag="log-data", tag_field="type"):
+    """Whole log records in the on-disk format, from ``offset`` up to ``end``."""
+
+    sub: int
+    execution_id: int
+    offset: int
+    end: int
+    data: str
+
+
+class LogEnd(msgspec.Struct, tag="log-end", tag_field="type"):
+    """The execution has ended and every record up to ``offset`` was sent."""
+
+    sub: int
+    execution_id: int
+    offset: int
+
+
+Message = Hello | Welcome | Request | Response | Error | Event | Resync | LogData | LogEnd
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)
+
+
+def encode_message(message: Message) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_message(payload: bytes) -> Message:
+    """Decode one frame's payload; raises ``msgspec.DecodeError`` or ``ValidationError``."""
+    return _decoder.decode(payload)

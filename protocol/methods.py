@@ -1,0 +1,138 @@
+"""The request methods: their parameters and results, shared by daemon and clients.
+
+The daemon converts a request's ``params`` into the struct named here, so a
+wrongly typed field becomes an ``invalid-params`` error that names the field.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+TERMINAL_STATUSES: Final = frozenset({"complete", "error", "stopped"})
+ALL_STATUSES: Final = ("created", "queued", "started", "stopping", "complete", "error", "stopped")
+
+
+class ExecutionView(msgspec.Struct, kw_only=True):
+    id: int
+    step: str
+    title: str | None
+    status: str
+    reason: str | None
+    owner: str
+    owner_uid: int
+    parameters: dict[str, object]
+    inputs: dict[str, list[str]]
+    image: str
+    command: str
+    snapshot: str
+    commit: str | None
+    host: str | None
+    container_id: str | None
+    exit_code: int | None
+    created_at: str
+    started_at: str | None
+    ended_at: str | None
+    restarted_from: int | None
+    log_size: int = 0
+    metadata: dict[str, object] = {}
+
+
+class OutputView(msgspec.Struct):
+    path: str
+    size: int
+    sha256: str
+
+
+class MetadataPoint(msgspec.Struct):
+    n: int
+    time: str
+    values: dict[str, object]
+
+
+class SubmitParams(msgspec.Struct, forbid_unknown_fields=True):
+    step: str
+    snapshot: str
+    parameters: dict[str, str] = {}
+    title: str | None = None
+    image: str | None = None
+    commit: str | None = None
+    inputs: dict[str, list[str]] = {}
+    config_path: str = "valohai.yaml"
+
+
+class SnapshotHasParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+
+
+class SnapshotPutParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    offset: int
+    data: bytes
+    final: bool = False
+
+
+class IdParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: int
+
+
+class StopParams(msgspec.Struct, forbid_unknown_fields=True):
+    ids: list[int] = []
+    all: bool = False
+
+
+class ListParams(msgspec.Struct, forbid_unknown_fields=True):
+    status: list[str] = []
+    limit: int = 100
+    before_id: int | None = None
+
+
+class RenameParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: int
+    title: str
+
+
+class DeleteParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: int
+    purge_outputs: bool = False
+
+
+class LogsReadParams(msgspec.Struct, forbid_unknown_fields=True):
+    """Exactly one of head, tail or offset mode; ``stream`` filters to 'stdout' or 'stderr'."""
+
+    id: int
+    head: int | None = None
+    tail: int | None = None
+    offset: int | None = None
+    max_bytes: int = 1024 * 1024
+    stream: str | None = None
+
+
+class LogsReadResult(msgspec.Struct):
+    data: str
+    start: int
+    end: int
+    size: int
+    skipped_lines: int | None = None
+
+
+class LogsFollowParams(msgspec.Struct, forbid_unknown_fields=True):
+    """``sub`` is chosen by the client so it can listen before the first frame arrives."""
+
+    id: int
+    sub: int
+    offset: int = 0
+
+
+class LogsUnfollowParams(msgspec.Struct, forbid_unknown_fields=True):
+    sub: int
+
+
+class SubscribeParams(msgspec.Struct, forbid_unknown_fields=True):
+    since: int | None = None
+
+
+class StopResult(msgspec.Struct):
+    stopped: list[int]
+    already_ended: list[int]

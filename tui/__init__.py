@@ -1,0 +1,1 @@
+"""The Textual dashboard; it talks to the daemon only through runyard.protocol."""

@@ -53,7 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--socket", default=None,
                         help=f"daemon socket (default: $RUNYARD_SOCKET or {default_socket_path()})")
+    # Every command takes --socket after its name too; SUPPRESS keeps the global value otherwise.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", default=argparse.SUPPRESS, help="daemon socket path")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add = sub.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return add(name, parents=[common], **kwargs)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     p = sub.add_parser("daemon", help="run the daemon in the foreground (logs to stderr)")
     p.add_argument("--config", help="TOML config file (see config.example.toml)")
@@ -438,3 +447,7 @@ COMMANDS = {
     "stop": cmd_stop, "restart": cmd_restart, "rename": cmd_rename, "delete": cmd_delete,
     "outputs": cmd_outputs,
 }
+
+
+def entry() -> None:
+    sys.exit(main())

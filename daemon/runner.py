@@ -119,8 +119,11 @@ class Runner:
             # The daemon died between "stopping" and the engine's stop: ask again.
             await self.s.runtime.stop(self.container_id, self.s.stop_grace)
         await self._catch_up_metadata()
-        await self._ingest_logs()
+        await self._ingest_logs(follow=True)
         await self.s.runtime.wait(self.container_id)
+        # One more read from the exact resume point after exit: costs one request, and makes
+        # the stored log complete even if the follow stream ended early (engine restart, blip).
+        await self._ingest_logs(follow=False)
         state = await self.s.runtime.state(self.container_id)
         await self._collect_outputs()
         await self._finish(state.exit_code, state.oom_killed)
@@ -143,11 +146,11 @@ class Runner:
             await self.s.store.add_metadata(self.id, _with_time(points), end)
             offset = end
 
-    async def _ingest_logs(self) -> None:
+    async def _ingest_logs(self, *, follow: bool) -> None:
         assert self.container_id is not None
         resume = self.log.resume_point()
         decoder = DockerLogDecoder(resume=resume)
-        async for chunk in self.s.runtime.logs(self.container_id, resume.since or None):
+        async for chunk in self.s.runtime.logs(self.container_id, resume.since or None, follow=follow):
             await self._write_lines(decoder.feed(chunk))
         await self._write_lines(decoder.flush())
 

@@ -180,9 +180,10 @@ class DockerRuntime:
                 raise ContainerGone(f"container {container_id[:12]} was removed behind runyard's back") from None
             raise
 
-    async def logs(self, container_id: str, since: str | None) -> AsyncIterator[bytes]:
-        """Raw multiplexed log stream with timestamps, following until the container ends."""
-        params: dict[str, str] = {"stdout": "1", "stderr": "1", "follow": "1", "timestamps": "1"}
+    async def logs(self, container_id: str, since: str | None, *, follow: bool = True) -> AsyncIterator[bytes]:
+        """Raw multiplexed log stream with timestamps; with ``follow``, until the container ends."""
+        params: dict[str, str] = {"stdout": "1", "stderr": "1", "follow": "1" if follow else "0",
+                                  "timestamps": "1"}
         if since:
             params["since"] = _docker_since(since)
         timeout = aiohttp.ClientTimeout(total=None, sock_read=None)

@@ -126,9 +126,21 @@ def prepare_step(config: Config, step_name: str, raw_parameters: dict[str, str],
     return PreparedStep(
         name=step.name,
         image=step.image or None,
-        command=join_command(commands, " && "),
+        command=_script(commands),
         parameters=values,
         inputs=resolved_inputs,
         environment=environment,
     )
 
+
+def _script(commands: list[str]) -> str:
+    """One line per command under `set -e`: stop at the first failure, as Valohai does.
+
+    Joining with `&&` would make a trailing `&` on one command background all the
+    ones before it too.
+    """
+    body = join_command(commands, "\n")
+    if body.startswith("#!"):
+        shebang, _, rest = body.partition("\n")
+        return f"{shebang}\nset -e\n{rest}"
+    return f"set -e\n{body}"

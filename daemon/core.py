@@ -57,6 +57,7 @@ class Core:
         self._runners: dict[int, asyncio.Task[None]] = {}
         self._stop_tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._prune_pending = False
         self._scheduler_task: asyncio.Task[None] | None = None
         self.runner_services = RunnerServices(
             store=store, runtime=self.runtime, snapshots=self.snapshots, outputs=self.outputs,
@@ -110,6 +111,9 @@ class Core:
         self.hub.publish(event)
         if event.status in TERMINAL or event.status == "queued":
             self._wake.set()
+        if event.seq % 1000 == 0:
+            self._prune_pending = True
+            self._wake.set()
 
     def log_path(self, execution_id: int) -> Path:
         return self.logs_root / f"{int(execution_id)}.log"
@@ -158,6 +162,11 @@ class Core:
                 log.exception("scheduling pass failed; will retry on the next change")
 
     async def _place(self) -> None:
+        if self._prune_pending:
+            self._prune_pending = False
+            await self.store.prune_events(self.config.daemon.events_retained)
+        if not self.config.local.enabled:
+            return
         free = self.config.local.max_concurrent - len(self._runners)
         if free <= 0:
             return

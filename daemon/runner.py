@@ -87,6 +87,7 @@ class Runner:
 
     async def _run(self) -> None:
         work = self.s.work_root / str(self.id)
+        fresh = False
         if self.container_id is None:
             existing = await self.s.runtime.find(self.id)
             if existing is not None:
@@ -104,17 +105,25 @@ class Runner:
                     host=self.s.host,
                 )
                 self.container_id = await self.s.runtime.create(spec)
+                fresh = True
+        current = await self.s.store.get(self.id)
+        if current is None or current.terminal:
+            # Stopped (or deleted) while we were preparing: it must not start at all.
+            await self.s.runtime.remove(self.container_id)
+            workspace.remove(work)
+            return
+        if fresh or (await self.s.runtime.state(self.container_id)).status == "created":
+            await self.s.runtime.start(self.container_id)
         if self.row.status in ("queued", "created"):
+            # "started" means the engine has started it; a crash before this line is healed
+            # on restart by adopting the labelled container, so nothing runs twice.
             if not await self._transition("started", host=self.s.host, container_id=self.container_id):
-                # Stopped while we were preparing: the container must never run.
+                # Stopped in the instant between the check above and the start.
                 await self.s.runtime.remove(self.container_id)
                 workspace.remove(work)
                 return
         elif self.row.container_id != self.container_id:
             await self.s.store.update(self.id, container_id=self.container_id)
-        state = await self.s.runtime.state(self.container_id)
-        if state.status == "created":
-            await self.s.runtime.start(self.container_id)
         if self.row.status == "stopping":
             # The daemon died between "stopping" and the engine's stop: ask again.
             await self.s.runtime.stop(self.container_id, self.s.stop_grace)

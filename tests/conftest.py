@@ -195,7 +195,8 @@ async def client(daemon: Daemon) -> AsyncIterator[Client]:
         await c.close()
 
 
-def run_cli(daemon: Daemon, *args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(daemon: Daemon, *args: str, cwd: Path | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """The real `runyard` command line, as a user would type it."""
     return subprocess.run(
         [sys.executable, "-m", "runyard.cli", *args],

@@ -1,0 +1,179 @@
+"""Fast checks of the pure parts: framing, log decoding, log files, config, steps, snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from pathlib import Path
+
+import pytest
+
+from runyard.daemon.config import ConfigError, parse_config
+from runyard.daemon.logfile import LogFile
+from runyard.daemon.logstream import DockerLogDecoder, ResumePoint, metadata_of, normalize_timestamp
+from runyard.daemon.snapshots import SnapshotError, SnapshotStore, snapshot_commit, snapshot_worktree
+from runyard.daemon.steps import StepError, lint_text, load_config, prepare_step
+from runyard.protocol.framing import FrameDecoder, FrameTooLarge, encode_frame
+
+from .conftest import git, make_repo
+
+
+def frame(stream: int, ts: str, text: bytes) -> bytes:
+    payload = ts.encode() + b" " + text
+    return struct.pack(">BxxxI", stream, len(payload)) + payload
+
+
+TS = "2026-11-21T12:00:00.000000001Z"
+
+
+def test_frame_decoder_handles_split_and_joined_frames() -> None:
+    data = encode_frame(b"one") + encode_frame(b"two")
+    decoder = FrameDecoder()
+    assert decoder.feed(data[:5]) == []
+    assert decoder.feed(data[5:]) == [b"one", b"two"]
+    with pytest.raises(FrameTooLarge):
+        FrameDecoder(max_frame=10).feed(encode_frame(b"x" * 11, max_frame=100))
+
+
+def test_docker_decoder_streams_partials_and_carriage_returns() -> None:
+    decoder = DockerLogDecoder()
+    raw = (frame(1, TS, b"hello\n") + frame(2, TS, b"oops\n") + frame(1, TS, b"long " * 3)
+           + frame(1, TS, b"end\n") + frame(1, TS, b"10%\r50%\r100%\r\n") + frame(1, TS, b"no newline"))
+    lines = decoder.feed(raw[:7]) + decoder.feed(raw[7:])
+    assert lines == [("O", TS, "hello"), ("E", TS, "oops"), ("O", TS, "long long long end"),
+                     ("O", TS, "100%")]
+    assert decoder.flush() == [("O", TS, "no newline")]
+
+
+def test_docker_decoder_skips_exactly_the_stored_lines_and_keeps_bad_utf8() -> None:
+    decoder = DockerLogDecoder(resume=ResumePoint(since=TS, skip=2))
+    lines = decoder.feed(frame(1, TS, b"a\n") + frame(2, TS, b"b\n") + frame(1, TS, b"c\xff\n"))
+    assert lines == [("O", TS, "c\ufffd")]
+
+
+def test_timestamps_are_fixed_width() -> None:
+    assert normalize_timestamp("2026-11-21T12:00:00.5Z") == "2026-11-21T12:00:00.500000000Z"
+
+
+def test_metadata_lines() -> None:
+    assert metadata_of('{"loss": 0.5}') == {"loss": 0.5}
+    assert metadata_of('{"loss": NaN}') is not None
+    assert metadata_of("[1, 2]") is None
+    assert metadata_of("{not json") is None
+    assert metadata_of("plain") is None
+
+
+def test_logfile_head_tail_stream_filter_and_torn_record(tmp_path: Path) -> None:
+    path = tmp_path / "x.log"
+    records = "".join(f"{'E' if i % 3 == 0 else 'O'} {TS} line {i}\n" for i in range(10_000))
+    path.write_text(records + "O 2026-11-21T12:00:00.0000")  # torn by a crash
+    log = LogFile(path)
+    log.open_for_append()
+    assert path.read_text() == records
+    head, end = log.head(2)
+    assert head.decode().splitlines()[1].endswith("line 1") and end == len(head)
+    tail, start = log.tail(3)
+    assert [r.split()[-1] for r in tail.decode().splitlines()] == ["9997", "9998", "9999"]
+    assert records.encode()[start:] == tail
+    err_tail, _ = log.tail(2, "stderr")
+    assert [r.split()[-1] for r in err_tail.decode().splitlines()] == ["9996", "9999"]
+    assert log.line_count() == 10_000
+    data, new_end = log.read_range(5, 100)
+    assert data.endswith(b"\n") and new_end == 5 + len(data)
+    asyncio.run(log.append(f"O {TS} more\n"))
+    assert log.line_count() == 10_001
+    point = log.resume_point()
+    assert point.skip == 10_001 and point.since < TS
+
+
+def test_config_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError, match="unknown field `sockt`"):
+        parse_config("[daemon]\nsockt = 'x'\n")
+    with pytest.raises(ConfigError, match=r"local\.max_concurrent"):
+        parse_config("[local]\nmax_concurrent = 'four'\n")
+    with pytest.raises(ConfigError, match="socket_mode"):
+        parse_config("[daemon]\nsocket_mode = 'rw'\n")
+    config = parse_config("[daemon]\ndata_dir = 'rel'\n", base=Path("/srv"))
+    assert config.daemon.data_dir == "/srv/rel"
+
+
+def test_example_config_is_valid() -> None:
+    root = Path(__file__).resolve().parents[1]
+    parse_config((root / "config.example.toml").read_text())
+
+
+YAML = """
+- step:
+    name: train
+    image: python:3.11
+    command:
+      - python train.py {parameters}
+      - echo done &
+    parameters:
+      - {name: lr, type: float, default: 0.1, min: 0}
+      - {name: opt, type: string, default: adam, choices: [adam, sgd]}
+      - {name: fast, type: flag}
+"""
+
+
+def test_prepare_step_validates_and_quotes() -> None:
+    config = load_config(YAML)
+    prepared = prepare_step(config, "train", {"opt": "sgd", "fast": "true"}, {})
+    assert prepared.command == "set -e\npython train.py --lr=0.1 --opt=sgd --fast\necho done &"
+    with pytest.raises(StepError, match="parameter 'lr'"):
+        prepare_step(config, "train", {"lr": "-1"}, {})
+    with pytest.raises(StepError, match="not among the choices"):
+        prepare_step(config, "train", {"opt": "rms"}, {})
+    with pytest.raises(StepError, match="no step named 'eval'"):
+        prepare_step(config, "eval", {}, {})
+
+
+def test_lint_gives_locations() -> None:
+    [problem] = lint_text("- step:\n    name: x\n  bad: [\n", "v.yaml")
+    assert problem.severity == "error" and problem.location == "v.yaml:4:1"
+
+
+def test_snapshots_are_deterministic_and_honour_gitignore(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", {"a.py": "print(1)\n", ".gitignore": "*.tmp\n", "d/b.txt": "b"})
+    committed = snapshot_commit(repo, "HEAD")
+    assert snapshot_worktree(repo).id == committed.id  # same tree, same id
+    (repo / "new.py").write_text("x")
+    (repo / "junk.tmp").write_text("ignored")
+    adhoc = snapshot_worktree(repo)
+    assert adhoc.id != committed.id and adhoc.files == committed.files + 1
+    store = SnapshotStore(tmp_path / "store")
+    store.put_chunk(adhoc.id, 0, adhoc.data, True)
+    store.extract(adhoc.id, tmp_path / "out")
+    assert (tmp_path / "out" / "new.py").read_text() == "x" and not (tmp_path / "out" / "junk.tmp").exists()
+    (repo / "a.py").write_text("changed")
+    git(repo, "commit", "-qam", "second")
+    assert snapshot_commit(repo, "HEAD~1").id == committed.id
+    with pytest.raises(SnapshotError, match="not a commit"):
+        snapshot_commit(repo, "no-such-ref")
+
+
+def test_extract_refuses_escaping_members(tmp_path: Path) -> None:
+    import hashlib
+    import io
+    import tarfile
+
+    for name, linkname in [("../evil", None), ("/abs", None), ("link", "/etc")]:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo(name)
+            if linkname:
+                info.type = tarfile.SYMTYPE
+                info.linkname = linkname
+                tar.addfile(info)
+                inner = tarfile.TarInfo("link/passwd")
+                inner.size = 1
+                tar.addfile(inner, io.BytesIO(b"x"))
+            else:
+                info.size = 1
+                tar.addfile(info, io.BytesIO(b"x"))
+        data = buf.getvalue()
+        sid = hashlib.sha256(data).hexdigest()
+        store = SnapshotStore(tmp_path / "s")
+        store.put_chunk(sid, 0, data, True)
+        with pytest.raises(SnapshotError):
+            store.extract(sid, tmp_path / f"out-{len(name)}")

@@ -54,12 +54,12 @@ class LogFile:
             os.close(self._fd)
             self._fd = None
 
-    async def append(self, data: str) -> int:
-        """Append whole records and wake followers; returns the new size."""
+    async def append(self, data: str | bytes) -> int:
+        """Append whole records (valid UTF-8) and wake followers; returns the new size."""
         if not data:
             return self.size
         assert self._fd is not None, "log not opened for append"
-        raw = data.encode("utf-8", "surrogateescape")
+        raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
         view = memoryview(raw)
         while view:
             written = os.write(self._fd, view)

@@ -18,7 +18,7 @@ from runyard.protocol.logformat import format_record, parse_records
 
 from . import workspace
 from .logfile import LogFile
-from .logstream import DockerLogDecoder, metadata_of
+from .logstream import Decoded, DockerLogDecoder, metadata_of
 from .outputs import LocalOutputStore
 from .runtime_docker import ContainerGone, ContainerSpec, DockerRuntime, EngineError, ImageMissing
 from .snapshots import SnapshotStore
@@ -151,8 +151,8 @@ class Runner:
                 if line.stream == "stdout":
                     values = metadata_of(line.text)
                     if values is not None:
-                        points.append((line.time, values))
-            await self.s.store.add_metadata(self.id, _with_time(points), end)
+                        points.append((line.time, line.text, values))
+            await self.s.store.add_metadata(self.id, points, end)
             offset = end
 
     async def _ingest_logs(self, *, follow: bool) -> None:
@@ -163,20 +163,23 @@ class Runner:
             await self._write_lines(decoder.feed(chunk))
         await self._write_lines(decoder.flush())
 
-    async def _write_lines(self, lines: list[tuple[str, str, str]]) -> None:
-        if not lines:
+    async def _write_lines(self, decoded: Decoded) -> None:
+        if not decoded.records:
             return
-        records = []
+        data = b"".join(decoded.records)
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            # Binary output: the stored log stays valid UTF-8, bad bytes become U+FFFD.
+            data = data.decode("utf-8", "replace").encode("utf-8")
         points = []
-        for letter, ts, text in lines:
-            records.append(f"{letter} {ts} {text}\n")
-            if letter == "O" and text[:1] == "{":
-                values = metadata_of(text)
-                if values is not None:
-                    points.append((ts, values))
-        end = await self.log.append("".join(records))
+        for ts, text in decoded.candidates:
+            values = metadata_of(text)
+            if values is not None:
+                points.append((ts, text, values))
+        end = await self.log.append(data)
         if points:
-            await self.s.store.add_metadata(self.id, _with_time(points), end)
+            await self.s.store.add_metadata(self.id, points, end)
 
     async def _collect_outputs(self) -> None:
         source = self.s.work_root / str(self.id) / "outputs"
@@ -211,15 +214,6 @@ class Runner:
         if self.container_id is not None:
             await self.s.runtime.remove(self.container_id)
         workspace.remove(self.s.work_root / str(self.id))
-
-
-def _with_time(points: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for ts, values in points:
-        values = dict(values)
-        values.setdefault("_time", ts)
-        out.append((ts, values))
-    return out
 
 
 def _now_ns() -> str:

@@ -16,6 +16,8 @@ from typing import Any, Final
 import aiodocker
 import aiohttp
 
+from .docker_logs import LogStreamError, container_logs
+
 LABEL_DAEMON: Final = "runyard.daemon"
 LABEL_EXECUTION: Final = "runyard.execution"
 LABEL_HOST: Final = "runyard.host"
@@ -186,13 +188,15 @@ class DockerRuntime:
                                   "timestamps": "1"}
         if since:
             params["since"] = _docker_since(since)
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
-        # aiodocker's log() merges stdout and stderr into text; we need the raw frames.
-        async with self.docker._query(
-            f"containers/{container_id}/logs", params=params, timeout=timeout
-        ) as response:
-            async for chunk in response.content.iter_any():
+        try:
+            async for chunk in container_logs(self.docker_socket, container_id, params):
                 yield chunk
+        except LogStreamError as exc:
+            if exc.status == 404:
+                raise ContainerGone(f"container {container_id[:12]} was removed behind runyard's back") from None
+            raise EngineError(f"cannot read logs: {exc}") from None
+        except OSError as exc:
+            raise EngineError(f"cannot read logs from {self.docker_socket}: {exc}") from None
 
     async def stop(self, container_id: str, grace_seconds: int) -> None:
         try:

@@ -320,40 +320,45 @@ class Store:
 
     # -- metadata -----------------------------------------------------------
 
-    async def add_metadata(self, execution_id: int, points: list[tuple[str, dict[str, Any]]],
+    async def add_metadata(self, execution_id: int, points: list[tuple[str, str, dict[str, Any]]],
                            new_offset: int) -> None:
-        """Record points and the log offset they were read up to, in one transaction.
+        """Record points (time, the JSON text as printed, parsed values) and the log offset read.
 
-        The offset is what makes re-reading the log after a crash add no point twice.
+        The offset, in the same transaction, is what makes re-reading the log after
+        a crash add no point twice. Points keep the program's own JSON text, so
+        nothing (NaN, big integers) is changed by re-encoding.
         """
+        latest: dict[str, Any] = {}
+        for _at, _raw, values in points:
+            latest.update(values)
+        latest_rows = [(execution_id, k, json.dumps(v, allow_nan=True)) for k, v in latest.items()]
+        if points:
+            latest_rows.append((execution_id, "_time", json.dumps(points[-1][0])))
         async with self._tx():
             async with self.db.execute(
                 "SELECT metadata_count FROM executions WHERE id = ?", (execution_id,)
             ) as cur:
                 r = await cur.fetchone()
             count = int(r[0]) if r else 0
-            rows = []
-            latest: dict[str, str] = {}
-            for at, values in points:
-                rows.append((execution_id, count, at, json.dumps(values, allow_nan=True)))
-                count += 1
-                for key, value in values.items():
-                    latest[key] = json.dumps(value, allow_nan=True)
+            rows = [(execution_id, count + i, at, raw) for i, (at, raw, _values) in enumerate(points)]
             await self.db.executemany("INSERT INTO metadata VALUES (?,?,?,?)", rows)
-            await self.db.executemany(
-                "INSERT OR REPLACE INTO metadata_latest VALUES (?,?,?)",
-                [(execution_id, k, v) for k, v in latest.items()],
-            )
+            await self.db.executemany("INSERT OR REPLACE INTO metadata_latest VALUES (?,?,?)", latest_rows)
             await self.db.execute(
                 "UPDATE executions SET metadata_offset = ?, metadata_count = ? WHERE id = ?",
-                (new_offset, count, execution_id),
+                (new_offset, count + len(points), execution_id),
             )
 
     async def metadata(self, execution_id: int) -> list[tuple[int, str, dict[str, Any]]]:
         async with self.db.execute(
             "SELECT n, at, data FROM metadata WHERE execution_id = ? ORDER BY n", (execution_id,)
         ) as cur:
-            return [(r[0], r[1], json.loads(r[2])) for r in await cur.fetchall()]
+            rows = await cur.fetchall()
+        points = []
+        for n, at, raw in rows:
+            values = json.loads(raw)
+            values.setdefault("_time", at)
+            points.append((n, at, values))
+        return points
 
     async def latest_metadata(self, execution_id: int) -> dict[str, Any]:
         async with self.db.execute(

@@ -14,6 +14,7 @@ from runyard.daemon.logstream import DockerLogDecoder, ResumePoint, metadata_of,
 from runyard.daemon.snapshots import SnapshotError, SnapshotStore, snapshot_commit, snapshot_worktree
 from runyard.daemon.steps import StepError, lint_text, load_config, prepare_step
 from runyard.protocol.framing import FrameDecoder, FrameTooLarge, encode_frame
+from runyard.protocol.logformat import parse_records
 
 from .conftest import git, make_repo
 
@@ -37,18 +38,24 @@ def test_frame_decoder_handles_split_and_joined_frames() -> None:
 
 def test_docker_decoder_streams_partials_and_carriage_returns() -> None:
     decoder = DockerLogDecoder()
+    short_ts = "2026-11-21T12:00:00.5Z"  # Docker trims trailing zeros
     raw = (frame(1, TS, b"hello\n") + frame(2, TS, b"oops\n") + frame(1, TS, b"long " * 3)
-           + frame(1, TS, b"end\n") + frame(1, TS, b"10%\r50%\r100%\r\n") + frame(1, TS, b"no newline"))
-    lines = decoder.feed(raw[:7]) + decoder.feed(raw[7:])
-    assert lines == [("O", TS, "hello"), ("E", TS, "oops"), ("O", TS, "long long long end"),
-                     ("O", TS, "100%")]
-    assert decoder.flush() == [("O", TS, "no newline")]
+           + frame(1, TS, b"end\n") + frame(1, TS, b"10%\r50%\r100%\r\n") + frame(1, short_ts, b'{"a": 1}\n')
+           + frame(1, TS, b"no newline"))
+    first, second = decoder.feed(raw[:7]), decoder.feed(raw[7:])
+    records = b"".join(first.records + second.records).decode()
+    assert [(line.stream, line.text) for line in parse_records(records)] == [
+        ("stdout", "hello"), ("stderr", "oops"), ("stdout", "long long long end"), ("stdout", "100%"),
+        ("stdout", '{"a": 1}')]
+    assert parse_records(records)[-1].time == "2026-11-21T12:00:00.500000000Z"
+    assert second.candidates == [("2026-11-21T12:00:00.500000000Z", '{"a": 1}')]
+    assert b"".join(decoder.flush().records).decode() == f"O {TS} no newline\n"
 
 
 def test_docker_decoder_skips_exactly_the_stored_lines_and_keeps_bad_utf8() -> None:
     decoder = DockerLogDecoder(resume=ResumePoint(since=TS, skip=2))
-    lines = decoder.feed(frame(1, TS, b"a\n") + frame(2, TS, b"b\n") + frame(1, TS, b"c\xff\n"))
-    assert lines == [("O", TS, "c\ufffd")]
+    decoded = decoder.feed(frame(1, TS, b"a\n") + frame(2, TS, b"b\n") + frame(1, TS, b"c\xff\n"))
+    assert decoded.records == [f"O {TS} c".encode() + b"\xff\n"]  # the runner replaces bad bytes per batch
 
 
 def test_timestamps_are_fixed_width() -> None:

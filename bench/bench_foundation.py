@@ -1,0 +1,175 @@
+"""Foundation benchmarks: each figure is a ratio against a baseline measured in the same run.
+
+1. submit -> `started` through the daemon, against a bare aiodocker create+start
+   of the same image on the same engine.
+2. log ingestion (decode, \\r collapse, append, metadata parsed and persisted),
+   against `docker logs` reading the same finished container.
+3. latency from a line printed in the container to a `logs -f` client.
+
+Run: .venv/bin/python bench/bench_foundation.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiodocker
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from runyard.daemon.logfile import LogFile  # noqa: E402
+from runyard.daemon.runner import Runner, RunnerServices  # noqa: E402
+from runyard.daemon.runtime_docker import DockerRuntime  # noqa: E402
+from runyard.daemon.store import NewExecution, Store  # noqa: E402
+from runyard.protocol import Client  # noqa: E402
+from runyard.protocol.logformat import parse_records  # noqa: E402
+from tests.conftest import BASE_IMAGE, Daemon, make_repo, step_yaml, submit_repo  # noqa: E402
+
+
+async def bench_start(daemon: Daemon, repo: Path, rounds: int) -> dict[str, float]:
+    docker = aiodocker.Docker()
+    bare: list[float] = []
+    ours: list[float] = []
+    try:
+        async with await Client.connect(daemon.socket) as client:
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                container = await docker.containers.create({"Image": BASE_IMAGE, "Cmd": ["sleep", "0.2"],
+                                                            "HostConfig": {"Init": True}})
+                await container.start()
+                bare.append(time.perf_counter() - t0)
+                await container.delete(force=True)
+
+                events = client.events()
+                waiter = asyncio.ensure_future(_next_started(events))
+                await asyncio.sleep(0)  # let the subscription register before submitting
+                t0 = time.perf_counter()
+                execution = await submit_repo(client, repo, "short")
+                started_id = await waiter
+                ours.append(time.perf_counter() - t0)
+                assert started_id == execution.id
+                await events.aclose()
+    finally:
+        await docker.close()
+    return {"bare_create_start_ms": statistics.median(bare) * 1000,
+            "submit_to_started_ms": statistics.median(ours) * 1000,
+            "ratio": statistics.median(ours) / statistics.median(bare)}
+
+
+async def _next_started(events: object) -> int:
+    async for event in events:  # type: ignore[attr-defined]
+        if getattr(event, "status", None) == "started":
+            return int(event.execution_id)
+    raise AssertionError("no started event")
+
+
+async def bench_ingest(lines: int, workdir: Path) -> dict[str, float]:
+    script = (f"import json\nfor i in range({lines}):\n"
+              "    print(json.dumps({'step': i, 'loss': 1/(i+1)}) if i % 10 == 0 else f'line {i} of the log')\n")
+    run = subprocess.run(["docker", "run", "-d", BASE_IMAGE, "python3", "-c", script],
+                         capture_output=True, text=True, check=True)
+    container = run.stdout.strip()
+    subprocess.run(["docker", "wait", container], check=True, capture_output=True)
+    try:
+        baseline = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            subprocess.run(f"docker logs {container} >/dev/null 2>&1", shell=True, check=True)
+            baseline.append(time.perf_counter() - t0)
+        ours = []
+        for attempt in range(3):
+            data = workdir / f"ingest-{attempt}"
+            store = await Store.open(data / "db.sqlite3")
+            row, _ = await store.create_execution(NewExecution(
+                step="bench", title=None, owner="bench", owner_uid=0, parameters={}, inputs={},
+                image=BASE_IMAGE, command="", environment={}, snapshot="0" * 64, commit_ref=None,
+                config_path="valohai.yaml"))
+            runtime = DockerRuntime("/var/run/docker.sock", store.daemon_id)
+            logfile = LogFile(data / "log")
+            services = RunnerServices(store=store, runtime=runtime, snapshots=None,  # type: ignore[arg-type]
+                                      outputs=None, work_root=data, stop_grace=0, host="local",  # type: ignore[arg-type]
+                                      publish=lambda e: None, open_log=lambda i, lf=logfile: lf,
+                                      release_log=_noop)
+            runner = Runner(services, row)
+            runner.container_id = container
+            logfile.open_for_append()
+            t0 = time.perf_counter()
+            await runner._ingest_logs(follow=False)  # the production path: decode, append, metadata
+            ours.append(time.perf_counter() - t0)
+            points = len(await store.metadata(row.id))
+            assert logfile.line_count() == lines and points == lines // 10, (logfile.line_count(), points)
+            await runtime.close()
+            await store.close()
+    finally:
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+    base_rate = lines / statistics.median(baseline)
+    our_rate = lines / statistics.median(ours)
+    return {"lines": lines, "docker_logs_lines_per_s": base_rate, "runyard_lines_per_s": our_rate,
+            "ratio": our_rate / base_rate}
+
+
+async def _noop(_: int) -> None:
+    return None
+
+
+async def bench_follow_latency(daemon: Daemon, repo: Path) -> dict[str, float]:
+    latencies: list[float] = []
+    async with await Client.connect(daemon.socket) as client:
+        execution = await submit_repo(client, repo, "ticks")
+        async for block in client.follow_logs(execution.id):
+            now = time.time()
+            for line in parse_records(block.data):
+                if line.text.startswith("tick "):
+                    latencies.append(now - float(line.text.split()[1]))
+    latencies.sort()
+    return {"lines": len(latencies), "p50_ms": latencies[len(latencies) // 2] * 1000,
+            "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller log")
+    args = parser.parse_args()
+    rounds, lines = (5, 200_000) if args.quick else (15, 1_000_000)
+    root = Path(tempfile.mkdtemp(prefix="ryb-", dir="/tmp"))
+    daemon = Daemon(root=root, max_concurrent=8)
+    repo = make_repo(root / "repo", {
+        "valohai.yaml": step_yaml("short", "sleep 0.2") + step_yaml("ticks", "python3 ticks.py"),
+        "ticks.py": "import time\nfor i in range(300):\n    print('tick', time.time(), flush=True)\n"
+                    "    time.sleep(0.01)\n",
+    })
+    daemon.start()
+    try:
+        results = {
+            "submit_to_started": await bench_start(daemon, repo, rounds),
+            "log_ingestion": await bench_ingest(lines, root),
+            "follow_latency": await bench_follow_latency(daemon, repo),
+        }
+    finally:
+        daemon.terminate()
+        daemon.cleanup_containers()
+        shutil.rmtree(root, ignore_errors=True)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "foundation.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    s, i, f = results["submit_to_started"], results["log_ingestion"], results["follow_latency"]
+    print(f"\nsubmit->started {s['submit_to_started_ms']:.1f} ms vs bare create+start "
+          f"{s['bare_create_start_ms']:.1f} ms: {s['ratio']:.2f}x (target <= 1.2x)")
+    print(f"ingestion {i['runyard_lines_per_s']:,.0f} lines/s vs docker logs {i['docker_logs_lines_per_s']:,.0f}: "
+          f"{i['ratio']:.2f}x (target >= 0.8x)")
+    print(f"follow latency p50 {f['p50_ms']:.1f} ms (target < 50), p99 {f['p99_ms']:.1f} ms (target < 250)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -94,6 +94,9 @@ class DockerLogDecoder:
         resume = self.resume
         pos = 0
         end = len(buf)
+        # Checked once per chunk rather than once per line: most chunks have no \r at all.
+        has_cr = buf.find(b"\r") >= 0
+        prefixes = _PREFIX
         # The hot loop of log ingestion. A Docker payload is "<timestamp> <text>\n", which is
         # already a record once the stream letter is put in front: no per-line decoding.
         while end - pos >= 8:
@@ -106,12 +109,12 @@ class DockerLogDecoder:
             space = buf.find(b" ", start, stop)
             if space < 0:
                 continue
-            if (buf[stop - 1] == 10 and stream not in partial and space - start == TIMESTAMP_WIDTH
-                    and buf.find(b"\r", space, stop) < 0):
+            if (buf[stop - 1] == 10 and space - start == TIMESTAMP_WIDTH and not (partial and stream in partial)
+                    and not (has_cr and buf.find(b"\r", space, stop) >= 0)):
                 if resume.skip > 0:
                     resume.skip -= 1
                     continue
-                append(_PREFIX.get(stream, b"O ") + buf[start:stop])
+                append((prefixes.get(stream) or b"O ") + buf[start:stop])
                 if stream == 1 and buf[space + 1] == 123:  # "{": maybe a metadata point
                     out.candidates.append((buf[start:space].decode("ascii"),
                                            buf[space + 1 : stop - 1].decode("utf-8", "replace")))

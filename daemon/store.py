@@ -278,10 +278,6 @@ class Store:
             event = await self._append_event(execution_id, "deleted", "deleted", None, now)
         return event
 
-    async def snapshot_in_use(self, snapshot: str) -> bool:
-        async with self.db.execute("SELECT 1 FROM executions WHERE snapshot = ? LIMIT 1", (snapshot,)) as cur:
-            return await cur.fetchone() is not None
-
     # -- events -------------------------------------------------------------
 
     async def _append_event(self, execution_id: int, kind: str, status: str, reason: str | None,

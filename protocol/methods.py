@@ -114,7 +114,6 @@ class LogsReadResult(msgspec.Struct):
     start: int
     end: int
     size: int
-    skipped_lines: int | None = None
 
 
 class LogsFollowParams(msgspec.Struct, forbid_unknown_fields=True):

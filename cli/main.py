@@ -82,6 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--directory", "-C", default=".", help="repository directory (default: .)")
     p.add_argument("--yaml", default="valohai.yaml", help="config path inside the repository")
     p.add_argument("--watch", "-w", action="store_true", help="follow the logs until it ends")
+    p.add_argument("--gpus", type=int, metavar="N", help="GPUs to grant (default: the step's resources.devices)")
+    p.add_argument("--pool", help="run on a host of this pool (default: the step's environment, if a pool)")
+    p.add_argument("--priority", type=int, default=0,
+                   help="higher runs first; above 0 needs an admin (default 0)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("hosts", help="pool hosts: state, GPUs and who holds them, running executions")
+    p.add_argument("action", nargs="?", choices=["list", "drain", "enable", "scan"], default="list",
+                   help="drain: finish what runs, take nothing new; enable: undo; scan: re-read inventory")
+    p.add_argument("name", nargs="?", help="the host, for drain, enable and scan")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("doctor", help="check a host: ssh, runtime, nvidia-smi, container toolkit, disk")
+    p.add_argument("name", help="host name from the config (local for this machine)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("list", help="list executions, newest first")
@@ -229,6 +243,7 @@ async def cmd_run(client: Client, args: argparse.Namespace) -> int:
     execution = await client.submit(
         step=args.step, snapshot=snap.id, parameters=dict(args.param), title=args.title,
         image=args.image, commit=snap.commit, inputs=inputs, config_path=args.yaml,
+        pool=args.pool, gpus=args.gpus, priority=args.priority,
     )
     return await _report_new(client, execution, args)
 
@@ -266,6 +281,42 @@ def _print_records(data: str, stream: str | None, timestamps: bool) -> None:
     sys.stdout.flush()
 
 
+async def cmd_hosts(client: Client, args: argparse.Namespace) -> int:
+    if args.action in ("drain", "enable") and not args.name:
+        raise CliError(f"hosts {args.action} needs a host name")
+    if args.action == "drain":
+        hosts = [await client.host_drain(args.name)]
+    elif args.action == "enable":
+        hosts = [await client.host_enable(args.name)]
+    elif args.action == "scan":
+        hosts = await client.hosts_scan(args.name)
+    else:
+        hosts = await client.hosts()
+        if args.name:
+            hosts = [h for h in hosts if h.name == args.name]
+            if not hosts:
+                raise CliError(f"there is no host {args.name!r}")
+    if args.json:
+        _print_json(hosts)
+    elif args.action in ("drain", "enable"):
+        print(f"{hosts[0].name}: {hosts[0].state}")
+    else:
+        print(render.hosts_text(hosts, render.use_colour()))
+    return 0
+
+
+async def cmd_doctor(client: Client, args: argparse.Namespace) -> int:
+    checks = await client.doctor(args.name)
+    if args.json:
+        _print_json(checks)
+    else:
+        colour = render.use_colour()
+        for check in checks:
+            mark = render.paint("ok", "32", colour) if check.ok else render.paint("FAIL", "31", colour)
+            print(f"{mark:<4}  {check.name + ':':<26}{check.detail}")
+    return 0 if all(c.ok for c in checks) else EXIT_ERROR
+
+
 async def cmd_list(client: Client, args: argparse.Namespace) -> int:
     executions = await client.list_executions(status=args.status, limit=args.limit)
     if args.json:
@@ -286,7 +337,8 @@ async def cmd_info(client: Client, args: argparse.Namespace) -> int:
     fields = [
         ("id", str(e.id)), ("title", e.title or "-"), ("step", e.step),
         ("status", render.status_text(e.status, e.reason, colour)),
-        ("owner", e.owner), ("host", e.host or "-"), ("image", e.image),
+        ("owner", e.owner), ("host", e.host or "-"), ("GPUs", ", ".join(e.gpus) or "-"),
+        ("priority", str(e.priority)), ("image", e.image),
         ("snapshot", e.snapshot[:12] + (f" (commit {e.commit[:12]})" if e.commit else "")),
         ("created", e.created_at), ("started", e.started_at or "-"), ("ended", e.ended_at or "-"),
         ("duration", render.duration(e.started_at, e.ended_at)),
@@ -445,7 +497,7 @@ async def cmd_outputs(client: Client, args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run, "list": cmd_list, "info": cmd_info, "logs": cmd_logs, "metadata": cmd_metadata,
     "stop": cmd_stop, "restart": cmd_restart, "rename": cmd_rename, "delete": cmd_delete,
-    "outputs": cmd_outputs,
+    "outputs": cmd_outputs, "hosts": cmd_hosts, "doctor": cmd_doctor,
 }
 
 

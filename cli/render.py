@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from runyard.protocol.logformat import LogLine
-from runyard.protocol.methods import ExecutionView
+from runyard.protocol.methods import ExecutionView, HostView
 
 _COLOURS = {"complete": "32", "error": "31", "stopped": "33", "stopping": "33", "started": "36",
             "queued": "37", "created": "37"}
@@ -16,6 +16,39 @@ _COLOURS = {"complete": "32", "error": "31", "stopped": "33", "stopping": "33", 
 
 def use_colour(stream: TextIO = sys.stdout) -> bool:
     return stream.isatty() and "NO_COLOR" not in os.environ
+
+
+def paint(text: str, code: str, colour: bool) -> str:
+    return f"\x1b[{code}m{text}\x1b[0m" if colour else text
+
+
+_HOST_COLOURS = {"ready": "32", "draining": "33", "connecting": "36", "unreachable": "31", "disabled": "37"}
+
+
+def hosts_text(hosts: list[HostView], colour: bool) -> str:
+    """One block per host: its line, then one line per GPU."""
+    blocks = []
+    for h in hosts:
+        cpus = "?" if h.cpus is None else f"{h.cpus_used:g}/{h.cpus}"
+        memory = "?" if h.memory_mb is None else f"{h.memory_used_mb}/{h.memory_mb} MB"
+        running = ", ".join(str(i) for i in h.executions) or "-"
+        head = (f"{h.name}  {paint(h.state, _HOST_COLOURS.get(h.state, '37'), colour)}  pool {h.pool}  "
+                f"{h.runtime}  {h.address}  CPUs {cpus}  memory {memory}  executions {running}")
+        lines = [head]
+        if h.error and h.state in ("unreachable", "connecting"):
+            lines.append(f"    {h.error}")
+        for problem in h.problems:
+            lines.append(f"    warning: {problem}")
+        for g in h.gpus:
+            used = "?" if g.memory_used_mb is None else str(g.memory_used_mb)
+            total = "?" if g.memory_total_mb is None else str(g.memory_total_mb)
+            util = "?" if g.utilization is None else f"{g.utilization}%"
+            holder = f"execution {g.execution}" if g.execution is not None else "free"
+            lines.append(f"    GPU {g.index}  {g.uuid}  {g.name}  {used}/{total} MiB  {util:>4}  {holder}")
+        if not h.gpus:
+            lines.append("    no GPUs")
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks) if blocks else "no hosts"
 
 
 def status_text(status: str, reason: str | None, colour: bool) -> str:

@@ -50,10 +50,13 @@ async def _owned(core: Core, caller: Caller, execution_id: int, action: str) -> 
 
 @method("executions.submit", m.SubmitParams)
 async def submit(core: Core, caller: Caller, p: m.SubmitParams) -> Any:
+    if p.priority > 0 and not caller.admin:
+        raise OperationError(ErrorCode.PERMISSION_DENIED,
+                             "only admins may raise priority above 0 (anyone may lower their own)")
     row = await core.submit(
         step=p.step, snapshot=p.snapshot, parameters=p.parameters, title=p.title, image=p.image,
         commit=p.commit, inputs=p.inputs, config_path=p.config_path, owner=caller.user,
-        owner_uid=caller.uid,
+        owner_uid=caller.uid, pool=p.pool, gpus=p.gpus, priority=p.priority,
     )
     return core.view(row)
 
@@ -191,3 +194,35 @@ async def snapshot_put(core: Core, caller: Caller, p: m.SnapshotPutParams) -> An
 async def snapshot_files(core: Core, caller: Caller, p: m.IdParams) -> Any:
     row = await core.get(p.id)
     return [{"path": name, "size": size} for name, size in core.snapshots.list_files(row.snapshot)]
+
+
+@method("hosts.list", m.HostsScanParams)
+async def hosts_list(core: Core, caller: Caller, p: m.HostsScanParams) -> Any:
+    return await core.host_views()
+
+
+@method("hosts.drain", m.HostNameParams)
+async def hosts_drain(core: Core, caller: Caller, p: m.HostNameParams) -> Any:
+    _admin(caller, "drain a host")
+    return await core.set_host_admin(p.name, "draining")
+
+
+@method("hosts.enable", m.HostNameParams)
+async def hosts_enable(core: Core, caller: Caller, p: m.HostNameParams) -> Any:
+    _admin(caller, "enable a host")
+    return await core.set_host_admin(p.name, "enabled")
+
+
+@method("hosts.scan", m.HostsScanParams)
+async def hosts_scan(core: Core, caller: Caller, p: m.HostsScanParams) -> Any:
+    return await core.scan_hosts(p.name)
+
+
+@method("hosts.doctor", m.HostNameParams)
+async def hosts_doctor(core: Core, caller: Caller, p: m.HostNameParams) -> Any:
+    return await core.doctor(p.name)
+
+
+def _admin(caller: Caller, action: str) -> None:
+    if not caller.admin:
+        raise OperationError(ErrorCode.PERMISSION_DENIED, f"only root and daemon.admins may {action}")

@@ -9,7 +9,7 @@ import sys
 
 from .config import Config
 from .core import Core
-from .runtime_docker import EngineError
+from .runtime import EngineError
 from .server import Server, ServerError
 from .store import SchemaTooNew, Store
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -12,6 +13,9 @@ import msgspec
 
 class ConfigError(Exception):
     pass
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 class DaemonSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -30,12 +34,62 @@ class DefaultsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stop_grace_seconds: int = 10
 
 
+Auto = Literal["auto"]
+Runtime = Literal["docker", "process"]
+GpuMode = Literal["device-request", "env"]
+Pull = Literal["missing", "never"]
+
+
 class LocalHostSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = True
+    runtime: Runtime = "docker"
     docker_socket: str = "/var/run/docker.sock"
     max_concurrent: int = 4
-    pull: Literal["missing", "never"] = "missing"
+    pull: Pull = "missing"
     pull_timeout_seconds: int = 300
+    pool: str = "local"
+    gpus: Auto | int = "auto"
+    cpus: Auto | int = "auto"
+    memory_mb: Auto | int = "auto"
+    gpu_mode: GpuMode = "device-request"
+
+
+class HostSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One pool machine reached over SSH."""
+
+    name: str
+    address: str = ""  # host name, IP or ~/.ssh/config alias; default: name
+    port: int = 0  # 0: from ssh config, else 22
+    user: str = ""  # "": from ssh config, else the daemon's user
+    identity: str = ""  # "": ssh config, ssh-agent and the default keys
+    known_hosts: str = ""  # "": the [ssh] default
+    enabled: bool = True
+    runtime: Runtime = "docker"
+    docker_socket: str = "/var/run/docker.sock"  # on the host
+    work_dir: str = ".runyard/work"  # on the host; relative to the login directory
+    max_concurrent: int = 4
+    pull: Pull = "missing"
+    pull_timeout_seconds: int = 300
+    pool: str = "default"
+    gpus: Auto | int = "auto"
+    cpus: Auto | int = "auto"
+    memory_mb: Auto | int = "auto"
+    gpu_mode: GpuMode = "device-request"
+
+
+class SshSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    config: str = "~/.ssh/config"
+    known_hosts: str = "~/.ssh/known_hosts"
+    connect_timeout_seconds: int = 15
+    keepalive_seconds: int = 15
+    keepalive_count_max: int = 3
+    reconnect_min_seconds: float = 1.0
+    reconnect_max_seconds: float = 60.0
+    inventory_seconds: int = 60
+
+
+class SchedulerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    reserve_after_seconds: float = 300.0
 
 
 class StoreSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -47,6 +101,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     daemon: DaemonSection = msgspec.field(default_factory=DaemonSection)
     defaults: DefaultsSection = msgspec.field(default_factory=DefaultsSection)
     local: LocalHostSection = msgspec.field(default_factory=LocalHostSection)
+    hosts: list[HostSection] = []
+    ssh: SshSection = msgspec.field(default_factory=SshSection)
+    scheduler: SchedulerSection = msgspec.field(default_factory=SchedulerSection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
 
     @property
@@ -71,8 +128,32 @@ def _check(config: Config) -> None:
         ) from None
     if not 0 <= mode <= 0o777:
         raise ConfigError(f"daemon.socket_mode: {config.daemon.socket_mode!r} is out of range")
-    if config.local.max_concurrent < 1:
-        raise ConfigError("local.max_concurrent: must be at least 1")
+    if config.local.max_concurrent < 0:
+        raise ConfigError("local.max_concurrent: must not be negative (0 = no limit)")
+    seen = {"local"}
+    for i, host in enumerate(config.hosts):
+        where = f"hosts[{i}]"
+        if not _HOST_NAME.fullmatch(host.name):
+            raise ConfigError(f"{where}.name: {host.name!r} must be letters, digits, '.', '_' or '-'")
+        if host.name in seen:
+            reason = "is reserved for this machine" if host.name == "local" else "is used twice"
+            raise ConfigError(f"{where}.name: {host.name!r} {reason}")
+        seen.add(host.name)
+        if host.max_concurrent < 0:
+            raise ConfigError(f"{where}.max_concurrent: must not be negative (0 = no limit)")
+        if not 0 <= host.port <= 65535:
+            raise ConfigError(f"{where}.port: {host.port} is not a TCP port")
+    sections: list[tuple[str, LocalHostSection | HostSection]] = [("local", config.local)]
+    sections += [(f"hosts[{i}]", h) for i, h in enumerate(config.hosts)]
+    for section, values in sections:
+        for key in ("gpus", "cpus", "memory_mb"):
+            value = getattr(values, key)
+            if isinstance(value, int) and value < 0:
+                raise ConfigError(f"{section}.{key}: must be \"auto\" or a number, not {value}")
+        if not _HOST_NAME.fullmatch(values.pool):
+            raise ConfigError(f"{section}.pool: {values.pool!r} must be letters, digits, '.', '_' or '-'")
+    if config.ssh.reconnect_min_seconds <= 0 or config.ssh.reconnect_max_seconds < config.ssh.reconnect_min_seconds:
+        raise ConfigError("ssh.reconnect_min_seconds must be > 0 and at most ssh.reconnect_max_seconds")
     if config.defaults.stop_grace_seconds < 0:
         raise ConfigError("defaults.stop_grace_seconds: must not be negative")
     if config.daemon.max_frame_bytes < 64 * 1024:
@@ -92,6 +173,12 @@ def _resolve_paths(config: Config, base: Path) -> None:
     config.daemon.data_dir = resolve(config.daemon.data_dir)
     config.store.path = resolve(config.store.path)
     config.local.docker_socket = resolve(config.local.docker_socket)
+    config.ssh.config = resolve(config.ssh.config)
+    config.ssh.known_hosts = resolve(config.ssh.known_hosts)
+    for host in config.hosts:
+        # identity and known_hosts live on this machine; docker_socket and work_dir on the host
+        host.identity = resolve(host.identity)
+        host.known_hosts = resolve(host.known_hosts)
 
 
 def parse_config(text: str, *, source: str = "<config>", base: Path | None = None) -> Config:

@@ -1,13 +1,17 @@
 """The daemon's services and the operations on executions that requests ask for.
 
 Placement is event-driven: the scheduler wakes when something is submitted,
-stopped or finished, never on a polling timer.
+stopped or finished, or a host changes state, never on a polling timer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +19,20 @@ from runyard.protocol.messages import Event
 
 from . import workspace
 from .config import Config
+from .doctor import diagnose
 from .events import EventHub
+from .hosts import Host, all_settings
 from .logfile import LogFile
 from .outputs import LocalOutputStore
 from .runner import Runner, RunnerServices
-from .runtime_docker import DockerRuntime
+from .runtime import EngineError
+from .scheduler import Capacity, Demand, place, refusal
 from .snapshots import SnapshotError, SnapshotStore
 from .steps import StepError, load_config, prepare_step
 from .store import TERMINAL, ExecutionRow, NewExecution, Store
+from .transport import LinkError
 
 log = logging.getLogger("runyard.daemon")
-
-LOCAL_HOST = "local"
 
 
 class OperationError(Exception):
@@ -49,61 +55,97 @@ class Core:
         self.work_root = data / "work"
         self.work_root.mkdir(parents=True, exist_ok=True)
         self.hub = EventHub()
-        self.runtime = DockerRuntime(
-            config.local.docker_socket, store.daemon_id,
-            pull=config.local.pull, pull_timeout=config.local.pull_timeout_seconds,
-        )
+        self.hosts: dict[str, Host] = {}
         self._open_logs: dict[int, LogFile] = {}
         self._runners: dict[int, asyncio.Task[None]] = {}
         self._stop_tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._prune_pending = False
         self._scheduler_task: asyncio.Task[None] | None = None
+        self._reconciling: dict[str, asyncio.Task[None]] = {}
         self.runner_services = RunnerServices(
-            store=store, runtime=self.runtime, snapshots=self.snapshots, outputs=self.outputs,
+            store=store, snapshots=self.snapshots, outputs=self.outputs,
             work_root=self.work_root, stop_grace=config.defaults.stop_grace_seconds,
-            host=LOCAL_HOST, publish=self.publish, open_log=self.live_log,
-            release_log=self._release_log,
+            publish=self.publish, open_log=self.live_log, release_log=self._release_log,
+            host_of=self.hosts.get,
         )
 
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        version = await self.runtime.ping()
-        log.info("Docker engine %s at %s", version, self.config.local.docker_socket)
-        await self.reconcile()
+        admin = await self.store.host_admin()
+        for settings in all_settings(self.config):
+            self.hosts[settings.name] = Host(
+                settings, daemon_id=self.store.daemon_id, ssh=self.config.ssh,
+                sockets_dir=self.config.data_dir / "hosts", on_change=self._host_changed,
+                admin="draining" if admin.get(settings.name) == "draining" else "enabled",
+            )
+        for host in self.hosts.values():
+            host.start()
         self._scheduler_task = asyncio.create_task(self._schedule_forever())
 
     async def shutdown(self) -> None:
         """Stop managing, not running: containers go on and are picked up on the next start."""
-        tasks = [t for t in [self._scheduler_task, *self._runners.values(), *self._stop_tasks] if t]
+        tasks = [t for t in [self._scheduler_task, *self._runners.values(), *self._stop_tasks,
+                             *self._reconciling.values()] if t]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for logfile in self._open_logs.values():
             logfile.close()
-        await self.runtime.close()
+        await asyncio.gather(*(host.close() for host in self.hosts.values()), return_exceptions=True)
 
-    async def reconcile(self) -> None:
-        """Match the store against the containers the engine has for this daemon."""
-        containers = {c.execution_id: c for c in await self.runtime.list_ours()}
-        for row in await self.store.active():
-            container = containers.pop(row.id, None)
-            if row.status in ("started", "stopping") and container is None:
-                log.warning("execution %s: its container is gone", row.id)
-                runner = Runner(self.runner_services, row)
-                await runner._collect_outputs()
-                await runner._note("the container disappeared while runyard was not running")
-                await runner._finish_error("container-removed")
-                await self._release_log(row.id)
-            elif container is not None:
-                log.info("execution %s: reattaching to container %s (%s)", row.id, container.id[:12],
-                         container.status)
-                self._spawn(row)
-        for leftover in containers.values():
-            # The execution ended (or was deleted) but removal did not happen before a crash.
-            await self.runtime.remove(leftover.id)
+    def _host_changed(self, host: Host) -> None:
         self._wake.set()
+        if host.link == "ready" and host.name not in self._reconciling:
+            task = asyncio.create_task(self._reconcile_host(host, host.generation), name=f"reconcile-{host.name}")
+            self._reconciling[host.name] = task
+            task.add_done_callback(lambda _: self._reconciling.pop(host.name, None))
+
+    async def _reconcile_host(self, host: Host, generation: int) -> None:
+        """Match the store against what a host that (re)connected has for this daemon.
+
+        Runners already waiting for this host carry on by themselves; this finds
+        the executions nobody is following (after a daemon restart), and the
+        placements made before a crash that never reached the host.
+        """
+        try:
+            runtime = host.runtime
+            if runtime is None:
+                return
+            containers = {c.execution_id: c for c in await runtime.list_ours()}
+            rows = [r for r in await self.store.active() if r.host == host.name]
+            for row in rows:
+                container = containers.pop(row.id, None)
+                if row.id in self._runners:
+                    continue
+                if row.status in ("started", "stopping") and container is None:
+                    log.warning("execution %s: its container on %s is gone", row.id, host.name)
+                    runner = Runner(self.runner_services, row)
+                    runner.host = host
+                    await runner._collect_outputs()
+                    await runner._note("the container disappeared while runyard was not following it")
+                    await runner._finish_error("container-removed")
+                    await self._release_log(row.id)
+                elif container is not None:
+                    log.info("execution %s: reattaching on %s to %s (%s)", row.id, host.name,
+                             container.id[:12], container.status)
+                    if container.gpus and list(container.gpus) != row.gpu_ids:
+                        # The labels are the truth about which GPUs a container holds.
+                        await self.store.update(row.id, gpu_ids=json.dumps(list(container.gpus)))
+                    self._spawn(row)
+                elif row.status == "queued":
+                    # Placed before a crash but never created there: free to be placed again.
+                    await self.store.place(row.id, None, ())
+            active = {r.id for r in await self.store.active()}
+            for leftover in containers.values():
+                if leftover.execution_id not in active:
+                    # It ended (or was deleted) but removal did not happen before a crash.
+                    await runtime.remove(leftover.id)
+        except (EngineError, LinkError, OSError) as exc:
+            log.warning("host %s: reconciling failed (%s); will retry when it reconnects", host.name, exc)
+        finally:
+            self._wake.set()
 
     # -- events and logs ------------------------------------------------------
 
@@ -161,21 +203,52 @@ class Core:
             except Exception:
                 log.exception("scheduling pass failed; will retry on the next change")
 
+    def capacities(self, rows: list[ExecutionRow]) -> list[Capacity]:
+        """Every host with a known inventory, less what the executions placed on it hold."""
+        capacities: dict[str, Capacity] = {}
+        for host in self.hosts.values():
+            cpus, memory = host.cpus, host.memory_mb
+            if cpus is None or memory is None:
+                continue
+            limit = host.settings.max_concurrent
+            capacities[host.name] = Capacity(
+                name=host.name, pool=host.settings.pool, total_gpus=len(host.gpus), total_cpus=float(cpus),
+                total_memory_mb=memory, free_gpus=[g.uuid for g in host.gpus], free_cpus=float(cpus),
+                free_memory_mb=memory, free_slots=limit or None, accepting=host.accepting,
+            )
+        for row in rows:
+            cap = capacities.get(row.host or "")
+            if cap is None or row.terminal:
+                continue
+            cap.free_gpus = [g for g in cap.free_gpus if g not in row.gpu_ids]
+            cap.free_cpus -= float(row.resources.get("cpus", 0))
+            cap.free_memory_mb -= int(row.resources.get("memory_mb", 0))
+            if cap.free_slots is not None:
+                cap.free_slots -= 1
+        return list(capacities.values())
+
     async def _place(self) -> None:
         if self._prune_pending:
             self._prune_pending = False
             await self.store.prune_events(self.config.daemon.events_retained)
-        if not self.config.local.enabled:
+        rows = await self.store.active()
+        queue = [_demand(r) for r in rows if r.status == "queued" and r.host is None]
+        if not queue:
             return
-        free = self.config.local.max_concurrent - len(self._runners)
-        if free <= 0:
-            return
-        for row in await self.store.active():
-            if free <= 0:
-                break
-            if row.status == "queued" and row.id not in self._runners:
+        capacities = self.capacities(rows)
+        placements = place(queue, capacities, now=time.time(),
+                           reserve_after=self.config.scheduler.reserve_after_seconds)
+        by_id = {r.id: r for r in rows}
+        for placement in placements:
+            if await self.store.place(placement.execution_id, placement.host, placement.gpus):
+                row = by_id[placement.execution_id]
+                row.host, row.gpu_ids = placement.host, list(placement.gpus)
+                log.info("execution %s: placed on %s%s", row.id, placement.host,
+                         f" with GPUs {', '.join(placement.gpus)}" if placement.gpus else "")
                 self._spawn(row)
-                free -= 1
+
+    def pools(self) -> set[str]:
+        return {h.settings.pool for h in self.hosts.values()}
 
     # -- operations -------------------------------------------------------------
 
@@ -185,10 +258,40 @@ class Core:
             raise OperationError("not-found", f"there is no execution {execution_id}")
         return row
 
+    def _resources(self, asked: dict[str, Any], pool: str | None, gpus: int | None) -> dict[str, Any]:
+        """The step's resources with the command line's overrides, and the pool resolved."""
+        resources = dict(asked)
+        environment = resources.pop("environment", None)
+        pools = self.pools()
+        if pool is not None:
+            if pool not in pools:
+                raise OperationError("invalid-params",
+                                     f"no host is in pool {pool!r} (pools: {', '.join(sorted(pools)) or 'none'})")
+            resources["pool"] = pool
+        elif environment in pools:
+            resources["pool"] = environment
+        elif environment:
+            # A Valohai environment name that is not one of our pools: run anywhere, as the
+            # same repository must run unchanged here.
+            resources["environment_ignored"] = environment
+        if gpus is not None:
+            if gpus < 0:
+                raise OperationError("invalid-params", f"--gpus must not be negative, not {gpus}")
+            resources["gpus"] = gpus
+        demand = _demand_of(0, 0, 0.0, resources)
+        known = self.capacities([])
+        unknown_pool = any(h.cpus is None or h.memory_mb is None for h in self.hosts.values()
+                           if demand.pool is None or h.settings.pool == demand.pool)
+        reason = None if unknown_pool else refusal(demand, known, pools)
+        if reason is not None:
+            raise OperationError("invalid-params", reason)
+        return resources
+
     async def submit(self, *, step: str, snapshot: str, parameters: dict[str, str], title: str | None,
                      image: str | None, commit: str | None, inputs: dict[str, list[str]],
                      config_path: str, owner: str, owner_uid: int,
-                     restarted_from: int | None = None) -> ExecutionRow:
+                     restarted_from: int | None = None, pool: str | None = None, gpus: int | None = None,
+                     priority: int = 0) -> ExecutionRow:
         try:
             if not self.snapshots.has(snapshot):
                 raise OperationError("not-found", f"snapshot {snapshot[:12]} was not uploaded")
@@ -203,12 +306,14 @@ class Core:
         except StepError as exc:
             raise OperationError("invalid-params", str(exc)) from None
         chosen_image = image or prepared.image or self.config.defaults.image
+        resources = self._resources(prepared.resources, pool, gpus)
         row, event = await self.store.create_execution(
             NewExecution(
                 step=prepared.name, title=title, owner=owner, owner_uid=owner_uid,
                 parameters=prepared.parameters, inputs=prepared.inputs, image=chosen_image,
                 command=prepared.command, environment=prepared.environment, snapshot=snapshot,
                 commit_ref=commit, config_path=config_path, restarted_from=restarted_from,
+                resources=resources, priority=priority,
             )
         )
         self.publish(event)
@@ -224,7 +329,8 @@ class Core:
                 step=old.step, title=old.title, owner=owner, owner_uid=owner_uid,
                 parameters=old.parameters, inputs=old.inputs, image=old.image, command=old.command,
                 environment=old.environment, snapshot=old.snapshot, commit_ref=old.commit_ref,
-                config_path=old.config_path, restarted_from=old.id,
+                config_path=old.config_path, restarted_from=old.id, resources=old.resources,
+                priority=old.priority,
             )
         )
         self.publish(event)
@@ -245,12 +351,21 @@ class Core:
                 self.publish(result[1])
                 row = result[0]
         if row.status == "stopping":
-            if row.container_id is not None:
-                task = asyncio.create_task(self.runtime.stop(row.container_id, self.config.defaults.stop_grace_seconds))
+            host = self.hosts.get(row.host or "")
+            if row.container_id is not None and host is not None and host.runtime is not None:
+                # If the host is unreachable, its runner asks again when it reattaches.
+                task = asyncio.create_task(self._stop_on(host, row.container_id))
                 self._stop_tasks.add(task)
                 task.add_done_callback(self._stop_tasks.discard)
             return True
         return False
+
+    async def _stop_on(self, host: Host, container_id: str) -> None:
+        runtime = host.runtime
+        if runtime is None:
+            return
+        with contextlib.suppress(EngineError, LinkError, OSError):
+            await runtime.stop(container_id, self.config.defaults.stop_grace_seconds)
 
     async def rename(self, execution_id: int, title: str) -> ExecutionRow:
         await self.get(execution_id)
@@ -269,6 +384,62 @@ class Core:
         if purge_outputs:
             self.outputs.purge(execution_id)
 
+    # -- hosts ------------------------------------------------------------------------------
+
+    def host(self, name: str) -> Host:
+        host = self.hosts.get(name)
+        if host is None:
+            known = ", ".join(sorted(self.hosts)) or "none"
+            raise OperationError("not-found", f"there is no host {name!r} (hosts: {known})")
+        return host
+
+    async def host_views(self, names: list[str] | None = None) -> list[dict[str, Any]]:
+        rows = [r for r in await self.store.active() if r.host is not None]
+        views = []
+        for host in self.hosts.values():
+            if names is not None and host.name not in names:
+                continue
+            mine = [r for r in rows if r.host == host.name]
+            holder = {g: r.id for r in mine for g in r.gpu_ids}
+            ssh = host.settings.ssh
+            views.append({
+                "name": host.name, "state": host.state, "error": host.error, "pool": host.settings.pool,
+                "runtime": host.settings.runtime,
+                "address": (ssh.address or ssh.name) if ssh is not None else "this machine",
+                "gpus": [{"index": g.index, "uuid": g.uuid, "name": g.name, "memory_total_mb": g.memory_total_mb,
+                          "memory_used_mb": g.memory_used_mb, "utilization": g.utilization,
+                          "execution": holder.get(g.uuid)} for g in host.gpus],
+                "cpus": host.cpus, "cpus_used": sum(float(r.resources.get("cpus", 0)) for r in mine),
+                "memory_mb": host.memory_mb,
+                "memory_used_mb": sum(int(r.resources.get("memory_mb", 0)) for r in mine),
+                "executions": sorted(r.id for r in mine), "max_concurrent": host.settings.max_concurrent,
+                "scanned_at": _iso(host.scanned_at),
+                "problems": list(host.inventory.problems) if host.inventory else [],
+            })
+        return views
+
+    async def set_host_admin(self, name: str, admin: str) -> dict[str, Any]:
+        host = self.host(name)
+        if host.admin == "disabled":
+            raise OperationError("invalid-state", f"host {name} is disabled in the configuration (enabled = false)")
+        await self.store.set_host_admin(name, admin)
+        host.set_admin("draining" if admin == "draining" else "enabled")
+        log.info("host %s: %s", name, host.state)
+        return (await self.host_views([name]))[0]
+
+    async def scan_hosts(self, name: str | None) -> list[dict[str, Any]]:
+        hosts = [self.host(name)] if name is not None else list(self.hosts.values())
+        for host in hosts:
+            try:
+                await host.scan()
+            except Exception as exc:
+                if name is not None:
+                    raise OperationError("invalid-state", f"cannot scan {host.name}: {exc}") from None
+        return await self.host_views([h.name for h in hosts])
+
+    async def doctor(self, name: str) -> list[dict[str, Any]]:
+        return [check.__dict__ for check in await diagnose(self.host(name))]
+
     def view(self, row: ExecutionRow, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
         path = self.log_path(row.id)
         return {
@@ -278,7 +449,30 @@ class Core:
             "command": row.command, "snapshot": row.snapshot, "commit": row.commit_ref,
             "host": row.host, "container_id": row.container_id, "exit_code": row.exit_code,
             "created_at": row.created_at, "started_at": row.started_at, "ended_at": row.ended_at,
-            "restarted_from": row.restarted_from,
+            "restarted_from": row.restarted_from, "priority": row.priority,
+            "resources": row.resources, "gpus": row.gpu_ids,
             "log_size": path.stat().st_size if path.exists() else 0,
             "metadata": metadata or {},
         }
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _epoch(timestamp: str) -> float:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def _demand_of(execution_id: int, priority: int, submitted: float, resources: dict[str, Any]) -> Demand:
+    return Demand(
+        execution_id=execution_id, priority=priority, submitted=submitted, pool=resources.get("pool"),
+        gpus=int(resources.get("gpus", 0)), cpus=float(resources.get("cpus", 0)),
+        memory_mb=int(resources.get("memory_mb", 0)),
+    )
+
+
+def _demand(row: ExecutionRow) -> Demand:
+    return _demand_of(row.id, row.priority, _epoch(row.created_at), row.resources)

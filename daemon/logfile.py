@@ -164,6 +164,20 @@ class LogFile:
             self._counted_offset = self.size
         return self._counted_lines
 
+    def count_by_stream(self) -> dict[str, int]:
+        """Stored records per stream letter; how many lines of each stream to skip on resume."""
+        counts = {"O": 0, "E": 0, "S": 0}
+        if not self.path.exists():
+            return counts
+        carry = b"\n"  # as if a record ended just before the file; 2 bytes carried, patterns are 3
+        with self.path.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                data = carry + block
+                for letter in counts:
+                    counts[letter] += data.count(b"\n" + letter.encode() + b" ")
+                carry = data[-2:]
+        return counts
+
     def resume_point(self, window_seconds: float = 10.0) -> ResumePoint:
         """Where to resume reading Docker's log so that no line is lost or stored twice.
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import msgspec
@@ -35,6 +36,11 @@ def normalize_timestamp(ts: str) -> str:
         base, _, frac = ts[:-1].partition(".")
         return f"{base}.{(frac + '000000000')[:9]}Z"
     return ts  # not Docker's format; keep it rather than lose the line
+
+
+def timestamp_now() -> str:
+    """Now, in the log's fixed-width form (the clock gives microseconds; pad to nanoseconds)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
 
 
 def collapse_carriage_returns(text: str) -> str:

@@ -8,6 +8,7 @@ logs from where the stored log ends, wait for the container, collect".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,12 +18,15 @@ from typing import Any
 from runyard.protocol.logformat import format_record, parse_records
 
 from . import workspace
+from .hosts import Host
 from .logfile import LogFile
-from .logstream import Decoded, DockerLogDecoder, metadata_of
+from .logstream import Decoded, metadata_of, timestamp_now
 from .outputs import LocalOutputStore
-from .runtime_docker import ContainerGone, ContainerSpec, DockerRuntime, EngineError, ImageMissing
+from .runtime import ContainerGone, ContainerSpec, EngineError, ImageMissing, Runtime
+from .runtime_process import LOST
 from .snapshots import SnapshotStore
-from .store import ExecutionRow, Store, utcnow
+from .store import ExecutionRow, Store
+from .transport import LinkError, get_tree, put_tree, q, remove_local
 
 log = logging.getLogger("runyard.runner")
 
@@ -32,15 +36,14 @@ Publish = Callable[[Any], None]
 @dataclass(slots=True)
 class RunnerServices:
     store: Store
-    runtime: DockerRuntime
     snapshots: SnapshotStore
     outputs: LocalOutputStore
-    work_root: Path
+    work_root: Path  # on this machine: where workspaces are prepared and outputs come back to
     stop_grace: int
-    host: str
     publish: Publish
     open_log: Callable[[int], LogFile]
     release_log: Callable[[int], Awaitable[None]]
+    host_of: Callable[[str], Host | None]
 
 
 class Runner:
@@ -50,6 +53,7 @@ class Runner:
         self.id = row.id
         self.container_id: str | None = row.container_id
         self.log = services.open_log(row.id)
+        self.host: Host | None = None
 
     async def _transition(self, status: str, reason: str | None = None, **fields: Any) -> bool:
         result = await self.s.store.transition(self.id, status, reason=reason, **fields)
@@ -61,12 +65,13 @@ class Runner:
 
     async def _note(self, text: str) -> None:
         """A line from runyard itself in the execution's log (stream S)."""
-        await self.log.append(format_record("S", _now_ns(), text))
+        await self.log.append(format_record("S", timestamp_now(), text))
 
     async def run(self) -> None:
         try:
             self.log.open_for_append()
-            await self._run()
+            while not await self._attempt():
+                pass
         except asyncio.CancelledError:
             raise  # daemon shutdown: the container keeps running and is picked up on restart
         except ImageMissing as exc:
@@ -76,7 +81,7 @@ class Runner:
             await self._note(str(exc))
             await self._collect_outputs()
             await self._finish_error("container-removed")
-        except EngineError as exc:
+        except (EngineError, LinkError) as exc:
             await self._note(f"runtime error: {exc}")
             await self._finish_error("runtime-error")
         except Exception:
@@ -85,59 +90,100 @@ class Runner:
         finally:
             await self.s.release_log(self.id)
 
-    async def _run(self) -> None:
-        work = self.s.work_root / str(self.id)
+    async def _attempt(self) -> bool:
+        """One go at the execution on its host; False when the host was lost and it must wait."""
+        host = self.s.host_of(self.row.host or "")
+        if host is None:
+            await self._note(f"host {self.row.host!r} is no longer configured; its work cannot be followed")
+            await self._finish_error("host-lost")
+            return True
+        self.host = host
+        generation = await host.wait_ready()
+        try:
+            await self._run(host)
+            return True
+        except (ImageMissing, ContainerGone):
+            raise
+        except Exception as exc:
+            if await host.still_up(generation):
+                raise
+            await self._note(f"lost contact with host {host.name} ({exc}); the execution goes on there, "
+                             "and runyard picks it up again when the host is back")
+            log.warning("execution %s: host %s lost; waiting for it", self.id, host.name)
+            return False
+
+    def _staging(self) -> Path:
+        return self.s.work_root / str(self.id)
+
+    async def _run(self, host: Host) -> None:
+        runtime, transport = host.runtime, host.transport
+        if runtime is None or transport is None:
+            raise LinkError(f"host {host.name} is not connected")
+        fresh_row = await self.s.store.get(self.id)
+        if fresh_row is None:
+            return
+        self.row = fresh_row
+        remote = host.work_dir(self.id)
         fresh = False
         if self.container_id is None:
-            existing = await self.s.runtime.find(self.id)
+            existing = await runtime.find(self.id)
             if existing is not None:
                 # Created before a crash, never recorded: adopt it so nothing runs twice.
                 self.container_id = existing.id
             else:
-                await asyncio.to_thread(workspace.prepare, work, self.row, self.s.snapshots)
-                await self.s.runtime.ensure_image(self.row.image)
+                staging = self._staging()
+                await asyncio.to_thread(workspace.prepare, staging, self.row, self.s.snapshots)
+                await put_tree(transport, staging, remote)
+                if remote != str(staging):
+                    remove_local(staging)
+                await runtime.ensure_image(self.row.image)
+                root = workspace.CONTAINER_ROOT if runtime.in_container else remote
                 spec = ContainerSpec(
                     execution_id=self.id,
                     image=self.row.image,
                     command=self.row.command,
-                    environment=workspace.container_environment(self.row),
-                    workdir=work,
-                    host=self.s.host,
+                    environment=workspace.container_environment(self.row, root=root,
+                                                                in_container=runtime.in_container),
+                    workdir=remote,
+                    host=host.name,
+                    gpus=tuple(self.row.gpu_ids),
+                    cpu_limit=self.row.resources.get("cpu_max"),
+                    memory_limit_mb=self.row.resources.get("memory_max_mb"),
                 )
-                self.container_id = await self.s.runtime.create(spec)
+                self.container_id = await runtime.create(spec)
                 fresh = True
         current = await self.s.store.get(self.id)
         if current is None or current.terminal:
             # Stopped (or deleted) while we were preparing: it must not start at all.
-            await self.s.runtime.remove(self.container_id)
-            workspace.remove(work)
+            await runtime.remove(self.container_id)
+            await self._remove_workspace()
             return
-        if fresh or (await self.s.runtime.state(self.container_id)).status == "created":
-            await self.s.runtime.start(self.container_id)
+        if fresh or (await runtime.state(self.container_id)).status == "created":
+            await runtime.start(self.container_id)
         if self.row.status in ("queued", "created"):
             # "started" means the engine has started it; a crash before this line is healed
             # on restart by adopting the labelled container, so nothing runs twice.
-            if not await self._transition("started", host=self.s.host, container_id=self.container_id):
+            if not await self._transition("started", host=host.name, container_id=self.container_id):
                 # Stopped in the instant between the check above and the start.
-                await self.s.runtime.remove(self.container_id)
-                workspace.remove(work)
+                await runtime.remove(self.container_id)
+                await self._remove_workspace()
                 return
         elif self.row.container_id != self.container_id:
             await self.s.store.update(self.id, container_id=self.container_id)
         if self.row.status == "stopping":
-            # The daemon died between "stopping" and the engine's stop: ask again.
-            await self.s.runtime.stop(self.container_id, self.s.stop_grace)
+            # The stop was asked while the daemon was down or the host unreachable: ask again.
+            await runtime.stop(self.container_id, self.s.stop_grace)
         await self._catch_up_metadata()
-        await self._ingest_logs(follow=True)
-        await self.s.runtime.wait(self.container_id)
+        await self._ingest_logs(runtime, follow=True)
+        await runtime.wait(self.container_id)
         # One more read from the exact resume point after exit: costs one request, and makes
         # the stored log complete even if the follow stream ended early (engine restart, blip).
-        await self._ingest_logs(follow=False)
-        state = await self.s.runtime.state(self.container_id)
+        await self._ingest_logs(runtime, follow=False)
+        state = await runtime.state(self.container_id)
         await self._collect_outputs()
         await self._finish(state.exit_code, state.oom_killed)
-        await self.s.runtime.remove(self.container_id)
-        workspace.remove(work)
+        await runtime.remove(self.container_id)
+        await self._remove_workspace()
 
     async def _catch_up_metadata(self) -> None:
         """Metadata from log records written before a crash but not yet recorded."""
@@ -155,13 +201,10 @@ class Runner:
             await self.s.store.add_metadata(self.id, points, end)
             offset = end
 
-    async def _ingest_logs(self, *, follow: bool) -> None:
+    async def _ingest_logs(self, runtime: Runtime, *, follow: bool) -> None:
         assert self.container_id is not None
-        resume = self.log.resume_point()
-        decoder = DockerLogDecoder(resume=resume)
-        async for chunk in self.s.runtime.logs(self.container_id, resume.since or None, follow=follow):
-            await self._write_lines(decoder.feed(chunk))
-        await self._write_lines(decoder.flush())
+        async for decoded in runtime.read_logs(self.container_id, self.log, follow=follow):
+            await self._write_lines(decoded)
 
     async def _write_lines(self, decoded: Decoded) -> None:
         if not decoded.records:
@@ -182,9 +225,13 @@ class Runner:
             await self.s.store.add_metadata(self.id, points, end)
 
     async def _collect_outputs(self) -> None:
-        source = self.s.work_root / str(self.id) / "outputs"
+        source = self._staging() / "outputs"
+        refused_here: list[str] = []
+        host = self.host
+        if host is not None and host.transport is not None:
+            refused_here = await get_tree(host.transport, f"{host.work_dir(self.id)}/outputs", source)
         collected = await asyncio.to_thread(self.s.outputs.collect, self.id, source)
-        for refused in collected.refused:
+        for refused in [*refused_here, *collected.refused]:
             await self._note(f"output refused: {refused}")
         if collected.files or source.is_dir():
             await self.s.store.set_outputs(self.id, collected.files)
@@ -196,6 +243,9 @@ class Runner:
         await self.s.store.update(self.id, metadata_offset=self.log.size)
         if current.status == "stopping":
             await self._transition("stopped", exit_code=exit_code)
+        elif exit_code == LOST:
+            await self._note("the process vanished without an exit status (host rebooted?)")
+            await self._transition("error", "process-lost")
         elif oom_killed:
             await self._transition("error", "oom-killed", exit_code=exit_code)
         elif exit_code != 0:
@@ -211,11 +261,16 @@ class Runner:
             await self._transition("stopped")
         else:
             await self._transition("error", reason)
-        if self.container_id is not None:
-            await self.s.runtime.remove(self.container_id)
-        workspace.remove(self.s.work_root / str(self.id))
+        runtime = self.host.runtime if self.host is not None else None
+        if self.container_id is not None and runtime is not None:
+            with contextlib.suppress(EngineError, LinkError):
+                await runtime.remove(self.container_id)
+        await self._remove_workspace()
 
-
-def _now_ns() -> str:
-    now = utcnow()  # microseconds; pad to the fixed nanosecond width
-    return now[:-1] + "000Z"
+    async def _remove_workspace(self) -> None:
+        staging = self._staging()
+        host = self.host
+        if host is not None and host.transport is not None and host.work_dir(self.id) != str(staging):
+            with contextlib.suppress(LinkError):
+                await host.transport.run(f"rm -rf {q(host.work_dir(self.id))}")
+        workspace.remove(staging)

@@ -9,58 +9,40 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import aiodocker
 import aiohttp
 
 from .docker_logs import LogStreamError, container_logs
+from .logfile import LogFile
+from .logstream import Decoded, DockerLogDecoder
+from .runtime import ContainerGone, ContainerSpec, ContainerState, EngineError, ImageMissing
 
 LABEL_DAEMON: Final = "runyard.daemon"
 LABEL_EXECUTION: Final = "runyard.execution"
 LABEL_HOST: Final = "runyard.host"
+LABEL_GPUS: Final = "runyard.gpus"
 
 log = logging.getLogger("runyard.runtime")
 
 
-class EngineError(Exception):
-    """The engine refused or failed an operation; the message says what and why."""
-
-
-class ImageMissing(EngineError):
-    pass
-
-
-class ContainerGone(EngineError):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class ContainerSpec:
-    execution_id: int
-    image: str
-    command: str
-    environment: dict[str, str]
-    workdir: Path
-    host: str
-
-
-@dataclass(frozen=True, slots=True)
-class ContainerState:
-    id: str
-    execution_id: int
-    status: str  # created, running, exited, ...
-    exit_code: int
-    oom_killed: bool
-
-
 class DockerRuntime:
-    def __init__(self, docker_socket: str, daemon_id: str, *, pull: str = "missing",
-                 pull_timeout: float = 300) -> None:
+    """One host's Docker engine, through a local socket path (forwarded over SSH for pool hosts).
+
+    Every host's containers carry its name as a label, so hosts that share an
+    engine (the test pool does) never take each other's containers.
+    """
+
+    kind = "docker"
+    in_container = True
+
+    def __init__(self, docker_socket: str, daemon_id: str, *, host: str = "local", pull: str = "missing",
+                 pull_timeout: float = 300, gpu_device_requests: bool = True) -> None:
         self.docker_socket = docker_socket
         self.daemon_id = daemon_id
+        self.host = host
+        self.gpu_device_requests = gpu_device_requests
         self.pull = pull
         self.pull_timeout = pull_timeout
         self._docker: aiodocker.Docker | None = None
@@ -83,6 +65,10 @@ class DockerRuntime:
             raise EngineError(f"Docker engine at {self.docker_socket} is not reachable: {exc}") from None
         return str(version.get("Version", "?"))
 
+    async def info(self) -> dict[str, Any]:
+        info = await self.docker.system.info()
+        return dict(info)
+
     async def ensure_image(self, image: str) -> None:
         try:
             await self.docker.images.inspect(image)
@@ -99,32 +85,7 @@ class DockerRuntime:
             raise ImageMissing(f"image {image!r} is not on this host and could not be pulled: {detail}") from None
 
     async def create(self, spec: ContainerSpec) -> str:
-        work = spec.workdir
-        env = dict(spec.environment)
-        config: dict[str, Any] = {
-            "Image": spec.image,
-            "Cmd": ["/bin/sh", "-c", spec.command],
-            "WorkingDir": "/valohai/repository",
-            "Env": [f"{k}={v}" for k, v in env.items()],
-            "Labels": {
-                LABEL_DAEMON: self.daemon_id,
-                LABEL_EXECUTION: str(spec.execution_id),
-                LABEL_HOST: spec.host,
-            },
-            "Tty": False,
-            "HostConfig": {
-                "Binds": [
-                    f"{work / 'repository'}:/valohai/repository",
-                    f"{work / 'inputs'}:/valohai/inputs:ro",
-                    f"{work / 'outputs'}:/valohai/outputs",
-                    f"{work / 'config'}:/valohai/config:ro",
-                ],
-                # tini as PID 1 so that SIGTERM reaches the user's process, not a deaf shell
-                "Init": True,
-                "SecurityOpt": ["no-new-privileges"],
-                "LogConfig": {"Type": "json-file", "Config": {}},
-            },
-        }
+        config = self.container_config(spec)
         name = f"runyard-{self.daemon_id}-{spec.execution_id}"
         try:
             container = await self.docker.containers.create(config, name=name)
@@ -138,6 +99,45 @@ class DockerRuntime:
                     return existing.id
             raise EngineError(f"cannot create container: {exc.message}") from None
         return str(container.id)
+
+    def container_config(self, spec: ContainerSpec) -> dict[str, Any]:
+        work = spec.workdir.rstrip("/")
+        env = dict(spec.environment)
+        host_config: dict[str, Any] = {
+            "Binds": [
+                f"{work}/repository:/valohai/repository",
+                f"{work}/inputs:/valohai/inputs:ro",
+                f"{work}/outputs:/valohai/outputs",
+                f"{work}/config:/valohai/config:ro",
+            ],
+            # tini as PID 1 so that SIGTERM reaches the user's process, not a deaf shell
+            "Init": True,
+            "SecurityOpt": ["no-new-privileges"],
+            "LogConfig": {"Type": "json-file", "Config": {}},
+        }
+        if spec.gpus and self.gpu_device_requests:
+            host_config["DeviceRequests"] = [
+                {"Driver": "nvidia", "DeviceIDs": list(spec.gpus), "Capabilities": [["gpu"]]}
+            ]
+        if spec.cpu_limit:
+            host_config["NanoCpus"] = int(spec.cpu_limit * 1e9)
+        if spec.memory_limit_mb:
+            host_config["Memory"] = spec.memory_limit_mb * 1024 * 1024
+        return {
+            "Image": spec.image,
+            "Cmd": ["/bin/sh", "-c", spec.command],
+            "WorkingDir": "/valohai/repository",
+            "Env": [f"{k}={v}" for k, v in env.items()],
+            "Labels": {
+                LABEL_DAEMON: self.daemon_id,
+                LABEL_EXECUTION: str(spec.execution_id),
+                LABEL_HOST: spec.host,
+                # The grant table is rebuilt from this label after a daemon restart.
+                LABEL_GPUS: ",".join(spec.gpus),
+            },
+            "Tty": False,
+            "HostConfig": host_config,
+        }
 
     async def start(self, container_id: str) -> None:
         try:
@@ -157,15 +157,21 @@ class DockerRuntime:
         return _state_of(info)
 
     async def find(self, execution_id: int) -> ContainerState | None:
-        for state in await self.list_ours(execution_id):
+        for state in await self._list(execution_id):
             return state
         return None
 
-    async def list_ours(self, execution_id: int | None = None) -> list[ContainerState]:
-        labels = [f"{LABEL_DAEMON}={self.daemon_id}"]
+    async def list_ours(self) -> list[ContainerState]:
+        return await self._list(None)
+
+    async def _list(self, execution_id: int | None) -> list[ContainerState]:
+        labels = [f"{LABEL_DAEMON}={self.daemon_id}", f"{LABEL_HOST}={self.host}"]
         if execution_id is not None:
             labels.append(f"{LABEL_EXECUTION}={execution_id}")
-        containers = await self.docker.containers.list(all=True, filters={"label": labels})
+        try:
+            containers = await self.docker.containers.list(all=True, filters={"label": labels})
+        except aiodocker.DockerError as exc:
+            raise EngineError(f"cannot list containers: {exc.message}") from None
         states = []
         for container in containers:
             try:
@@ -180,7 +186,15 @@ class DockerRuntime:
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 raise ContainerGone(f"container {container_id[:12]} was removed behind runyard's back") from None
-            raise
+            raise EngineError(f"cannot wait for container: {exc.message}") from None
+
+    async def read_logs(self, container_id: str, log: LogFile, *, follow: bool) -> AsyncIterator[Decoded]:
+        """Lines not yet in ``log``: from its exact resume point, until the container ends."""
+        resume = log.resume_point()
+        decoder = DockerLogDecoder(resume=resume)
+        async for chunk in self.logs(container_id, resume.since or None, follow=follow):
+            yield decoder.feed(chunk)
+        yield decoder.flush()
 
     async def logs(self, container_id: str, since: str | None, *, follow: bool = True) -> AsyncIterator[bytes]:
         """Raw multiplexed log stream with timestamps; with ``follow``, until the container ends."""
@@ -222,6 +236,7 @@ def _state_of(info: dict[str, Any]) -> ContainerState:
         status=str(state.get("Status", "unknown")),
         exit_code=int(state.get("ExitCode", 0) or 0),
         oom_killed=bool(state.get("OOMKilled", False)),
+        gpus=tuple(g for g in labels.get(LABEL_GPUS, "").split(",") if g),
     )
 
 

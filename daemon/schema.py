@@ -65,6 +65,12 @@ MIGRATIONS: Final[list[str]] = [
         PRIMARY KEY (execution_id, path)
     ) WITHOUT ROWID;
     """,
+    # 2: the pool: what an execution asks for, which GPUs it was granted, drained hosts
+    """
+    ALTER TABLE executions ADD COLUMN resources TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE executions ADD COLUMN gpu_ids TEXT NOT NULL DEFAULT '[]';
+    CREATE TABLE host_admin (name TEXT PRIMARY KEY, admin TEXT NOT NULL);
+    """,
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -7,7 +7,7 @@ checking parameter values from the command line, and building the command.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import yaml
 from valohai_yaml import ValidationErrors, parse
@@ -35,6 +35,31 @@ class PreparedStep:
     parameters: dict[str, Any]
     inputs: dict[str, list[str]]
     environment: dict[str, str]
+    resources: dict[str, Any]
+
+
+GPU_DEVICE: Final = "nvidia.com/gpu"
+
+
+def resources_of(step: Step) -> dict[str, Any]:
+    """What the step asks of a host: `environment` as the pool, `resources` as minimums and limits."""
+    r = step.resources
+    devices = r.devices.devices or {}
+    try:
+        gpus = int(devices.get(GPU_DEVICE, 0) or 0)
+    except (TypeError, ValueError):
+        raise StepError(f"step {step.name!r}: resources.devices.{GPU_DEVICE} must be a whole number") from None
+    resources: dict[str, Any] = {"gpus": gpus, "cpus": float(r.cpu.min or 0), "memory_mb": int(r.memory.min or 0)}
+    if step.environment:
+        resources["environment"] = step.environment
+    if r.cpu.max:
+        resources["cpu_max"] = float(r.cpu.max)
+    if r.memory.max:
+        resources["memory_max_mb"] = int(r.memory.max)
+    for key in ("gpus", "cpus", "memory_mb"):
+        if resources[key] < 0:
+            raise StepError(f"step {step.name!r}: resources: {key} must not be negative")
+    return resources
 
 
 def lint_text(text: str, source: str = "valohai.yaml") -> list[Problem]:
@@ -130,6 +155,7 @@ def prepare_step(config: Config, step_name: str, raw_parameters: dict[str, str],
         parameters=values,
         inputs=resolved_inputs,
         environment=environment,
+        resources=resources_of(step),
     )
 
 

@@ -11,7 +11,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -73,6 +73,8 @@ class ExecutionRow:
     ended_at: str | None
     metadata_offset: int
     metadata_count: int
+    resources: dict[str, Any]  # pool, gpus, cpus, memory_mb, cpu_max, memory_max_mb
+    gpu_ids: list[str]
 
     @property
     def terminal(self) -> bool:
@@ -82,7 +84,7 @@ class ExecutionRow:
 _COLUMNS: Final = (
     "id, step, title, status, reason, owner, owner_uid, parameters, inputs, image, command, "
     "environment, snapshot, commit_ref, config_path, host, container_id, exit_code, priority, "
-    "restarted_from, created_at, started_at, ended_at, metadata_offset, metadata_count"
+    "restarted_from, created_at, started_at, ended_at, metadata_offset, metadata_count, resources, gpu_ids"
 )
 
 
@@ -93,7 +95,7 @@ def _row(r: Sequence[Any]) -> ExecutionRow:
         environment=json.loads(r[11]), snapshot=r[12], commit_ref=r[13], config_path=r[14],
         host=r[15], container_id=r[16], exit_code=r[17], priority=r[18], restarted_from=r[19],
         created_at=r[20], started_at=r[21], ended_at=r[22], metadata_offset=r[23],
-        metadata_count=r[24],
+        metadata_count=r[24], resources=json.loads(r[25]), gpu_ids=json.loads(r[26]),
     )
 
 
@@ -112,6 +114,8 @@ class NewExecution:
     commit_ref: str | None
     config_path: str
     restarted_from: int | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
 
 
 class Store:
@@ -181,12 +185,12 @@ class Store:
             cur = await self.db.execute(
                 "INSERT INTO executions (step, title, status, owner, owner_uid, parameters, inputs, "
                 "image, command, environment, snapshot, commit_ref, config_path, restarted_from, "
-                "created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "created_at, resources, priority) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     new.step, new.title, status, new.owner, new.owner_uid,
                     json.dumps(new.parameters), json.dumps(new.inputs), new.image, new.command,
                     json.dumps(new.environment), new.snapshot, new.commit_ref, new.config_path,
-                    new.restarted_from, now,
+                    new.restarted_from, now, json.dumps(new.resources), new.priority,
                 ),
             )
             execution_id = int(cur.lastrowid or 0)
@@ -277,6 +281,30 @@ class Store:
             await self.db.execute("DELETE FROM executions WHERE id = ?", (execution_id,))
             event = await self._append_event(execution_id, "deleted", "deleted", None, now)
         return event
+
+    async def place(self, execution_id: int, host: str | None, gpu_ids: Sequence[str]) -> bool:
+        """Record (or with host None, undo) where a queued execution will run, before it is created there.
+
+        Recorded first so that after a crash the execution waits for that host to
+        say whether it has a container for it, instead of being run somewhere else too.
+        """
+        async with self._tx():
+            cur = await self.db.execute(
+                "UPDATE executions SET host = ?, gpu_ids = ? WHERE id = ? AND status = 'queued'",
+                (host, json.dumps(list(gpu_ids)), execution_id),
+            )
+            return cur.rowcount == 1
+
+    async def host_admin(self) -> dict[str, str]:
+        async with self.db.execute("SELECT name, admin FROM host_admin") as cur:
+            return {r[0]: r[1] for r in await cur.fetchall()}
+
+    async def set_host_admin(self, name: str, admin: str) -> None:
+        async with self._tx():
+            if admin == "enabled":
+                await self.db.execute("DELETE FROM host_admin WHERE name = ?", (name,))
+            else:
+                await self.db.execute("INSERT OR REPLACE INTO host_admin VALUES (?, ?)", (name, admin))
 
     # -- events -------------------------------------------------------------
 

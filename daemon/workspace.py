@@ -17,14 +17,25 @@ from .store import ExecutionRow
 CONTAINER_ROOT = "/valohai"
 
 
-def container_environment(row: ExecutionRow) -> dict[str, str]:
+def container_environment(row: ExecutionRow, *, root: str = CONTAINER_ROOT,
+                          in_container: bool = True) -> dict[str, str]:
+    """The variables the user's command sees; ``root`` is /valohai, or the directory on the host."""
     env = dict(row.environment)
+    gpus = list(row.gpu_ids)
+    if in_container and gpus and not all(g.startswith("GPU-") for g in gpus):
+        # GPUs granted by index are renumbered from 0 inside the container; UUIDs stay valid.
+        cuda = ",".join(str(i) for i in range(len(gpus)))
+    else:
+        cuda = ",".join(gpus)
     env.update(
         {
-            "VH_REPOSITORY_DIR": f"{CONTAINER_ROOT}/repository",
-            "VH_INPUTS_DIR": f"{CONTAINER_ROOT}/inputs",
-            "VH_OUTPUTS_DIR": f"{CONTAINER_ROOT}/outputs",
-            "VH_CONFIG_DIR": f"{CONTAINER_ROOT}/config",
+            "VH_REPOSITORY_DIR": f"{root}/repository",
+            "VH_INPUTS_DIR": f"{root}/inputs",
+            "VH_OUTPUTS_DIR": f"{root}/outputs",
+            "VH_CONFIG_DIR": f"{root}/config",
+            # Always set: images such as nvidia/cuda default to "all", which would share GPUs.
+            "NVIDIA_VISIBLE_DEVICES": ",".join(gpus) or "void",
+            "CUDA_VISIBLE_DEVICES": cuda,
             "VH_JOB_ID": f"runyard-{row.id}",
             "VH_EXECUTION_ID": str(row.id),
             "PYTHONUNBUFFERED": "1",

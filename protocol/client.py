@@ -30,7 +30,9 @@ from .messages import (
     encode_message,
 )
 from .methods import (
+    DoctorCheck,
     ExecutionView,
+    HostView,
     LogsReadResult,
     MetadataPoint,
     OutputView,
@@ -212,6 +214,21 @@ class Client:
 
     async def stop(self, ids: list[int] | None = None, *, all: bool = False) -> StopResult:
         return await self._typed(StopResult, "executions.stop", {"ids": ids or [], "all": all})
+
+    async def hosts(self) -> list[HostView]:
+        return await self._typed(list[HostView], "hosts.list", {})
+
+    async def host_drain(self, name: str) -> HostView:
+        return await self._typed(HostView, "hosts.drain", {"name": name})
+
+    async def host_enable(self, name: str) -> HostView:
+        return await self._typed(HostView, "hosts.enable", {"name": name})
+
+    async def hosts_scan(self, name: str | None = None) -> list[HostView]:
+        return await self._typed(list[HostView], "hosts.scan", {"name": name})
+
+    async def doctor(self, name: str) -> list[DoctorCheck]:
+        return await self._typed(list[DoctorCheck], "hosts.doctor", {"name": name})
 
     async def restart(self, execution_id: int) -> ExecutionView:
         return await self._typed(ExecutionView, "executions.restart", {"id": execution_id})

@@ -37,6 +37,9 @@ class ExecutionView(msgspec.Struct, kw_only=True):
     restarted_from: int | None
     log_size: int = 0
     metadata: dict[str, object] = {}
+    priority: int = 0
+    resources: dict[str, object] = {}
+    gpus: list[str] = []
 
 
 class OutputView(msgspec.Struct):
@@ -60,6 +63,9 @@ class SubmitParams(msgspec.Struct, forbid_unknown_fields=True):
     commit: str | None = None
     inputs: dict[str, list[str]] = {}
     config_path: str = "valohai.yaml"
+    pool: str | None = None
+    gpus: int | None = None
+    priority: int = 0
 
 
 class SnapshotHasParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -135,3 +141,45 @@ class SubscribeParams(msgspec.Struct, forbid_unknown_fields=True):
 class StopResult(msgspec.Struct):
     stopped: list[int]
     already_ended: list[int]
+
+
+class GpuView(msgspec.Struct, kw_only=True):
+    index: int
+    uuid: str
+    name: str
+    memory_total_mb: int | None
+    memory_used_mb: int | None
+    utilization: int | None
+    execution: int | None  # who holds it
+
+
+class HostView(msgspec.Struct, kw_only=True):
+    name: str
+    state: str  # connecting, ready, unreachable, draining, disabled
+    error: str
+    pool: str
+    runtime: str
+    address: str
+    gpus: list[GpuView]
+    cpus: int | None
+    cpus_used: float
+    memory_mb: int | None
+    memory_used_mb: int
+    executions: list[int]
+    max_concurrent: int
+    scanned_at: str | None
+    problems: list[str] = []
+
+
+class HostNameParams(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+
+
+class HostsScanParams(msgspec.Struct, forbid_unknown_fields=True):
+    name: str | None = None
+
+
+class DoctorCheck(msgspec.Struct):
+    name: str
+    ok: bool
+    detail: str

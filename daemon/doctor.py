@@ -1,0 +1,105 @@
+"""`runyard doctor HOST`: each thing a host needs, checked live, with what to fix when it is wrong."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from .hosts import Host
+from .inventory import GPU_QUERY, parse_gpus
+from .runtime_docker import DockerRuntime
+from .transport import LinkError, Transport, q
+
+DISK_LOW_MB: Final = 10 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+async def diagnose(host: Host) -> list[Check]:
+    s = host.settings
+    where = "this machine" if s.ssh is None else f"{s.ssh.user + '@' if s.ssh.user else ''}{s.ssh.address or s.name}"
+    transport = host.transport
+    if host.link != "ready" or transport is None:
+        why = host.error or host.state
+        return [Check("connection", False, f"{where}: {why}"),
+                *(Check(name, False, "not checked: no connection")
+                  for name in ("runtime", "nvidia-smi", "disk space"))]
+    checks = [Check("connection", True, f"{where}: connected")]
+    checks.append(await _runtime(host))
+    gpu_check, gpu_count = await _nvidia_smi(transport)
+    checks.append(gpu_check)
+    if s.runtime == "docker" and isinstance(host.runtime, DockerRuntime):
+        checks.append(await _container_toolkit(host.runtime, gpu_count, s.gpu_device_requests))
+    checks.append(await _disk(transport, host.work_root))
+    return checks
+
+
+async def _runtime(host: Host) -> Check:
+    runtime = host.runtime
+    if runtime is None:
+        return Check("runtime", False, "no runtime: " + (host.error or "not connected"))
+    try:
+        version = await runtime.ping()
+    except Exception as exc:
+        fix = ("is dockerd running, and may the SSH user use its socket (docker group)?"
+               if host.settings.runtime == "docker" else "install util-linux (setsid) and coreutils (tail)")
+        return Check("runtime", False, f"{exc}: {fix}")
+    label = f"Docker {version}" if host.settings.runtime == "docker" else version
+    return Check("runtime", True, label)
+
+
+async def _nvidia_smi(transport: Transport) -> tuple[Check, int]:
+    try:
+        result = await transport.run(f"command -v nvidia-smi >/dev/null 2>&1 || exit 127; {GPU_QUERY}", timeout=60)
+    except LinkError as exc:
+        return Check("nvidia-smi", False, str(exc)), 0
+    if result.status == 127:
+        return Check("nvidia-smi", True, "not installed: this host offers no GPUs (fine for CPU-only hosts)"), 0
+    if result.status != 0:
+        return Check("nvidia-smi", False, f"fails: {result.error_text} (driver not loaded or mismatched?)"), 0
+    gpus, problems = parse_gpus(result.stdout.decode("utf-8", "replace"))
+    if problems:
+        return Check("nvidia-smi", False, "; ".join(problems)), len(gpus)
+    models = ", ".join(sorted({g.name for g in gpus})) or "none"
+    return Check("nvidia-smi", True, f"{len(gpus)} GPUs ({models})"), len(gpus)
+
+
+async def _container_toolkit(runtime: DockerRuntime, gpus: int, device_requests: bool) -> Check:
+    try:
+        info = await runtime.info()
+    except Exception as exc:
+        return Check("nvidia container runtime", False, f"cannot read docker info: {exc}")
+    runtimes = set((info.get("Runtimes") or {}).keys())
+    default = str(info.get("DefaultRuntime", ""))
+    if gpus == 0:
+        return Check("nvidia container runtime", True, "not needed: no GPUs")
+    if not device_requests and default != "nvidia":
+        return Check("nvidia container runtime", False,
+                     f"gpu_mode = \"env\" needs nvidia as the engine's default runtime (it is {default!r}): "
+                     "set default-runtime in /etc/docker/daemon.json, or use gpu_mode = \"device-request\"")
+    if "nvidia" not in runtimes and default != "nvidia":
+        return Check("nvidia container runtime", False,
+                     "not configured: install nvidia-container-toolkit, run "
+                     "`nvidia-ctk runtime configure --runtime=docker` and restart dockerd")
+    return Check("nvidia container runtime", True, f"present (default runtime: {default or '?'})")
+
+
+async def _disk(transport: Transport, path: str) -> Check:
+    try:
+        result = await transport.run(f"df -Pk {q(path)} | tail -n 1", timeout=30)
+    except LinkError as exc:
+        return Check("disk space", False, str(exc))
+    fields = result.stdout.decode("utf-8", "replace").split()
+    try:
+        free_mb = int(fields[3]) // 1024
+    except (IndexError, ValueError):
+        return Check("disk space", False, f"cannot read df for {path}: {result.error_text}")
+    detail = f"{free_mb / 1024:.1f} GiB free under {path}"
+    if free_mb < DISK_LOW_MB:
+        return Check("disk space", False, f"only {detail}: free space, or point work_dir elsewhere")
+    return Check("disk space", True, detail)

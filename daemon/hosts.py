@@ -1,0 +1,356 @@
+"""Pool hosts: one long-lived connection each, its state, its inventory and its runtime.
+
+A host's link is connecting, ready or unreachable; an operator can also drain
+it. The link is kept by one task per host that reconnects with backoff, so a
+network blip only makes the host unreachable for a while: its containers keep
+running, and the runners waiting on it carry on when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import asyncssh
+
+from .config import Config, HostSection, LocalHostSection, SshSection
+from .inventory import INVENTORY_COMMAND, Gpu, Inventory, InventoryError, declared_gpus, parse_inventory
+from .runtime import EngineError, Runtime
+from .runtime_docker import DockerRuntime
+from .runtime_process import ProcessRuntime
+from .transport import LinkError, LocalTransport, SshTransport, Transport, q
+
+log = logging.getLogger("runyard.hosts")
+
+LOCAL = "local"
+Link = Literal["connecting", "ready", "unreachable"]
+Admin = Literal["enabled", "draining", "disabled"]
+
+
+@dataclass(frozen=True, slots=True)
+class HostSettings:
+    """One host's configuration, the same shape for `local` and the [[hosts]] entries."""
+
+    name: str
+    pool: str
+    runtime: Literal["docker", "process"]
+    docker_socket: str
+    work_dir: str
+    max_concurrent: int
+    pull: str
+    pull_timeout: float
+    gpus: int | None  # None: from nvidia-smi
+    cpus: int | None
+    memory_mb: int | None
+    gpu_device_requests: bool
+    enabled: bool
+    ssh: HostSection | None  # None for this machine
+
+    @classmethod
+    def of_local(cls, section: LocalHostSection, work_dir: Path) -> HostSettings:
+        return cls(
+            name=LOCAL, pool=section.pool, runtime=section.runtime, docker_socket=section.docker_socket,
+            work_dir=str(work_dir), max_concurrent=section.max_concurrent, pull=section.pull,
+            pull_timeout=section.pull_timeout_seconds, gpus=_declared(section.gpus), cpus=_declared(section.cpus),
+            memory_mb=_declared(section.memory_mb), gpu_device_requests=section.gpu_mode == "device-request",
+            enabled=section.enabled, ssh=None,
+        )
+
+    @classmethod
+    def of_host(cls, section: HostSection) -> HostSettings:
+        return cls(
+            name=section.name, pool=section.pool, runtime=section.runtime, docker_socket=section.docker_socket,
+            work_dir=section.work_dir, max_concurrent=section.max_concurrent, pull=section.pull,
+            pull_timeout=section.pull_timeout_seconds, gpus=_declared(section.gpus), cpus=_declared(section.cpus),
+            memory_mb=_declared(section.memory_mb), gpu_device_requests=section.gpu_mode == "device-request",
+            enabled=section.enabled, ssh=section,
+        )
+
+
+def _declared(value: str | int) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def all_settings(config: Config) -> list[HostSettings]:
+    hosts = [HostSettings.of_local(config.local, config.data_dir / "work")] if config.local.enabled else []
+    return hosts + [HostSettings.of_host(h) for h in config.hosts]
+
+
+class Host:
+    def __init__(self, settings: HostSettings, *, daemon_id: str, ssh: SshSection, sockets_dir: Path,
+                 on_change: Callable[[Host], None], admin: Admin = "enabled") -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.daemon_id = daemon_id
+        self.ssh = ssh
+        self.sockets_dir = sockets_dir
+        self.on_change = on_change
+        self.admin: Admin = admin if settings.enabled else "disabled"
+        self.link: Link = "connecting"
+        self.error = ""
+        self.inventory: Inventory | None = None
+        self.scanned_at: float | None = None
+        self.transport: Transport | None = None
+        self.runtime: Runtime | None = None
+        self.work_root = ""
+        self.generation = 0
+        self._ready = asyncio.Event()
+        self._down = asyncio.Event()  # set whenever the link is not ready
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- what the rest of the daemon reads ---------------------------------------------
+
+    @property
+    def state(self) -> str:
+        if self.admin == "disabled":
+            return "disabled"
+        if self.link != "ready":
+            return self.link
+        return "draining" if self.admin == "draining" else "ready"
+
+    @property
+    def accepting(self) -> bool:
+        return self.state == "ready" and self.inventory is not None
+
+    @property
+    def gpus(self) -> tuple[Gpu, ...]:
+        if self.settings.gpus is not None:
+            return declared_gpus(self.settings.gpus)
+        return self.inventory.gpus if self.inventory else ()
+
+    @property
+    def cpus(self) -> int | None:
+        if self.settings.cpus is not None:
+            return self.settings.cpus
+        return self.inventory.cpus if self.inventory else None
+
+    @property
+    def memory_mb(self) -> int | None:
+        if self.settings.memory_mb is not None:
+            return self.settings.memory_mb
+        return self.inventory.memory_mb if self.inventory else None
+
+    def work_dir(self, execution_id: int) -> str:
+        return f"{self.work_root}/{int(execution_id)}"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.admin != "disabled":
+            self._task = asyncio.create_task(self._keep_connected(), name=f"host-{self.name}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self._drop()
+
+    async def wait_ready(self) -> int:
+        """Block while the host is unreachable; returns the generation of the link now up."""
+        while True:
+            await self._ready.wait()
+            if self.link == "ready":
+                return self.generation
+
+    async def still_up(self, generation: int) -> bool:
+        """After an operation failed: is the link it used still there? Probes before answering."""
+        if self.link != "ready" or self.generation != generation:
+            return False
+        if self.transport is None:
+            return False
+        try:
+            await self.transport.run("true", timeout=self.ssh.connect_timeout_seconds)
+            return True
+        except LinkError as exc:
+            self.error = str(exc)
+            if self._conn is not None:
+                self._conn.abort()  # the keeper notices, marks it unreachable and reconnects
+                await self._wait_not(generation)
+            return False
+
+    async def _wait_not(self, generation: int) -> None:
+        if self.link == "ready" and self.generation == generation:
+            await self._down.wait()
+
+    async def scan(self) -> Inventory:
+        """Re-read GPUs, CPUs and memory now."""
+        if self.transport is None or self.link != "ready":
+            raise LinkError(f"host {self.name} is {self.state}: {self.error or 'not connected'}")
+        return await self._scan()
+
+    async def _scan(self) -> Inventory:
+        assert self.transport is not None
+        result = await self.transport.run(INVENTORY_COMMAND, timeout=60)
+        if result.status != 0:
+            raise InventoryError(f"inventory command failed: {result.error_text}")
+        inventory = parse_inventory(result.stdout.decode("utf-8", "replace"))
+        changed = self.inventory != inventory
+        self.inventory = inventory
+        self.scanned_at = time.time()
+        for problem in inventory.problems:
+            log.warning("host %s: %s", self.name, problem)
+        if changed:
+            self.on_change(self)
+        return inventory
+
+    def set_admin(self, admin: Admin) -> None:
+        self.admin = admin
+        self.on_change(self)
+
+    # -- the keeper ------------------------------------------------------------------------
+
+    def _set_link(self, link: Link, error: str = "") -> None:
+        self.link = link
+        self.error = error
+        if link == "ready":
+            self.generation += 1
+            self._down.clear()
+            self._ready.set()
+        else:
+            self._ready.clear()
+            self._down.set()
+        self.on_change(self)
+
+    async def _keep_connected(self) -> None:
+        delay = self.ssh.reconnect_min_seconds
+        while True:
+            try:
+                await self._connect()
+                await self._scan()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                message = _describe(exc)
+                if self.error != message or self.link != "unreachable":
+                    log.warning("host %s: unreachable: %s (retrying in %.0f s)", self.name, message, delay)
+                await self._drop()
+                self._set_link("unreachable", message)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.ssh.reconnect_max_seconds)
+                continue
+            delay = self.ssh.reconnect_min_seconds
+            log.info("host %s: ready (%s, %d GPUs)", self.name, self.settings.runtime, len(self.gpus))
+            self._set_link("ready")
+            await self._serve()
+            await self._drop()
+            self._set_link("unreachable", self.error or "connection lost")
+            log.warning("host %s: connection lost; reconnecting", self.name)
+
+    async def _serve(self) -> None:
+        """While the link is up: rescan now and then; return when the connection is gone."""
+        closed = asyncio.create_task(self._closed())
+        try:
+            while True:
+                done, _ = await asyncio.wait({closed}, timeout=self.ssh.inventory_seconds)
+                if done:
+                    return
+                try:
+                    await self.scan()
+                except Exception as exc:
+                    log.warning("host %s: inventory failed: %s", self.name, _describe(exc))
+        finally:
+            closed.cancel()
+
+    async def _closed(self) -> None:
+        if self._conn is not None:
+            await self._conn.wait_closed()
+        else:
+            await asyncio.Event().wait()  # this machine never disconnects
+
+    async def _connect(self) -> None:
+        self.link = "connecting"
+        s = self.settings
+        if s.ssh is None:
+            self.transport = LocalTransport()
+            Path(s.work_dir).mkdir(parents=True, exist_ok=True)
+            self.work_root = s.work_dir
+        else:
+            self._conn = await asyncssh.connect(**self._ssh_options(s.ssh))
+            self.transport = SshTransport(self._conn, self.name)
+            result = await self.transport.run(
+                f"mkdir -p {q(s.work_dir)}/{self.daemon_id} && cd {q(s.work_dir)}/{self.daemon_id} && pwd -P",
+                timeout=self.ssh.connect_timeout_seconds,
+            )
+            if result.status != 0:
+                raise EngineError(f"cannot create work directory {s.work_dir}: {result.error_text}")
+            self.work_root = result.stdout.decode().strip()
+        self.runtime = await self._make_runtime()
+
+    async def _make_runtime(self) -> Runtime:
+        s = self.settings
+        assert self.transport is not None
+        runtime: Runtime
+        if s.runtime == "process":
+            runtime = ProcessRuntime(self.transport, self.work_root, host=self.name)
+        else:
+            socket = s.docker_socket
+            if self._conn is not None:
+                self.sockets_dir.mkdir(parents=True, exist_ok=True)
+                local = self.sockets_dir / f"{self.name}.sock"
+                local.unlink(missing_ok=True)
+                await self._conn.forward_local_path(str(local), s.docker_socket)
+                socket = str(local)
+            runtime = DockerRuntime(socket, self.daemon_id, host=self.name, pull=s.pull,
+                                    pull_timeout=s.pull_timeout, gpu_device_requests=s.gpu_device_requests)
+        try:
+            await runtime.ping()
+        except Exception:
+            await runtime.close()
+            raise
+        return runtime
+
+    def _ssh_options(self, h: HostSection) -> dict[str, object]:
+        known_hosts_path = os.path.expanduser(h.known_hosts or self.ssh.known_hosts)
+        options: dict[str, object] = {
+            "host": h.address or h.name,
+            # Always explicit, so no ssh_config setting can turn host key checking off.
+            "known_hosts": known_hosts_path if os.path.exists(known_hosts_path) else asyncssh.import_known_hosts(""),
+            "connect_timeout": self.ssh.connect_timeout_seconds,
+            "keepalive_interval": self.ssh.keepalive_seconds,
+            "keepalive_count_max": self.ssh.keepalive_count_max,
+        }
+        config = os.path.expanduser(self.ssh.config)
+        options["config"] = [config] if os.path.exists(config) else []
+        if h.port:
+            options["port"] = h.port
+        if h.user:
+            options["username"] = h.user
+        if h.identity:
+            options["client_keys"] = [os.path.expanduser(h.identity)]
+        return options
+
+    async def _drop(self) -> None:
+        runtime, self.runtime = self.runtime, None
+        if runtime is not None:
+            with contextlib.suppress(Exception):
+                await runtime.close()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.abort()
+            with contextlib.suppress(Exception):
+                await conn.wait_closed()
+        self.transport = None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        return (f"host key not verified ({exc.reason}): add the host's key to known_hosts "
+                "(ssh-keyscan, after checking its fingerprint) or set known_hosts for this host")
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return f"ssh authentication failed ({exc.reason}): check user and identity"
+    if isinstance(exc, asyncssh.DisconnectError):
+        return f"ssh: {exc.reason}"
+    if isinstance(exc, OSError):
+        return f"cannot connect: {exc.strerror or exc}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,69 @@
+"""What the runner needs from a runtime (Docker containers, or plain processes), and its errors.
+
+Both runtimes find their executions again from what they left on the host
+(container labels; files in the execution's directory), never from daemon
+memory, so a restarted daemon can pick everything up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from .logfile import LogFile
+from .logstream import Decoded
+
+
+class EngineError(Exception):
+    """The runtime refused or failed an operation; the message says what and why."""
+
+
+class ImageMissing(EngineError):
+    pass
+
+
+class ContainerGone(EngineError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    execution_id: int
+    image: str
+    command: str
+    environment: dict[str, str]
+    workdir: str  # the execution's directory on the host
+    host: str
+    gpus: tuple[str, ...] = ()  # granted GPU ids (UUIDs, or indexes for declared GPUs)
+    cpu_limit: float | None = None
+    memory_limit_mb: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerState:
+    id: str
+    execution_id: int
+    status: str  # created, running, exited, ...
+    exit_code: int
+    oom_killed: bool
+    gpus: tuple[str, ...] = ()
+
+
+class Runtime(Protocol):
+    kind: str
+    # Where /valohai lives for the user's command: the container path, or the host directory.
+    in_container: bool
+
+    async def ping(self) -> str: ...
+    async def ensure_image(self, image: str) -> None: ...
+    async def create(self, spec: ContainerSpec) -> str: ...
+    async def start(self, container_id: str) -> None: ...
+    async def state(self, container_id: str) -> ContainerState: ...
+    async def find(self, execution_id: int) -> ContainerState | None: ...
+    async def list_ours(self) -> list[ContainerState]: ...
+    async def wait(self, container_id: str) -> None: ...
+    def read_logs(self, container_id: str, log: LogFile, *, follow: bool) -> AsyncIterator[Decoded]: ...
+    async def stop(self, container_id: str, grace_seconds: int) -> None: ...
+    async def remove(self, container_id: str) -> None: ...
+    async def close(self) -> None: ...

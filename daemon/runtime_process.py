@@ -1,0 +1,208 @@
+"""Executions as plain processes, for hosts without Docker (and this machine without Docker).
+
+The command runs detached (its own session, started with setsid) under a small
+POSIX sh wrapper that writes stdout, stderr and the exit status into files in
+the execution's directory on the host. Neither a dropped SSH connection nor a
+daemon restart touches it; the daemon finds it again from those files.
+
+Logs are read with `tail`, resuming after the lines already stored, so nothing
+is lost or stored twice. Their timestamps are the daemon's reading time.
+Needs POSIX sh, setsid (util-linux) and GNU tail on the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Final
+
+from runyard.protocol.logformat import format_record
+
+from .logfile import LogFile
+from .logstream import Decoded, collapse_carriage_returns, timestamp_now
+from .runtime import ContainerGone, ContainerSpec, ContainerState, EngineError
+from .transport import LinkError, Transport, q
+
+CONTROL: Final = ".runyard"  # inside the execution's directory, beside repository/ and outputs/
+LOST: Final = -1  # exit code reported when the wrapper vanished without recording one
+
+# Prints "<state> <exit code>" for the execution directory in $d.
+_STATE: Final = (
+    'r="$d/.runyard"; '
+    'if [ -e "$r/exit_code" ]; then echo "exited $(cat "$r/exit_code")"; '
+    'elif [ -e "$r/wrapper.pid" ]; then p=$(cat "$r/wrapper.pid"); '
+    'if kill -0 "$p" 2>/dev/null && grep -q run.sh "/proc/$p/cmdline" 2>/dev/null; '
+    'then echo "running 0"; else echo "exited -1"; fi; '
+    'elif [ -e "$r/run.sh" ]; then echo "created 0"; else echo "missing 0"; fi'
+)
+
+
+class ProcessRuntime:
+    kind = "process"
+    in_container = False
+
+    def __init__(self, transport: Transport, work_root: str, *, host: str) -> None:
+        self.transport = transport
+        self.work_root = work_root
+        self.host = host
+
+    def _dir(self, execution_id: int) -> str:
+        return f"{self.work_root}/{int(execution_id)}"
+
+    async def _run(self, command: str, *, input: bytes | None = None) -> str:
+        result = await self.transport.run(command, input=input)
+        if result.status != 0:
+            raise EngineError(f"{self.host}: {result.error_text}")
+        return result.stdout.decode("utf-8", "replace")
+
+    async def ping(self) -> str:
+        out = await self._run("command -v setsid >/dev/null && command -v tail >/dev/null && uname -sr")
+        return f"process runtime on {out.strip()}"
+
+    async def ensure_image(self, image: str) -> None:
+        return None  # processes run on the host as it is; the image is only recorded
+
+    async def close(self) -> None:
+        return None
+
+    async def create(self, spec: ContainerSpec) -> str:
+        d = self._dir(spec.execution_id)
+        r = f"{d}/{CONTROL}"
+        exports = "".join(f"export {name}={q(value)}\n" for name, value in spec.environment.items()
+                          if name.isidentifier())
+        wrapper = (
+            "#!/bin/sh\n"
+            "# Written by runyard: runs the execution detached and records how it ended.\n"
+            f"r={q(r)}\n"
+            f"cd {q(d)}/repository || {{ echo 127 > \"$r/exit_code\"; exit 1; }}\n"
+            f"{exports}"
+            'setsid sh "$r/command.sh" > "$r/stdout" 2> "$r/stderr" < /dev/null &\n'
+            'echo $! > "$r/child.pid"\n'
+            "wait $!\n"
+            'echo $? > "$r/exit_code.tmp" && mv "$r/exit_code.tmp" "$r/exit_code"\n'
+        )
+        await self._run(f"mkdir -p {q(r)} && cat > {q(r)}/command.sh", input=spec.command.encode())
+        await self._run(f"cat > {q(r)}/run.sh", input=wrapper.encode())
+        return d
+
+    async def start(self, container_id: str) -> None:
+        r = f"{container_id}/{CONTROL}"
+        await self._run(
+            f"[ -e {q(r)}/wrapper.pid ] && exit 0; "
+            f"setsid sh {q(r)}/run.sh </dev/null >/dev/null 2>&1 & echo $! > {q(r)}/wrapper.pid"
+        )
+
+    async def state(self, container_id: str) -> ContainerState:
+        out = await self._run(f"d={q(container_id)}; {_STATE}")
+        state = _parse_state(container_id, out)
+        if state.status == "missing":
+            raise ContainerGone(f"{container_id} was removed behind runyard's back")
+        return state
+
+    async def find(self, execution_id: int) -> ContainerState | None:
+        state = _parse_state(self._dir(execution_id), await self._run(f"d={q(self._dir(execution_id))}; {_STATE}"))
+        return None if state.status in ("missing", "created") else state
+
+    async def list_ours(self) -> list[ContainerState]:
+        out = await self._run(
+            f"for d in {q(self.work_root)}/*; do [ -d \"$d/{CONTROL}\" ] || continue; "
+            f'printf "%s " "$d"; {_STATE}; done'
+        )
+        states = []
+        for line in out.splitlines():
+            path, _, rest = line.partition(" ")
+            state = _parse_state(path, rest)
+            if state.status not in ("missing", "created"):
+                states.append(state)
+        return states
+
+    async def wait(self, container_id: str) -> None:
+        await self._run(
+            f"d={q(container_id)}; while :; do s=$({_STATE}); case $s in running*) sleep 0.5;; *) break;; esac; done"
+        )
+
+    async def read_logs(self, container_id: str, log: LogFile, *, follow: bool) -> AsyncIterator[Decoded]:
+        counts = log.count_by_stream()
+        r = f"{container_id}/{CONTROL}"
+        queue: asyncio.Queue[tuple[str, str] | BaseException | None] = asyncio.Queue()
+        readers = [
+            asyncio.create_task(self._tail(r, name, letter, counts.get(letter, 0), follow, queue))
+            for name, letter in (("stdout", "O"), ("stderr", "E"))
+        ]
+        finished = 0
+        try:
+            while finished < len(readers):
+                item = await queue.get()
+                batch = [item]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                out = Decoded()
+                for entry in batch:
+                    if entry is None:
+                        finished += 1
+                    elif isinstance(entry, BaseException):
+                        raise entry
+                    else:
+                        letter, text = entry
+                        now = timestamp_now()
+                        out.records.append(format_record(letter, now, text).encode())
+                        if letter == "O" and text.startswith("{"):
+                            out.candidates.append((now, text))
+                if out.records:
+                    yield out
+        finally:
+            for reader in readers:
+                reader.cancel()
+            for reader in readers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+
+    async def _tail(self, r: str, name: str, letter: str, skip: int, follow: bool,
+                    queue: asyncio.Queue[tuple[str, str] | BaseException | None]) -> None:
+        path = f"{q(r)}/{name}"
+        if follow:
+            command = (f"p=$(cat {q(r)}/wrapper.pid 2>/dev/null || echo 1); "
+                       f"exec tail -s 0.2 -n +{skip + 1} -F --pid=\"$p\" {path} 2>/dev/null")
+        else:
+            command = f"[ -e {path} ] || exit 0; exec tail -n +{skip + 1} {path}"
+        pending = b""
+        try:
+            async for chunk in self.transport.stream(command):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    queue.put_nowait((letter, collapse_carriage_returns(line.decode("utf-8", "replace"))))
+            if pending:
+                # The process ended without a final newline: the last line is still a line.
+                queue.put_nowait((letter, collapse_carriage_returns(pending.decode("utf-8", "replace"))))
+            queue.put_nowait(None)
+        except (LinkError, EngineError) as exc:
+            queue.put_nowait(exc)
+
+    async def stop(self, container_id: str, grace_seconds: int) -> None:
+        r = f"{container_id}/{CONTROL}"
+        # TERM to the command's whole process group, KILL to what is left after the grace.
+        await self._run(
+            f"[ -e {q(r)}/child.pid ] || exit 0; g=$(cat {q(r)}/child.pid); "
+            f'kill -TERM -- "-$g" 2>/dev/null || exit 0; i=0; '
+            f'while [ "$i" -lt {int(grace_seconds) * 5} ] && kill -0 -- "-$g" 2>/dev/null; '
+            "do sleep 0.2; i=$((i+1)); done; "
+            f'kill -KILL -- "-$g" 2>/dev/null; exit 0'
+        )
+
+    async def remove(self, container_id: str) -> None:
+        with contextlib.suppress(LinkError, EngineError):
+            await self._run(f"rm -rf {q(container_id)}")
+
+
+def _parse_state(path: str, text: str) -> ContainerState:
+    parts = text.split()
+    status = parts[0] if parts else "missing"
+    try:
+        code = int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        code = LOST
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return ContainerState(id=path, execution_id=int(name) if name.isdigit() else 0, status=status,
+                          exit_code=code, oom_killed=False)

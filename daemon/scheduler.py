@@ -1,0 +1,145 @@
+"""Placement of queued executions on hosts: pure functions over plain data, no I/O.
+
+The rule (also in the README):
+
+1. Queued executions are considered in priority order (higher first), then in
+   submit order.
+2. Each goes to a host of its pool that is ready and has enough free GPUs,
+   CPUs, memory and execution slots. Among those it takes the tightest fit
+   (fewest free GPUs, then fewest free CPUs), which keeps large holes open for
+   large executions.
+3. One that fits nowhere lets later, smaller ones fill gaps, unless it has
+   waited at least ``reserve_after`` seconds: then it reserves the host of its
+   pool that could hold it and has the most free GPUs, and nothing behind it in
+   the queue is placed on that host until it starts. So a 4-GPU execution
+   cannot be starved by a stream of 1-GPU ones; at worst it waits for the
+   executions already running on its reserved host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    execution_id: int
+    priority: int
+    submitted: float  # seconds since the epoch; the queue order within a priority
+    pool: str | None  # None: any host
+    gpus: int = 0
+    cpus: float = 0.0
+    memory_mb: int = 0
+
+
+@dataclass(slots=True)
+class Capacity:
+    """A host as the scheduler sees it: what it has and what is still free."""
+
+    name: str
+    pool: str
+    total_gpus: int
+    total_cpus: float
+    total_memory_mb: int
+    free_gpus: list[str]  # ids (UUIDs) in index order
+    free_cpus: float
+    free_memory_mb: int
+    free_slots: int | None  # None: no limit on the number of executions
+    accepting: bool = True  # ready and not draining
+    reserved_by: int | None = field(default=None)
+
+    def fits(self, d: Demand) -> bool:
+        return (
+            len(self.free_gpus) >= d.gpus
+            and self.free_cpus >= d.cpus
+            and self.free_memory_mb >= d.memory_mb
+            and (self.free_slots is None or self.free_slots >= 1)
+        )
+
+    def could_ever_fit(self, d: Demand) -> bool:
+        return self.total_gpus >= d.gpus and self.total_cpus >= d.cpus and self.total_memory_mb >= d.memory_mb
+
+    def take(self, d: Demand) -> tuple[str, ...]:
+        granted = tuple(self.free_gpus[: d.gpus])
+        del self.free_gpus[: d.gpus]
+        self.free_cpus -= d.cpus
+        self.free_memory_mb -= d.memory_mb
+        if self.free_slots is not None:
+            self.free_slots -= 1
+        return granted
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    execution_id: int
+    host: str
+    gpus: tuple[str, ...]
+
+
+def order(queue: Iterable[Demand]) -> list[Demand]:
+    return sorted(queue, key=lambda d: (-d.priority, d.submitted, d.execution_id))
+
+
+def place(queue: Sequence[Demand], hosts: Sequence[Capacity], *, now: float,
+          reserve_after: float) -> list[Placement]:
+    """Decide where queued executions go now; ``hosts`` is updated to what remains free."""
+    pools: dict[str | None, list[Capacity]] = {None: [h for h in hosts if h.accepting]}
+    for h in pools[None]:
+        pools.setdefault(h.pool, []).append(h)
+    placements: list[Placement] = []
+    # Per pool, the largest GPU request already found not to fit: any request at least as
+    # large cannot fit either in this pass, which keeps a long full queue cheap to walk.
+    hopeless: dict[str | None, tuple[int, float, int]] = {}
+    for d in order(queue):
+        candidates = pools.get(d.pool, [])
+        if not candidates:
+            continue
+        floor = hopeless.get(d.pool)
+        if floor is not None and d.gpus >= floor[0] and d.cpus >= floor[1] and d.memory_mb >= floor[2]:
+            if now - d.submitted >= reserve_after:
+                _reserve(d, candidates)
+            continue
+        best: Capacity | None = None
+        for h in candidates:
+            if h.reserved_by is not None and h.reserved_by != d.execution_id:
+                continue
+            if h.fits(d) and (best is None or (len(h.free_gpus), h.free_cpus) < (len(best.free_gpus), best.free_cpus)):
+                best = h
+        if best is not None:
+            placements.append(Placement(d.execution_id, best.name, best.take(d)))
+            continue
+        hopeless[d.pool] = (d.gpus, d.cpus, d.memory_mb)
+        if now - d.submitted >= reserve_after:
+            _reserve(d, candidates)
+    return placements
+
+
+def _reserve(d: Demand, candidates: list[Capacity]) -> None:
+    choice: Capacity | None = None
+    for h in candidates:
+        if h.reserved_by is None and h.could_ever_fit(d) and (
+            choice is None or (len(h.free_gpus), h.free_cpus) > (len(choice.free_gpus), choice.free_cpus)
+        ):
+            choice = h
+    if choice is not None:
+        choice.reserved_by = d.execution_id
+
+
+def refusal(d: Demand, hosts: Sequence[Capacity], pools: Iterable[str]) -> str | None:
+    """Why no host could ever run ``d``, or None if some host could (or might, once known)."""
+    known_pools = sorted(set(pools))
+    if d.pool is not None and d.pool not in known_pools:
+        return f"no host is in pool {d.pool!r} (pools: {', '.join(known_pools) or 'none'})"
+    members = [h for h in hosts if d.pool is None or h.pool == d.pool]
+    if not members or any(h.could_ever_fit(d) for h in members):
+        return None
+    where = f"pool {d.pool!r}" if d.pool else "the pool"
+    most_gpus = max(h.total_gpus for h in members)
+    most_cpus = max(h.total_cpus for h in members)
+    most_memory = max(h.total_memory_mb for h in members)
+    return (
+        f"no host of {where} could ever run it: it asks for {d.gpus} GPUs, {d.cpus:g} CPUs and "
+        f"{d.memory_mb} MB of memory; the largest host there has {most_gpus} GPUs, "
+        f"{most_cpus:g} CPUs and {most_memory} MB"
+    )

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,11 +59,12 @@ class Core:
         self.hosts: dict[str, Host] = {}
         self._open_logs: dict[int, LogFile] = {}
         self._runners: dict[int, asyncio.Task[None]] = {}
-        self._stop_tasks: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._prune_pending = False
         self._scheduler_task: asyncio.Task[None] | None = None
         self._reconciling: dict[str, asyncio.Task[None]] = {}
+        self._host_said: dict[str, tuple[str, str]] = {}
         self.runner_services = RunnerServices(
             store=store, snapshots=self.snapshots, outputs=self.outputs,
             work_root=self.work_root, stop_grace=config.defaults.stop_grace_seconds,
@@ -80,13 +82,19 @@ class Core:
                 sockets_dir=self.config.data_dir / "hosts", on_change=self._host_changed,
                 admin="draining" if admin.get(settings.name) == "draining" else "enabled",
             )
+        for row in await self.store.active():
+            if row.host is not None and row.host not in self.hosts:
+                if row.status == "queued":
+                    await self.store.place(row.id, None, ())  # placed, never created: place anew
+                else:
+                    self._spawn(row)  # its runner ends it as host-lost, saying why in the log
         for host in self.hosts.values():
             host.start()
         self._scheduler_task = asyncio.create_task(self._schedule_forever())
 
     async def shutdown(self) -> None:
         """Stop managing, not running: containers go on and are picked up on the next start."""
-        tasks = [t for t in [self._scheduler_task, *self._runners.values(), *self._stop_tasks,
+        tasks = [t for t in [self._scheduler_task, *self._runners.values(), *self._background,
                              *self._reconciling.values()] if t]
         for task in tasks:
             task.cancel()
@@ -97,10 +105,19 @@ class Core:
 
     def _host_changed(self, host: Host) -> None:
         self._wake.set()
+        said = (host.state, host.error)
+        if self._host_said.get(host.name) != said:
+            self._host_said[host.name] = said
+            task = asyncio.create_task(self._host_event(host.name, *said))
+            self._background.add(task)  # kept referenced until done; cancelled on shutdown
+            task.add_done_callback(self._background.discard)
         if host.link == "ready" and host.name not in self._reconciling:
             task = asyncio.create_task(self._reconcile_host(host, host.generation), name=f"reconcile-{host.name}")
             self._reconciling[host.name] = task
             task.add_done_callback(lambda _: self._reconciling.pop(host.name, None))
+
+    async def _host_event(self, name: str, state: str, error: str) -> None:
+        self.hub.publish(await self.store.host_event(name, state, error or None))
 
     async def _reconcile_host(self, host: Host, generation: int) -> None:
         """Match the store against what a host that (re)connected has for this daemon.
@@ -355,8 +372,8 @@ class Core:
             if row.container_id is not None and host is not None and host.runtime is not None:
                 # If the host is unreachable, its runner asks again when it reattaches.
                 task = asyncio.create_task(self._stop_on(host, row.container_id))
-                self._stop_tasks.add(task)
-                task.add_done_callback(self._stop_tasks.discard)
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
             return True
         return False
 
@@ -438,7 +455,7 @@ class Core:
         return await self.host_views([h.name for h in hosts])
 
     async def doctor(self, name: str) -> list[dict[str, Any]]:
-        return [check.__dict__ for check in await diagnose(self.host(name))]
+        return [asdict(check) for check in await diagnose(self.host(name))]
 
     def view(self, row: ExecutionRow, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
         path = self.log_path(row.id)

@@ -70,6 +70,7 @@ MIGRATIONS: Final[list[str]] = [
     ALTER TABLE executions ADD COLUMN resources TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE executions ADD COLUMN gpu_ids TEXT NOT NULL DEFAULT '[]';
     CREATE TABLE host_admin (name TEXT PRIMARY KEY, admin TEXT NOT NULL);
+    ALTER TABLE events ADD COLUMN host TEXT;
     """,
 ]
 

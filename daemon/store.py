@@ -317,12 +317,23 @@ class Store:
         return Event(seq=int(cur.lastrowid or 0), execution_id=execution_id, kind=kind,
                      status=status, reason=reason, at=at)
 
+    async def host_event(self, host: str, state: str, detail: str | None) -> Event:
+        """A host's state change, in the same sequence as executions' so clients see one order."""
+        now = utcnow()
+        async with self._tx():
+            cur = await self.db.execute(
+                "INSERT INTO events (execution_id, kind, status, reason, at, host) VALUES (0, 'host', ?, ?, ?, ?)",
+                (state, detail, now, host),
+            )
+        return Event(seq=int(cur.lastrowid or 0), execution_id=0, kind="host", status=state, reason=detail,
+                     at=now, host=host)
+
     async def events_since(self, seq: int, limit: int = 10_000) -> list[Event]:
         async with self.db.execute(
-            "SELECT seq, execution_id, kind, status, reason, at FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, execution_id, kind, status, reason, at, host FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, limit),
         ) as cur:
-            return [Event(seq=r[0], execution_id=r[1], kind=r[2], status=r[3], reason=r[4], at=r[5])
+            return [Event(seq=r[0], execution_id=r[1], kind=r[2], status=r[3], reason=r[4], at=r[5], host=r[6])
                     for r in await cur.fetchall()]
 
     async def event_bounds(self) -> tuple[int, int]:

@@ -67,7 +67,7 @@ class Error(msgspec.Struct, tag="error", tag_field="type"):
 
 
 class Event(msgspec.Struct, tag="event", tag_field="type"):
-    """A state change of one execution; ``seq`` is monotonic per daemon."""
+    """A state change of one execution (or, with kind "host", of host ``host``); ``seq`` is monotonic."""
 
     seq: int
     execution_id: int
@@ -75,6 +75,7 @@ class Event(msgspec.Struct, tag="event", tag_field="type"):
     status: str
     reason: str | None
     at: str
+    host: str | None = None
 
 
 class Resync(msgspec.Struct, tag="resync", tag_field="type"):

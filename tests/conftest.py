@@ -78,6 +78,7 @@ class Daemon:
     max_concurrent: int = 4
     stop_grace: int = 10
     extra_config: str = ""
+    local_extra: str = ""
     process: subprocess.Popen[bytes] | None = None
     daemon_id: str = ""
     stderr_lines: list[str] = field(default_factory=list)
@@ -103,7 +104,7 @@ class Daemon:
             [local]
             max_concurrent = {self.max_concurrent}
             pull = "never"
-            """) + self.extra_config)
+            """) + textwrap.dedent(self.local_extra) + "\n" + self.extra_config)
         return path
 
     def start(self) -> None:

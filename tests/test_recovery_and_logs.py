@@ -157,6 +157,8 @@ async def test_events_resume_from_a_sequence(client: Client, repo: Path) -> None
 
     async def collect() -> None:
         async for event in client.events(since=0):
+            if getattr(event, "kind", None) == "host":
+                continue  # hosts' state changes share the sequence; this test is about executions
             seen.append(event)
             if getattr(event, "status", None) == "complete":
                 return

@@ -96,15 +96,15 @@ async def bench_ingest(lines: int, workdir: Path) -> dict[str, float]:
                 config_path="valohai.yaml"))
             runtime = DockerRuntime("/var/run/docker.sock", store.daemon_id)
             logfile = LogFile(data / "log")
-            services = RunnerServices(store=store, runtime=runtime, snapshots=None,  # type: ignore[arg-type]
-                                      outputs=None, work_root=data, stop_grace=0, host="local",  # type: ignore[arg-type]
+            services = RunnerServices(store=store, snapshots=None,  # type: ignore[arg-type]
+                                      outputs=None, work_root=data, stop_grace=0,  # type: ignore[arg-type]
                                       publish=lambda e: None, open_log=lambda i, lf=logfile: lf,
-                                      release_log=_noop)
+                                      release_log=_noop, host_of=lambda name: None)
             runner = Runner(services, row)
             runner.container_id = container
             logfile.open_for_append()
             t0 = time.perf_counter()
-            await runner._ingest_logs(follow=False)  # the production path: decode, append, metadata
+            await runner._ingest_logs(runtime, follow=False)  # the production path: decode, append, metadata
             ours.append(time.perf_counter() - t0)
             points = len(await store.metadata(row.id))
             assert logfile.line_count() == lines and points == lines // 10, (logfile.line_count(), points)

@@ -200,9 +200,10 @@ class Core:
 
     # -- scheduling -----------------------------------------------------------
 
-    def _spawn(self, row: ExecutionRow) -> None:
+    def _spawn(self, row: ExecutionRow, *, just_placed: bool = False) -> None:
         self.live_log(row.id)
-        task = asyncio.create_task(Runner(self.runner_services, row).run(), name=f"runner-{row.id}")
+        runner = Runner(self.runner_services, row, just_placed=just_placed)
+        task = asyncio.create_task(runner.run(), name=f"runner-{row.id}")
         self._runners[row.id] = task
 
         def done(_: asyncio.Task[None]) -> None:
@@ -262,7 +263,7 @@ class Core:
                 row.host, row.gpu_ids = placement.host, list(placement.gpus)
                 log.info("execution %s: placed on %s%s", row.id, placement.host,
                          f" with GPUs {', '.join(placement.gpus)}" if placement.gpus else "")
-                self._spawn(row)
+                self._spawn(row, just_placed=True)
 
     def pools(self) -> set[str]:
         return {h.settings.pool for h in self.hosts.values()}

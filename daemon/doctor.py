@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from .hosts import Host
@@ -36,7 +37,19 @@ async def diagnose(host: Host) -> list[Check]:
     if s.runtime == "docker" and isinstance(host.runtime, DockerRuntime):
         checks.append(await _container_toolkit(host.runtime, gpu_count, s.gpu_device_requests))
     checks.append(await _disk(transport, host.work_root))
+    if host.remote:
+        checks.append(await _file_transfer(transport, host.work_root))
     return checks
+
+
+async def _file_transfer(transport: Transport, path: str) -> Check:
+    try:
+        await transport.get_tree(f"{path}/.runyard-doctor-does-not-exist", Path("/nonexistent"))
+    except LinkError as exc:
+        return Check("file transfer (sftp)", False,
+                     f"{exc}: enable the SFTP subsystem in the host's sshd_config "
+                     "(Subsystem sftp /usr/lib/openssh/sftp-server)")
+    return Check("file transfer (sftp)", True, "SFTP works")
 
 
 async def _runtime(host: Host) -> Check:

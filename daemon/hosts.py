@@ -138,6 +138,10 @@ class Host:
             return self.settings.memory_mb
         return self.inventory.memory_mb if self.inventory else None
 
+    @property
+    def remote(self) -> bool:
+        return self.settings.ssh is not None
+
     def work_dir(self, execution_id: int) -> str:
         return f"{self.work_root}/{int(execution_id)}"
 

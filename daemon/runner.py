@@ -26,7 +26,7 @@ from .runtime import ContainerGone, ContainerSpec, EngineError, ImageMissing, Ru
 from .runtime_process import LOST
 from .snapshots import SnapshotStore
 from .store import ExecutionRow, Store
-from .transport import LinkError, get_tree, put_tree, q, remove_local
+from .transport import LinkError, remove_local
 
 log = logging.getLogger("runyard.runner")
 
@@ -47,8 +47,11 @@ class RunnerServices:
 
 
 class Runner:
-    def __init__(self, services: RunnerServices, row: ExecutionRow) -> None:
+    def __init__(self, services: RunnerServices, row: ExecutionRow, *, just_placed: bool = False) -> None:
         self.s = services
+        # Placed by this daemon a moment ago: no container can exist yet, so skip looking for one
+        # (a create that collides by name adopts the existing container anyway).
+        self.just_placed = just_placed
         self.row = row
         self.id = row.id
         self.container_id: str | None = row.container_id
@@ -126,17 +129,16 @@ class Runner:
         remote = host.work_dir(self.id)
         fresh = False
         if self.container_id is None:
-            existing = await runtime.find(self.id)
+            existing = None if self.just_placed else await runtime.find(self.id)
             if existing is not None:
                 # Created before a crash, never recorded: adopt it so nothing runs twice.
                 self.container_id = existing.id
             else:
                 staging = self._staging()
                 await asyncio.to_thread(workspace.prepare, staging, self.row, self.s.snapshots)
-                await put_tree(transport, staging, remote)
-                if remote != str(staging):
+                if host.remote:
+                    await transport.put_tree(staging, remote)
                     remove_local(staging)
-                await runtime.ensure_image(self.row.image)
                 root = workspace.CONTAINER_ROOT if runtime.in_container else remote
                 spec = ContainerSpec(
                     execution_id=self.id,
@@ -226,12 +228,11 @@ class Runner:
 
     async def _collect_outputs(self) -> None:
         source = self._staging() / "outputs"
-        refused_here: list[str] = []
         host = self.host
-        if host is not None and host.transport is not None:
-            refused_here = await get_tree(host.transport, f"{host.work_dir(self.id)}/outputs", source)
+        if host is not None and host.remote and host.transport is not None:
+            await host.transport.get_tree(f"{host.work_dir(self.id)}/outputs", source)
         collected = await asyncio.to_thread(self.s.outputs.collect, self.id, source)
-        for refused in [*refused_here, *collected.refused]:
+        for refused in collected.refused:
             await self._note(f"output refused: {refused}")
         if collected.files or source.is_dir():
             await self.s.store.set_outputs(self.id, collected.files)
@@ -270,7 +271,7 @@ class Runner:
     async def _remove_workspace(self) -> None:
         staging = self._staging()
         host = self.host
-        if host is not None and host.transport is not None and host.work_dir(self.id) != str(staging):
+        if host is not None and host.remote and host.transport is not None:
             with contextlib.suppress(LinkError):
-                await host.transport.run(f"rm -rf {q(host.work_dir(self.id))}")
+                await host.transport.remove_tree(host.work_dir(self.id))
         workspace.remove(staging)

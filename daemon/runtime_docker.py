@@ -88,7 +88,14 @@ class DockerRuntime:
         config = self.container_config(spec)
         name = f"runyard-{self.daemon_id}-{spec.execution_id}"
         try:
-            container = await self.docker.containers.create(config, name=name)
+            try:
+                container = await self.docker.containers.create(config, name=name)
+            except aiodocker.DockerError as exc:
+                if exc.status != 404:
+                    raise
+                # Asking first would cost a round trip on every start; the image is nearly always there.
+                await self.ensure_image(spec.image)
+                container = await self.docker.containers.create(config, name=name)
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 raise ImageMissing(f"image {spec.image!r} is not on this host") from None

@@ -2,8 +2,8 @@
 
 Everything a host is asked to do goes through one of these, so the runtimes and
 the inventory do not care whether the host is local or behind SSH. Trees move
-as tar streams (one channel, symlinks kept as links); what comes back is
-extracted with the same checks as uploaded snapshots.
+over one SFTP session kept open per connection, so copying a workspace starts
+no login shell; symlinks are copied as links and never followed.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import asyncio
 import os
 import shlex
 import shutil
-import tarfile
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +39,9 @@ class Completed:
 class Transport(Protocol):
     async def run(self, command: str, *, input: bytes | None = None, timeout: float | None = None) -> Completed: ...
     def stream(self, command: str) -> AsyncIterator[bytes]: ...
-    async def send_file(self, local: Path, command: str) -> Completed: ...
-    async def receive_file(self, command: str, local: Path) -> Completed: ...
+    async def put_tree(self, local: Path, remote: str) -> None: ...
+    async def get_tree(self, remote: str, local: Path) -> None: ...
+    async def remove_tree(self, remote: str) -> None: ...
 
 
 class LocalTransport:
@@ -72,21 +71,16 @@ class LocalTransport:
                 proc.kill()
             await proc.wait()
 
-    async def send_file(self, local: Path, command: str) -> Completed:
-        with local.open("rb") as fh:
-            proc = await asyncio.create_subprocess_exec(
-                "/bin/sh", "-c", command, stdin=fh, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )
-            out, err = await proc.communicate()
-        return Completed(proc.returncode or 0, out, err)
+    async def put_tree(self, local: Path, remote: str) -> None:
+        if os.path.abspath(remote) != str(local.resolve()):
+            await asyncio.to_thread(shutil.copytree, local, remote, symlinks=True, dirs_exist_ok=True)
 
-    async def receive_file(self, command: str, local: Path) -> Completed:
-        with local.open("wb") as fh:
-            proc = await asyncio.create_subprocess_exec(
-                "/bin/sh", "-c", command, stdin=asyncio.subprocess.DEVNULL, stdout=fh, stderr=asyncio.subprocess.PIPE,
-            )
-            _, err = await proc.communicate()
-        return Completed(proc.returncode or 0, b"", err)
+    async def get_tree(self, remote: str, local: Path) -> None:
+        if os.path.abspath(remote) != str(local.resolve()) and os.path.isdir(remote):
+            await asyncio.to_thread(shutil.copytree, remote, local, symlinks=True, dirs_exist_ok=True)
+
+    async def remove_tree(self, remote: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, remote, True)
 
 
 class SshTransport:
@@ -95,6 +89,8 @@ class SshTransport:
     def __init__(self, conn: asyncssh.SSHClientConnection, host: str) -> None:
         self.conn = conn
         self.host = host
+        self._sftp_client: asyncssh.SFTPClient | None = None
+        self._sftp_lock = asyncio.Lock()
 
     def _lost(self, exc: BaseException) -> LinkError:
         return LinkError(f"{self.host}: connection lost ({exc or type(exc).__name__})")
@@ -131,21 +127,49 @@ class SshTransport:
         finally:
             proc.close()
 
-    async def send_file(self, local: Path, command: str) -> Completed:
-        try:
-            result = await self.conn.run(command, stdin=str(local), encoding=None)
-        except (asyncssh.Error, OSError) as exc:
-            raise self._lost(exc) from None
-        return Completed(result.exit_status if result.exit_status is not None else 255,
-                         _bytes(result.stdout), _bytes(result.stderr))
+    async def _sftp(self) -> asyncssh.SFTPClient:
+        """One SFTP session per connection, opened on first use: transfers start no shell of their own."""
+        async with self._sftp_lock:
+            if self._sftp_client is None:
+                try:
+                    self._sftp_client = await self.conn.start_sftp_client()
+                except (asyncssh.Error, OSError) as exc:
+                    raise LinkError(f"{self.host}: cannot start SFTP ({exc}); is the sftp subsystem enabled?") from None
+            return self._sftp_client
 
-    async def receive_file(self, command: str, local: Path) -> Completed:
+    async def put_tree(self, local: Path, remote: str) -> None:
+        sftp = await self._sftp()
         try:
-            result = await self.conn.run(command, stdout=str(local), encoding=None)
+            await sftp.makedirs(remote, exist_ok=True)
+            entries = [str(entry) for entry in sorted(local.iterdir())] if local.is_dir() else []
+            if entries:
+                # Links are copied as links (follow_symlinks=False), never followed out of the tree.
+                await sftp.put(entries, remote, recurse=True, preserve=True, follow_symlinks=False)
+        except asyncssh.SFTPError as exc:
+            raise LinkError(f"{self.host}: cannot copy files to {remote}: {exc.reason}") from None
         except (asyncssh.Error, OSError) as exc:
             raise self._lost(exc) from None
-        return Completed(result.exit_status if result.exit_status is not None else 255, b"",
-                         _bytes(result.stderr))
+
+    async def get_tree(self, remote: str, local: Path) -> None:
+        sftp = await self._sftp()
+        try:
+            if not await sftp.isdir(remote):
+                return
+            local.mkdir(parents=True, exist_ok=True)
+            names = [f"{remote}/{name}" for name in await sftp.listdir(remote) if name not in (".", "..")]
+            if names:
+                await sftp.get(names, str(local), recurse=True, preserve=True, follow_symlinks=False)
+        except asyncssh.SFTPError as exc:
+            raise LinkError(f"{self.host}: cannot copy files from {remote}: {exc.reason}") from None
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(exc) from None
+
+    async def remove_tree(self, remote: str) -> None:
+        sftp = await self._sftp()
+        try:
+            await sftp.rmtree(remote, ignore_errors=True)
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(exc) from None
 
 
 def _bytes(value: object) -> bytes:
@@ -159,54 +183,6 @@ def _bytes(value: object) -> bytes:
 
 def q(value: str) -> str:
     return shlex.quote(value)
-
-
-async def put_tree(transport: Transport, local: Path, remote: str) -> None:
-    """Copy the contents of ``local`` into ``remote`` on the host (created if missing)."""
-    if isinstance(transport, LocalTransport) and os.path.abspath(remote) == str(local.resolve()):
-        return
-    with tempfile.NamedTemporaryFile(suffix=".tar") as tmp:
-        await asyncio.to_thread(_write_tar, local, Path(tmp.name))
-        result = await transport.send_file(Path(tmp.name), f"mkdir -p {q(remote)} && tar -x -f - -C {q(remote)}")
-    if result.status != 0:
-        raise LinkError(f"cannot copy files to {remote}: {result.error_text}")
-
-
-async def get_tree(transport: Transport, remote: str, local: Path) -> list[str]:
-    """Copy the contents of ``remote`` into ``local``; returns what was refused for pointing outside."""
-    if isinstance(transport, LocalTransport) and os.path.abspath(remote) == str(local.resolve()):
-        return []
-    local.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(suffix=".tar") as tmp:
-        result = await transport.receive_file(f"cd {q(remote)} 2>/dev/null || exit 0; tar -c -f - .", Path(tmp.name))
-        if result.status != 0:
-            raise LinkError(f"cannot copy files from {remote}: {result.error_text}")
-        if os.path.getsize(tmp.name) == 0:
-            return []  # nothing was there
-        return await asyncio.to_thread(_extract_tar, Path(tmp.name), local)
-
-
-def _write_tar(root: Path, target: Path) -> None:
-    with tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as tar:
-        for entry in sorted(root.iterdir()) if root.is_dir() else []:
-            tar.add(entry, arcname=entry.name, recursive=True)
-
-
-def _extract_tar(source: Path, dest: Path) -> list[str]:
-    refused: list[str] = []
-
-    def only_inside(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-        # The "data" filter refuses absolute names, .. and links leaving dest: this comes
-        # from user code. A refused member is skipped and reported, not fatal for the rest.
-        try:
-            return tarfile.data_filter(member, path)
-        except tarfile.FilterError as exc:
-            refused.append(f"{member.name}: {exc}")
-            return None
-
-    with tarfile.open(source, "r") as tar:
-        tar.extractall(dest, filter=only_inside)
-    return refused
 
 
 def remove_local(path: Path) -> None:

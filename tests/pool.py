@@ -81,6 +81,7 @@ class SshHost:
             StrictModes no
             UsePAM no
             AllowStreamLocalForwarding yes
+            Subsystem sftp /usr/lib/openssh/sftp-server
             SetEnv PATH={path}
             LogLevel INFO
             """))

@@ -194,6 +194,8 @@ async def test_inventory_placement_by_pool_gpus_cpu_memory_and_refusals(pool: Po
         pool.release(heavy2)
         for e in (two, cpu_only, heavy1, heavy2):
             assert (await wait_for_status(client, e.id)).status == "complete"
+        # Outputs come back from the host over SFTP
+        assert [(o.path, o.size) for o in await client.outputs(two.id)] == [("go", 0)]
 
         # Refused at submit, saying why
         cases = [

@@ -125,13 +125,14 @@ async def _next_started(events: object) -> int:
 
 
 async def _serve_commands(process: asyncssh.SSHServerProcess[bytes]) -> None:
-    """Run each command with the local shell, as sshd would."""
+    """Run each command with the local shell, as sshd would (no streaming: the daemon only asks short ones)."""
     local = await asyncio.create_subprocess_shell(
-        process.command or "true", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        process.command or "true", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
-    await process.redirect(stdin=local.stdin, stdout=local.stdout, stderr=local.stderr)
-    process.exit(await local.wait())
-    await process.wait_closed()
+    out, err = await local.communicate()
+    process.stdout.write(out)
+    process.stderr.write(err)
+    process.exit(local.returncode or 0)
 
 
 def rss_kib(pid: int) -> int:
@@ -142,6 +143,8 @@ def rss_kib(pid: int) -> int:
 
 
 async def bench_memory(tmp: Path, count: int) -> dict[str, float]:
+    tmp = tmp / "memory"
+    tmp.mkdir()
     host_key = asyncssh.generate_private_key("ssh-ed25519")
     client_key = asyncssh.generate_private_key("ssh-ed25519")
     (tmp / "client_key").write_bytes(client_key.export_private_key())

@@ -353,6 +353,8 @@ def _describe(exc: BaseException) -> str:
         return f"ssh authentication failed ({exc.reason}): check user and identity"
     if isinstance(exc, asyncssh.DisconnectError):
         return f"ssh: {exc.reason}"
+    if isinstance(exc, (asyncssh.KeyImportError, ValueError)):
+        return f"cannot use the ssh identity: {exc}"
     if isinstance(exc, OSError):
         return f"cannot connect: {exc.strerror or exc}"
     if isinstance(exc, TimeoutError):

@@ -136,9 +136,6 @@ class Runner:
             else:
                 staging = self._staging()
                 await asyncio.to_thread(workspace.prepare, staging, self.row, self.s.snapshots)
-                if host.remote:
-                    await transport.put_tree(staging, remote)
-                    remove_local(staging)
                 root = workspace.CONTAINER_ROOT if runtime.in_container else remote
                 spec = ContainerSpec(
                     execution_id=self.id,
@@ -152,7 +149,13 @@ class Runner:
                     cpu_limit=self.row.resources.get("cpu_max"),
                     memory_limit_mb=self.row.resources.get("memory_max_mb"),
                 )
-                self.container_id = await runtime.create(spec)
+                if host.remote:
+                    # The copy and the create overlap: the files only need to be there at start.
+                    _, created = await asyncio.gather(transport.put_tree(staging, remote), runtime.create(spec))
+                    remove_local(staging)
+                else:
+                    created = await runtime.create(spec)
+                self.container_id = created
                 fresh = True
         current = await self.s.store.get(self.id)
         if current is None or current.terminal:

@@ -318,12 +318,11 @@ class Host:
             "host": h.address or h.name,
             # Always explicit, so no ssh_config setting can turn host key checking off.
             "known_hosts": known_hosts_path if os.path.exists(known_hosts_path) else asyncssh.import_known_hosts(""),
+            "config": [str(self._ssh_config(known_hosts_path))],
             "connect_timeout": self.ssh.connect_timeout_seconds,
             "keepalive_interval": self.ssh.keepalive_seconds,
             "keepalive_count_max": self.ssh.keepalive_count_max,
         }
-        config = os.path.expanduser(self.ssh.config)
-        options["config"] = [config] if os.path.exists(config) else []
         if h.port:
             options["port"] = h.port
         if h.user:
@@ -331,6 +330,21 @@ class Host:
         if h.identity:
             options["client_keys"] = [os.path.expanduser(h.identity)]
         return options
+
+    def _ssh_config(self, known_hosts: str) -> Path:
+        """The user's ssh config behind a first line that pins known_hosts.
+
+        ProxyJump hops are opened by asyncssh from the config alone; in ssh config the
+        first value wins, so this line makes every hop verify against the same file.
+        """
+        self.sockets_dir.mkdir(parents=True, exist_ok=True)
+        path = self.sockets_dir / f"{self.name}.ssh_config"
+        text = f'UserKnownHostsFile "{known_hosts}"\n'
+        user_config = os.path.expanduser(self.ssh.config)
+        if os.path.exists(user_config):
+            text += f'Include "{os.path.abspath(user_config)}"\n'
+        path.write_text(text)
+        return path
 
     async def _drop(self) -> None:
         runtime, self.runtime = self.runtime, None

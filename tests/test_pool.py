@@ -85,7 +85,8 @@ def pool_config(hosts: dict[str, SshHost], known_hosts: Path, ssh_config: Path, 
         """)
     a, b, c = hosts["gpu-a"], hosts["gpu-b"], hosts["cpu-c"]
     text += a.config(pool="a100", extra='gpu_mode = "env"')
-    text += b.config(pool="a100", extra='gpu_mode = "env"')
+    # gpu-b sits behind gpu-a: reached with ProxyJump, as machines behind a gateway are
+    text += b.config(pool="a100", address="gpu-b-behind-a", extra='gpu_mode = "env"')
     # cpu-c is reached through an ~/.ssh/config-style alias, as operators name their machines
     text += c.config(pool="cpu", address="cpu-c-alias", extra="cpus = 4\nmemory_mb = 8000\n" + extra)
     return text
@@ -111,6 +112,17 @@ def make_pool(tmp: Path, daemon_factory: type[Daemon], *, scheduler: str = "", h
             Port {hosts['cpu-c'].port}
             User root
             IdentityFile {key}
+        Host gateway-a
+            HostName 127.0.0.1
+            Port {hosts['gpu-a'].port}
+            User root
+            IdentityFile {key}
+        Host gpu-b-behind-a
+            HostName 127.0.0.1
+            Port {hosts['gpu-b'].port}
+            User root
+            IdentityFile {key}
+            ProxyJump gateway-a
         """))
     daemon = daemon_factory(local_extra="enabled = false",
                             extra_config=pool_config(hosts, known_hosts, ssh_config, host_c) + scheduler + more,

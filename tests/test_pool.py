@@ -413,3 +413,27 @@ async def test_local_process_runtime_needs_no_docker(daemon_factory: type[Daemon
     assert "to stderr" in result.stdout and "complete" in result.stderr
     hosts = json.loads(run_cli(daemon, "hosts", "--json").stdout)
     assert hosts[0]["name"] == "local" and hosts[0]["runtime"] == "process"
+
+
+async def test_gpu_grants_survive_a_daemon_kill(pool: Pool) -> None:
+    client = await connect(pool)
+    try:
+        big = await wait_for_status(client, (await submit_repo(client, pool.repo, "hold", gpus=4)).id, {"started"})
+        assert big.host == "gpu-a"
+    finally:
+        await client.close()
+    pool.daemon.kill9()
+    pool.daemon.start()
+    client = await connect(pool)
+    try:
+        holders = {g.uuid: g.execution for h in await client.hosts() if h.name == "gpu-a" for g in h.gpus}
+        assert holders == {g: big.id for g in big.gpus}
+        small = await wait_for_status(client, (await submit_repo(client, pool.repo, "hold", gpus=1)).id,
+                                      {"started"})
+        assert small.host == "gpu-b"  # gpu-a's GPUs are still held after the restart
+        for e in (big, small):
+            pool.release(e)
+        for e in (big, small):
+            assert (await wait_for_status(client, e.id)).status == "complete"
+    finally:
+        await client.close()

@@ -40,33 +40,12 @@ GpuMode = Literal["device-request", "env"]
 Pull = Literal["missing", "never"]
 
 
-class LocalHostSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    enabled: bool = True
-    runtime: Runtime = "docker"
-    docker_socket: str = "/var/run/docker.sock"
-    max_concurrent: int = 4
-    pull: Pull = "missing"
-    pull_timeout_seconds: int = 300
-    pool: str = "local"
-    gpus: Auto | int = "auto"
-    cpus: Auto | int = "auto"
-    memory_mb: Auto | int = "auto"
-    gpu_mode: GpuMode = "device-request"
+class _HostCommon(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What every host has, this machine included."""
 
-
-class HostSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """One pool machine reached over SSH."""
-
-    name: str
-    address: str = ""  # host name, IP or ~/.ssh/config alias; default: name
-    port: int = 0  # 0: from ssh config, else 22
-    user: str = ""  # "": from ssh config, else the daemon's user
-    identity: str = ""  # "": ssh config, ssh-agent and the default keys
-    known_hosts: str = ""  # "": the [ssh] default
     enabled: bool = True
     runtime: Runtime = "docker"
     docker_socket: str = "/var/run/docker.sock"  # on the host
-    work_dir: str = ".runyard/work"  # on the host; relative to the login directory
     max_concurrent: int = 4
     pull: Pull = "missing"
     pull_timeout_seconds: int = 300
@@ -75,6 +54,22 @@ class HostSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cpus: Auto | int = "auto"
     memory_mb: Auto | int = "auto"
     gpu_mode: GpuMode = "device-request"
+
+
+class LocalHostSection(_HostCommon, kw_only=True):
+    pool: str = "local"
+
+
+class HostSection(_HostCommon, kw_only=True):
+    """One pool machine reached over SSH."""
+
+    name: str
+    address: str = ""  # host name, IP or ~/.ssh/config alias; default: name
+    port: int = 0  # 0: from ssh config, else 22
+    user: str = ""  # "": from ssh config, else the daemon's user
+    identity: str = ""  # "": ssh config, ssh-agent and the default keys
+    known_hosts: str = ""  # "": the [ssh] default
+    work_dir: str = ".runyard/work"  # on the host; relative to the login directory
 
 
 class SshSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

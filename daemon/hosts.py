@@ -55,22 +55,19 @@ class HostSettings:
 
     @classmethod
     def of_local(cls, section: LocalHostSection, work_dir: Path) -> HostSettings:
-        return cls(
-            name=LOCAL, pool=section.pool, runtime=section.runtime, docker_socket=section.docker_socket,
-            work_dir=str(work_dir), max_concurrent=section.max_concurrent, pull=section.pull,
-            pull_timeout=section.pull_timeout_seconds, gpus=_declared(section.gpus), cpus=_declared(section.cpus),
-            memory_mb=_declared(section.memory_mb), gpu_device_requests=section.gpu_mode == "device-request",
-            enabled=section.enabled, ssh=None,
-        )
+        return cls._of(LOCAL, section, str(work_dir), None)
 
     @classmethod
     def of_host(cls, section: HostSection) -> HostSettings:
+        return cls._of(section.name, section, section.work_dir, section)
+
+    @classmethod
+    def _of(cls, name: str, c: LocalHostSection | HostSection, work_dir: str, ssh: HostSection | None) -> HostSettings:
         return cls(
-            name=section.name, pool=section.pool, runtime=section.runtime, docker_socket=section.docker_socket,
-            work_dir=section.work_dir, max_concurrent=section.max_concurrent, pull=section.pull,
-            pull_timeout=section.pull_timeout_seconds, gpus=_declared(section.gpus), cpus=_declared(section.cpus),
-            memory_mb=_declared(section.memory_mb), gpu_device_requests=section.gpu_mode == "device-request",
-            enabled=section.enabled, ssh=section,
+            name=name, pool=c.pool, runtime=c.runtime, docker_socket=c.docker_socket, work_dir=work_dir,
+            max_concurrent=c.max_concurrent, pull=c.pull, pull_timeout=c.pull_timeout_seconds,
+            gpus=_declared(c.gpus), cpus=_declared(c.cpus), memory_mb=_declared(c.memory_mb),
+            gpu_device_requests=c.gpu_mode == "device-request", enabled=c.enabled, ssh=ssh,
         )
 
 

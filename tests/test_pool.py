@@ -221,6 +221,12 @@ async def test_inventory_placement_by_pool_gpus_cpu_memory_and_refusals(pool: Po
             assert result.returncode == 2, result
             assert message in result.stderr
         assert "a100" in run_cli(pool.daemon, "hosts").stdout
+        # The stand-in GPUs sit on an engine without the NVIDIA runtime: doctor says so and how to fix it
+        doctor = run_cli(pool.daemon, "doctor", "gpu-a")
+        assert doctor.returncode == 1
+        assert "ok    connection:" in doctor.stdout and "ok    nvidia-smi:" in doctor.stdout
+        assert "4 GPUs (NVIDIA A100-SXM4-80GB)" in doctor.stdout
+        assert "FAIL  nvidia container runtime:" in doctor.stdout and "default runtime" in doctor.stdout
     finally:
         await client.close()
 

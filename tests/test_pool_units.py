@@ -122,3 +122,19 @@ def test_count_by_stream_across_block_boundaries(tmp_path: Path) -> None:
     path.write_text("".join(records))
     counts = LogFile(path).count_by_stream()
     assert counts == {"O": 33334, "E": 33333, "S": 33333}
+
+
+def test_docker_gets_a_device_request_for_exactly_the_granted_uuids() -> None:
+    from runyard.daemon.runtime import ContainerSpec
+    from runyard.daemon.runtime_docker import DockerRuntime
+
+    spec = ContainerSpec(execution_id=7, image="img", command="true", environment={}, workdir="/w", host="g",
+                         gpus=("GPU-a", "GPU-c"), cpu_limit=2.5, memory_limit_mb=1024)
+    config = DockerRuntime("/nonexistent.sock", "d").container_config(spec)
+    host = config["HostConfig"]
+    assert host["DeviceRequests"] == [{"Driver": "nvidia", "DeviceIDs": ["GPU-a", "GPU-c"],
+                                       "Capabilities": [["gpu"]]}]
+    assert config["Labels"]["runyard.gpus"] == "GPU-a,GPU-c" and config["Labels"]["runyard.host"] == "g"
+    assert host["NanoCpus"] == 2_500_000_000 and host["Memory"] == 1024 * 1024 * 1024
+    env_mode = DockerRuntime("/nonexistent.sock", "d", gpu_device_requests=False).container_config(spec)
+    assert "DeviceRequests" not in env_mode["HostConfig"]

@@ -443,3 +443,34 @@ async def test_gpu_grants_survive_a_daemon_kill(pool: Pool) -> None:
             assert (await wait_for_status(client, e.id)).status == "complete"
     finally:
         await client.close()
+
+
+async def test_keys_from_ssh_agent(tmp_path: Path, daemon_factory: type[Daemon],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    key = make_client_key(tmp_path)
+    host = SshHost("agent-host", tmp_path / "agent-host", key, None)
+    host.prepare()
+    host.start()
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.PIPE)
+    try:
+        assert agent.stdout is not None
+        assert b"SSH_AUTH_SOCK" in agent.stdout.readline()  # it says so once it listens
+        subprocess.run(["ssh-add", "-q", str(key)], env={"SSH_AUTH_SOCK": str(sock)}, check=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        known = tmp_path / "known_hosts"
+        known.write_text(host.known_hosts_line())
+        config = host.config(pool="default").replace(f'identity = "{key}"\n', "")
+        assert "identity" not in config
+        daemon = daemon_factory(local_extra="enabled = false",
+                                extra_config=f'[ssh]\nknown_hosts = "{known}"\n' + config)
+        daemon.start()
+        client = await Client.connect(daemon.socket, client_name="tests")
+        try:
+            await wait_for_host(client, "agent-host", {"ready"})
+        finally:
+            await client.close()
+    finally:
+        agent.kill()
+        agent.wait()
+        host.kill()

@@ -93,16 +93,17 @@ class DockerLogDecoder:
         buf = self._buffer
         buf += chunk
         out = Decoded()
-        records = out.records
-        append = records.append
+        joined = bytearray()  # the records, back to back: one object instead of one per line
+        candidates = out.candidates
         unpack = _HEADER.unpack_from
         partial = self._partial
-        resume = self.resume
+        skip = self.resume.skip
         pos = 0
         end = len(buf)
         # Checked once per chunk rather than once per line: most chunks have no \r at all.
         has_cr = buf.find(b"\r") >= 0
         prefixes = _PREFIX
+        width = TIMESTAMP_WIDTH
         # The hot loop of log ingestion. A Docker payload is "<timestamp> <text>\n", which is
         # already a record once the stream letter is put in front: no per-line decoding.
         while end - pos >= 8:
@@ -112,19 +113,39 @@ class DockerLogDecoder:
             if stop > end:
                 break
             pos = stop
-            space = buf.find(b" ", start, stop)
-            if space < 0:
-                continue
-            if (buf[stop - 1] == 10 and space - start == TIMESTAMP_WIDTH and not (partial and stream in partial)
-                    and not (has_cr and buf.find(b"\r", space, stop) >= 0)):
-                if resume.skip > 0:
-                    resume.skip -= 1
+            # A full-width timestamp puts the space at a fixed place; Docker trims trailing
+            # zeros of the fraction (one line in ten), and those are padded back here.
+            space = start + width
+            if space >= stop or buf[space] != 32:
+                space = buf.find(b" ", start, stop)
+                if space < 0:
                     continue
-                append((prefixes.get(stream) or b"O ") + buf[start:stop])
-                if stream == 1 and buf[space + 1] == 123:  # "{": maybe a metadata point
-                    out.candidates.append((buf[start:space].decode("ascii"),
+            if buf[stop - 1] == 10 and not (partial and stream in partial) and not (
+                has_cr and buf.find(b"\r", space, stop) >= 0
+            ):
+                short = width - (space - start)
+                if short and (short > 10 or buf[space - 1] != 90):  # 90: "Z"
+                    short = -1  # not Docker's timestamp form: take the careful path below
+                if short >= 0:
+                    if skip > 0:
+                        skip -= 1
+                        continue
+                    joined += prefixes.get(stream) or b"O "
+                    if short:
+                        joined += buf[start : space - 1]
+                        if buf.find(b".", start, space) < 0:
+                            joined += b"."
+                            short -= 1
+                        joined += b"0" * short
+                        joined += b"Z"
+                        joined += buf[space:stop]
+                    else:
+                        joined += buf[start:stop]
+                    if stream == 1 and buf[space + 1] == 123:  # "{": maybe a metadata point
+                        candidates.append((normalize_timestamp(buf[start:space].decode("ascii")),
                                            buf[space + 1 : stop - 1].decode("utf-8", "replace")))
-                continue
+                    continue
+            self.resume.skip = skip
             ts = buf[start:space].decode("ascii", "replace")
             content = bytes(buf[space + 1 : stop])
             if content.endswith(b"\n"):
@@ -132,11 +153,18 @@ class DockerLogDecoder:
                 if pending is not None:
                     pending[1].extend(content)
                     content = bytes(pending[1])
+                if joined:
+                    out.records.append(bytes(joined))
+                    joined.clear()
                 self._emit(out, stream, ts, content[:-1])
             elif stream in partial:
                 partial[stream][1].extend(content)
             else:
                 partial[stream] = (ts, bytearray(content))
+            skip = self.resume.skip
+        self.resume.skip = skip
+        if joined:
+            out.records.append(bytes(joined))
         del buf[:pos]
         return out
 

@@ -184,3 +184,28 @@ def test_extract_refuses_escaping_members(tmp_path: Path) -> None:
         store.put_chunk(sid, 0, data, True)
         with pytest.raises(SnapshotError):
             store.extract(sid, tmp_path / f"out-{len(name)}")
+
+
+def test_docker_decoder_pads_trimmed_timestamps_exactly_as_the_careful_path() -> None:
+    """Docker trims trailing zeros (even the dot); the fast path must give the same records."""
+    import random
+
+    rng = random.Random(5)
+    frames, expected = bytearray(), []
+    for i in range(5000):
+        ns = rng.choice([0, 100_000_000, 120_000_000, 5, rng.randrange(10**9)])
+        ts = (f"2026-11-21T12:00:{i % 60:02d}.{ns:09d}").rstrip("0").rstrip(".") + "Z"
+        text = f"line {i}" if i % 3 else f'{{"a": {i}}}'
+        stream = 1 if i % 5 else 2
+        frames += frame(stream, ts, text.encode() + b"\n")
+        expected.append(f"{'O' if stream == 1 else 'E'} {normalize_timestamp(ts)} {text}\n")
+    decoder = DockerLogDecoder()
+    records: list[bytes] = []
+    candidates: list[tuple[str, str]] = []
+    for at in range(0, len(frames), 777):  # chunk edges fall inside headers and payloads
+        out = decoder.feed(bytes(frames[at : at + 777]))
+        records += out.records
+        candidates += out.candidates
+    assert b"".join(records).decode() == "".join(expected)
+    assert all(len(ts) == 30 for ts, _ in candidates) and len(candidates) == sum(
+        1 for i in range(5000) if i % 3 == 0 and i % 5)

@@ -268,7 +268,7 @@ class Host:
             await asyncio.Event().wait()  # this machine never disconnects
 
     async def _connect(self) -> None:
-        self.link = "connecting"
+        # The link stays "connecting" (first try) or "unreachable" (retries) until this succeeds.
         s = self.settings
         if s.ssh is None:
             self.transport = LocalTransport()
@@ -300,7 +300,8 @@ class Host:
                 local.unlink(missing_ok=True)
                 await self._conn.forward_local_path(str(local), s.docker_socket)
                 socket = str(local)
-            runtime = DockerRuntime(socket, self.daemon_id, host=self.name, pull=s.pull,
+            where = s.docker_socket if self._conn is None else f"{s.docker_socket} on {self.name}"
+            runtime = DockerRuntime(socket, self.daemon_id, host=self.name, pull=s.pull, where=where,
                                     pull_timeout=s.pull_timeout, gpu_device_requests=s.gpu_device_requests)
         try:
             await runtime.ping()

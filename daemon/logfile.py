@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Final
 
 from runyard.protocol.logformat import HEADER_WIDTH, STREAM_LETTERS, TIMESTAMP_WIDTH
 
-from .logstream import ResumePoint
+from .logstream import ResumePoint, split_timestamp
 
 _BLOCK: Final = 1 << 16
 
@@ -220,11 +221,9 @@ class LogFile:
 
 
 def _shift(timestamp: str, seconds: float) -> str:
-    from datetime import datetime, timedelta
-
-    base, _, frac = timestamp.rstrip("Z").partition(".")
-    moved = datetime.fromisoformat(base) + timedelta(seconds=seconds)
-    return f"{moved.strftime('%Y-%m-%dT%H:%M:%S')}.{(frac + '000000000')[:9]}Z"
+    whole, frac = split_timestamp(timestamp)
+    moved = whole + timedelta(seconds=seconds)
+    return f"{moved.strftime('%Y-%m-%dT%H:%M:%S')}.{frac}Z"
 
 
 def _timestamp(record: bytes) -> str | None:

@@ -15,6 +15,7 @@ window: what was stored is always a prefix of that window, in Docker's order.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -38,6 +39,12 @@ def normalize_timestamp(ts: str) -> str:
     return ts  # not Docker's format; keep it rather than lose the line
 
 
+def split_timestamp(timestamp: str) -> tuple[datetime, str]:
+    """Our fixed-width "YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ" as whole seconds (UTC) and 9 fraction digits."""
+    base, _, frac = timestamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(base + "+00:00"), (frac + "000000000")[:9]
+
+
 def timestamp_now() -> str:
     """Now, in the log's fixed-width form (the clock gives microseconds; pad to nanoseconds)."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
@@ -49,6 +56,16 @@ def collapse_carriage_returns(text: str) -> str:
         return text
     stripped = text.rstrip("\r")
     return stripped.rsplit("\r", 1)[-1] if stripped else ""
+
+
+def metadata_points(lines: Iterable[tuple[str, str]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(time, text, values) for each stdout line, given as (time, text), that is a metadata point."""
+    points = []
+    for ts, text in lines:
+        values = metadata_of(text)
+        if values is not None:
+            points.append((ts, text, values))
+    return points
 
 
 def metadata_of(text: str) -> dict[str, Any] | None:
@@ -79,7 +96,7 @@ class Decoded:
     candidates: list[tuple[str, str]] = field(default_factory=list)  # (time, text) of stdout lines starting "{"
 
 
-_PREFIX: Final = {1: b"O ", 2: b"E "}
+_PREFIX: Final = {stream: f"{letter} ".encode() for stream, letter in _STREAM_LETTER.items()}
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ from runyard.protocol.logformat import format_record, parse_records
 from . import workspace
 from .hosts import Host
 from .logfile import LogFile
-from .logstream import Decoded, metadata_of, timestamp_now
+from .logstream import Decoded, metadata_points, timestamp_now
 from .outputs import LocalOutputStore
 from .runtime import ContainerGone, ContainerSpec, EngineError, ImageMissing, Runtime
 from .runtime_process import LOST
@@ -197,12 +197,8 @@ class Runner:
             return
         while offset < self.log.size:
             data, end = self.log.read_range(offset, 4 << 20)
-            points = []
-            for line in parse_records(data.decode("utf-8", "replace")):
-                if line.stream == "stdout":
-                    values = metadata_of(line.text)
-                    if values is not None:
-                        points.append((line.time, line.text, values))
+            lines = parse_records(data.decode("utf-8", "replace"))
+            points = metadata_points((line.time, line.text) for line in lines if line.stream == "stdout")
             await self.s.store.add_metadata(self.id, points, end)
             offset = end
 
@@ -220,11 +216,7 @@ class Runner:
         except UnicodeDecodeError:
             # Binary output: the stored log stays valid UTF-8, bad bytes become U+FFFD.
             data = data.decode("utf-8", "replace").encode("utf-8")
-        points = []
-        for ts, text in decoded.candidates:
-            values = metadata_of(text)
-            if values is not None:
-                points.append((ts, text, values))
+        points = metadata_points(decoded.candidates)
         end = await self.log.append(data)
         if points:
             await self.s.store.add_metadata(self.id, points, end)

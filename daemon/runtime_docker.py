@@ -16,7 +16,7 @@ import aiohttp
 
 from .docker_logs import LogStreamError, container_logs
 from .logfile import LogFile
-from .logstream import Decoded, DockerLogDecoder
+from .logstream import Decoded, DockerLogDecoder, split_timestamp
 from .runtime import ContainerGone, ContainerSpec, ContainerState, EngineError, ImageMissing
 
 LABEL_DAEMON: Final = "runyard.daemon"
@@ -38,8 +38,10 @@ class DockerRuntime:
     in_container = True
 
     def __init__(self, docker_socket: str, daemon_id: str, *, host: str = "local", pull: str = "missing",
-                 pull_timeout: float = 300, gpu_device_requests: bool = True) -> None:
+                 pull_timeout: float = 300, gpu_device_requests: bool = True, where: str = "") -> None:
         self.docker_socket = docker_socket
+        # How errors name the engine: a forwarded socket's local path would mean nothing to a user.
+        self.where = where or docker_socket
         self.daemon_id = daemon_id
         self.host = host
         self.gpu_device_requests = gpu_device_requests
@@ -62,7 +64,7 @@ class DockerRuntime:
         try:
             version = await self.docker.version()
         except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
-            raise EngineError(f"Docker engine at {self.docker_socket} is not reachable: {exc}") from None
+            raise EngineError(f"Docker engine at {self.where} is not reachable: {exc}") from None
         return str(version.get("Version", "?"))
 
     async def info(self) -> dict[str, Any]:
@@ -217,7 +219,7 @@ class DockerRuntime:
                 raise ContainerGone(f"container {container_id[:12]} was removed behind runyard's back") from None
             raise EngineError(f"cannot read logs: {exc}") from None
         except OSError as exc:
-            raise EngineError(f"cannot read logs from {self.docker_socket}: {exc}") from None
+            raise EngineError(f"cannot read logs from {self.where}: {exc}") from None
 
     async def stop(self, container_id: str, grace_seconds: int) -> None:
         try:
@@ -249,8 +251,5 @@ def _state_of(info: dict[str, Any]) -> ContainerState:
 
 def _docker_since(timestamp: str) -> str:
     """RFC 3339 with nanoseconds to Docker's `seconds.nanoseconds` form."""
-    from datetime import datetime
-
-    base, _, frac = timestamp.rstrip("Z").partition(".")
-    seconds = int(datetime.fromisoformat(base + "+00:00").timestamp())
-    return f"{seconds}.{(frac + '000000000')[:9]}"
+    whole, frac = split_timestamp(timestamp)
+    return f"{int(whole.timestamp())}.{frac}"

@@ -16,7 +16,7 @@ import msgspec
 PROTOCOL_MAJOR: Final = 1
 PROTOCOL_MINOR: Final = 0
 
-CAPABILITIES: Final = ("events", "log-follow", "snapshots")
+CAPABILITIES: Final = ("events", "log-follow", "snapshots", "hosts")
 
 
 class ErrorCode:

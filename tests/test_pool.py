@@ -347,7 +347,10 @@ async def test_unknown_host_key_is_refused(tmp_path: Path, daemon_factory: type[
         known_hosts = "{known}"
         reconnect_min_seconds = 0.2
         reconnect_max_seconds = 1.0
-        """) + stranger.config(pool="default"))
+        """) + stranger.config(pool="default")
+        # the same machine again, under another name, with a Docker socket that is not there
+        + stranger.config(pool="default").replace('name = "stranger"', 'name = "no-docker"')
+        + 'docker_socket = "/nonexistent/docker.sock"\n')
     daemon.start()
     client = await Client.connect(daemon.socket, client_name="tests")
     try:
@@ -363,6 +366,8 @@ async def test_unknown_host_key_is_refused(tmp_path: Path, daemon_factory: type[
         checks = {c["name"]: c for c in json.loads(doctor.stdout)}
         assert checks["connection"]["ok"] and checks["runtime"]["ok"]
         assert "not installed" in checks["nvidia-smi"]["detail"]
+        broken = await wait_for_host(client, "no-docker", {"unreachable"})
+        assert "Docker engine at /nonexistent/docker.sock on no-docker is not reachable" in str(broken["error"])
     finally:
         await client.close()
         stranger.kill()

@@ -99,7 +99,8 @@ async def bench_ingest(lines: int, workdir: Path) -> dict[str, float]:
             services = RunnerServices(store=store, snapshots=None,  # type: ignore[arg-type]
                                       outputs=None, work_root=data, stop_grace=0,  # type: ignore[arg-type]
                                       publish=lambda e: None, open_log=lambda i, lf=logfile: lf,
-                                      release_log=_noop, host_of=lambda name: None)
+                                      release_log=_noop, host_of=lambda name: None,
+                                      inputs=None)  # type: ignore[arg-type]
             runner = Runner(services, row)
             runner.container_id = container
             logfile.open_for_append()

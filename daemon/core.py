@@ -23,6 +23,7 @@ from .config import Config
 from .doctor import diagnose
 from .events import EventHub
 from .hosts import Host, all_settings
+from .inputs import InputFetcher
 from .logfile import LogFile
 from .outputs import LocalOutputStore
 from .runner import Runner, RunnerServices
@@ -69,7 +70,7 @@ class Core:
             store=store, snapshots=self.snapshots, outputs=self.outputs,
             work_root=self.work_root, stop_grace=config.defaults.stop_grace_seconds,
             publish=self.publish, open_log=self.live_log, release_log=self._release_log,
-            host_of=self.hosts.get,
+            host_of=self.hosts.get, inputs=InputFetcher(data / "cache" / "inputs", self.outputs),
         )
 
     # -- lifecycle ------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 
 from runyard.protocol.logformat import format_record, parse_records
 
-from . import workspace
+from . import inputs, workspace
 from .hosts import Host
 from .logfile import LogFile
 from .logstream import Decoded, metadata_points, timestamp_now
@@ -33,6 +33,13 @@ log = logging.getLogger("runyard.runner")
 Publish = Callable[[Any], None]
 
 
+class InputFailed(Exception):
+    def __init__(self, name: str, error: inputs.InputError) -> None:
+        super().__init__(f"input {name}: {error}")
+        self.name = name
+        self.error = error
+
+
 @dataclass(slots=True)
 class RunnerServices:
     store: Store
@@ -44,6 +51,7 @@ class RunnerServices:
     open_log: Callable[[int], LogFile]
     release_log: Callable[[int], Awaitable[None]]
     host_of: Callable[[str], Host | None]
+    inputs: inputs.InputFetcher
 
 
 class Runner:
@@ -80,6 +88,9 @@ class Runner:
         except ImageMissing as exc:
             await self._note(str(exc))
             await self._finish_error("image-missing")
+        except InputFailed as exc:
+            await self._note(f"input {exc.name}: {exc.error}")
+            await self._finish_error(f"input-failed {exc.name} {exc.error.url}")
         except ContainerGone as exc:
             await self._note(str(exc))
             await self._collect_outputs()
@@ -105,7 +116,7 @@ class Runner:
         try:
             await self._run(host)
             return True
-        except (ImageMissing, ContainerGone):
+        except (ImageMissing, ContainerGone, InputFailed):
             raise
         except Exception as exc:
             if await host.still_up(generation):
@@ -114,6 +125,18 @@ class Runner:
                              "and runyard picks it up again when the host is back")
             log.warning("execution %s: host %s lost; waiting for it", self.id, host.name)
             return False
+
+    async def _fetch_inputs(self) -> dict[str, list[inputs.InputFile]]:
+        """Every input, fetched (or found in the cache) before the execution may start."""
+        fetched: dict[str, list[inputs.InputFile]] = {}
+        for name, urls in self.row.inputs.items():
+            fetched[name] = []
+            for url in urls:
+                try:
+                    fetched[name].append(await self.s.inputs.fetch(url, self.row.owner_uid))
+                except inputs.InputError as exc:
+                    raise InputFailed(name, exc) from None
+        return fetched
 
     def _staging(self) -> Path:
         return self.s.work_root / str(self.id)
@@ -135,8 +158,10 @@ class Runner:
                 self.container_id = existing.id
             else:
                 staging = self._staging()
-                await asyncio.to_thread(workspace.prepare, staging, self.row, self.s.snapshots)
                 root = workspace.CONTAINER_ROOT if runtime.in_container else remote
+                fetched = await self._fetch_inputs()
+                described = await asyncio.to_thread(inputs.place, fetched, staging, root)
+                await asyncio.to_thread(workspace.prepare, staging, self.row, self.s.snapshots, described)
                 spec = ContainerSpec(
                     execution_id=self.id,
                     image=self.row.image,

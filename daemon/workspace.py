@@ -62,7 +62,8 @@ def execution_config(row: ExecutionRow) -> dict[str, Any]:
     }
 
 
-def prepare(work: Path, row: ExecutionRow, snapshots: SnapshotStore) -> None:
+def prepare(work: Path, row: ExecutionRow, snapshots: SnapshotStore,
+            inputs_json: dict[str, Any] | None = None) -> None:
     """Create (or re-create after a crash) the workspace; safe to call twice."""
     repository = work / "repository"
     if repository.exists():
@@ -74,7 +75,8 @@ def prepare(work: Path, row: ExecutionRow, snapshots: SnapshotStore) -> None:
         (work / "inputs" / input_name).mkdir(exist_ok=True)
     config = work / "config"
     (config / "parameters.json").write_text(json.dumps(row.parameters, indent=2))
-    (config / "inputs.json").write_text(json.dumps({name: {"files": []} for name in row.inputs}, indent=2))
+    described = {name: {"files": []} for name in row.inputs} | (inputs_json or {})
+    (config / "inputs.json").write_text(json.dumps(described, indent=2))
     (config / "execution.json").write_text(json.dumps(execution_config(row), indent=2))
 
 

@@ -1,0 +1,196 @@
+"""Inputs: fetching what an execution names (URLs, paths on this machine, earlier outputs) into a cache.
+
+A URL is fetched once: the cache keeps the validators the server gave
+(ETag, Last-Modified) and asks with them next time, so an unchanged file
+costs one small request and no transfer. Everything fetched is checked before
+the execution starts: a failure ends it with the input and URL named, before
+any GPU time is spent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
+
+import aiohttp
+
+from .outputs import LocalOutputStore, OutputError
+
+
+class InputError(Exception):
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(f"{url}: {detail}")
+        self.url = url
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    name: str  # file name inside /valohai/inputs/<input>/
+    source: Path  # where the bytes are on this machine
+    uri: str
+    size: int
+    sha256: str
+
+
+def file_name(url: str) -> str:
+    """The last path segment, as a safe file name (never a path)."""
+    name = unquote(PurePosixPath(urlsplit(url).path).name)
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        return "download"
+    return name
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def readable_by(path: Path, uid: int) -> bool:
+    """Whether user ``uid`` could read ``path`` themselves (the daemon may run as root)."""
+    if uid == 0:
+        return True
+    try:
+        user = pwd.getpwuid(uid)
+        groups = set(os.getgrouplist(user.pw_name, user.pw_gid))
+    except KeyError:
+        groups = set()
+
+    def allowed(st: os.stat_result, owner_bit: int, group_bit: int, other_bit: int) -> bool:
+        if st.st_uid == uid:
+            return bool(st.st_mode & owner_bit)
+        if st.st_gid in groups:
+            return bool(st.st_mode & group_bit)
+        return bool(st.st_mode & other_bit)
+
+    try:
+        for parent in reversed(path.parents):
+            if not allowed(os.stat(parent), stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH):
+                return False
+        return allowed(os.stat(path), stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
+    except OSError:
+        return False
+
+
+class InputFetcher:
+    def __init__(self, cache_root: Path, outputs: LocalOutputStore) -> None:
+        self.cache_root = cache_root
+        self.outputs = outputs
+        cache_root.mkdir(parents=True, exist_ok=True)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.fetches = 0  # transfers actually made (not answered from the cache)
+
+    async def fetch(self, url: str, owner_uid: int) -> InputFile:
+        scheme = urlsplit(url).scheme
+        if scheme in ("http", "https"):
+            return await self._http(url)
+        if scheme == "runyard":
+            return await asyncio.to_thread(self._output, url)
+        if scheme in ("", "file"):
+            return await asyncio.to_thread(self._local, url, owner_uid)
+        raise InputError(url, f"unsupported scheme {scheme!r} (http, https, runyard:// or a path)")
+
+    def _output(self, url: str) -> InputFile:
+        parts = urlsplit(url)
+        try:
+            execution_id = int(parts.netloc)
+        except ValueError:
+            raise InputError(url, "write an earlier output as runyard://<execution id>/<path>") from None
+        name = unquote(parts.path.lstrip("/"))
+        try:
+            path = self.outputs.path_of(execution_id, name)
+        except OutputError as exc:
+            raise InputError(url, str(exc)) from None
+        if not path.is_file():
+            raise InputError(url, f"execution {execution_id} has no output {name!r}")
+        return InputFile(PurePosixPath(name).name, path, url, path.stat().st_size, _sha256(path))
+
+    def _local(self, url: str, owner_uid: int) -> InputFile:
+        path = Path(unquote(urlsplit(url).path) if url.startswith("file:") else url)
+        if not path.is_absolute():
+            raise InputError(url, "a path on the daemon's machine must be absolute")
+        if not path.is_file():
+            raise InputError(url, "no such file on the daemon's machine")
+        if not readable_by(path, owner_uid):
+            raise InputError(url, "you may not read this file")
+        return InputFile(path.name, path, url, path.stat().st_size, _sha256(path))
+
+    async def _http(self, url: str) -> InputFile:
+        key = hashlib.sha256(url.encode()).hexdigest()
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:  # two executions asking for one URL share one download
+            entry = self.cache_root / key
+            meta_path = entry / "meta.json"
+            meta: dict[str, str | int] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+            data = entry / "data"
+            headers = {}
+            if meta and data.exists():
+                if meta.get("etag"):
+                    headers["If-None-Match"] = str(meta["etag"])
+                if meta.get("last_modified"):
+                    headers["If-Modified-Since"] = str(meta["last_modified"])
+            try:
+                timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
+                async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
+                    url, headers=headers
+                ) as response:
+                    if response.status == 304 and meta:
+                        os.utime(entry)  # recently used: the last to be evicted
+                        return InputFile(str(meta["name"]), data, url, int(meta["size"]), str(meta["sha256"]))
+                    if response.status != 200:
+                        raise InputError(url, f"HTTP {response.status} {response.reason or ''}".strip())
+                    entry.mkdir(parents=True, exist_ok=True)
+                    part = entry / "data.part"
+                    digest = hashlib.sha256()
+                    size = 0
+                    with part.open("wb") as fh:
+                        async for block in response.content.iter_chunked(1 << 20):
+                            fh.write(block)
+                            digest.update(block)
+                            size += len(block)
+                    expected = response.content_length
+                    if expected is not None and size != expected:
+                        raise InputError(url, f"transfer cut short ({size} of {expected} bytes)")
+                    part.chmod(0o444)  # placed by hard link: a run must not change the cached copy
+                    part.replace(data)
+                    self.fetches += 1
+                    meta = {"name": file_name(url), "size": size, "sha256": digest.hexdigest(),
+                            "etag": response.headers.get("ETag", ""),
+                            "last_modified": response.headers.get("Last-Modified", "")}
+                    meta_path.write_text(json.dumps(meta))
+                    return InputFile(str(meta["name"]), data, url, size, str(meta["sha256"]))
+            except aiohttp.ClientError as exc:
+                raise InputError(url, f"cannot download: {exc}") from None
+            except TimeoutError:
+                raise InputError(url, "download timed out") from None
+
+
+def place(files: dict[str, list[InputFile]], work: Path, root: str) -> dict[str, dict[str, list[dict[str, object]]]]:
+    """Copy fetched files into ``work``/inputs/<name>/ and describe them as inputs.json does."""
+    described: dict[str, dict[str, list[dict[str, object]]]] = {}
+    for name, items in files.items():
+        folder = work / "inputs" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        entries: list[dict[str, object]] = []
+        for item in items:
+            target = folder / item.name
+            try:
+                os.link(item.source, target)  # same filesystem: no copy
+            except OSError:
+                shutil.copyfile(item.source, target)
+            entries.append({"name": item.name, "path": f"{root}/inputs/{name}/{item.name}", "uri": item.uri,
+                            "size": item.size, "checksums": {"sha256": item.sha256}})
+        described[name] = {"files": entries}
+    return described
+

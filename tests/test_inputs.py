@@ -1,0 +1,141 @@
+"""Inputs from a real HTTP server on loopback, from earlier outputs and from paths, through the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from runyard.daemon.inputs import file_name, readable_by
+
+from .conftest import Daemon, make_repo, run_cli, step_yaml
+
+pytestmark = pytest.mark.slow
+
+CONSUME = """\
+import hashlib, json, os
+described = json.load(open(os.path.join(os.environ["VH_CONFIG_DIR"], "inputs.json")))
+for name, spec in sorted(described.items()):
+    for f in spec["files"]:
+        data = open(f["path"], "rb").read()
+        assert hashlib.sha256(data).hexdigest() == f["checksums"]["sha256"] == f["checksums"]["sha256"]
+        print(f"{name} {f['name']} {f['size']} {f['uri']} {f['path']} {data.decode().strip()}")
+"""
+
+STEPS = (
+    step_yaml("consume", "python3 consume.py", extra="""\
+        inputs:
+          - name: data
+        """)
+    + step_yaml("produce", 'echo "a trained model" > $VH_OUTPUTS_DIR/model.txt')
+)
+
+
+@dataclass
+class FileServer:
+    root: Path
+    port: int = 0
+    full_gets: list[str] = field(default_factory=list)  # requests answered with the whole file
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+
+@pytest.fixture
+def http_files(tmp_path: Path) -> Iterator[FileServer]:
+    server_state = FileServer(tmp_path / "www")
+    server_state.root.mkdir()
+
+    class Handler(SimpleHTTPRequestHandler):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, directory=str(server_state.root), **kwargs)  # type: ignore[arg-type]
+
+        def send_response(self, code: int, message: str | None = None) -> None:
+            if code == 200:
+                server_state.full_gets.append(self.path)
+            super().send_response(code, message)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server_state.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server_state
+    server.shutdown()
+
+
+def test_http_input_lands_where_valohai_utils_looks_and_is_fetched_once(
+        daemon: Daemon, http_files: FileServer, tmp_path: Path) -> None:
+    (http_files.root / "data.csv").write_text("a,b\n1,2\n")
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": STEPS, "consume.py": CONSUME})
+    url = http_files.url("data.csv")
+    for _ in range(2):
+        result = run_cli(daemon, "run", "consume", "--input", f"data={url}", "--watch", cwd=repo)
+        assert result.returncode == 0, result.stderr
+        size = len("a,b\n1,2\n")
+        assert f"data data.csv {size} {url} /valohai/inputs/data/data.csv a,b" in result.stdout
+    assert http_files.full_gets == ["/data.csv"]  # the second run was answered from the cache
+
+
+def test_a_bad_input_fails_before_the_execution_starts(daemon: Daemon, http_files: FileServer,
+                                                       tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": STEPS, "consume.py": CONSUME})
+    cases = [
+        (http_files.url("missing.csv"), "HTTP 404"),
+        ("http://127.0.0.1:1/nothing-listens.csv", "cannot download"),
+        ("/nonexistent/file.csv", "no such file on the daemon's machine"),
+        ("ftp://example.org/x", "unsupported scheme 'ftp'"),
+    ]
+    for url, detail in cases:
+        result = run_cli(daemon, "run", "consume", "--input", f"data={url}", "--watch", cwd=repo)
+        assert result.returncode == 1
+        execution_id = result.stderr.split("execution ")[1].split()[0]
+        info = json.loads(run_cli(daemon, "info", execution_id, "--json").stdout)
+        assert info["status"] == "error" and info["reason"] == f"input-failed data {url}"
+        assert info["started_at"] is None  # no GPU time was spent on it
+        assert detail in run_cli(daemon, "logs", execution_id).stdout
+
+
+def test_an_output_becomes_the_next_input_and_a_local_path_works(daemon: Daemon, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": STEPS, "consume.py": CONSUME})
+    made = run_cli(daemon, "run", "produce", "--watch", cwd=repo)
+    assert made.returncode == 0, made.stderr
+    producer = made.stderr.split("execution ")[1].split()[0]
+    used = run_cli(daemon, "run", "consume", "--input", f"data=runyard://{producer}/model.txt", "--watch",
+                   cwd=repo)
+    assert used.returncode == 0, used.stderr
+    assert "model.txt" in used.stdout and "a trained model" in used.stdout
+    local = tmp_path / "on-the-server.txt"
+    local.write_text("from a path\n")
+    from_path = run_cli(daemon, "run", "consume", "--input", f"data={local}", "--watch", cwd=repo)
+    assert from_path.returncode == 0, from_path.stderr
+    assert "from a path" in from_path.stdout
+
+
+def test_local_paths_are_read_only_as_their_owner_could() -> None:
+    folder = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's own tmp folders are private to root
+    try:
+        folder.chmod(0o755)
+        secret = folder / "secret"
+        secret.write_text("x")
+        os.chown(secret, 0, 0)
+        secret.chmod(0o600)
+        nobody = 65534
+        assert readable_by(secret, 0) and not readable_by(secret, nobody)
+        secret.chmod(0o644)
+        assert readable_by(secret, nobody)
+        folder.chmod(0o700)  # a readable file in a folder nobody may enter stays unreadable
+        assert not readable_by(secret, nobody)
+    finally:
+        shutil.rmtree(folder)
+    assert file_name("https://h/a/b%20c.csv?x=1") == "b c.csv" and file_name("https://h/") == "download"

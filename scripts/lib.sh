@@ -53,6 +53,31 @@ ensure_base_image() {
         --mode=root bookworm - | docker import -c 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null
 }
 
+VH_IMAGE=${RUNYARD_VH_IMAGE:-runyard-vh:bookworm-py3}
+
+ensure_vh_image() {
+    # The base image plus the valohai-utils package, for tests of scripts written for Valohai.
+    # Its wheels come from the package registry on this side; the build itself needs no network.
+    if docker image inspect "$VH_IMAGE" >/dev/null 2>&1; then
+        return
+    fi
+    say "building $VH_IMAGE (base image + valohai-utils)"
+    local ctx
+    ctx=$(mktemp -d)
+    "$VENV/bin/python" -m pip download -q --only-binary=:all: --python-version 3.11 \
+        --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform any \
+        -d "$ctx/wheels" valohai-utils
+    cat >"$ctx/Dockerfile" <<DOCKERFILE
+FROM $BASE_IMAGE
+COPY wheels /tmp/wheels
+RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install -q --no-index --find-links /tmp/wheels valohai-utils \
+    && rm -rf /tmp/wheels
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+DOCKERFILE
+    docker build -q -t "$VH_IMAGE" "$ctx" >/dev/null
+    rm -rf "$ctx"
+}
+
 ensure_venv() {
     if [ ! -x "$VENV/bin/python" ]; then
         say "creating $VENV"

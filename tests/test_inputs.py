@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import textwrap
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -139,3 +140,56 @@ def test_local_paths_are_read_only_as_their_owner_could() -> None:
     finally:
         shutil.rmtree(folder)
     assert file_name("https://h/a/b%20c.csv?x=1") == "b c.csv" and file_name("https://h/") == "download"
+
+
+VH_IMAGE = os.environ.get("RUNYARD_VH_IMAGE", "runyard-vh:bookworm-py3")
+
+VALOHAI_SCRIPT = """\
+import json
+import valohai
+
+valohai.prepare(step="train", default_parameters={"lr": 0.001, "epochs": 1},
+                default_inputs={"data": "https://example.org/never-fetched.csv"})
+print("lr", valohai.parameters("lr").value, "epochs", valohai.parameters("epochs").value)
+path = valohai.inputs("data").path()
+print("input at", path, "says", open(path).read().strip())
+with open(valohai.outputs().path("result.txt"), "w") as fh:
+    fh.write("trained")
+with valohai.logger() as logger:
+    logger.log("epoch", 1)
+    logger.log("loss", 0.25)
+"""
+
+
+def test_a_valohai_utils_script_runs_unchanged(daemon: Daemon, http_files: FileServer, tmp_path: Path) -> None:
+    import subprocess
+
+    if subprocess.run(["docker", "image", "inspect", VH_IMAGE], capture_output=True).returncode != 0:
+        pytest.fail(f"image {VH_IMAGE} is missing: scripts/test builds it")
+    (http_files.root / "train.csv").write_text("x,y\n")
+    yaml = textwrap.dedent(f"""\
+        - step:
+            name: train
+            image: {VH_IMAGE}
+            command: python3 train.py {{parameters}}
+            parameters:
+              - name: lr
+                type: float
+                default: 0.001
+              - name: epochs
+                type: integer
+                default: 1
+            inputs:
+              - name: data
+        """)
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": yaml, "train.py": VALOHAI_SCRIPT})
+    result = run_cli(daemon, "run", "train", "-p", "lr=0.05", "-p", "epochs=3",
+                     "--input", f"data={http_files.url('train.csv')}", "--watch", cwd=repo)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "lr 0.05 epochs 3" in result.stdout
+    assert "input at /valohai/inputs/data/train.csv says x,y" in result.stdout
+    execution_id = result.stderr.split("execution ")[1].split()[0]
+    outputs = json.loads(run_cli(daemon, "outputs", execution_id, "--json").stdout)
+    assert [o["path"] for o in outputs] == ["result.txt"]
+    metadata = json.loads(run_cli(daemon, "metadata", execution_id, "--json").stdout)
+    assert metadata["latest"]["loss"] == 0.25 and metadata["latest"]["epoch"] == 1

@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("daemon", help="run the daemon in the foreground (logs to stderr)")
     p.add_argument("--config", help="TOML config file (see config.example.toml)")
 
-    p = sub.add_parser("run", help="run a step of valohai.yaml as a new execution")
-    p.add_argument("step", help="step name in valohai.yaml")
+    p = sub.add_parser("run", help="run a step of valohai.yaml (or an ml.yaml project) as a new execution")
+    p.add_argument("step", nargs="?", default="", help="step name in valohai.yaml (none for an ml.yaml)")
     p.add_argument("-p", "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
                    help="parameter value (repeatable)")
     p.add_argument("--input", type=_input, action="append", default=[], metavar="NAME=URL",
@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="Docker image instead of the step's")
     p.add_argument("--title", help="a title for the execution")
     p.add_argument("--directory", "-C", default=".", help="repository directory (default: .)")
-    p.add_argument("--yaml", default="valohai.yaml", help="config path inside the repository")
+    p.add_argument("--yaml", "--config-file", dest="yaml", default="valohai.yaml",
+                   help="valohai.yaml or ml.yaml path inside the repository (default valohai.yaml)")
     p.add_argument("--watch", "-w", action="store_true", help="follow the logs until it ends")
     p.add_argument("--gpus", type=int, metavar="N", help="GPUs to grant (default: the step's resources.devices)")
     p.add_argument("--pool", help="run on a host of this pool (default: the step's environment, if a pool)")

@@ -87,6 +87,11 @@ class SchedulerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     reserve_after_seconds: float = 300.0
 
 
+class MlYamlSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # MachineLabs dockerImageId -> the image to run it with
+    images: dict[str, str] = {}
+
+
 class StoreSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     kind: Literal["local"] = "local"
     path: str = ""
@@ -99,6 +104,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     hosts: list[HostSection] = []
     ssh: SshSection = msgspec.field(default_factory=SshSection)
     scheduler: SchedulerSection = msgspec.field(default_factory=SchedulerSection)
+    mlyaml: MlYamlSection = msgspec.field(default_factory=MlYamlSection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
 
     @property

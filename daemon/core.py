@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from runyard.protocol.messages import Event
 
 from . import workspace
@@ -25,6 +27,7 @@ from .events import EventHub
 from .hosts import Host, all_settings
 from .inputs import InputFetcher
 from .logfile import LogFile
+from .mlyaml import STEP_NAME, is_ml_yaml, prepare_ml
 from .outputs import LocalOutputStore
 from .runner import Runner, RunnerServices
 from .runtime import EngineError
@@ -319,9 +322,14 @@ class Core:
             raise OperationError("invalid-params", str(exc)) from None
         if text is None:
             raise OperationError("invalid-params", f"the snapshot has no {config_path}")
+        document = text.decode("utf-8", "replace")
         try:
-            prepared = prepare_step(load_config(text.decode("utf-8", "replace"), config_path),
-                                    step, parameters, inputs)
+            if is_ml_yaml(_yaml_or_none(document)):
+                if step not in (STEP_NAME, ""):
+                    raise StepError(f"{config_path} is an ml.yaml: its one step is {STEP_NAME!r}, not {step!r}")
+                prepared = prepare_ml(document, self.config.mlyaml.images, parameters, inputs, config_path)
+            else:
+                prepared = prepare_step(load_config(document, config_path), step, parameters, inputs)
         except StepError as exc:
             raise OperationError("invalid-params", str(exc)) from None
         chosen_image = image or prepared.image or self.config.defaults.image
@@ -495,3 +503,10 @@ def _demand_of(execution_id: int, priority: int, submitted: float, resources: di
 
 def _demand(row: ExecutionRow) -> Demand:
     return _demand_of(row.id, row.priority, _epoch(row.created_at), row.resources)
+
+
+def _yaml_or_none(text: str) -> object:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None  # the valohai.yaml path reports it with its location

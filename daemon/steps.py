@@ -115,6 +115,8 @@ def prepare_step(config: Config, step_name: str, raw_parameters: dict[str, str],
                  inputs: dict[str, list[str]]) -> PreparedStep:
     """Check the user's values against the step and build the exact command to run."""
     step = config.steps.get(step_name)
+    if not step_name:
+        raise StepError(f"name the step to run (steps: {', '.join(sorted(config.steps)) or 'none'})")
     if step is None:
         known = ", ".join(sorted(config.steps)) or "none"
         raise StepError(f"no step named {step_name!r} (steps: {known})")

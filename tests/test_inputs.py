@@ -193,3 +193,39 @@ def test_a_valohai_utils_script_runs_unchanged(daemon: Daemon, http_files: FileS
     assert [o["path"] for o in outputs] == ["result.txt"]
     metadata = json.loads(run_cli(daemon, "metadata", execution_id, "--json").stdout)
     assert metadata["latest"]["loss"] == 0.25 and metadata["latest"]["epoch"] == 1
+
+
+ML_YAML = """\
+dockerImageId: keras_v2-4_python-3
+parameters:
+  - pass-as: --batch_size=128
+  - pass-as: --epochs=2
+inputs:
+  - name: data.csv
+    url: {url}
+"""
+
+ML_MAIN = """\
+import os, sys
+print("argv", sys.argv[1:])
+folder = os.path.join(os.environ["VH_INPUTS_DIR"], "data.csv")
+print("input", open(os.path.join(folder, "data.csv")).read().strip())
+"""
+
+
+def test_a_machinelabs_ml_yaml_project_runs(daemon_factory: type[Daemon], http_files: FileServer,
+                                             tmp_path: Path) -> None:
+    from .conftest import BASE_IMAGE
+
+    daemon = daemon_factory(extra_config=f'[mlyaml.images]\n"keras_v2-4_python-3" = "{BASE_IMAGE}"\n')
+    daemon.start()
+    (http_files.root / "data.csv").write_text("1,2,3\n")
+    repo = make_repo(tmp_path / "repo", {"ml.yaml": ML_YAML.format(url=http_files.url("data.csv")),
+                                         "main.py": ML_MAIN})
+    result = run_cli(daemon, "run", "--config-file", "ml.yaml", "--watch", cwd=repo)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "argv ['--batch_size=128', '--epochs=2']" in result.stdout and "input 1,2,3" in result.stdout
+    unmapped = daemon_factory()
+    unmapped.start()
+    refused = run_cli(unmapped, "run", "--config-file", "ml.yaml", cwd=repo)
+    assert refused.returncode == 2 and "dockerImageId 'keras_v2-4_python-3' has no image" in refused.stderr

@@ -87,6 +87,11 @@ class SchedulerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     reserve_after_seconds: float = 300.0
 
 
+class S3Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    endpoint_url: str = ""  # "": AWS itself; e.g. http://127.0.0.1:9000 for MinIO or moto
+    region: str = ""
+
+
 class MlYamlSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # MachineLabs dockerImageId -> the image to run it with
     images: dict[str, str] = {}
@@ -105,6 +110,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ssh: SshSection = msgspec.field(default_factory=SshSection)
     scheduler: SchedulerSection = msgspec.field(default_factory=SchedulerSection)
     mlyaml: MlYamlSection = msgspec.field(default_factory=MlYamlSection)
+    s3: S3Section = msgspec.field(default_factory=S3Section)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
 
     @property

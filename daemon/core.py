@@ -73,7 +73,9 @@ class Core:
             store=store, snapshots=self.snapshots, outputs=self.outputs,
             work_root=self.work_root, stop_grace=config.defaults.stop_grace_seconds,
             publish=self.publish, open_log=self.live_log, release_log=self._release_log,
-            host_of=self.hosts.get, inputs=InputFetcher(data / "cache" / "inputs", self.outputs),
+            host_of=self.hosts.get, inputs=InputFetcher(
+                data / "cache" / "inputs", self.outputs, s3_endpoint=config.s3.endpoint_url,
+                s3_region=config.s3.region),
         )
 
     # -- lifecycle ------------------------------------------------------------

@@ -14,13 +14,17 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import aioboto3
 import aiohttp
+from botocore.exceptions import BotoCoreError, ClientError
 
 from .outputs import LocalOutputStore, OutputError
 
@@ -84,22 +88,100 @@ def readable_by(path: Path, uid: int) -> bool:
 
 
 class InputFetcher:
-    def __init__(self, cache_root: Path, outputs: LocalOutputStore) -> None:
+    def __init__(self, cache_root: Path, outputs: LocalOutputStore, *, s3_endpoint: str = "",
+                 s3_region: str = "") -> None:
         self.cache_root = cache_root
+        self.s3_options: dict[str, str] = {}
+        if s3_endpoint:
+            self.s3_options["endpoint_url"] = s3_endpoint
+        if s3_region:
+            self.s3_options["region_name"] = s3_region
         self.outputs = outputs
         cache_root.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, asyncio.Lock] = {}
         self.fetches = 0  # transfers actually made (not answered from the cache)
 
-    async def fetch(self, url: str, owner_uid: int) -> InputFile:
+    async def fetch(self, url: str, owner_uid: int) -> list[InputFile]:
+        """The file (or, for an S3 glob, the files) that ``url`` names, from the cache when unchanged."""
         scheme = urlsplit(url).scheme
         if scheme in ("http", "https"):
-            return await self._http(url)
+            return [await self._http(url)]
+        if scheme == "s3":
+            return await self._s3(url)
         if scheme == "runyard":
-            return await asyncio.to_thread(self._output, url)
+            return [await asyncio.to_thread(self._output, url)]
         if scheme in ("", "file"):
-            return await asyncio.to_thread(self._local, url, owner_uid)
-        raise InputError(url, f"unsupported scheme {scheme!r} (http, https, runyard:// or a path)")
+            return [await asyncio.to_thread(self._local, url, owner_uid)]
+        raise InputError(url, f"unsupported scheme {scheme!r} (http, https, s3, runyard:// or a path)")
+
+    async def _s3(self, url: str) -> list[InputFile]:
+        parts = urlsplit(url)
+        bucket, pattern = parts.netloc, unquote(parts.path.lstrip("/"))
+        if not bucket or not pattern:
+            raise InputError(url, "write S3 inputs as s3://bucket/key (the key may use * and **)")
+        wildcard = next((i for i, c in enumerate(pattern) if c in "*?["), None)
+        try:
+            async with self._s3_session().client("s3", **self.s3_options) as s3:
+                if wildcard is None:
+                    try:
+                        head = await s3.head_object(Bucket=bucket, Key=pattern)
+                    except ClientError:
+                        # A HEAD answer has no body to say whether the key or the bucket is missing.
+                        await s3.head_bucket(Bucket=bucket)
+                        raise
+                    objects = [(pattern, str(head["ETag"]), int(head["ContentLength"]))]
+                else:
+                    matcher = re.compile(_glob_regex(pattern))
+                    objects = []
+                    paginator = s3.get_paginator("list_objects_v2")
+                    async for page in paginator.paginate(Bucket=bucket, Prefix=pattern[:wildcard]):
+                        for item in page.get("Contents", []):
+                            if matcher.fullmatch(item["Key"]):
+                                objects.append((item["Key"], str(item["ETag"]), int(item["Size"])))
+                    if not objects:
+                        raise InputError(url, "no object matches")
+                return [await self._s3_object(s3, bucket, key, etag, size) for key, etag, size in objects]
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            missing = "no such bucket" if exc.operation_name in ("HeadBucket", "ListObjectsV2") else "no such key"
+            detail = {"NoSuchBucket": "no such bucket", "404": missing, "NoSuchKey": "no such key",
+                      "403": "access denied", "AccessDenied": "access denied"}.get(code, str(exc))
+            raise InputError(url, detail) from None
+        except BotoCoreError as exc:
+            raise InputError(url, f"cannot reach S3: {exc}") from None
+
+    async def _s3_object(self, s3: Any, bucket: str, key: str, etag: str, size: int) -> InputFile:
+        uri = f"s3://{bucket}/{key}"
+        entry = self.cache_root / hashlib.sha256(uri.encode()).hexdigest()
+        async with self._locks.setdefault(uri, asyncio.Lock()):
+            meta_path, data = entry / "meta.json", entry / "data"
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+            if meta.get("etag") == etag and data.exists():
+                os.utime(entry)
+                return InputFile(str(meta["name"]), data, uri, int(meta["size"]), str(meta["sha256"]))
+            entry.mkdir(parents=True, exist_ok=True)
+            part = entry / "data.part"
+            digest = hashlib.sha256()
+            got = 0
+            response = await s3.get_object(Bucket=bucket, Key=key)
+            with part.open("wb") as fh:
+                async for block in response["Body"].iter_chunks(1 << 20):
+                    fh.write(block)
+                    digest.update(block)
+                    got += len(block)
+            if got != size:
+                raise InputError(uri, f"transfer cut short ({got} of {size} bytes)")
+            part.chmod(0o444)
+            part.replace(data)
+            self.fetches += 1
+            meta = {"name": PurePosixPath(key).name or "download", "size": got, "sha256": digest.hexdigest(),
+                    "etag": etag}
+            meta_path.write_text(json.dumps(meta))
+            return InputFile(str(meta["name"]), data, uri, got, str(meta["sha256"]))
+
+    def _s3_session(self) -> aioboto3.Session:
+        # Credentials from the usual AWS sources (environment, ~/.aws, instance role); never logged.
+        return aioboto3.Session()
 
     def _output(self, url: str) -> InputFile:
         parts = urlsplit(url)
@@ -174,6 +256,25 @@ class InputFetcher:
                 raise InputError(url, f"cannot download: {exc}") from None
             except TimeoutError:
                 raise InputError(url, "download timed out") from None
+
+
+def _glob_regex(pattern: str) -> str:
+    """`**` crosses folders, `*` and `?` stay within one, as in valohai.yaml inputs."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
 
 
 def place(files: dict[str, list[InputFile]], work: Path, root: str) -> dict[str, dict[str, list[dict[str, object]]]]:

@@ -133,7 +133,7 @@ class Runner:
             fetched[name] = []
             for url in urls:
                 try:
-                    fetched[name].append(await self.s.inputs.fetch(url, self.row.owner_uid))
+                    fetched[name].extend(await self.s.inputs.fetch(url, self.row.owner_uid))
                 except inputs.InputError as exc:
                     raise InputFailed(name, exc) from None
         return fetched

@@ -229,3 +229,62 @@ def test_a_machinelabs_ml_yaml_project_runs(daemon_factory: type[Daemon], http_f
     unmapped.start()
     refused = run_cli(unmapped, "run", "--config-file", "ml.yaml", cwd=repo)
     assert refused.returncode == 2 and "dockerImageId 'keras_v2-4_python-3' has no image" in refused.stderr
+
+
+@pytest.fixture
+def s3_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """moto in server mode on loopback: a real S3-protocol endpoint over HTTP."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert server.stderr is not None
+    for raw in server.stderr:  # wait for the line that says it serves
+        if b"Running on" in raw:
+            break
+    else:
+        raise AssertionError("moto server did not start")
+    threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()  # type: ignore[union-attr]
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    yield f"http://127.0.0.1:{port}"
+    server.kill()
+    server.wait()
+
+
+def test_s3_inputs_with_globs_and_clear_errors(daemon_factory: type[Daemon], s3_server: str,
+                                                tmp_path: Path) -> None:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="lab-data")
+    for key in ("labels/a.csv", "labels/b.csv", "labels/sub/c.csv", "labels/notes.txt"):
+        s3.put_object(Bucket="lab-data", Key=key, Body=f"content of {key}\n".encode())
+    daemon = daemon_factory(extra_config=f'[s3]\nendpoint_url = "{s3_server}"\n')
+    daemon.start()
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": STEPS, "consume.py": CONSUME})
+    one = run_cli(daemon, "run", "consume", "--input", "data=s3://lab-data/labels/a.csv", "--watch", cwd=repo)
+    assert one.returncode == 0, one.stdout + one.stderr
+    assert "data a.csv 24 s3://lab-data/labels/a.csv /valohai/inputs/data/a.csv content of labels/a.csv" \
+        in one.stdout
+    star = run_cli(daemon, "run", "consume", "--input", "data=s3://lab-data/labels/*.csv", "--watch", cwd=repo)
+    assert star.returncode == 0, star.stderr
+    assert "a.csv" in star.stdout and "b.csv" in star.stdout and "c.csv" not in star.stdout
+    deep = run_cli(daemon, "run", "consume", "--input", "data=s3://lab-data/labels/**.csv", "--watch", cwd=repo)
+    assert deep.returncode == 0, deep.stderr
+    assert "content of labels/sub/c.csv" in deep.stdout and "notes.txt" not in deep.stdout
+    for url, detail in [("s3://no-such-bucket/x.csv", "no such bucket"),
+                        ("s3://lab-data/labels/missing.csv", "no such key"),
+                        ("s3://lab-data/labels/*.parquet", "no object matches")]:
+        result = run_cli(daemon, "run", "consume", "--input", f"data={url}", "--watch", cwd=repo)
+        assert result.returncode == 1
+        execution_id = result.stderr.split("execution ")[1].split()[0]
+        info = json.loads(run_cli(daemon, "info", execution_id, "--json").stdout)
+        assert info["reason"] == f"input-failed data {url}"
+        assert detail in run_cli(daemon, "logs", execution_id).stdout

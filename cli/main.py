@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fnmatch
 import json
 import os
 import sys
@@ -142,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("outputs", help="list (or download) an execution's outputs")
     p.add_argument("id", type=int)
     p.add_argument("--download", metavar="DIR", help="copy every output into DIR")
+    p.add_argument("--filter", action="append", default=[], metavar="GLOB",
+                   help="only outputs whose path matches, e.g. '*.pt' (repeatable)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("lint", help="check a valohai.yaml and print every problem")
@@ -468,6 +471,9 @@ async def cmd_delete(client: Client, args: argparse.Namespace) -> int:
 
 async def cmd_outputs(client: Client, args: argparse.Namespace) -> int:
     files = await client.outputs(args.id)
+    if args.filter:
+        # fnmatch's * also crosses "/", so '*.pt' finds checkpoints in sub-folders too
+        files = [f for f in files if any(fnmatch.fnmatchcase(f.path, pattern) for pattern in args.filter)]
     if args.download:
         target = Path(args.download)
         for f in files:

@@ -92,6 +92,11 @@ class S3Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     region: str = ""
 
 
+class CacheSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # Fetched inputs under <data_dir>/cache/inputs; least recently used go first beyond this.
+    inputs_max_mb: int = 100 * 1024
+
+
 class MlYamlSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # MachineLabs dockerImageId -> the image to run it with
     images: dict[str, str] = {}
@@ -111,6 +116,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     scheduler: SchedulerSection = msgspec.field(default_factory=SchedulerSection)
     mlyaml: MlYamlSection = msgspec.field(default_factory=MlYamlSection)
     s3: S3Section = msgspec.field(default_factory=S3Section)
+    cache: CacheSection = msgspec.field(default_factory=CacheSection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
 
     @property

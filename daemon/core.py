@@ -75,7 +75,7 @@ class Core:
             publish=self.publish, open_log=self.live_log, release_log=self._release_log,
             host_of=self.hosts.get, inputs=InputFetcher(
                 data / "cache" / "inputs", self.outputs, s3_endpoint=config.s3.endpoint_url,
-                s3_region=config.s3.region),
+                s3_region=config.s3.region, max_bytes=config.cache.inputs_max_mb << 20),
         )
 
     # -- lifecycle ------------------------------------------------------------

@@ -89,8 +89,9 @@ def readable_by(path: Path, uid: int) -> bool:
 
 class InputFetcher:
     def __init__(self, cache_root: Path, outputs: LocalOutputStore, *, s3_endpoint: str = "",
-                 s3_region: str = "") -> None:
+                 s3_region: str = "", max_bytes: int = 100 << 30) -> None:
         self.cache_root = cache_root
+        self.max_bytes = max_bytes
         self.s3_options: dict[str, str] = {}
         if s3_endpoint:
             self.s3_options["endpoint_url"] = s3_endpoint
@@ -177,11 +178,35 @@ class InputFetcher:
             meta = {"name": PurePosixPath(key).name or "download", "size": got, "sha256": digest.hexdigest(),
                     "etag": etag}
             meta_path.write_text(json.dumps(meta))
+            await asyncio.to_thread(self.evict, entry)
             return InputFile(str(meta["name"]), data, uri, got, str(meta["sha256"]))
 
     def _s3_session(self) -> aioboto3.Session:
         # Credentials from the usual AWS sources (environment, ~/.aws, instance role); never logged.
         return aioboto3.Session()
+
+    def evict(self, keep: Path) -> list[Path]:
+        """Drop least recently used entries until the cache fits ``max_bytes``; ``keep`` stays.
+
+        Workspaces hold their inputs by hard link, so a running execution never
+        loses a file evicted here.
+        """
+        entries = []
+        for entry in self.cache_root.iterdir():
+            data = entry / "data"
+            if entry.is_dir() and data.exists():
+                entries.append((entry.stat().st_mtime, entry, data.stat().st_size))
+        total = sum(size for _, _, size in entries)
+        removed = []
+        for _, entry, size in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            if entry == keep:
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            total -= size
+            removed.append(entry)
+        return removed
 
     def _output(self, url: str) -> InputFile:
         parts = urlsplit(url)
@@ -251,6 +276,7 @@ class InputFetcher:
                             "etag": response.headers.get("ETag", ""),
                             "last_modified": response.headers.get("Last-Modified", "")}
                     meta_path.write_text(json.dumps(meta))
+                    await asyncio.to_thread(self.evict, entry)
                     return InputFile(str(meta["name"]), data, url, size, str(meta["sha256"]))
             except aiohttp.ClientError as exc:
                 raise InputError(url, f"cannot download: {exc}") from None

@@ -78,6 +78,9 @@ def test_run_watch_complete_with_metadata_logs_and_outputs(daemon: Daemon, repo:
     assert run_cli(daemon, "outputs", "1", "--download", str(download)).returncode == 0
     assert (download / "model.txt").read_text() == "weights for 3"
     assert (download / "sub" / "curve.csv").read_text() == "1,2\n"
+    only_csv = tmp_path / "only-csv"
+    assert run_cli(daemon, "outputs", "1", "--filter", "*.csv", "--download", str(only_csv)).returncode == 0
+    assert [p.name for p in only_csv.rglob("*") if p.is_file()] == ["curve.csv"]
 
     only_stderr = run_cli(daemon, "logs", "1", "--stream", "stderr")
     assert only_stderr.stdout == "warning on stderr\n"

@@ -138,3 +138,22 @@ def test_docker_gets_a_device_request_for_exactly_the_granted_uuids() -> None:
     assert host["NanoCpus"] == 2_500_000_000 and host["Memory"] == 1024 * 1024 * 1024
     env_mode = DockerRuntime("/nonexistent.sock", "d", gpu_device_requests=False).container_config(spec)
     assert "DeviceRequests" not in env_mode["HostConfig"]
+
+
+def test_input_cache_evicts_least_recently_used_first(tmp_path: Path) -> None:
+    import os
+
+    from runyard.daemon.inputs import InputFetcher
+    from runyard.daemon.outputs import LocalOutputStore
+
+    fetcher = InputFetcher(tmp_path / "cache", LocalOutputStore(tmp_path / "out"), max_bytes=250)
+    entries = []
+    for i, age in enumerate([300, 100, 200, 50]):  # seconds since last use
+        entry = tmp_path / "cache" / f"e{i}"
+        entry.mkdir()
+        (entry / "data").write_bytes(b"x" * 100)
+        os.utime(entry, (1_000_000 - age, 1_000_000 - age))
+        entries.append(entry)
+    removed = fetcher.evict(keep=entries[0])  # the oldest is the one just fetched: kept
+    assert removed == [entries[2], entries[1]]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["e0", "e3"]

@@ -142,7 +142,7 @@ async def output_read(core: Core, caller: Caller, p: OutputReadParams) -> Any:
     await core.get(p.id)
     size = max(0, min(p.size, 2 << 20))
     try:
-        return await asyncio.to_thread(core.outputs.read, p.id, p.path, max(0, p.offset), size)
+        return await core.outputs.read(p.id, p.path, max(0, p.offset), size)
     except OutputError as exc:
         raise OperationError(ErrorCode.NOT_FOUND, str(exc)) from None
 

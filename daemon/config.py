@@ -91,6 +91,16 @@ class S3Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     endpoint_url: str = ""  # "": AWS itself; e.g. http://127.0.0.1:9000 for MinIO or moto
     region: str = ""
 
+    @property
+    def options(self) -> dict[str, str]:
+        """Keyword arguments for an S3 client; credentials are left to the usual AWS sources."""
+        options = {}
+        if self.endpoint_url:
+            options["endpoint_url"] = self.endpoint_url
+        if self.region:
+            options["region_name"] = self.region
+        return options
+
 
 class CacheSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Fetched inputs under <data_dir>/cache/inputs; least recently used go first beyond this.
@@ -103,8 +113,10 @@ class MlYamlSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class StoreSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    kind: Literal["local"] = "local"
-    path: str = ""
+    kind: Literal["local", "s3"] = "local"
+    path: str = ""  # kind "local": the directory ("" = <data_dir>/outputs)
+    bucket: str = ""  # kind "s3": outputs go to s3://<bucket>/<prefix><execution id>/<path>
+    prefix: str = "runyard/"
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -169,6 +181,8 @@ def _check(config: Config) -> None:
         raise ConfigError("ssh.reconnect_min_seconds must be > 0 and at most ssh.reconnect_max_seconds")
     if config.defaults.stop_grace_seconds < 0:
         raise ConfigError("defaults.stop_grace_seconds: must not be negative")
+    if config.store.kind == "s3" and not config.store.bucket:
+        raise ConfigError('store.bucket: kind = "s3" needs a bucket')
     if config.daemon.max_frame_bytes < 64 * 1024:
         raise ConfigError("daemon.max_frame_bytes: must be at least 65536")
 

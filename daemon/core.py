@@ -28,7 +28,7 @@ from .hosts import Host, all_settings
 from .inputs import InputFetcher
 from .logfile import LogFile
 from .mlyaml import STEP_NAME, is_ml_yaml, prepare_ml
-from .outputs import LocalOutputStore
+from .outputs import LocalOutputStore, OutputStore, S3OutputStore
 from .runner import Runner, RunnerServices
 from .runtime import EngineError
 from .scheduler import Capacity, Demand, place, refusal
@@ -54,7 +54,9 @@ class Core:
         self.store = store
         data = config.data_dir
         self.snapshots = SnapshotStore(data / "snapshots")
-        self.outputs = LocalOutputStore(config.outputs_dir)
+        self.outputs: OutputStore = LocalOutputStore(config.outputs_dir)
+        if config.store.kind == "s3":
+            self.outputs = S3OutputStore(config.store.bucket, config.store.prefix, config.s3.options)
         self.logs_root = data / "logs"
         self.logs_root.mkdir(parents=True, exist_ok=True)
         self.work_root = data / "work"
@@ -74,8 +76,8 @@ class Core:
             work_root=self.work_root, stop_grace=config.defaults.stop_grace_seconds,
             publish=self.publish, open_log=self.live_log, release_log=self._release_log,
             host_of=self.hosts.get, inputs=InputFetcher(
-                data / "cache" / "inputs", self.outputs, s3_endpoint=config.s3.endpoint_url,
-                s3_region=config.s3.region, max_bytes=config.cache.inputs_max_mb << 20),
+                data / "cache" / "inputs", self.outputs, s3_options=config.s3.options,
+                max_bytes=config.cache.inputs_max_mb << 20),
         )
 
     # -- lifecycle ------------------------------------------------------------
@@ -411,7 +413,7 @@ class Core:
         self.log_path(execution_id).unlink(missing_ok=True)
         workspace.remove(self.work_root / str(execution_id))
         if purge_outputs:
-            self.outputs.purge(execution_id)
+            await self.outputs.purge(execution_id)
 
     # -- hosts ------------------------------------------------------------------------------
 

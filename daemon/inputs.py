@@ -10,6 +10,7 @@ any GPU time is spent.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ import aioboto3
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .outputs import LocalOutputStore, OutputError
+from .outputs import OutputError, OutputStore
 
 
 class InputError(Exception):
@@ -88,15 +89,11 @@ def readable_by(path: Path, uid: int) -> bool:
 
 
 class InputFetcher:
-    def __init__(self, cache_root: Path, outputs: LocalOutputStore, *, s3_endpoint: str = "",
-                 s3_region: str = "", max_bytes: int = 100 << 30) -> None:
+    def __init__(self, cache_root: Path, outputs: OutputStore, *, s3_options: dict[str, str] | None = None,
+                 max_bytes: int = 100 << 30) -> None:
         self.cache_root = cache_root
         self.max_bytes = max_bytes
-        self.s3_options: dict[str, str] = {}
-        if s3_endpoint:
-            self.s3_options["endpoint_url"] = s3_endpoint
-        if s3_region:
-            self.s3_options["region_name"] = s3_region
+        self.s3_options = s3_options or {}
         self.outputs = outputs
         cache_root.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -110,7 +107,7 @@ class InputFetcher:
         if scheme == "s3":
             return await self._s3(url)
         if scheme == "runyard":
-            return [await asyncio.to_thread(self._output, url)]
+            return await self._output(url)
         if scheme in ("", "file"):
             return [await asyncio.to_thread(self._local, url, owner_uid)]
         raise InputError(url, f"unsupported scheme {scheme!r} (http, https, s3, runyard:// or a path)")
@@ -208,7 +205,7 @@ class InputFetcher:
             removed.append(entry)
         return removed
 
-    def _output(self, url: str) -> InputFile:
+    async def _output(self, url: str) -> list[InputFile]:
         parts = urlsplit(url)
         try:
             execution_id = int(parts.netloc)
@@ -216,12 +213,21 @@ class InputFetcher:
             raise InputError(url, "write an earlier output as runyard://<execution id>/<path>") from None
         name = unquote(parts.path.lstrip("/"))
         try:
-            path = self.outputs.path_of(execution_id, name)
+            where = self.outputs.location(execution_id, name)
         except OutputError as exc:
             raise InputError(url, str(exc)) from None
+        missing = f"execution {execution_id} has no output {name!r}"
+        if where.startswith("s3://"):
+            try:
+                found = await self._s3(where)
+            except InputError as exc:
+                raise InputError(url, missing if exc.detail == "no such key" else exc.detail) from None
+            return [dataclasses.replace(f, uri=url) for f in found]
+        path = Path(where)
         if not path.is_file():
-            raise InputError(url, f"execution {execution_id} has no output {name!r}")
-        return InputFile(PurePosixPath(name).name, path, url, path.stat().st_size, _sha256(path))
+            raise InputError(url, missing)
+        sha = await asyncio.to_thread(_sha256, path)
+        return [InputFile(PurePosixPath(name).name, path, url, path.stat().st_size, sha)]
 
     def _local(self, url: str, owner_uid: int) -> InputFile:
         path = Path(unquote(urlsplit(url).path) if url.startswith("file:") else url)

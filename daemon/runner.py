@@ -21,7 +21,7 @@ from . import inputs, workspace
 from .hosts import Host
 from .logfile import LogFile
 from .logstream import Decoded, metadata_points, timestamp_now
-from .outputs import LocalOutputStore
+from .outputs import OutputError, OutputStore
 from .runtime import ContainerGone, ContainerSpec, EngineError, ImageMissing, Runtime
 from .runtime_process import LOST
 from .snapshots import SnapshotStore
@@ -44,7 +44,7 @@ class InputFailed(Exception):
 class RunnerServices:
     store: Store
     snapshots: SnapshotStore
-    outputs: LocalOutputStore
+    outputs: OutputStore
     work_root: Path  # on this machine: where workspaces are prepared and outputs come back to
     stop_grace: int
     publish: Publish
@@ -65,6 +65,7 @@ class Runner:
         self.container_id: str | None = row.container_id
         self.log = services.open_log(row.id)
         self.host: Host | None = None
+        self._keep_workspace = False
 
     async def _transition(self, status: str, reason: str | None = None, **fields: Any) -> bool:
         result = await self.s.store.transition(self.id, status, reason=reason, **fields)
@@ -251,7 +252,14 @@ class Runner:
         host = self.host
         if host is not None and host.remote and host.transport is not None:
             await host.transport.get_tree(f"{host.work_dir(self.id)}/outputs", source)
-        collected = await asyncio.to_thread(self.s.outputs.collect, self.id, source)
+        try:
+            collected = await self.s.outputs.collect(self.id, source)
+        except OutputError as exc:
+            # The run's result stands; its files stay where they are for someone to rescue.
+            self._keep_workspace = True
+            await self._note(f"outputs not stored: {exc}; they are kept in {source}")
+            log.error("execution %s: %s", self.id, exc)
+            return
         for refused in collected.refused:
             await self._note(f"output refused: {refused}")
         if collected.files or source.is_dir():
@@ -289,6 +297,8 @@ class Runner:
         await self._remove_workspace()
 
     async def _remove_workspace(self) -> None:
+        if self._keep_workspace:
+            return
         staging = self._staging()
         host = self.host
         if host is not None and host.remote and host.transport is not None:

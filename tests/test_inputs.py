@@ -288,3 +288,48 @@ def test_s3_inputs_with_globs_and_clear_errors(daemon_factory: type[Daemon], s3_
         info = json.loads(run_cli(daemon, "info", execution_id, "--json").stdout)
         assert info["reason"] == f"input-failed data {url}"
         assert detail in run_cli(daemon, "logs", execution_id).stdout
+
+
+def test_outputs_to_s3_after_complete_and_error_then_as_an_input(daemon_factory: type[Daemon], s3_server: str,
+                                                                  tmp_path: Path) -> None:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="lab-outputs")
+    daemon = daemon_factory(extra_config=textwrap.dedent(f"""\
+        [s3]
+        endpoint_url = "{s3_server}"
+        [store]
+        kind = "s3"
+        bucket = "lab-outputs"
+        prefix = "team/"
+        """))
+    daemon.start()
+    steps = STEPS + step_yaml("fail-after-writing", ['echo "partial" > $VH_OUTPUTS_DIR/partial.txt',
+                                                     "mkdir -p $VH_OUTPUTS_DIR/deep",
+                                                     "head -c 9000000 /dev/zero > $VH_OUTPUTS_DIR/deep/big.bin",
+                                                     "exit 3"])
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": steps, "consume.py": CONSUME})
+    made = run_cli(daemon, "run", "produce", "--watch", cwd=repo)
+    assert made.returncode == 0, made.stderr
+    body = s3.get_object(Bucket="lab-outputs", Key="team/1/model.txt")["Body"].read()
+    assert body == b"a trained model\n"
+    download = tmp_path / "dl"
+    assert run_cli(daemon, "outputs", "1", "--download", str(download)).returncode == 0
+    assert (download / "model.txt").read_text() == "a trained model\n"
+
+    failed = run_cli(daemon, "run", "fail-after-writing", "--watch", cwd=repo)
+    assert failed.returncode == 1 and "error (exit-code 3)" in failed.stderr
+    outputs = {o["path"]: o["size"] for o in json.loads(run_cli(daemon, "outputs", "2", "--json").stdout)}
+    assert outputs == {"partial.txt": 8, "deep/big.bin": 9_000_000}  # big.bin went up in parts
+    assert s3.head_object(Bucket="lab-outputs", Key="team/2/deep/big.bin")["ContentLength"] == 9_000_000
+
+    used = run_cli(daemon, "run", "consume", "--input", "data=runyard://1/model.txt", "--watch", cwd=repo)
+    assert used.returncode == 0, used.stderr
+    assert "runyard://1/model.txt" in used.stdout and "a trained model" in used.stdout
+    missing = run_cli(daemon, "run", "consume", "--input", "data=runyard://1/nope.txt", "--watch", cwd=repo)
+    assert missing.returncode == 1
+    assert "execution 1 has no output 'nope.txt'" in run_cli(daemon, "logs", "4").stdout
+
+    assert run_cli(daemon, "delete", "2", "--purge-outputs").returncode == 0
+    assert s3.list_objects_v2(Bucket="lab-outputs", Prefix="team/2/").get("KeyCount") == 0

@@ -116,10 +116,15 @@ class SshHost:
         threading.Thread(target=drain, daemon=True).start()
 
     def kill(self) -> None:
-        """The host drops off the network: sshd and every connection it serves die at once."""
+        """The host drops off the network: sshd and every connection it serves die at once.
+
+        Only sshd processes are killed: a command already running in a session ends on
+        its own, as it would on a real machine whose network went away.
+        """
         if self.process is None:
             return
-        for pid in [*_descendants(self.process.pid), self.process.pid]:
+        sshd = [pid for pid in _descendants(self.process.pid) if _comm(pid).startswith("sshd")]
+        for pid in [*sshd, self.process.pid]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -136,6 +141,13 @@ class SshHost:
             lines.append(f'address = "{address}"')
         lines += [f'pool = "{pool}"', f'work_dir = "{self.root / "work"}"', 'pull = "never"']
         return "\n".join(lines) + "\n" + textwrap.dedent(extra) + "\n"
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _descendants(pid: int) -> list[int]:

@@ -127,7 +127,8 @@ async def metadata(core: Core, caller: Caller, p: m.IdParams) -> Any:
 @method("outputs.list", m.IdParams)
 async def outputs(core: Core, caller: Caller, p: m.IdParams) -> Any:
     await core.get(p.id)
-    return [{"path": path, "size": size, "sha256": sha} for path, size, sha in await core.store.outputs(p.id)]
+    return [{"path": path, "size": size, "sha256": sha, "properties": props}
+            for path, size, sha, props in await core.store.outputs(p.id)]
 
 
 class OutputReadParams(msgspec.Struct, forbid_unknown_fields=True):

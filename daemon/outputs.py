@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Any, Protocol
 
 import aioboto3
 from botocore.exceptions import BotoCoreError, ClientError
@@ -26,6 +27,51 @@ class OutputError(Exception):
 class Collected:
     files: list[tuple[str, int, str]] = field(default_factory=list)  # path, size, sha256
     refused: list[str] = field(default_factory=list)
+    properties: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> what valohai-utils attached
+
+
+METADATA_JSONL = "valohai.metadata.jsonl"
+SIDECAR = ".metadata.json"
+
+
+def split_properties(files: list[tuple[str, Path]]) -> tuple[list[tuple[str, Path]], dict[str, dict[str, Any]],
+                                                              list[str]]:
+    """Take Valohai's metadata files out of the outputs and read the properties they give.
+
+    `valohai.metadata.jsonl` in the outputs root has one {"file": ..., "metadata": {...}}
+    per line; `<file>.metadata.json` sits beside its file. Neither is an output itself.
+    """
+    names = {rel for rel, _ in files}
+    properties: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    kept: list[tuple[str, Path]] = []
+    for rel, path in files:
+        if rel == METADATA_JSONL:
+            for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                    target, values = str(entry["file"]), entry["metadata"]
+                    if not isinstance(values, dict):
+                        raise TypeError
+                except (ValueError, KeyError, TypeError):
+                    problems.append(f"{METADATA_JSONL} line {number}: not {{\"file\": ..., \"metadata\": {{...}}}}")
+                    continue
+                properties.setdefault(target, {}).update(values)
+        elif rel.endswith(SIDECAR) and rel[: -len(SIDECAR)] in names:
+            try:
+                values = json.loads(path.read_text(errors="replace"))
+                if not isinstance(values, dict):
+                    raise TypeError
+            except (ValueError, TypeError):
+                problems.append(f"{rel}: not a JSON object")
+                continue
+            properties.setdefault(rel[: -len(SIDECAR)], {}).update(values)
+        else:
+            kept.append((rel, path))
+    kept_names = {rel for rel, _ in kept}
+    return kept, {k: v for k, v in properties.items() if k in kept_names}, problems
 
 
 def _copy_hashing(src: Path, dst: Path) -> tuple[int, str]:
@@ -94,7 +140,8 @@ class LocalOutputStore:
 
     def _collect(self, execution_id: int, source: Path) -> Collected:
         files, refused = walk_outputs(source)
-        result = Collected(refused=refused)
+        files, properties, problems = split_properties(files)
+        result = Collected(refused=refused + problems, properties=properties)
         for rel, path in files:
             size, sha = _copy_hashing(path, self._dir(execution_id) / rel)
             result.files.append((rel, size, sha))
@@ -140,7 +187,8 @@ class S3OutputStore:
 
     async def collect(self, execution_id: int, source: Path) -> Collected:
         files, refused = await asyncio.to_thread(walk_outputs, source)
-        result = Collected(refused=refused)
+        files, properties, problems = await asyncio.to_thread(split_properties, files)
+        result = Collected(refused=refused + problems, properties=properties)
         try:
             async with self.session.client("s3", **self.s3_options) as s3:
                 for rel, path in files:

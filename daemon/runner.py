@@ -263,7 +263,7 @@ class Runner:
         for refused in collected.refused:
             await self._note(f"output refused: {refused}")
         if collected.files or source.is_dir():
-            await self.s.store.set_outputs(self.id, collected.files)
+            await self.s.store.set_outputs(self.id, collected.files, collected.properties)
 
     async def _finish(self, exit_code: int, oom_killed: bool) -> None:
         current = await self.s.store.get(self.id)

@@ -72,6 +72,10 @@ MIGRATIONS: Final[list[str]] = [
     CREATE TABLE host_admin (name TEXT PRIMARY KEY, admin TEXT NOT NULL);
     ALTER TABLE events ADD COLUMN host TEXT;
     """,
+    # 3: properties kept with each output (valohai.metadata.jsonl, <file>.metadata.json)
+    """
+    ALTER TABLE outputs ADD COLUMN properties TEXT NOT NULL DEFAULT '{}';
+    """,
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

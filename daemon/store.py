@@ -403,18 +403,22 @@ class Store:
 
     # -- outputs ------------------------------------------------------------
 
-    async def set_outputs(self, execution_id: int, files: list[tuple[str, int, str]]) -> None:
+    async def set_outputs(self, execution_id: int, files: list[tuple[str, int, str]],
+                          properties: dict[str, dict[str, Any]] | None = None) -> None:
+        properties = properties or {}
+        rows = [(execution_id, path, size, sha, json.dumps(properties.get(path, {}))) for path, size, sha in files]
         async with self._tx():
             await self.db.execute("DELETE FROM outputs WHERE execution_id = ?", (execution_id,))
             await self.db.executemany(
-                "INSERT INTO outputs VALUES (?,?,?,?)", [(execution_id, *f) for f in files]
+                "INSERT INTO outputs (execution_id, path, size, sha256, properties) VALUES (?,?,?,?,?)", rows
             )
 
-    async def outputs(self, execution_id: int) -> list[tuple[str, int, str]]:
+    async def outputs(self, execution_id: int) -> list[tuple[str, int, str, dict[str, Any]]]:
         async with self.db.execute(
-            "SELECT path, size, sha256 FROM outputs WHERE execution_id = ? ORDER BY path", (execution_id,)
+            "SELECT path, size, sha256, properties FROM outputs WHERE execution_id = ? ORDER BY path",
+            (execution_id,),
         ) as cur:
-            return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
+            return [(r[0], r[1], r[2], json.loads(r[3])) for r in await cur.fetchall()]
 
 
 def _split_sql(script: str) -> list[str]:

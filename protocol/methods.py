@@ -46,6 +46,7 @@ class OutputView(msgspec.Struct):
     path: str
     size: int
     sha256: str
+    properties: dict[str, object] = {}  # from valohai.metadata.jsonl or <file>.metadata.json
 
 
 class MetadataPoint(msgspec.Struct):

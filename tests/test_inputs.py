@@ -333,3 +333,25 @@ def test_outputs_to_s3_after_complete_and_error_then_as_an_input(daemon_factory:
 
     assert run_cli(daemon, "delete", "2", "--purge-outputs").returncode == 0
     assert s3.list_objects_v2(Bucket="lab-outputs", Prefix="team/2/").get("KeyCount") == 0
+
+
+PROPERTIES = """\
+import json, os
+out = os.environ["VH_OUTPUTS_DIR"]
+open(os.path.join(out, "a.txt"), "w").write("a")
+open(os.path.join(out, "b.txt"), "w").write("b")
+with open(os.path.join(out, "valohai.metadata.jsonl"), "w") as fh:
+    fh.write(json.dumps({"file": "a.txt", "metadata": {"valohai.tags": ["best"], "accuracy": 0.9}}) + "\\n")
+    fh.write("not json\\n")
+json.dump({"epoch": 3}, open(os.path.join(out, "b.txt.metadata.json"), "w"))
+"""
+
+
+def test_output_properties_from_valohai_metadata_files(daemon: Daemon, tmp_path: Path) -> None:
+    steps = step_yaml("props", "python3 props.py")
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": steps, "props.py": PROPERTIES})
+    result = run_cli(daemon, "run", "props", "--watch", cwd=repo)
+    assert result.returncode == 0, result.stderr
+    outputs = {o["path"]: o["properties"] for o in json.loads(run_cli(daemon, "outputs", "1", "--json").stdout)}
+    assert outputs == {"a.txt": {"valohai.tags": ["best"], "accuracy": 0.9}, "b.txt": {"epoch": 3}}
+    assert "valohai.metadata.jsonl line 2" in run_cli(daemon, "logs", "1").stdout

@@ -344,7 +344,7 @@ class Core:
                 parameters=prepared.parameters, inputs=prepared.inputs, image=chosen_image,
                 command=prepared.command, environment=prepared.environment, snapshot=snapshot,
                 commit_ref=commit, config_path=config_path, restarted_from=restarted_from,
-                resources=resources, priority=priority,
+                resources=resources, priority=priority, input_options=prepared.input_options,
             )
         )
         self.publish(event)
@@ -361,7 +361,7 @@ class Core:
                 parameters=old.parameters, inputs=old.inputs, image=old.image, command=old.command,
                 environment=old.environment, snapshot=old.snapshot, commit_ref=old.commit_ref,
                 config_path=old.config_path, restarted_from=old.id, resources=old.resources,
-                priority=old.priority,
+                priority=old.priority, input_options=old.input_options,
             )
         )
         self.publish(event)

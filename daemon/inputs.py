@@ -309,21 +309,52 @@ def _glob_regex(pattern: str) -> str:
     return "".join(out)
 
 
+def layout(files: list[InputFile], url: str, options: dict[str, str]) -> list[InputFile]:
+    """Name each file inside its input folder as valohai.yaml asks (keep-directories, filename)."""
+    keep = options.get("keep_directories", "none")
+    out = []
+    for f in files:
+        name = f.name
+        if keep in ("full", "suffix") and f.uri.startswith("s3://"):
+            key = f.uri.split("/", 3)[3]
+            if keep == "full":
+                name = key
+            else:  # relative to the folder where the pattern's wildcard begins
+                pattern = url.split("/", 3)[3] if url.count("/") >= 3 else ""
+                cut = next((i for i, c in enumerate(pattern) if c in "*?["), len(pattern))
+                base = pattern[: pattern.rfind("/", 0, cut) + 1]
+                name = key[len(base):] if key.startswith(base) else f.name
+        out.append(dataclasses.replace(f, name=name))
+    if options.get("filename") and len(out) == 1:
+        out = [dataclasses.replace(out[0], name=options["filename"])]
+    return out
+
+
+def _inside(name: str, fallback: str) -> str:
+    """A name from a URL or an S3 key must stay inside the input's folder."""
+    rel = PurePosixPath(name)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts or "\0" in name:
+        return fallback
+    return rel.as_posix()
+
+
 def place(files: dict[str, list[InputFile]], work: Path, root: str) -> dict[str, dict[str, list[dict[str, object]]]]:
     """Copy fetched files into ``work``/inputs/<name>/ and describe them as inputs.json does."""
     described: dict[str, dict[str, list[dict[str, object]]]] = {}
-    for name, items in files.items():
-        folder = work / "inputs" / name
+    for input_name, items in files.items():
+        folder = work / "inputs" / input_name
         folder.mkdir(parents=True, exist_ok=True)
         entries: list[dict[str, object]] = []
         for item in items:
-            target = folder / item.name
+            name = _inside(item.name, file_name(item.uri))
+            target = folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.link(item.source, target)  # same filesystem: no copy
             except OSError:
                 shutil.copyfile(item.source, target)
-            entries.append({"name": item.name, "path": f"{root}/inputs/{name}/{item.name}", "uri": item.uri,
+            entries.append({"name": name, "path": f"{root}/inputs/{input_name}/{name}", "uri": item.uri,
                             "size": item.size, "checksums": {"sha256": item.sha256}})
-        described[name] = {"files": entries}
+        described[input_name] = {"files": entries}
     return described
 

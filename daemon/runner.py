@@ -134,7 +134,8 @@ class Runner:
             fetched[name] = []
             for url in urls:
                 try:
-                    fetched[name].extend(await self.s.inputs.fetch(url, self.row.owner_uid))
+                    files = await self.s.inputs.fetch(url, self.row.owner_uid)
+                    fetched[name].extend(inputs.layout(files, url, self.row.input_options.get(name, {})))
                 except inputs.InputError as exc:
                     raise InputFailed(name, exc) from None
         return fetched

@@ -76,6 +76,10 @@ MIGRATIONS: Final[list[str]] = [
     """
     ALTER TABLE outputs ADD COLUMN properties TEXT NOT NULL DEFAULT '{}';
     """,
+    # 4: how each input is laid out (valohai.yaml filename, keep-directories)
+    """
+    ALTER TABLE executions ADD COLUMN input_options TEXT NOT NULL DEFAULT '{}';
+    """,
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -6,7 +6,7 @@ checking parameter values from the command line, and building the command.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import yaml
@@ -36,6 +36,7 @@ class PreparedStep:
     inputs: dict[str, list[str]]
     environment: dict[str, str]
     resources: dict[str, Any]
+    input_options: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 GPU_DEVICE: Final = "nvidia.com/gpu"
@@ -139,12 +140,19 @@ def prepare_step(config: Config, step_name: str, raw_parameters: dict[str, str],
         known = ", ".join(sorted(step.inputs)) or "none"
         raise StepError(f"step {step_name!r} has no input {unknown_inputs[0]!r} (inputs: {known})")
     resolved_inputs: dict[str, list[str]] = {}
+    input_options: dict[str, dict[str, str]] = {}
     for name, spec in step.inputs.items():
         urls = inputs.get(name)
         if urls is None:
             default = spec.default
             urls = [] if default is None else ([default] if isinstance(default, str) else list(default))
+        if not urls and not spec.optional:
+            raise StepError(f"input {name!r} of step {step_name!r} has no default: give it with --input {name}=URL")
         resolved_inputs[name] = urls
+        options = {"keep_directories": str(getattr(spec.keep_directories, "value", spec.keep_directories) or "none")}
+        if spec.filename:
+            options["filename"] = str(spec.filename)
+        input_options[name] = options
     # valohai-yaml shell-quotes each interpolated value, so values reach the shell literally.
     commands = step.build_command(values)
     environment = {
@@ -158,6 +166,7 @@ def prepare_step(config: Config, step_name: str, raw_parameters: dict[str, str],
         inputs=resolved_inputs,
         environment=environment,
         resources=resources_of(step),
+        input_options=input_options,
     )
 
 

@@ -75,6 +75,7 @@ class ExecutionRow:
     metadata_count: int
     resources: dict[str, Any]  # pool, gpus, cpus, memory_mb, cpu_max, memory_max_mb
     gpu_ids: list[str]
+    input_options: dict[str, dict[str, str]]  # input name -> filename, keep_directories
 
     @property
     def terminal(self) -> bool:
@@ -84,7 +85,8 @@ class ExecutionRow:
 _COLUMNS: Final = (
     "id, step, title, status, reason, owner, owner_uid, parameters, inputs, image, command, "
     "environment, snapshot, commit_ref, config_path, host, container_id, exit_code, priority, "
-    "restarted_from, created_at, started_at, ended_at, metadata_offset, metadata_count, resources, gpu_ids"
+    "restarted_from, created_at, started_at, ended_at, metadata_offset, metadata_count, resources, gpu_ids, "
+    "input_options"
 )
 
 
@@ -96,6 +98,7 @@ def _row(r: Sequence[Any]) -> ExecutionRow:
         host=r[15], container_id=r[16], exit_code=r[17], priority=r[18], restarted_from=r[19],
         created_at=r[20], started_at=r[21], ended_at=r[22], metadata_offset=r[23],
         metadata_count=r[24], resources=json.loads(r[25]), gpu_ids=json.loads(r[26]),
+        input_options=json.loads(r[27]),
     )
 
 
@@ -116,6 +119,7 @@ class NewExecution:
     restarted_from: int | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     priority: int = 0
+    input_options: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class Store:
@@ -185,12 +189,13 @@ class Store:
             cur = await self.db.execute(
                 "INSERT INTO executions (step, title, status, owner, owner_uid, parameters, inputs, "
                 "image, command, environment, snapshot, commit_ref, config_path, restarted_from, "
-                "created_at, resources, priority) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "created_at, resources, priority, input_options) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     new.step, new.title, status, new.owner, new.owner_uid,
                     json.dumps(new.parameters), json.dumps(new.inputs), new.image, new.command,
                     json.dumps(new.environment), new.snapshot, new.commit_ref, new.config_path,
                     new.restarted_from, now, json.dumps(new.resources), new.priority,
+                    json.dumps(new.input_options),
                 ),
             )
             execution_id = int(cur.lastrowid or 0)

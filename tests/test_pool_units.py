@@ -157,3 +157,27 @@ def test_input_cache_evicts_least_recently_used_first(tmp_path: Path) -> None:
     removed = fetcher.evict(keep=entries[0])  # the oldest is the one just fetched: kept
     assert removed == [entries[2], entries[1]]
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["e0", "e3"]
+
+
+def test_input_layout_keep_directories_filename_and_escapes(tmp_path: Path) -> None:
+    from runyard.daemon.inputs import InputFile, layout, place
+
+    src = tmp_path / "blob"
+    src.write_text("x")
+
+    def f(key: str) -> InputFile:
+        return InputFile(key.rsplit("/", 1)[-1], src, f"s3://b/{key}", 1, "0" * 64)
+
+    files = [f("data/2024/a.csv"), f("data/2024/sub/b.csv")]
+    url = "s3://b/data/2024/**.csv"
+    assert [x.name for x in layout(files, url, {})] == ["a.csv", "b.csv"]
+    assert [x.name for x in layout(files, url, {"keep_directories": "full"})] == ["data/2024/a.csv",
+                                                                                "data/2024/sub/b.csv"]
+    assert [x.name for x in layout(files, url, {"keep_directories": "suffix"})] == ["a.csv", "sub/b.csv"]
+    assert [x.name for x in layout(files[:1], url, {"filename": "train.csv"})] == ["train.csv"]
+    escaping = InputFile("../../etc/passwd", src, "s3://b/x/../../etc/passwd", 1, "0" * 64)
+    described = place({"d": [*layout(files, url, {"keep_directories": "suffix"}), escaping]},
+                      tmp_path / "work", "/valohai")
+    assert [e["path"] for e in described["d"]["files"]] == [
+        "/valohai/inputs/d/a.csv", "/valohai/inputs/d/sub/b.csv", "/valohai/inputs/d/passwd"]
+    assert (tmp_path / "work" / "inputs" / "d" / "sub" / "b.csv").exists()

@@ -30,6 +30,8 @@ from .transport import LinkError, LocalTransport, SshTransport, Transport, q
 log = logging.getLogger("runyard.hosts")
 
 LOCAL = "local"
+_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+            "aes128-ctr", "aes192-ctr", "aes256-ctr")
 Link = Literal["connecting", "ready", "unreachable"]
 Admin = Literal["enabled", "draining", "disabled"]
 
@@ -320,6 +322,9 @@ class Host:
             "connect_timeout": self.ssh.connect_timeout_seconds,
             "keepalive_interval": self.ssh.keepalive_seconds,
             "keepalive_count_max": self.ssh.keepalive_count_max,
+            # AES-GCM first: with AES-NI it runs in OpenSSL at memory speed, where asyncssh's
+            # chacha20-poly1305 costs Python work per packet (SFTP of 1 GiB: 0.71x scp -> 0.97x).
+            "encryption_algs": list(_CIPHERS),
         }
         if h.port:
             options["port"] = h.port

@@ -19,6 +19,11 @@ from typing import Protocol
 
 import asyncssh
 
+# SFTP transfer shape, measured with a 1 GiB file against OpenSSH on loopback:
+# 64 KiB blocks with 128 in flight beat both the defaults and 255 KiB blocks.
+_BLOCK = 64 * 1024
+_REQUESTS = 128
+
 
 class LinkError(Exception):
     """The host cannot be reached right now (connection down or dropped mid-command)."""
@@ -144,7 +149,8 @@ class SshTransport:
             entries = [str(entry) for entry in sorted(local.iterdir())] if local.is_dir() else []
             if entries:
                 # Links are copied as links (follow_symlinks=False), never followed out of the tree.
-                await sftp.put(entries, remote, recurse=True, preserve=True, follow_symlinks=False)
+                await sftp.put(entries, remote, recurse=True, preserve=True, follow_symlinks=False,
+                               block_size=_BLOCK, max_requests=_REQUESTS)
         except asyncssh.SFTPError as exc:
             raise LinkError(f"{self.host}: cannot copy files to {remote}: {exc.reason}") from None
         except (asyncssh.Error, OSError) as exc:
@@ -158,7 +164,8 @@ class SshTransport:
             local.mkdir(parents=True, exist_ok=True)
             names = [f"{remote}/{name}" for name in await sftp.listdir(remote) if name not in (".", "..")]
             if names:
-                await sftp.get(names, str(local), recurse=True, preserve=True, follow_symlinks=False)
+                await sftp.get(names, str(local), recurse=True, preserve=True, follow_symlinks=False,
+                               block_size=_BLOCK, max_requests=_REQUESTS)
         except asyncssh.SFTPError as exc:
             raise LinkError(f"{self.host}: cannot copy files from {remote}: {exc.reason}") from None
         except (asyncssh.Error, OSError) as exc:

@@ -32,6 +32,9 @@ class DaemonSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class DefaultsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     image: str = "runyard-base:bookworm-py3"
     stop_grace_seconds: int = 10
+    # How often a running execution's outputs are looked at for files made read-only
+    # (Valohai's live outputs), which are stored at once; 0 turns it off.
+    live_outputs_seconds: float = 10.0
 
 
 Auto = Literal["auto"]

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -112,6 +113,18 @@ def walk_outputs(source: Path) -> tuple[list[tuple[str, Path]], list[str]]:
     return sorted(files), refused
 
 
+def _chosen(files: list[tuple[str, Path]], only: Collection[str] | None,
+            skip: Mapping[str, int] | None) -> list[tuple[str, Path]]:
+    chosen = []
+    for rel, path in files:
+        if only is not None and rel not in only:
+            continue
+        if skip and rel in skip and path.stat().st_size == skip[rel]:
+            continue
+        chosen.append((rel, path))
+    return chosen
+
+
 def safe_name(name: str) -> PurePosixPath:
     rel = PurePosixPath(name)
     if rel.is_absolute() or ".." in rel.parts or not rel.parts:
@@ -120,7 +133,8 @@ def safe_name(name: str) -> PurePosixPath:
 
 
 class OutputStore(Protocol):
-    async def collect(self, execution_id: int, source: Path) -> Collected: ...
+    async def collect(self, execution_id: int, source: Path, *, only: Collection[str] | None = None,
+                      skip: Mapping[str, int] | None = None) -> Collected: ...
     async def read(self, execution_id: int, name: str, offset: int, size: int) -> bytes: ...
     async def purge(self, execution_id: int) -> None: ...
     def location(self, execution_id: int, name: str) -> str: ...
@@ -134,13 +148,20 @@ class LocalOutputStore:
     def _dir(self, execution_id: int) -> Path:
         return self.root / str(int(execution_id))
 
-    async def collect(self, execution_id: int, source: Path) -> Collected:
-        """Copy every regular file under ``source`` into the store; idempotent."""
-        return await asyncio.to_thread(self._collect, execution_id, source)
+    async def collect(self, execution_id: int, source: Path, *, only: Collection[str] | None = None,
+                      skip: Mapping[str, int] | None = None) -> Collected:
+        """Copy the regular files under ``source`` into the store; idempotent.
 
-    def _collect(self, execution_id: int, source: Path) -> Collected:
+        ``only`` limits it to those paths; ``skip`` leaves out paths already stored
+        with that size (live outputs, uploaded while the execution ran).
+        """
+        return await asyncio.to_thread(self._collect, execution_id, source, only, skip)
+
+    def _collect(self, execution_id: int, source: Path, only: Collection[str] | None,
+                 skip: Mapping[str, int] | None) -> Collected:
         files, refused = walk_outputs(source)
         files, properties, problems = split_properties(files)
+        files = _chosen(files, only, skip)
         result = Collected(refused=refused + problems, properties=properties)
         for rel, path in files:
             size, sha = _copy_hashing(path, self._dir(execution_id) / rel)
@@ -185,9 +206,11 @@ class S3OutputStore:
     def location(self, execution_id: int, name: str) -> str:
         return f"s3://{self.bucket}/{self._key(execution_id, name)}"
 
-    async def collect(self, execution_id: int, source: Path) -> Collected:
+    async def collect(self, execution_id: int, source: Path, *, only: Collection[str] | None = None,
+                      skip: Mapping[str, int] | None = None) -> Collected:
         files, refused = await asyncio.to_thread(walk_outputs, source)
         files, properties, problems = await asyncio.to_thread(split_properties, files)
+        files = await asyncio.to_thread(_chosen, files, only, skip)
         result = Collected(refused=refused + problems, properties=properties)
         try:
             async with self.session.client("s3", **self.s3_options) as s3:

@@ -52,6 +52,7 @@ class RunnerServices:
     release_log: Callable[[int], Awaitable[None]]
     host_of: Callable[[str], Host | None]
     inputs: inputs.InputFetcher
+    live_outputs_every: float = 0.0
 
 
 class Runner:
@@ -66,6 +67,7 @@ class Runner:
         self.log = services.open_log(row.id)
         self.host: Host | None = None
         self._keep_workspace = False
+        self._live: dict[str, tuple[int, str]] = {}  # live outputs stored so far: path -> (size, sha256)
 
     async def _transition(self, status: str, reason: str | None = None, **fields: Any) -> bool:
         result = await self.s.store.transition(self.id, status, reason=reason, **fields)
@@ -205,9 +207,16 @@ class Runner:
         if self.row.status == "stopping":
             # The stop was asked while the daemon was down or the host unreachable: ask again.
             await runtime.stop(self.container_id, self.s.stop_grace)
-        await self._catch_up_metadata()
-        await self._ingest_logs(runtime, follow=True)
-        await runtime.wait(self.container_id)
+        live = asyncio.create_task(self._live_outputs(host)) if self.s.live_outputs_every > 0 else None
+        try:
+            await self._catch_up_metadata()
+            await self._ingest_logs(runtime, follow=True)
+            await runtime.wait(self.container_id)
+        finally:
+            if live is not None:
+                live.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await live
         # One more read from the exact resume point after exit: costs one request, and makes
         # the stored log complete even if the follow stream ended early (engine restart, blip).
         await self._ingest_logs(runtime, follow=False)
@@ -248,13 +257,38 @@ class Runner:
         if points:
             await self.s.store.add_metadata(self.id, points, end)
 
+    async def _live_outputs(self, host: Host) -> None:
+        """Store files the command made read-only while it runs (Valohai's live outputs)."""
+        local = self._staging() / "outputs"
+        remote = f"{host.work_dir(self.id)}/outputs" if host.remote else str(local)
+        while True:
+            await asyncio.sleep(self.s.live_outputs_every)
+            transport = host.transport
+            if transport is None:
+                continue
+            try:
+                ready = await transport.read_only_files(remote)
+                new = [rel for rel, size in ready.items() if self._live.get(rel, (-1, ""))[0] != size]
+                if not new:
+                    continue
+                if host.remote:
+                    await transport.get_files(remote, new, local)
+                collected = await self.s.outputs.collect(self.id, local, only=set(new))
+                await self.s.store.add_outputs(self.id, collected.files)
+                for rel, size, sha in collected.files:
+                    self._live[rel] = (size, sha)
+                    await self._note(f"live output stored: {rel}")
+            except (LinkError, OutputError, OSError) as exc:
+                log.warning("execution %s: live outputs: %s", self.id, exc)
+
     async def _collect_outputs(self) -> None:
         source = self._staging() / "outputs"
         host = self.host
         if host is not None and host.remote and host.transport is not None:
             await host.transport.get_tree(f"{host.work_dir(self.id)}/outputs", source)
         try:
-            collected = await self.s.outputs.collect(self.id, source)
+            collected = await self.s.outputs.collect(
+                self.id, source, skip={rel: size for rel, (size, _) in self._live.items()})
         except OutputError as exc:
             # The run's result stands; its files stay where they are for someone to rescue.
             self._keep_workspace = True
@@ -263,8 +297,10 @@ class Runner:
             return
         for refused in collected.refused:
             await self._note(f"output refused: {refused}")
-        if collected.files or source.is_dir():
-            await self.s.store.set_outputs(self.id, collected.files, collected.properties)
+        files = {rel: (rel, size, sha) for rel, (size, sha) in self._live.items()}
+        files.update({f[0]: f for f in collected.files})
+        if files or source.is_dir():
+            await self.s.store.set_outputs(self.id, sorted(files.values()), collected.properties)
 
     async def _finish(self, exit_code: int, oom_killed: bool) -> None:
         current = await self.s.store.get(self.id)

@@ -418,6 +418,14 @@ class Store:
                 "INSERT INTO outputs (execution_id, path, size, sha256, properties) VALUES (?,?,?,?,?)", rows
             )
 
+    async def add_outputs(self, execution_id: int, files: list[tuple[str, int, str]]) -> None:
+        """Record outputs stored while the execution runs (live outputs), next to any already there."""
+        rows = [(execution_id, path, size, sha) for path, size, sha in files]
+        async with self._tx():
+            await self.db.executemany(
+                "INSERT OR REPLACE INTO outputs (execution_id, path, size, sha256) VALUES (?,?,?,?)", rows
+            )
+
     async def outputs(self, execution_id: int) -> list[tuple[str, int, str, dict[str, Any]]]:
         async with self.db.execute(
             "SELECT path, size, sha256, properties FROM outputs WHERE execution_id = ? ORDER BY path",

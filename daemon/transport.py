@@ -12,6 +12,7 @@ import asyncio
 import os
 import shlex
 import shutil
+import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,8 @@ class Transport(Protocol):
     async def put_tree(self, local: Path, remote: str) -> None: ...
     async def get_tree(self, remote: str, local: Path) -> None: ...
     async def remove_tree(self, remote: str) -> None: ...
+    async def read_only_files(self, remote: str) -> dict[str, int]: ...
+    async def get_files(self, remote: str, names: list[str], local: Path) -> None: ...
 
 
 class LocalTransport:
@@ -86,6 +89,16 @@ class LocalTransport:
 
     async def remove_tree(self, remote: str) -> None:
         await asyncio.to_thread(shutil.rmtree, remote, True)
+
+    async def read_only_files(self, remote: str) -> dict[str, int]:
+        return await asyncio.to_thread(_read_only_files, Path(remote))
+
+    async def get_files(self, remote: str, names: list[str], local: Path) -> None:
+        if os.path.abspath(remote) == str(local.resolve()):
+            return
+        for name in names:
+            (local / name).parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(shutil.copyfile, os.path.join(remote, name), local / name)
 
 
 class SshTransport:
@@ -171,6 +184,43 @@ class SshTransport:
         except (asyncssh.Error, OSError) as exc:
             raise self._lost(exc) from None
 
+    async def read_only_files(self, remote: str) -> dict[str, int]:
+        """Regular files under ``remote`` that nobody may write any more, with their sizes."""
+        sftp = await self._sftp()
+        found: dict[str, int] = {}
+        try:
+            if not await sftp.isdir(remote):
+                return found
+            stack = [""]
+            while stack:
+                rel = stack.pop()
+                for entry in await sftp.readdir(f"{remote}/{rel}" if rel else remote):
+                    filename = entry.filename if isinstance(entry.filename, str) else entry.filename.decode()
+                    if filename in (".", ".."):
+                        continue
+                    name = f"{rel}/{filename}" if rel else filename
+                    mode = entry.attrs.permissions or 0
+                    if stat.S_ISDIR(mode):
+                        stack.append(name)
+                    elif stat.S_ISREG(mode) and not mode & 0o222:
+                        found[name] = int(entry.attrs.size or 0)
+        except asyncssh.SFTPError:
+            return found
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(exc) from None
+        return found
+
+    async def get_files(self, remote: str, names: list[str], local: Path) -> None:
+        sftp = await self._sftp()
+        try:
+            for name in names:
+                (local / name).parent.mkdir(parents=True, exist_ok=True)
+                await sftp.get(f"{remote}/{name}", str(local / name), block_size=_BLOCK, max_requests=_REQUESTS)
+        except asyncssh.SFTPError as exc:
+            raise LinkError(f"{self.host}: cannot copy files from {remote}: {exc.reason}") from None
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(exc) from None
+
     async def remove_tree(self, remote: str) -> None:
         sftp = await self._sftp()
         try:
@@ -190,6 +240,17 @@ def _bytes(value: object) -> bytes:
 
 def q(value: str) -> str:
     return shlex.quote(value)
+
+
+def _read_only_files(root: Path) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode) and not st.st_mode & 0o222:
+                found[path.relative_to(root).as_posix()] = st.st_size
+    return found
 
 
 def remove_local(path: Path) -> None:

@@ -101,6 +101,7 @@ class Daemon:
             [defaults]
             image = "{BASE_IMAGE}"
             stop_grace_seconds = {self.stop_grace}
+            live_outputs_seconds = 0.2
             [local]
             max_concurrent = {self.max_concurrent}
             pull = "never"

@@ -355,3 +355,28 @@ def test_output_properties_from_valohai_metadata_files(daemon: Daemon, tmp_path:
     outputs = {o["path"]: o["properties"] for o in json.loads(run_cli(daemon, "outputs", "1", "--json").stdout)}
     assert outputs == {"a.txt": {"valohai.tags": ["best"], "accuracy": 0.9}, "b.txt": {"epoch": 3}}
     assert "valohai.metadata.jsonl line 2" in run_cli(daemon, "logs", "1").stdout
+
+
+async def test_live_outputs_are_stored_while_the_execution_runs(daemon: Daemon, tmp_path: Path) -> None:
+    from runyard.protocol import Client
+
+    from .conftest import submit_repo, wait_for_status
+
+    steps = step_yaml("checkpoint", [
+        'echo "epoch 1 weights" > $VH_OUTPUTS_DIR/ckpt-1.pt',
+        "chmod 0444 $VH_OUTPUTS_DIR/ckpt-1.pt",  # valohai-utils' live output: done, upload it now
+        'while [ ! -e /valohai/outputs/go ]; do sleep 0.05; done',
+        'echo "final" > $VH_OUTPUTS_DIR/final.pt',
+    ])
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": steps})
+    async with await Client.connect(daemon.socket) as client:
+        e = await submit_repo(client, repo, "checkpoint")
+        async for block in client.follow_logs(e.id, 0):  # the daemon says when it stored it
+            if "live output stored: ckpt-1.pt" in block.data:
+                break
+        assert (await client.get(e.id)).status == "started"
+        assert [o.path for o in await client.outputs(e.id)] == ["ckpt-1.pt"]
+        (daemon.data_dir / "work" / str(e.id) / "outputs" / "go").touch()
+        assert (await wait_for_status(client, e.id)).status == "complete"
+        assert sorted(o.path for o in await client.outputs(e.id)) == ["ckpt-1.pt", "final.pt", "go"]
+        assert run_cli(daemon, "logs", str(e.id)).stdout.count("live output stored") == 1

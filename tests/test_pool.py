@@ -44,6 +44,7 @@ STEPS = (
     + step_yaml("count", ["python3 count.py 0 200", RELEASE, "python3 count.py 200 400"],
                 extra="environment: a100")
     + step_yaml("proc", ["python3 proc.py", 'echo "to stderr" >&2'])
+    + step_yaml("live", ['echo weights > "$VH_OUTPUTS_DIR/ckpt.pt"', 'chmod 0444 "$VH_OUTPUTS_DIR/ckpt.pt"', RELEASE])
 )
 
 COUNT = """\
@@ -208,6 +209,13 @@ async def test_inventory_placement_by_pool_gpus_cpu_memory_and_refusals(pool: Po
             assert (await wait_for_status(client, e.id)).status == "complete"
         # Outputs come back from the host over SFTP
         assert [(o.path, o.size) for o in await client.outputs(two.id)] == [("go", 0)]
+        # A live output on a pool host is found by an SFTP listing and stored while it runs
+        live = await wait_for_status(client, (await submit_repo(client, pool.repo, "live", pool="a100")).id,
+                                     {"started"})
+        assert await first_line(client, live.id, "live output stored") == "live output stored: ckpt.pt"
+        assert [o.path for o in await client.outputs(live.id)] == ["ckpt.pt"]
+        pool.release(live)
+        assert (await wait_for_status(client, live.id)).status == "complete"
 
         # Refused at submit, saying why
         cases = [

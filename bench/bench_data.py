@@ -1,9 +1,10 @@
 """Data benchmarks (issue 4), each a ratio against a baseline measured in the same run.
 
 1. A 1 GiB input through the cache and SFTP to a pool host (a real sshd on
-   loopback): the cached entry is revalidated over HTTP (304), placed into the
-   workspace and copied with the daemon's own SshTransport, against `scp` of
-   the same file to the same sshd (target: at least 0.7x the throughput).
+   loopback): the cached entry is revalidated over HTTP (304), put into the
+   host's own input cache with the daemon's SshTransport and hard-linked into
+   the workspace there, against `scp` of the same file to the same sshd
+   (target: at least 0.7x the throughput).
 2. Outputs to S3 (moto in server mode on loopback): the daemon's S3OutputStore
    collecting a folder of outputs, against a bare aioboto3 upload_file of the
    same files to the same server (target: at least 0.7x).
@@ -71,8 +72,10 @@ async def bench_input(tmp: Path, size: int) -> dict[str, float]:
         t0 = time.perf_counter()
         files = await fetcher.fetch(url, 0)
         staging = tmp / "staging"
-        place({"data": files}, staging, "/valohai")
+        _, wanted = place({"data": files}, staging, "/valohai", copy=False)  # what the runner does for a pool host
         await transport.put_tree(staging, f"{tmp}/remote")
+        await transport.put_cached([(f.source, f.sha256, f.size, rel) for f, rel in wanted], f"{tmp}/host-cache",
+                                   f"{tmp}/remote")
         ours = time.perf_counter() - t0
         assert fetcher.fetches == 1 and (tmp / "remote" / "inputs" / "data" / "big.bin").stat().st_size == size
         conn.close()

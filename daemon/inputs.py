@@ -338,23 +338,31 @@ def _inside(name: str, fallback: str) -> str:
     return rel.as_posix()
 
 
-def place(files: dict[str, list[InputFile]], work: Path, root: str) -> dict[str, dict[str, list[dict[str, object]]]]:
-    """Copy fetched files into ``work``/inputs/<name>/ and describe them as inputs.json does."""
+def place(files: dict[str, list[InputFile]], work: Path, root: str, *, copy: bool = True
+          ) -> tuple[dict[str, dict[str, list[dict[str, object]]]], list[tuple[InputFile, str]]]:
+    """Lay fetched files out under ``work``/inputs/<name>/ and describe them as inputs.json does.
+
+    With ``copy`` false the folders are made but the files are left to the caller
+    (a pool host gets them from its own cache); the (file, workspace path) pairs say where.
+    """
     described: dict[str, dict[str, list[dict[str, object]]]] = {}
+    wanted: list[tuple[InputFile, str]] = []
     for input_name, items in files.items():
         folder = work / "inputs" / input_name
         folder.mkdir(parents=True, exist_ok=True)
         entries: list[dict[str, object]] = []
         for item in items:
             name = _inside(item.name, file_name(item.uri))
-            target = folder / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(item.source, target)  # same filesystem: no copy
-            except OSError:
-                shutil.copyfile(item.source, target)
-            entries.append({"name": name, "path": f"{root}/inputs/{input_name}/{name}", "uri": item.uri,
+            rel = f"inputs/{input_name}/{name}"
+            if copy:
+                target = work / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(item.source, target)  # same filesystem: no copy
+                except OSError:
+                    shutil.copyfile(item.source, target)
+            wanted.append((item, rel))
+            entries.append({"name": name, "path": f"{root}/{rel}", "uri": item.uri,
                             "size": item.size, "checksums": {"sha256": item.sha256}})
         described[input_name] = {"files": entries}
-    return described
-
+    return described, wanted

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -164,7 +165,8 @@ class Runner:
                 staging = self._staging()
                 root = workspace.CONTAINER_ROOT if runtime.in_container else remote
                 fetched = await self._fetch_inputs()
-                described = await asyncio.to_thread(inputs.place, fetched, staging, root)
+                described, wanted = await asyncio.to_thread(
+                    functools.partial(inputs.place, fetched, staging, root, copy=not host.remote))
                 await asyncio.to_thread(workspace.prepare, staging, self.row, self.s.snapshots, described)
                 spec = ContainerSpec(
                     execution_id=self.id,
@@ -179,8 +181,15 @@ class Runner:
                     memory_limit_mb=self.row.resources.get("memory_max_mb"),
                 )
                 if host.remote:
+                    async def copy() -> None:
+                        await transport.put_tree(staging, remote)
+                        # Inputs go through the host's own cache: each file crosses the link once.
+                        await transport.put_cached(
+                            [(f.source, f.sha256, f.size, rel) for f, rel in wanted], f"{host.work_root}/.inputs",
+                            remote)
+
                     # The copy and the create overlap: the files only need to be there at start.
-                    _, created = await asyncio.gather(transport.put_tree(staging, remote), runtime.create(spec))
+                    _, created = await asyncio.gather(copy(), runtime.create(spec))
                     remove_local(staging)
                 else:
                     created = await runtime.create(spec)

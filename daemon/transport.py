@@ -49,6 +49,7 @@ class Transport(Protocol):
     async def get_tree(self, remote: str, local: Path) -> None: ...
     async def remove_tree(self, remote: str) -> None: ...
     async def read_only_files(self, remote: str) -> dict[str, int]: ...
+    async def put_cached(self, items: list[tuple[Path, str, int, str]], cache: str, remote: str) -> None: ...
     async def get_files(self, remote: str, names: list[str], local: Path) -> None: ...
 
 
@@ -92,6 +93,12 @@ class LocalTransport:
 
     async def read_only_files(self, remote: str) -> dict[str, int]:
         return await asyncio.to_thread(_read_only_files, Path(remote))
+
+    async def put_cached(self, items: list[tuple[Path, str, int, str]], cache: str, remote: str) -> None:
+        for source, _, _, rel in items:
+            target = Path(remote) / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(shutil.copyfile, source, target)
 
     async def get_files(self, remote: str, names: list[str], local: Path) -> None:
         if os.path.abspath(remote) == str(local.resolve()):
@@ -209,6 +216,33 @@ class SshTransport:
         except (asyncssh.Error, OSError) as exc:
             raise self._lost(exc) from None
         return found
+
+    async def put_cached(self, items: list[tuple[Path, str, int, str]], cache: str, remote: str) -> None:
+        """Put each file into the host's cache (named by its SHA-256) unless it is there, then
+        hard-link it into the workspace: an input crosses the link once per host."""
+        sftp = await self._sftp()
+        try:
+            await sftp.makedirs(cache, exist_ok=True)
+            for source, sha, size, rel in items:
+                cached = f"{cache}/{sha}"
+                try:
+                    present = (await sftp.stat(cached)).size == size
+                except asyncssh.SFTPNoSuchFile:
+                    present = False
+                if not present:
+                    part = f"{cached}.part-{os.getpid()}"
+                    await sftp.put(str(source), part, block_size=_BLOCK, max_requests=_REQUESTS)
+                    await sftp.posix_rename(part, cached)
+                target = f"{remote}/{rel}"
+                await sftp.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+                try:
+                    await sftp.link(cached, target)
+                except asyncssh.SFTPError:  # no hardlink extension, or another filesystem
+                    await sftp.put(str(source), target, block_size=_BLOCK, max_requests=_REQUESTS)
+        except asyncssh.SFTPError as exc:
+            raise LinkError(f"{self.host}: cannot copy inputs to {remote}: {exc.reason}") from None
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(exc) from None
 
     async def get_files(self, remote: str, names: list[str], local: Path) -> None:
         sftp = await self._sftp()

@@ -44,6 +44,10 @@ STEPS = (
     + step_yaml("count", ["python3 count.py 0 200", RELEASE, "python3 count.py 200 400"],
                 extra="environment: a100")
     + step_yaml("proc", ["python3 proc.py", 'echo "to stderr" >&2'])
+    + step_yaml("read-input", ['cat "$VH_INPUTS_DIR/data/data.csv"'], extra="""\
+              inputs:
+                - name: data
+              """)
     + step_yaml("live", ['echo weights > "$VH_OUTPUTS_DIR/ckpt.pt"', 'chmod 0444 "$VH_OUTPUTS_DIR/ckpt.pt"', RELEASE])
 )
 
@@ -487,3 +491,23 @@ async def test_keys_from_ssh_agent(tmp_path: Path, daemon_factory: type[Daemon],
         agent.kill()
         agent.wait()
         host.kill()
+
+
+
+async def test_an_input_reaches_each_host_once(pool: Pool, tmp_path: Path) -> None:
+    data = tmp_path / "data.csv"
+    data.write_text("x,y\n1,2\n")
+    client = await connect(pool)
+    try:
+        inodes = []
+        for _ in range(2):
+            e = await submit_repo(client, pool.repo, "read-input", pool="cpu", inputs={"data": [str(data)]})
+            done = await wait_for_status(client, e.id)
+            assert done.status == "complete" and done.host == "cpu-c", done
+            assert "x,y" in run_cli(pool.daemon, "logs", str(e.id)).stdout
+            cache = pool.hosts["cpu-c"].root / "work" / pool.daemon.daemon_id / ".inputs"
+            (cached,) = list(cache.iterdir())  # one file, named by its content's SHA-256
+            inodes.append(cached.stat().st_ino)
+        assert inodes[0] == inodes[1]  # the second run linked the copy already on the host
+    finally:
+        await client.close()

@@ -176,8 +176,9 @@ def test_input_layout_keep_directories_filename_and_escapes(tmp_path: Path) -> N
     assert [x.name for x in layout(files, url, {"keep_directories": "suffix"})] == ["a.csv", "sub/b.csv"]
     assert [x.name for x in layout(files[:1], url, {"filename": "train.csv"})] == ["train.csv"]
     escaping = InputFile("../../etc/passwd", src, "s3://b/x/../../etc/passwd", 1, "0" * 64)
-    described = place({"d": [*layout(files, url, {"keep_directories": "suffix"}), escaping]},
-                      tmp_path / "work", "/valohai")
+    described, wanted = place({"d": [*layout(files, url, {"keep_directories": "suffix"}), escaping]},
+                              tmp_path / "work", "/valohai")
+    assert [rel for _, rel in wanted] == ["inputs/d/a.csv", "inputs/d/sub/b.csv", "inputs/d/passwd"]
     assert [e["path"] for e in described["d"]["files"]] == [
         "/valohai/inputs/d/a.csv", "/valohai/inputs/d/sub/b.csv", "/valohai/inputs/d/passwd"]
     assert (tmp_path / "work" / "inputs" / "d" / "sub" / "b.csv").exists()

@@ -351,6 +351,10 @@ async def cmd_info(client: Client, args: argparse.Namespace) -> int:
         ("restarted from", str(e.restarted_from) if e.restarted_from else "-"),
         ("command", e.command), ("log", render.human_size(e.log_size)),
     ]
+    if e.input_progress:
+        done, total = int(str(e.input_progress.get("done", 0))), e.input_progress.get("total")
+        of = f" of {render.human_size(int(str(total)))}" if total is not None else ""
+        fields.append(("fetching", f"{e.input_progress.get('input')}: {render.human_size(done)}{of}"))
     for key, value in fields:
         print(f"{key + ':':<16}{value}")
     if e.parameters:

@@ -34,7 +34,7 @@ from .runtime import EngineError
 from .scheduler import Capacity, Demand, place, refusal
 from .snapshots import SnapshotError, SnapshotStore
 from .steps import StepError, load_config, prepare_step
-from .store import TERMINAL, ExecutionRow, NewExecution, Store
+from .store import TERMINAL, ExecutionRow, NewExecution, Store, utcnow
 from .transport import LinkError
 
 log = logging.getLogger("runyard.daemon")
@@ -71,10 +71,11 @@ class Core:
         self._scheduler_task: asyncio.Task[None] | None = None
         self._reconciling: dict[str, asyncio.Task[None]] = {}
         self._host_said: dict[str, tuple[str, str]] = {}
+        self._progress: dict[int, dict[str, Any]] = {}  # inputs being fetched, per execution
         self.runner_services = RunnerServices(
             store=store, snapshots=self.snapshots, outputs=self.outputs,
             work_root=self.work_root, stop_grace=config.defaults.stop_grace_seconds,
-            live_outputs_every=config.defaults.live_outputs_seconds,
+            live_outputs_every=config.defaults.live_outputs_seconds, input_progress=self._input_progress,
             publish=self.publish, open_log=self.live_log, release_log=self._release_log,
             host_of=self.hosts.get, inputs=InputFetcher(
                 data / "cache" / "inputs", self.outputs, s3_options=config.s3.options,
@@ -124,6 +125,24 @@ class Core:
             task = asyncio.create_task(self._reconcile_host(host, host.generation), name=f"reconcile-{host.name}")
             self._reconciling[host.name] = task
             task.add_done_callback(lambda _: self._reconciling.pop(host.name, None))
+
+    def _input_progress(self, execution_id: int, name: str, done: int, total: int | None) -> None:
+        """Bytes of an execution's inputs fetched so far: shown by `info`, pushed as events.
+
+        Pushed at most four times a second per execution, and always at the end of a file.
+        """
+        if done < 0:
+            self._progress.pop(execution_id, None)
+            return
+        now = time.monotonic()
+        last = self._progress.get(execution_id)
+        self._progress[execution_id] = {"input": name, "done": done, "total": total,
+                                        "pushed": last["pushed"] if last else 0.0}
+        if now - self._progress[execution_id]["pushed"] < 0.25 and done != total:
+            return
+        self._progress[execution_id]["pushed"] = now
+        self.hub.publish(Event(seq=0, execution_id=execution_id, kind="progress", status="queued",
+                               reason=f"input {name}", at=utcnow(), done=done, total=total))
 
     async def _host_event(self, name: str, state: str, error: str) -> None:
         self.hub.publish(await self.store.host_event(name, state, error or None))
@@ -483,6 +502,8 @@ class Core:
             "created_at": row.created_at, "started_at": row.started_at, "ended_at": row.ended_at,
             "restarted_from": row.restarted_from, "priority": row.priority,
             "resources": row.resources, "gpus": row.gpu_ids,
+            "input_progress": {k: v for k, v in self._progress[row.id].items() if k != "pushed"}
+            if row.id in self._progress else None,
             "log_size": path.stat().st_size if path.exists() else 0,
             "metadata": metadata or {},
         }

@@ -18,6 +18,7 @@ import pwd
 import re
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -28,6 +29,8 @@ import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .outputs import OutputError, OutputStore
+
+Progress = Callable[[int, int | None], None]  # bytes done, bytes in all (None: unknown)
 
 
 class InputError(Exception):
@@ -99,20 +102,20 @@ class InputFetcher:
         self._locks: dict[str, asyncio.Lock] = {}
         self.fetches = 0  # transfers actually made (not answered from the cache)
 
-    async def fetch(self, url: str, owner_uid: int) -> list[InputFile]:
+    async def fetch(self, url: str, owner_uid: int, progress: Progress | None = None) -> list[InputFile]:
         """The file (or, for an S3 glob, the files) that ``url`` names, from the cache when unchanged."""
         scheme = urlsplit(url).scheme
         if scheme in ("http", "https"):
-            return [await self._http(url)]
+            return [await self._http(url, progress)]
         if scheme == "s3":
-            return await self._s3(url)
+            return await self._s3(url, progress)
         if scheme == "runyard":
             return await self._output(url)
         if scheme in ("", "file"):
             return [await asyncio.to_thread(self._local, url, owner_uid)]
         raise InputError(url, f"unsupported scheme {scheme!r} (http, https, s3, runyard:// or a path)")
 
-    async def _s3(self, url: str) -> list[InputFile]:
+    async def _s3(self, url: str, progress: Progress | None = None) -> list[InputFile]:
         parts = urlsplit(url)
         bucket, pattern = parts.netloc, unquote(parts.path.lstrip("/"))
         if not bucket or not pattern:
@@ -138,7 +141,16 @@ class InputFetcher:
                                 objects.append((item["Key"], str(item["ETag"]), int(item["Size"])))
                     if not objects:
                         raise InputError(url, "no object matches")
-                return [await self._s3_object(s3, bucket, key, etag, size) for key, etag, size in objects]
+                total = sum(size for _, _, size in objects)
+                done = 0
+                found = []
+                for key, etag, size in objects:
+                    def step(got: int, _: int | None, base: int = done) -> None:
+                        if progress is not None:
+                            progress(base + got, total)
+                    found.append(await self._s3_object(s3, bucket, key, etag, size, step))
+                    done += size
+                return found
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             missing = "no such bucket" if exc.operation_name in ("HeadBucket", "ListObjectsV2") else "no such key"
@@ -148,7 +160,8 @@ class InputFetcher:
         except BotoCoreError as exc:
             raise InputError(url, f"cannot reach S3: {exc}") from None
 
-    async def _s3_object(self, s3: Any, bucket: str, key: str, etag: str, size: int) -> InputFile:
+    async def _s3_object(self, s3: Any, bucket: str, key: str, etag: str, size: int,
+                         progress: Progress | None = None) -> InputFile:
         uri = f"s3://{bucket}/{key}"
         entry = self.cache_root / hashlib.sha256(uri.encode()).hexdigest()
         async with self._locks.setdefault(uri, asyncio.Lock()):
@@ -167,6 +180,8 @@ class InputFetcher:
                     fh.write(block)
                     digest.update(block)
                     got += len(block)
+                    if progress is not None:
+                        progress(got, size)
             if got != size:
                 raise InputError(uri, f"transfer cut short ({got} of {size} bytes)")
             part.chmod(0o444)
@@ -239,7 +254,7 @@ class InputFetcher:
             raise InputError(url, "you may not read this file")
         return InputFile(path.name, path, url, path.stat().st_size, _sha256(path))
 
-    async def _http(self, url: str) -> InputFile:
+    async def _http(self, url: str, progress: Progress | None = None) -> InputFile:
         key = hashlib.sha256(url.encode()).hexdigest()
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:  # two executions asking for one URL share one download
@@ -272,6 +287,8 @@ class InputFetcher:
                             fh.write(block)
                             digest.update(block)
                             size += len(block)
+                            if progress is not None:
+                                progress(size, response.content_length)
                     expected = response.content_length
                     if expected is not None and size != expected:
                         raise InputError(url, f"transfer cut short ({size} of {expected} bytes)")

@@ -54,6 +54,7 @@ class RunnerServices:
     host_of: Callable[[str], Host | None]
     inputs: inputs.InputFetcher
     live_outputs_every: float = 0.0
+    input_progress: Callable[[int, str, int, int | None], None] = lambda *_: None
 
 
 class Runner:
@@ -137,7 +138,9 @@ class Runner:
             fetched[name] = []
             for url in urls:
                 try:
-                    files = await self.s.inputs.fetch(url, self.row.owner_uid)
+                    files = await self.s.inputs.fetch(
+                        url, self.row.owner_uid,
+                        functools.partial(self.s.input_progress, self.id, name))
                     fetched[name].extend(inputs.layout(files, url, self.row.input_options.get(name, {})))
                 except inputs.InputError as exc:
                     raise InputFailed(name, exc) from None
@@ -164,7 +167,10 @@ class Runner:
             else:
                 staging = self._staging()
                 root = workspace.CONTAINER_ROOT if runtime.in_container else remote
-                fetched = await self._fetch_inputs()
+                try:
+                    fetched = await self._fetch_inputs()
+                finally:
+                    self.s.input_progress(self.id, "", -1, None)  # done with inputs: no progress to show
                 described, wanted = await asyncio.to_thread(
                     functools.partial(inputs.place, fetched, staging, root, copy=not host.remote))
                 await asyncio.to_thread(workspace.prepare, staging, self.row, self.s.snapshots, described)

@@ -206,6 +206,9 @@ class Connection:
                     await self.send(msg.Resync(oldest=oldest, latest=latest))
                     last = latest
                 event = await sub.queue.get()
+                if event.seq == 0:  # ephemeral (progress): not in the store, never replayed
+                    await self.send(event)
+                    continue
                 if last is not None and event.seq <= last:
                     continue  # already sent while replaying from the store
                 await self.send(event)

@@ -76,6 +76,9 @@ class Event(msgspec.Struct, tag="event", tag_field="type"):
     reason: str | None
     at: str
     host: str | None = None
+    # kind "progress" (seq 0, never replayed): bytes of the inputs fetched so far, and in all
+    done: int | None = None
+    total: int | None = None
 
 
 class Resync(msgspec.Struct, tag="resync", tag_field="type"):

@@ -40,6 +40,7 @@ class ExecutionView(msgspec.Struct, kw_only=True):
     priority: int = 0
     resources: dict[str, object] = {}
     gpus: list[str] = []
+    input_progress: dict[str, object] | None = None  # while inputs are fetched: input, done, total bytes
 
 
 class OutputView(msgspec.Struct):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -145,6 +146,7 @@ def test_local_paths_are_read_only_as_their_owner_could() -> None:
 VH_IMAGE = os.environ.get("RUNYARD_VH_IMAGE", "runyard-vh:bookworm-py3")
 
 VALOHAI_SCRIPT = """\
+import asyncio
 import json
 import valohai
 
@@ -380,3 +382,33 @@ async def test_live_outputs_are_stored_while_the_execution_runs(daemon: Daemon, 
         assert (await wait_for_status(client, e.id)).status == "complete"
         assert sorted(o.path for o in await client.outputs(e.id)) == ["ckpt-1.pt", "final.pt", "go"]
         assert run_cli(daemon, "logs", str(e.id)).stdout.count("live output stored") == 1
+
+
+async def test_input_download_progress_is_pushed_as_events(daemon: Daemon, http_files: FileServer,
+                                                           tmp_path: Path) -> None:
+    from runyard.protocol import Client
+
+    from .conftest import submit_repo, wait_for_status
+
+    size = 48 << 20
+    with (http_files.root / "big.bin").open("wb") as fh:
+        fh.write(os.urandom(size))
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": STEPS, "consume.py": "print('ok')\n"})
+    async with await Client.connect(daemon.socket) as client:
+        seen: list[tuple[int, int | None]] = []
+
+        async def watch() -> None:
+            async for event in client.events():
+                if getattr(event, "kind", "") == "progress":
+                    seen.append((event.done or 0, event.total))  # type: ignore[union-attr]
+                    if event.done == size:  # type: ignore[union-attr]
+                        return
+
+        watcher = asyncio.ensure_future(watch())
+        await asyncio.sleep(0)  # let the subscription start before submitting
+        e = await submit_repo(client, repo, "consume", inputs={"data": [http_files.url("big.bin")]})
+        await asyncio.wait_for(watcher, 60)
+        assert seen[-1] == (size, size) and all(total == size for _, total in seen)
+        assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+        done = await wait_for_status(client, e.id)
+        assert done.status == "complete" and done.input_progress is None

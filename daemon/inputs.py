@@ -355,12 +355,14 @@ def _inside(name: str, fallback: str) -> str:
     return rel.as_posix()
 
 
-def place(files: dict[str, list[InputFile]], work: Path, root: str, *, copy: bool = True
+def place(files: dict[str, list[InputFile]], work: Path, root: str, *, copy: bool = True, link: bool = True
           ) -> tuple[dict[str, dict[str, list[dict[str, object]]]], list[tuple[InputFile, str]]]:
     """Lay fetched files out under ``work``/inputs/<name>/ and describe them as inputs.json does.
 
     With ``copy`` false the folders are made but the files are left to the caller
     (a pool host gets them from its own cache); the (file, workspace path) pairs say where.
+    ``link`` hard-links from the cache, which is safe where the workspace's inputs are
+    mounted read-only (containers); a plain process gets its own copy.
     """
     described: dict[str, dict[str, list[dict[str, object]]]] = {}
     wanted: list[tuple[InputFile, str]] = []
@@ -375,6 +377,8 @@ def place(files: dict[str, list[InputFile]], work: Path, root: str, *, copy: boo
                 target = work / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 try:
+                    if not link:
+                        raise OSError
                     os.link(item.source, target)  # same filesystem: no copy
                 except OSError:
                     shutil.copyfile(item.source, target)

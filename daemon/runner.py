@@ -172,7 +172,8 @@ class Runner:
                 finally:
                     self.s.input_progress(self.id, "", -1, None)  # done with inputs: no progress to show
                 described, wanted = await asyncio.to_thread(
-                    functools.partial(inputs.place, fetched, staging, root, copy=not host.remote))
+                    functools.partial(inputs.place, fetched, staging, root, copy=not host.remote,
+                                      link=runtime.in_container))
                 await asyncio.to_thread(workspace.prepare, staging, self.row, self.s.snapshots, described)
                 spec = ContainerSpec(
                     execution_id=self.id,
@@ -192,7 +193,7 @@ class Runner:
                         # Inputs go through the host's own cache: each file crosses the link once.
                         await transport.put_cached(
                             [(f.source, f.sha256, f.size, rel) for f, rel in wanted], f"{host.work_root}/.inputs",
-                            remote)
+                            remote, link=runtime.in_container)
 
                     # The copy and the create overlap: the files only need to be there at start.
                     _, created = await asyncio.gather(copy(), runtime.create(spec))

@@ -49,7 +49,8 @@ class Transport(Protocol):
     async def get_tree(self, remote: str, local: Path) -> None: ...
     async def remove_tree(self, remote: str) -> None: ...
     async def read_only_files(self, remote: str) -> dict[str, int]: ...
-    async def put_cached(self, items: list[tuple[Path, str, int, str]], cache: str, remote: str) -> None: ...
+    async def put_cached(self, items: list[tuple[Path, str, int, str]], cache: str, remote: str, *,
+                         link: bool = True) -> None: ...
     async def get_files(self, remote: str, names: list[str], local: Path) -> None: ...
 
 
@@ -94,7 +95,8 @@ class LocalTransport:
     async def read_only_files(self, remote: str) -> dict[str, int]:
         return await asyncio.to_thread(_read_only_files, Path(remote))
 
-    async def put_cached(self, items: list[tuple[Path, str, int, str]], cache: str, remote: str) -> None:
+    async def put_cached(self, items: list[tuple[Path, str, int, str]], cache: str, remote: str, *,
+                         link: bool = True) -> None:
         for source, _, _, rel in items:
             target = Path(remote) / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -217,9 +219,14 @@ class SshTransport:
             raise self._lost(exc) from None
         return found
 
-    async def put_cached(self, items: list[tuple[Path, str, int, str]], cache: str, remote: str) -> None:
+    async def put_cached(self, items: list[tuple[Path, str, int, str]], cache: str, remote: str, *,
+                         link: bool = True) -> None:
         """Put each file into the host's cache (named by its SHA-256) unless it is there, then
-        hard-link it into the workspace: an input crosses the link once per host."""
+        hard-link it into the workspace: an input crosses the link once per host.
+
+        Without ``link`` (a plain process could change a linked file, and so the cache) the
+        workspace gets a copy made on the host (SFTP copy-data), or sent again without it.
+        """
         sftp = await self._sftp()
         try:
             await sftp.makedirs(cache, exist_ok=True)
@@ -236,8 +243,11 @@ class SshTransport:
                 target = f"{remote}/{rel}"
                 await sftp.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
                 try:
-                    await sftp.link(cached, target)
-                except asyncssh.SFTPError:  # no hardlink extension, or another filesystem
+                    if link:
+                        await sftp.link(cached, target)
+                    else:
+                        await sftp.copy(cached, target, remote_only=True)
+                except asyncssh.SFTPError:  # no such extension, or another filesystem
                     await sftp.put(str(source), target, block_size=_BLOCK, max_requests=_REQUESTS)
         except asyncssh.SFTPError as exc:
             raise LinkError(f"{self.host}: cannot copy inputs to {remote}: {exc.reason}") from None

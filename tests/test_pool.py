@@ -48,6 +48,11 @@ STEPS = (
               inputs:
                 - name: data
               """)
+    + step_yaml("scribble-input", ['cat "$VH_INPUTS_DIR/data/data.csv"',
+                                    'echo scribbled >> "$VH_INPUTS_DIR/data/data.csv" || true'], extra="""\
+              inputs:
+                - name: data
+              """)
     + step_yaml("live", ['echo weights > "$VH_OUTPUTS_DIR/ckpt.pt"', 'chmod 0444 "$VH_OUTPUTS_DIR/ckpt.pt"', RELEASE])
 )
 
@@ -408,6 +413,15 @@ async def test_process_runtime_runs_stops_and_survives_a_daemon_restart(process_
         assert await first_line(client, held.id, "visible=") == "visible=void cuda="
         assert run_cli(pool.daemon, "stop", str(held.id)).returncode == 0
         assert (await wait_for_status(client, held.id)).status == "stopped"
+
+        # A plain process may write to its inputs: it gets a copy, never the host's cached file
+        data = pool.repo.parent / "data.csv"
+        data.write_text("pristine\n")
+        for _ in range(2):
+            e = await submit_repo(client, pool.repo, "scribble-input", pool="cpu", inputs={"data": [str(data)]})
+            assert (await wait_for_status(client, e.id)).status == "complete"
+            printed = run_cli(pool.daemon, "logs", str(e.id), "--stream", "stdout").stdout.splitlines()
+            assert printed == ["pristine"]
 
         counted = await submit_repo(client, pool.repo, "count", pool="cpu")
         counted = await wait_for_status(client, counted.id, {"started"})

@@ -6,6 +6,8 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import textwrap
 import threading
@@ -311,6 +313,8 @@ def test_outputs_to_s3_after_complete_and_error_then_as_an_input(daemon_factory:
                                                      "mkdir -p $VH_OUTPUTS_DIR/deep",
                                                      "head -c 9000000 /dev/zero > $VH_OUTPUTS_DIR/deep/big.bin",
                                                      "exit 3"])
+    steps += step_yaml("wait-to-be-stopped", ['echo "half done" > $VH_OUTPUTS_DIR/so-far.txt', "echo written",
+                                              "sleep 600"])
     repo = make_repo(tmp_path / "repo", {"valohai.yaml": steps, "consume.py": CONSUME})
     made = run_cli(daemon, "run", "produce", "--watch", cwd=repo)
     assert made.returncode == 0, made.stderr
@@ -335,6 +339,23 @@ def test_outputs_to_s3_after_complete_and_error_then_as_an_input(daemon_factory:
 
     assert run_cli(daemon, "delete", "2", "--purge-outputs").returncode == 0
     assert s3.list_objects_v2(Bucket="lab-outputs", Prefix="team/2/").get("KeyCount") == 0
+
+    # Stopped: what it wrote so far still reaches the store
+    started = run_cli(daemon, "run", "wait-to-be-stopped", cwd=repo)
+    stopped_id = started.stdout.strip()
+    follow = subprocess.Popen([sys.executable, "-m", "runyard.cli", "logs", stopped_id, "-f"],
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "RUNYARD_SOCKET": daemon.socket})
+    assert follow.stdout is not None
+    for line in follow.stdout:  # the command says when its file is written
+        if "written" in line:
+            break
+    assert run_cli(daemon, "stop", stopped_id).returncode == 0
+    follow.wait(timeout=60)
+    info = json.loads(run_cli(daemon, "info", stopped_id, "--json").stdout)
+    assert info["status"] == "stopped"
+    key = f"team/{stopped_id}/so-far.txt"
+    assert s3.get_object(Bucket="lab-outputs", Key=key)["Body"].read() == b"half done\n"
 
 
 PROPERTIES = """\

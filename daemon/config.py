@@ -108,6 +108,8 @@ class S3Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class CacheSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Fetched inputs under <data_dir>/cache/inputs; least recently used go first beyond this.
     inputs_max_mb: int = 100 * 1024
+    # The same for each pool host's own copy, <work_dir>/<daemon id>/.inputs.
+    host_inputs_max_mb: int = 100 * 1024
 
 
 class MlYamlSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

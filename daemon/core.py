@@ -76,6 +76,7 @@ class Core:
             store=store, snapshots=self.snapshots, outputs=self.outputs,
             work_root=self.work_root, stop_grace=config.defaults.stop_grace_seconds,
             live_outputs_every=config.defaults.live_outputs_seconds, input_progress=self._input_progress,
+            host_cache_bytes=config.cache.host_inputs_max_mb << 20,
             publish=self.publish, open_log=self.live_log, release_log=self._release_log,
             host_of=self.hosts.get, inputs=InputFetcher(
                 data / "cache" / "inputs", self.outputs, s3_options=config.s3.options,

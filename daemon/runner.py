@@ -54,6 +54,7 @@ class RunnerServices:
     host_of: Callable[[str], Host | None]
     inputs: inputs.InputFetcher
     live_outputs_every: float = 0.0
+    host_cache_bytes: int = 100 << 30
     input_progress: Callable[[int, str, int, int | None], None] = lambda *_: None
 
 
@@ -193,7 +194,7 @@ class Runner:
                         # Inputs go through the host's own cache: each file crosses the link once.
                         await transport.put_cached(
                             [(f.source, f.sha256, f.size, rel) for f, rel in wanted], f"{host.work_root}/.inputs",
-                            remote, link=runtime.in_container)
+                            remote, link=runtime.in_container, cache_limit=self.s.host_cache_bytes)
 
                     # The copy and the create overlap: the files only need to be there at start.
                     _, created = await asyncio.gather(copy(), runtime.create(spec))

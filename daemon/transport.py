@@ -50,7 +50,7 @@ class Transport(Protocol):
     async def remove_tree(self, remote: str) -> None: ...
     async def read_only_files(self, remote: str) -> dict[str, int]: ...
     async def put_cached(self, items: list[tuple[Path, str, int, str]], cache: str, remote: str, *,
-                         link: bool = True) -> None: ...
+                         link: bool = True, cache_limit: int = 100 << 30) -> None: ...
     async def get_files(self, remote: str, names: list[str], local: Path) -> None: ...
 
 
@@ -96,7 +96,7 @@ class LocalTransport:
         return await asyncio.to_thread(_read_only_files, Path(remote))
 
     async def put_cached(self, items: list[tuple[Path, str, int, str]], cache: str, remote: str, *,
-                         link: bool = True) -> None:
+                         link: bool = True, cache_limit: int = 100 << 30) -> None:
         for source, _, _, rel in items:
             target = Path(remote) / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +220,7 @@ class SshTransport:
         return found
 
     async def put_cached(self, items: list[tuple[Path, str, int, str]], cache: str, remote: str, *,
-                         link: bool = True) -> None:
+                         link: bool = True, cache_limit: int = 100 << 30) -> None:
         """Put each file into the host's cache (named by its SHA-256) unless it is there, then
         hard-link it into the workspace: an input crosses the link once per host.
 
@@ -249,10 +249,29 @@ class SshTransport:
                         await sftp.copy(cached, target, remote_only=True)
                 except asyncssh.SFTPError:  # no such extension, or another filesystem
                     await sftp.put(str(source), target, block_size=_BLOCK, max_requests=_REQUESTS)
+                # Used now: the last to be evicted (mtime is when it was last used).
+                await sftp.utime(cached)
+            await self._evict(sftp, cache, keep={sha for _, sha, _, _ in items}, limit=cache_limit)
         except asyncssh.SFTPError as exc:
             raise LinkError(f"{self.host}: cannot copy inputs to {remote}: {exc.reason}") from None
         except (asyncssh.Error, OSError) as exc:
             raise self._lost(exc) from None
+
+    async def _evict(self, sftp: asyncssh.SFTPClient, cache: str, *, keep: set[str], limit: int) -> None:
+        """Least recently used cached inputs go once the host's cache is over ``limit`` bytes.
+        Workspaces hold theirs by hard link, so a running execution keeps its files."""
+        entries = []
+        for entry in await sftp.readdir(cache):
+            name = entry.filename if isinstance(entry.filename, str) else entry.filename.decode()
+            if len(name) == 64 and stat.S_ISREG(entry.attrs.permissions or 0):
+                entries.append((entry.attrs.mtime or 0, name, int(entry.attrs.size or 0)))
+        total = sum(size for _, _, size in entries)
+        for _, name, size in sorted(entries):
+            if total <= limit:
+                break
+            if name not in keep:
+                await sftp.remove(f"{cache}/{name}")
+                total -= size
 
     async def get_files(self, remote: str, names: list[str], local: Path) -> None:
         sftp = await self._sftp()

@@ -433,3 +433,19 @@ async def test_input_download_progress_is_pushed_as_events(daemon: Daemon, http_
         assert [d for d, _ in seen] == sorted(d for d, _ in seen)
         done = await wait_for_status(client, e.id)
         assert done.status == "complete" and done.input_progress is None
+
+
+def test_outputs_pointing_outside_are_refused_not_followed(daemon: Daemon, tmp_path: Path) -> None:
+    steps = step_yaml("escape", ['echo fine > $VH_OUTPUTS_DIR/ok.txt',
+                                 "ln -s /etc/passwd $VH_OUTPUTS_DIR/passwd",
+                                 "ln -s ../../.. $VH_OUTPUTS_DIR/up",
+                                 "ln -s ok.txt $VH_OUTPUTS_DIR/alias.txt"])
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": steps})
+    result = run_cli(daemon, "run", "escape", "--watch", cwd=repo)
+    assert result.returncode == 0, result.stderr
+    outputs = sorted(o["path"] for o in json.loads(run_cli(daemon, "outputs", "1", "--json").stdout))
+    assert outputs == ["alias.txt", "ok.txt"]  # a link inside the outputs is fine
+    log = run_cli(daemon, "logs", "1").stdout
+    assert "output refused: passwd (symlink pointing outside the outputs directory)" in log
+    assert "output refused: up (symlink pointing outside the outputs directory)" in log
+    assert not any(p.name == "passwd" for p in (daemon.data_dir / "outputs").rglob("*"))

@@ -525,3 +525,26 @@ async def test_an_input_reaches_each_host_once(pool: Pool, tmp_path: Path) -> No
         assert inodes[0] == inodes[1]  # the second run linked the copy already on the host
     finally:
         await client.close()
+
+
+@pytest.fixture
+def tiny_cache_pool(tmp_path: Path, daemon_factory: type[Daemon]) -> Iterator[Pool]:
+    yield from make_pool(tmp_path, daemon_factory, more="[cache]\nhost_inputs_max_mb = 0\n")
+
+
+async def test_a_hosts_input_cache_is_bounded(tiny_cache_pool: Pool, tmp_path: Path) -> None:
+    pool = tiny_cache_pool
+    client = await connect(pool)
+    try:
+        cache = pool.hosts["cpu-c"].root / "work" / pool.daemon.daemon_id / ".inputs"
+        for text in ("first\n", "second\n"):
+            data = tmp_path / "data.csv"
+            data.write_text(text)
+            e = await submit_repo(client, pool.repo, "read-input", pool="cpu", inputs={"data": [str(data)]})
+            assert (await wait_for_status(client, e.id)).status == "complete"
+            assert text.strip() in run_cli(pool.daemon, "logs", str(e.id)).stdout
+        # Over the bound, the least recently used copy went; the one just used stays
+        (kept,) = list(cache.iterdir())
+        assert kept.read_text() == "second\n"
+    finally:
+        await client.close()

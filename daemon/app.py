@@ -57,6 +57,9 @@ def run(config: Config) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # At debug level the AWS libraries log signed request headers; credentials stay out of logs.
+    for name in ("botocore", "aiobotocore", "boto3", "s3transfer"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         asyncio.run(serve(config))
     except StartupError as exc:

@@ -254,7 +254,7 @@ def s3_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     else:
         raise AssertionError("moto server did not start")
     threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()  # type: ignore[union-attr]
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+    for key, value in {"AWS_ACCESS_KEY_ID": "AKIARUNYARDTESTKEY", "AWS_SECRET_ACCESS_KEY": "runyard-test-secret",
                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(key, value)
     yield f"http://127.0.0.1:{port}"
@@ -292,6 +292,8 @@ def test_s3_inputs_with_globs_and_clear_errors(daemon_factory: type[Daemon], s3_
         info = json.loads(run_cli(daemon, "info", execution_id, "--json").stdout)
         assert info["reason"] == f"input-failed data {url}"
         assert detail in run_cli(daemon, "logs", execution_id).stdout
+    log = daemon.log_text()  # the daemon ran at debug level: credentials must still not appear
+    assert "AKIARUNYARDTESTKEY" not in log and "runyard-test-secret" not in log
 
 
 def test_outputs_to_s3_after_complete_and_error_then_as_an_input(daemon_factory: type[Daemon], s3_server: str,

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from runyard.daemon.inputs import InputFetcher, place  # noqa: E402
 from runyard.daemon.outputs import LocalOutputStore, S3OutputStore  # noqa: E402
 from runyard.daemon.transport import SshTransport  # noqa: E402
 from tests.pool import SshHost, make_client_key  # noqa: E402
+from tests.s3server import start_moto  # noqa: E402
 
 
 def random_file(path: Path, size: int) -> None:
@@ -87,21 +87,12 @@ async def bench_input(tmp: Path, size: int) -> dict[str, float]:
 
 
 async def bench_outputs(tmp: Path, size: int) -> dict[str, float]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    assert moto.stderr is not None
-    for raw in moto.stderr:
-        if b"Running on" in raw:
-            break
-    threading.Thread(target=lambda: [None for _ in moto.stderr], daemon=True).start()  # type: ignore[union-attr]
+    moto, endpoint = start_moto()
     import os
 
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                        "AWS_DEFAULT_REGION": "us-east-1"})
-    options = {"endpoint_url": f"http://127.0.0.1:{port}"}
+    options = {"endpoint_url": endpoint}
     outputs = tmp / "outputs"
     outputs.mkdir()
     for i in range(4):  # a checkpoint-like mix: some big files, in parts

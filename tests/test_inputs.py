@@ -238,26 +238,13 @@ def test_a_machinelabs_ml_yaml_project_runs(daemon_factory: type[Daemon], http_f
 @pytest.fixture
 def s3_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """moto in server mode on loopback: a real S3-protocol endpoint over HTTP."""
-    import socket
-    import subprocess
-    import sys
+    from .s3server import start_moto
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    assert server.stderr is not None
-    for raw in server.stderr:  # wait for the line that says it serves
-        if b"Running on" in raw:
-            break
-    else:
-        raise AssertionError("moto server did not start")
-    threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()  # type: ignore[union-attr]
+    server, url = start_moto()
     for key, value in {"AWS_ACCESS_KEY_ID": "AKIARUNYARDTESTKEY", "AWS_SECRET_ACCESS_KEY": "runyard-test-secret",
                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(key, value)
-    yield f"http://127.0.0.1:{port}"
+    yield url
     server.kill()
     server.wait()
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ from .store import ExecutionRow, Store
 from .transport import LinkError, remove_local
 
 log = logging.getLogger("runyard.runner")
+
+_METADATA_BATCH = 5000
+_METADATA_DELAY = 0.25  # seconds a metadata point may wait to be recorded
 
 Publish = Callable[[Any], None]
 
@@ -70,6 +74,9 @@ class Runner:
         self.log = services.open_log(row.id)
         self.host: Host | None = None
         self._keep_workspace = False
+        self._points: list[tuple[str, str, dict[str, Any]]] = []  # metadata not yet recorded
+        self._points_end = 0
+        self._flushed_at = time.monotonic()
         self._live: dict[str, tuple[int, str]] = {}  # live outputs stored so far: path -> (size, sha256)
 
     async def _transition(self, status: str, reason: str | None = None, **fields: Any) -> bool:
@@ -257,22 +264,38 @@ class Runner:
 
     async def _ingest_logs(self, runtime: Runtime, *, follow: bool) -> None:
         assert self.container_id is not None
-        async for decoded in runtime.read_logs(self.container_id, self.log, follow=follow):
-            await self._write_lines(decoded)
+        try:
+            async for decoded in runtime.read_logs(self.container_id, self.log, follow=follow):
+                await self._write_lines(decoded)
+        finally:
+            await self._flush_metadata()
 
     async def _write_lines(self, decoded: Decoded) -> None:
         if not decoded.records:
             return
-        data = b"".join(decoded.records)
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            # Binary output: the stored log stays valid UTF-8, bad bytes become U+FFFD.
-            data = data.decode("utf-8", "replace").encode("utf-8")
+        data = decoded.records[0] if len(decoded.records) == 1 else b"".join(decoded.records)
+        if not data.isascii():  # ASCII (most logs) is valid UTF-8: no need to decode it to know
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                # Binary output: the stored log stays valid UTF-8, bad bytes become U+FFFD.
+                data = data.decode("utf-8", "replace").encode("utf-8")
         points = metadata_points(decoded.candidates)
         end = await self.log.append(data)
         if points:
-            await self.s.store.add_metadata(self.id, points, end)
+            self._points += points
+            self._points_end = end
+            # One transaction per batch, not per chunk. The offset recorded with a batch is
+            # where its last point ends, so after a crash the points not yet recorded are
+            # found again in the log (_catch_up_metadata): none lost, none doubled.
+            if len(self._points) >= _METADATA_BATCH or time.monotonic() - self._flushed_at >= _METADATA_DELAY:
+                await self._flush_metadata()
+
+    async def _flush_metadata(self) -> None:
+        self._flushed_at = time.monotonic()
+        if self._points:
+            points, self._points = self._points, []
+            await self.s.store.add_metadata(self.id, points, self._points_end)
 
     async def _live_outputs(self, host: Host) -> None:
         """Store files the command made read-only while it runs (Valohai's live outputs)."""

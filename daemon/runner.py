@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +75,8 @@ class Runner:
         self._keep_workspace = False
         self._points: list[tuple[str, str, dict[str, Any]]] = []  # metadata not yet recorded
         self._points_end = 0
-        self._flushed_at = time.monotonic()
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flushes: set[asyncio.Task[None]] = set()  # timed flushes under way
         self._live: dict[str, tuple[int, str]] = {}  # live outputs stored so far: path -> (size, sha256)
 
     async def _transition(self, status: str, reason: str | None = None, **fields: Any) -> bool:
@@ -269,6 +269,8 @@ class Runner:
                 await self._write_lines(decoded)
         finally:
             await self._flush_metadata()
+            if self._flushes:  # a timed flush still writing: done before anything reads the offset
+                await asyncio.gather(*self._flushes)
 
     async def _write_lines(self, decoded: Decoded) -> None:
         if not decoded.records:
@@ -288,11 +290,22 @@ class Runner:
             # One transaction per batch, not per chunk. The offset recorded with a batch is
             # where its last point ends, so after a crash the points not yet recorded are
             # found again in the log (_catch_up_metadata): none lost, none doubled.
-            if len(self._points) >= _METADATA_BATCH or time.monotonic() - self._flushed_at >= _METADATA_DELAY:
+            if len(self._points) >= _METADATA_BATCH:
                 await self._flush_metadata()
+            elif self._flush_timer is None:
+                # Also when the command then goes quiet for an hour: a point waits at most this long.
+                self._flush_timer = asyncio.get_running_loop().call_later(_METADATA_DELAY, self._spawn_flush)
+
+    def _spawn_flush(self) -> None:
+        self._flush_timer = None
+        task = asyncio.create_task(self._flush_metadata())
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
 
     async def _flush_metadata(self) -> None:
-        self._flushed_at = time.monotonic()
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         if self._points:
             points, self._points = self._points, []
             await self.s.store.add_metadata(self.id, points, self._points_end)

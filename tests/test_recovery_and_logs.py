@@ -27,6 +27,9 @@ STEPS = (
         """)
     + step_yaml("ticker", ['echo first', 'while [ ! -e /valohai/outputs/go ]; do sleep 0.05; done',
                            'echo "after go"'])
+    + step_yaml("epoch-then-quiet", ['python3 -c "import json; print(json.dumps(dict(epoch=1, loss=0.5)))"',
+                                     'echo printed',
+                                     'while [ ! -e /valohai/outputs/go ]; do sleep 0.05; done'])
 )
 
 STEADY = """\
@@ -168,3 +171,23 @@ async def test_events_resume_from_a_sequence(client: Client, repo: Path) -> None
     assert statuses == ["queued", "started", "complete"]
     seqs = [getattr(e, "seq", 0) for e in seen]
     assert seqs == sorted(seqs)
+
+
+async def test_a_metadata_point_is_recorded_while_the_command_is_quiet(client: Client, daemon: Daemon,
+                                                                       repo: Path) -> None:
+    """Points are recorded in batches, but one must not wait for the next line to be recorded."""
+    execution = await submit_repo(client, repo, "epoch-then-quiet")
+    async for block in client.follow_logs(execution.id):
+        if "printed" in block.data:
+            break
+    # Nothing announces a recorded point, so look until it is there (the daemon promises 0.25 s).
+    for _ in range(200):
+        points = await client.metadata(execution.id)
+        if points:
+            break
+        await asyncio.sleep(0.05)
+    assert [p.values["epoch"] for p in points] == [1]
+    assert (await client.get(execution.id)).status == "started"
+    (daemon.data_dir / "work" / str(execution.id) / "outputs" / "go").touch()
+    assert (await wait_for_status(client, execution.id)).status == "complete"
+    assert len(await client.metadata(execution.id)) == 1

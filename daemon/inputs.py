@@ -18,7 +18,7 @@ import pwd
 import re
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -28,7 +28,7 @@ import aioboto3
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .outputs import OutputError, OutputStore
+from .outputs import OutputError, OutputStore, size_and_sha256
 
 Progress = Callable[[int, int | None], None]  # bytes done, bytes in all (None: unknown)
 
@@ -55,14 +55,6 @@ def file_name(url: str) -> str:
     if not name or name in (".", "..") or "/" in name or "\0" in name:
         return "download"
     return name
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def readable_by(path: Path, uid: int) -> bool:
@@ -120,7 +112,7 @@ class InputFetcher:
         bucket, pattern = parts.netloc, unquote(parts.path.lstrip("/"))
         if not bucket or not pattern:
             raise InputError(url, "write S3 inputs as s3://bucket/key (the key may use * and **)")
-        wildcard = next((i for i, c in enumerate(pattern) if c in "*?["), None)
+        wildcard = _wildcard_at(pattern)
         try:
             async with self._s3_session().client("s3", **self.s3_options) as s3:
                 if wildcard is None:
@@ -165,33 +157,37 @@ class InputFetcher:
         uri = f"s3://{bucket}/{key}"
         entry = self.cache_root / hashlib.sha256(uri.encode()).hexdigest()
         async with self._locks.setdefault(uri, asyncio.Lock()):
-            meta_path, data = entry / "meta.json", entry / "data"
-            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-            if meta.get("etag") == etag and data.exists():
+            meta = _meta(entry)
+            if meta.get("etag") == etag and (entry / "data").exists():
                 os.utime(entry)
-                return InputFile(str(meta["name"]), data, uri, int(meta["size"]), str(meta["sha256"]))
-            entry.mkdir(parents=True, exist_ok=True)
-            part = entry / "data.part"
-            digest = hashlib.sha256()
-            got = 0
+                return _cached(entry, uri, meta)
             response = await s3.get_object(Bucket=bucket, Key=key)
-            with part.open("wb") as fh:
-                async for block in response["Body"].iter_chunks(1 << 20):
-                    fh.write(block)
-                    digest.update(block)
-                    got += len(block)
-                    if progress is not None:
-                        progress(got, size)
-            if got != size:
-                raise InputError(uri, f"transfer cut short ({got} of {size} bytes)")
-            part.chmod(0o444)
-            part.replace(data)
-            self.fetches += 1
-            meta = {"name": PurePosixPath(key).name or "download", "size": got, "sha256": digest.hexdigest(),
-                    "etag": etag}
-            meta_path.write_text(json.dumps(meta))
-            await asyncio.to_thread(self.evict, entry)
-            return InputFile(str(meta["name"]), data, uri, got, str(meta["sha256"]))
+            return await self._fill(entry, uri, response["Body"].iter_chunks(1 << 20), size, progress,
+                                    {"name": PurePosixPath(key).name or "download", "etag": etag})
+
+    async def _fill(self, entry: Path, uri: str, chunks: AsyncIterator[bytes], expected: int | None,
+                    progress: Progress | None, meta: dict[str, Any]) -> InputFile:
+        """Stream a download into cache entry ``entry``; ``meta`` (name, validators) is kept beside it."""
+        entry.mkdir(parents=True, exist_ok=True)
+        part = entry / "data.part"
+        digest = hashlib.sha256()
+        size = 0
+        with part.open("wb") as fh:
+            async for block in chunks:
+                fh.write(block)
+                digest.update(block)
+                size += len(block)
+                if progress is not None:
+                    progress(size, expected)
+        if expected is not None and size != expected:
+            raise InputError(uri, f"transfer cut short ({size} of {expected} bytes)")
+        part.chmod(0o444)  # placed by hard link: a run must not change the cached copy
+        part.replace(entry / "data")
+        self.fetches += 1
+        meta = {**meta, "size": size, "sha256": digest.hexdigest()}
+        (entry / "meta.json").write_text(json.dumps(meta))
+        await asyncio.to_thread(self.evict, entry)
+        return _cached(entry, uri, meta)
 
     def _s3_session(self) -> aioboto3.Session:
         # Credentials from the usual AWS sources (environment, ~/.aws, instance role); never logged.
@@ -241,8 +237,8 @@ class InputFetcher:
         path = Path(where)
         if not path.is_file():
             raise InputError(url, missing)
-        sha = await asyncio.to_thread(_sha256, path)
-        return [InputFile(PurePosixPath(name).name, path, url, path.stat().st_size, sha)]
+        size, sha = await asyncio.to_thread(size_and_sha256, path)
+        return [InputFile(PurePosixPath(name).name, path, url, size, sha)]
 
     def _local(self, url: str, owner_uid: int) -> InputFile:
         path = Path(unquote(urlsplit(url).path) if url.startswith("file:") else url)
@@ -252,18 +248,14 @@ class InputFetcher:
             raise InputError(url, "no such file on the daemon's machine")
         if not readable_by(path, owner_uid):
             raise InputError(url, "you may not read this file")
-        return InputFile(path.name, path, url, path.stat().st_size, _sha256(path))
+        return InputFile(path.name, path, url, *size_and_sha256(path))
 
     async def _http(self, url: str, progress: Progress | None = None) -> InputFile:
-        key = hashlib.sha256(url.encode()).hexdigest()
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:  # two executions asking for one URL share one download
-            entry = self.cache_root / key
-            meta_path = entry / "meta.json"
-            meta: dict[str, str | int] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-            data = entry / "data"
+        entry = self.cache_root / hashlib.sha256(url.encode()).hexdigest()
+        async with self._locks.setdefault(url, asyncio.Lock()):  # one download for two executions asking
+            meta = _meta(entry)
             headers = {}
-            if meta and data.exists():
+            if meta and (entry / "data").exists():
                 if meta.get("etag"):
                     headers["If-None-Match"] = str(meta["etag"])
                 if meta.get("last_modified"):
@@ -275,36 +267,31 @@ class InputFetcher:
                 ) as response:
                     if response.status == 304 and meta:
                         os.utime(entry)  # recently used: the last to be evicted
-                        return InputFile(str(meta["name"]), data, url, int(meta["size"]), str(meta["sha256"]))
+                        return _cached(entry, url, meta)
                     if response.status != 200:
                         raise InputError(url, f"HTTP {response.status} {response.reason or ''}".strip())
-                    entry.mkdir(parents=True, exist_ok=True)
-                    part = entry / "data.part"
-                    digest = hashlib.sha256()
-                    size = 0
-                    with part.open("wb") as fh:
-                        async for block in response.content.iter_chunked(1 << 20):
-                            fh.write(block)
-                            digest.update(block)
-                            size += len(block)
-                            if progress is not None:
-                                progress(size, response.content_length)
-                    expected = response.content_length
-                    if expected is not None and size != expected:
-                        raise InputError(url, f"transfer cut short ({size} of {expected} bytes)")
-                    part.chmod(0o444)  # placed by hard link: a run must not change the cached copy
-                    part.replace(data)
-                    self.fetches += 1
-                    meta = {"name": file_name(url), "size": size, "sha256": digest.hexdigest(),
-                            "etag": response.headers.get("ETag", ""),
-                            "last_modified": response.headers.get("Last-Modified", "")}
-                    meta_path.write_text(json.dumps(meta))
-                    await asyncio.to_thread(self.evict, entry)
-                    return InputFile(str(meta["name"]), data, url, size, str(meta["sha256"]))
+                    return await self._fill(
+                        entry, url, response.content.iter_chunked(1 << 20), response.content_length, progress,
+                        {"name": file_name(url), "etag": response.headers.get("ETag", ""),
+                         "last_modified": response.headers.get("Last-Modified", "")})
             except aiohttp.ClientError as exc:
                 raise InputError(url, f"cannot download: {exc}") from None
             except TimeoutError:
                 raise InputError(url, "download timed out") from None
+
+
+def _meta(entry: Path) -> dict[str, Any]:
+    path = entry / "meta.json"
+    return dict(json.loads(path.read_text())) if path.exists() else {}
+
+
+def _cached(entry: Path, uri: str, meta: dict[str, Any]) -> InputFile:
+    return InputFile(str(meta["name"]), entry / "data", uri, int(meta["size"]), str(meta["sha256"]))
+
+
+def _wildcard_at(pattern: str) -> int | None:
+    """Where an S3 key pattern's first wildcard is, if it has one."""
+    return next((i for i, c in enumerate(pattern) if c in "*?["), None)
 
 
 def _glob_regex(pattern: str) -> str:
@@ -338,7 +325,8 @@ def layout(files: list[InputFile], url: str, options: dict[str, str]) -> list[In
                 name = key
             else:  # relative to the folder where the pattern's wildcard begins
                 pattern = url.split("/", 3)[3] if url.count("/") >= 3 else ""
-                cut = next((i for i, c in enumerate(pattern) if c in "*?["), len(pattern))
+                cut = _wildcard_at(pattern)
+                cut = len(pattern) if cut is None else cut
                 base = pattern[: pattern.rfind("/", 0, cut) + 1]
                 name = key[len(base):] if key.startswith(base) else f.name
         out.append(dataclasses.replace(f, name=name))

@@ -215,7 +215,7 @@ class S3OutputStore:
         try:
             async with self.session.client("s3", **self.s3_options) as s3:
                 for rel, path in files:
-                    size, sha = await asyncio.to_thread(_size_and_hash, path)
+                    size, sha = await asyncio.to_thread(size_and_sha256, path)
                     # upload_file switches to multipart upload above 8 MiB
                     await s3.upload_file(str(path), self.bucket, self._key(execution_id, rel))
                     result.files.append((rel, size, sha))
@@ -250,7 +250,8 @@ class S3OutputStore:
                     await s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
 
 
-def _size_and_hash(path: Path) -> tuple[int, str]:
+def size_and_sha256(path: Path) -> tuple[int, str]:
+    """A file's size and SHA-256, read once."""
     digest = hashlib.sha256()
     size = 0
     with path.open("rb") as fh:

@@ -72,6 +72,7 @@ class Core:
         self._reconciling: dict[str, asyncio.Task[None]] = {}
         self._host_said: dict[str, tuple[str, str]] = {}
         self._progress: dict[int, dict[str, Any]] = {}  # inputs being fetched, per execution
+        self._progress_pushed: dict[int, float] = {}  # when each last went out as an event
         self.runner_services = RunnerServices(
             store=store, snapshots=self.snapshots, outputs=self.outputs,
             work_root=self.work_root, stop_grace=config.defaults.stop_grace_seconds,
@@ -134,14 +135,13 @@ class Core:
         """
         if done < 0:
             self._progress.pop(execution_id, None)
+            self._progress_pushed.pop(execution_id, None)
             return
+        self._progress[execution_id] = {"input": name, "done": done, "total": total}
         now = time.monotonic()
-        last = self._progress.get(execution_id)
-        self._progress[execution_id] = {"input": name, "done": done, "total": total,
-                                        "pushed": last["pushed"] if last else 0.0}
-        if now - self._progress[execution_id]["pushed"] < 0.25 and done != total:
+        if now - self._progress_pushed.get(execution_id, 0.0) < 0.25 and done != total:
             return
-        self._progress[execution_id]["pushed"] = now
+        self._progress_pushed[execution_id] = now
         self.hub.publish(Event(seq=0, execution_id=execution_id, kind="progress", status="queued",
                                reason=f"input {name}", at=utcnow(), done=done, total=total))
 
@@ -503,8 +503,7 @@ class Core:
             "created_at": row.created_at, "started_at": row.started_at, "ended_at": row.ended_at,
             "restarted_from": row.restarted_from, "priority": row.priority,
             "resources": row.resources, "gpus": row.gpu_ids,
-            "input_progress": {k: v for k, v in self._progress[row.id].items() if k != "pushed"}
-            if row.id in self._progress else None,
+            "input_progress": self._progress.get(row.id),
             "log_size": path.stat().st_size if path.exists() else 0,
             "metadata": metadata or {},
         }

@@ -9,11 +9,12 @@ no login shell; symlinks are copied as links and never followed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import shutil
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -164,23 +165,29 @@ class SshTransport:
                     raise LinkError(f"{self.host}: cannot start SFTP ({exc}); is the sftp subsystem enabled?") from None
             return self._sftp_client
 
+    @contextlib.contextmanager
+    def _sftp_errors(self, what: str) -> Iterator[None]:
+        """A refusal from the host names what failed; anything else means the link went away."""
+        try:
+            yield
+        except asyncssh.SFTPError as exc:
+            raise LinkError(f"{self.host}: {what}: {exc.reason}") from None
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(exc) from None
+
     async def put_tree(self, local: Path, remote: str) -> None:
         sftp = await self._sftp()
-        try:
+        with self._sftp_errors(f"cannot copy files to {remote}"):
             await sftp.makedirs(remote, exist_ok=True)
             entries = [str(entry) for entry in sorted(local.iterdir())] if local.is_dir() else []
             if entries:
                 # Links are copied as links (follow_symlinks=False), never followed out of the tree.
                 await sftp.put(entries, remote, recurse=True, preserve=True, follow_symlinks=False,
                                block_size=_BLOCK, max_requests=_REQUESTS)
-        except asyncssh.SFTPError as exc:
-            raise LinkError(f"{self.host}: cannot copy files to {remote}: {exc.reason}") from None
-        except (asyncssh.Error, OSError) as exc:
-            raise self._lost(exc) from None
 
     async def get_tree(self, remote: str, local: Path) -> None:
         sftp = await self._sftp()
-        try:
+        with self._sftp_errors(f"cannot copy files from {remote}"):
             if not await sftp.isdir(remote):
                 return
             local.mkdir(parents=True, exist_ok=True)
@@ -188,10 +195,6 @@ class SshTransport:
             if names:
                 await sftp.get(names, str(local), recurse=True, preserve=True, follow_symlinks=False,
                                block_size=_BLOCK, max_requests=_REQUESTS)
-        except asyncssh.SFTPError as exc:
-            raise LinkError(f"{self.host}: cannot copy files from {remote}: {exc.reason}") from None
-        except (asyncssh.Error, OSError) as exc:
-            raise self._lost(exc) from None
 
     async def read_only_files(self, remote: str) -> dict[str, int]:
         """Regular files under ``remote`` that nobody may write any more, with their sizes."""
@@ -204,7 +207,7 @@ class SshTransport:
             while stack:
                 rel = stack.pop()
                 for entry in await sftp.readdir(f"{remote}/{rel}" if rel else remote):
-                    filename = entry.filename if isinstance(entry.filename, str) else entry.filename.decode()
+                    filename = _entry_name(entry)
                     if filename in (".", ".."):
                         continue
                     name = f"{rel}/{filename}" if rel else filename
@@ -228,7 +231,7 @@ class SshTransport:
         workspace gets a copy made on the host (SFTP copy-data), or sent again without it.
         """
         sftp = await self._sftp()
-        try:
+        with self._sftp_errors(f"cannot copy inputs to {remote}"):
             await sftp.makedirs(cache, exist_ok=True)
             for source, sha, size, rel in items:
                 cached = f"{cache}/{sha}"
@@ -252,17 +255,13 @@ class SshTransport:
                 # Used now: the last to be evicted (mtime is when it was last used).
                 await sftp.utime(cached)
             await self._evict(sftp, cache, keep={sha for _, sha, _, _ in items}, limit=cache_limit)
-        except asyncssh.SFTPError as exc:
-            raise LinkError(f"{self.host}: cannot copy inputs to {remote}: {exc.reason}") from None
-        except (asyncssh.Error, OSError) as exc:
-            raise self._lost(exc) from None
 
     async def _evict(self, sftp: asyncssh.SFTPClient, cache: str, *, keep: set[str], limit: int) -> None:
         """Least recently used cached inputs go once the host's cache is over ``limit`` bytes.
         Workspaces hold theirs by hard link, so a running execution keeps its files."""
         entries = []
         for entry in await sftp.readdir(cache):
-            name = entry.filename if isinstance(entry.filename, str) else entry.filename.decode()
+            name = _entry_name(entry)
             if len(name) == 64 and stat.S_ISREG(entry.attrs.permissions or 0):
                 entries.append((entry.attrs.mtime or 0, name, int(entry.attrs.size or 0)))
         total = sum(size for _, _, size in entries)
@@ -275,21 +274,20 @@ class SshTransport:
 
     async def get_files(self, remote: str, names: list[str], local: Path) -> None:
         sftp = await self._sftp()
-        try:
+        with self._sftp_errors(f"cannot copy files from {remote}"):
             for name in names:
                 (local / name).parent.mkdir(parents=True, exist_ok=True)
                 await sftp.get(f"{remote}/{name}", str(local / name), block_size=_BLOCK, max_requests=_REQUESTS)
-        except asyncssh.SFTPError as exc:
-            raise LinkError(f"{self.host}: cannot copy files from {remote}: {exc.reason}") from None
-        except (asyncssh.Error, OSError) as exc:
-            raise self._lost(exc) from None
 
     async def remove_tree(self, remote: str) -> None:
         sftp = await self._sftp()
-        try:
+        with self._sftp_errors(f"cannot remove {remote}"):
             await sftp.rmtree(remote, ignore_errors=True)
-        except (asyncssh.Error, OSError) as exc:
-            raise self._lost(exc) from None
+
+
+def _entry_name(entry: asyncssh.SFTPName) -> str:
+    name = entry.filename
+    return name if isinstance(name, str) else name.decode()
 
 
 def _bytes(value: object) -> bytes:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import subprocess
 import sys
@@ -33,11 +32,12 @@ import asyncssh
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import save  # noqa: E402
 from runyard.daemon.hosts import _CIPHERS  # noqa: E402
 from runyard.daemon.inputs import InputFetcher, place  # noqa: E402
 from runyard.daemon.outputs import LocalOutputStore, S3OutputStore  # noqa: E402
 from runyard.daemon.transport import SshTransport  # noqa: E402
-from tests.pool import SshHost, make_client_key  # noqa: E402
+from tests.pool import start_lone_host  # noqa: E402
 from tests.s3server import start_moto  # noqa: E402
 
 
@@ -53,12 +53,7 @@ async def bench_input(tmp: Path, size: int) -> dict[str, float]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(www)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/big.bin"
-    key = make_client_key(tmp)
-    host = SshHost("gpu-01", tmp / "gpu-01", key, None)
-    host.prepare()
-    host.start()
-    known = tmp / "known_hosts"
-    known.write_text(host.known_hosts_line())
+    host, key, known = start_lone_host(tmp)
     try:
         t0 = time.perf_counter()
         subprocess.run(["scp", "-q", "-o", f"UserKnownHostsFile={known}", "-i", str(key), "-P", str(host.port),
@@ -130,10 +125,7 @@ async def main() -> None:
                    "outputs_to_s3": await bench_outputs(tmp / "out", size)}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "data.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
+    save("data", results)
     i, o = results["input_to_host"], results["outputs_to_s3"]
     print(f"\ninput through cache + SFTP {i['runyard_mb_per_s']:.0f} MB/s vs scp {i['scp_mb_per_s']:.0f} MB/s: "
           f"{i['ratio']:.2f}x (target >= 0.7x)")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import statistics
 import subprocess
@@ -27,6 +26,7 @@ import aiodocker
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import save  # noqa: E402
 from runyard.daemon.logfile import LogFile  # noqa: E402
 from runyard.daemon.runner import Runner, RunnerServices  # noqa: E402
 from runyard.daemon.runtime_docker import DockerRuntime  # noqa: E402
@@ -160,10 +160,7 @@ async def main() -> None:
         daemon.terminate()
         daemon.cleanup_containers()
         shutil.rmtree(root, ignore_errors=True)
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "foundation.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
+    save("foundation", results)
     s, i, f = results["submit_to_started"], results["log_ingestion"], results["follow_latency"]
     print(f"\nsubmit->started {s['submit_to_started_ms']:.1f} ms vs bare create+start "
           f"{s['bare_create_start_ms']:.1f} ms: {s['ratio']:.2f}x (target <= 1.2x)")

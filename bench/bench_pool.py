@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import shutil
 import statistics
@@ -31,10 +30,11 @@ import asyncssh
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import save  # noqa: E402
 from runyard.daemon.scheduler import Capacity, Demand, place  # noqa: E402
 from runyard.protocol import Client  # noqa: E402
 from tests.conftest import BASE_IMAGE, Daemon, make_repo, step_yaml, submit_repo  # noqa: E402
-from tests.pool import SshHost, make_client_key, wait_for_host  # noqa: E402
+from tests.pool import start_lone_host, wait_for_host  # noqa: E402
 
 
 def bench_scheduler(queued: int = 10_000, hosts: int = 200, passes: int = 5) -> dict[str, float]:
@@ -70,12 +70,7 @@ def bench_scheduler(queued: int = 10_000, hosts: int = 200, passes: int = 5) -> 
 
 
 async def bench_ssh_start(tmp: Path, rounds: int) -> dict[str, float]:
-    key = make_client_key(tmp)
-    host = SshHost("gpu-01", tmp / "gpu-01", key, None)
-    host.prepare()
-    host.start()
-    known = tmp / "known_hosts"
-    known.write_text(host.known_hosts_line())
+    host, _, known = start_lone_host(tmp)
     daemon = Daemon(root=Path(tempfile.mkdtemp(prefix="ryb-", dir="/tmp")), local_extra="enabled = false",
                     extra_config=f'[ssh]\nknown_hosts = "{known}"\n' + host.config(pool="default"))
     repo = make_repo(tmp / "repo", {"valohai.yaml": step_yaml("short", "sleep 0.2")})
@@ -211,10 +206,7 @@ async def main() -> None:
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "pool.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
+    save("pool", results)
     s, t, m = results["scheduler"], results["submit_to_started_ssh"], results["memory"]
     print(f"\nscheduler: {s['empty_pool_decisions_per_s']:,.0f} decisions/s on an empty pool, "
           f"{s['full_pool_decisions_per_s']:,.0f} on a full one (target >= 5,000)")

@@ -176,6 +176,17 @@ def make_client_key(root: Path) -> Path:
     return key
 
 
+def start_lone_host(root: Path, name: str = "gpu-01") -> tuple[SshHost, Path, Path]:
+    """One running sshd host with a fresh client key and a known_hosts file that trusts it."""
+    key = make_client_key(root)
+    host = SshHost(name, root / name, key, None)
+    host.prepare()
+    host.start()
+    known = root / "known_hosts"
+    known.write_text(host.known_hosts_line())
+    return host, key, known
+
+
 async def wait_for_host(client: Client, name: str, states: set[str], timeout: float = 60) -> dict[str, object]:
     """Wait on the daemon's host events (not by polling) until host ``name`` is in one of ``states``."""
 

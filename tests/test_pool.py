@@ -15,7 +15,7 @@ from runyard.protocol import Client
 from runyard.protocol.methods import ExecutionView
 
 from .conftest import Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_for_status
-from .pool import SshHost, gpu_rows, make_client_key, wait_for_host
+from .pool import SshHost, gpu_rows, make_client_key, start_lone_host, wait_for_host
 
 pytestmark = pytest.mark.slow
 
@@ -478,10 +478,7 @@ async def test_gpu_grants_survive_a_daemon_kill(pool: Pool) -> None:
 
 async def test_keys_from_ssh_agent(tmp_path: Path, daemon_factory: type[Daemon],
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    key = make_client_key(tmp_path)
-    host = SshHost("agent-host", tmp_path / "agent-host", key, None)
-    host.prepare()
-    host.start()
+    host, key, known = start_lone_host(tmp_path, "agent-host")
     sock = tmp_path / "agent.sock"
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.PIPE)
     try:
@@ -489,8 +486,6 @@ async def test_keys_from_ssh_agent(tmp_path: Path, daemon_factory: type[Daemon],
         assert b"SSH_AUTH_SOCK" in agent.stdout.readline()  # it says so once it listens
         subprocess.run(["ssh-add", "-q", str(key)], env={"SSH_AUTH_SOCK": str(sock)}, check=True)
         monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
-        known = tmp_path / "known_hosts"
-        known.write_text(host.known_hosts_line())
         config = host.config(pool="default").replace(f'identity = "{key}"\n', "")
         assert "identity" not in config
         daemon = daemon_factory(local_extra="enabled = false",

@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="the host, for drain, enable and scan")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("tui", help="the terminal dashboard (also what plain `runyard` opens in a terminal)")
+    p.add_argument("--readonly", action="store_true", help="hide stop, restart, delete, rename, drain, enable")
+    p.add_argument("--keys", action="store_true", help="list the binding ids that tui.toml [keys] can remap")
+
     p = sub.add_parser("doctor", help="check a host: ssh, runtime, nvidia-smi, container toolkit, disk")
     p.add_argument("name", help="host name from the config (local for this machine)")
     p.add_argument("--json", action="store_true")
@@ -157,8 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
+        if sys.stdin.isatty() and sys.stdout.isatty() and _tui_installed():
+            return _tui(args)
         parser.print_help()
         return 0
+    if args.command == "tui":
+        return _tui(args)
     if args.command == "daemon":
         return _daemon(args)
     if args.command == "lint":
@@ -176,6 +184,26 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNREACHABLE
     except KeyboardInterrupt:
         return 130
+
+
+def _tui_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("textual") is not None
+
+
+def _tui(args: argparse.Namespace) -> int:
+    if not _tui_installed():
+        print("runyard: the TUI needs Textual: pip install 'runyard[tui]'", file=sys.stderr)
+        return EXIT_USAGE
+    from runyard.tui import binding_ids, run_tui
+
+    if getattr(args, "keys", False):
+        for binding_id, keys, what in binding_ids():
+            print(f"{binding_id:24} {keys:22} {what}")
+        return 0
+    socket = args.socket or os.environ.get("RUNYARD_SOCKET") or None
+    return run_tui(socket, readonly=getattr(args, "readonly", False))
 
 
 def _daemon(args: argparse.Namespace) -> int:

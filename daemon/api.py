@@ -76,7 +76,13 @@ async def list_(core: Core, caller: Caller, p: m.ListParams) -> Any:
     if not 1 <= p.limit <= 10_000:
         raise OperationError(ErrorCode.INVALID_PARAMS, "limit must be between 1 and 10000")
     rows = await core.store.list_executions(statuses=p.status, limit=p.limit, before_id=p.before_id)
-    return [core.view(r) for r in rows]
+    if not p.with_metadata:
+        return [core.view(r) for r in rows]
+    # SQLite caps bound parameters; pages of up to 10,000 go in slices.
+    latest: dict[int, dict[str, Any]] = {}
+    for i in range(0, len(rows), 500):
+        latest.update(await core.store.latest_metadata_many([r.id for r in rows[i : i + 500]]))
+    return [core.view(r, latest.get(r.id, {})) for r in rows]
 
 
 @method("executions.stop", m.StopParams)
@@ -156,16 +162,21 @@ async def logs_read(core: Core, caller: Caller, p: m.LogsReadParams) -> Any:
     if p.max_bytes < 1 or p.max_bytes > 8 << 20:
         raise OperationError(ErrorCode.INVALID_PARAMS, "max_bytes must be between 1 and 8 MiB")
     logfile = core.log_file(p.id)
+    first_line: int | None = None
     if p.head is not None:
         data, end = await asyncio.to_thread(logfile.head, p.head, p.stream)
         start = 0
+        first_line = 0
+    elif p.tail is not None and p.stream is None:
+        data, start, end, first_line = await asyncio.to_thread(logfile.tail_numbered, p.tail)
     elif p.tail is not None:
         data, start = await asyncio.to_thread(logfile.tail, p.tail, p.stream)
         end = logfile.size
     else:
         start = p.offset or 0
         data, end = await asyncio.to_thread(logfile.read_range, start, p.max_bytes)
-    return {"data": data.decode("utf-8", "replace"), "start": start, "end": end, "size": logfile.size}
+    return {"data": data.decode("utf-8", "replace"), "start": start, "end": end, "size": logfile.size,
+            "first_line": first_line}
 
 
 @method("logs.count", m.IdParams)
@@ -195,6 +206,22 @@ async def snapshot_put(core: Core, caller: Caller, p: m.SnapshotPutParams) -> An
 async def snapshot_files(core: Core, caller: Caller, p: m.IdParams) -> Any:
     row = await core.get(p.id)
     return [{"path": name, "size": size} for name, size in core.snapshots.list_files(row.snapshot)]
+
+
+@method("snapshots.read", m.SnapshotFileParams)
+async def snapshot_read(core: Core, caller: Caller, p: m.SnapshotFileParams) -> Any:
+    row = await core.get(p.id)
+    if not 1 <= p.max_bytes <= 8 << 20:
+        raise OperationError(ErrorCode.INVALID_PARAMS, "max_bytes must be between 1 and 8 MiB")
+    try:
+        data = await asyncio.to_thread(core.snapshots.read_file, row.snapshot, p.path)
+    except SnapshotError as exc:
+        raise OperationError(ErrorCode.INVALID_PARAMS, str(exc)) from None
+    if data is None:
+        raise OperationError(ErrorCode.NOT_FOUND, f"the snapshot of execution {p.id} has no file {p.path!r}")
+    head = data[: p.max_bytes]
+    return {"path": p.path, "size": len(data), "data": head.decode("utf-8", "replace"),
+            "truncated": len(data) > p.max_bytes, "binary": b"\0" in head[:8192]}
 
 
 @method("hosts.list", m.HostsScanParams)

@@ -120,11 +120,12 @@ class LogFile:
     def tail(self, count: int, stream: str | None = None) -> tuple[bytes, int]:
         """The last ``count`` records and the offset where the first of them starts."""
         letter = STREAM_LETTERS[stream].encode() if stream else None
-        if count <= 0 or self.size == 0:
-            return b"", self.size
+        size = self.size  # appends may land while this runs in a thread; read what was there
+        if count <= 0 or size == 0:
+            return b"", size
         picked: list[bytes] = []
-        start = self.size
-        pos = self.size
+        start = size
+        pos = size
         fragment = b""  # the end of a record whose start lies in an earlier block
         with self.path.open("rb") as fh:
             while pos > 0 and len(picked) < count:
@@ -155,15 +156,34 @@ class LogFile:
         picked.reverse()
         return b"".join(picked), start
 
-    def line_count(self) -> int:
-        """Records so far; counted incrementally so repeated calls cost only the new bytes."""
-        if self._counted_offset < self.size:
+    def line_count(self, upto: int | None = None) -> int:
+        """Records before byte ``upto`` (default: all); counted incrementally, so repeated calls
+        cost only the new bytes."""
+        limit = self.size if upto is None else upto
+        if limit < self._counted_offset:
+            with self.path.open("rb") as fh:  # an earlier point: count the difference backwards
+                fh.seek(limit)
+                return self._counted_lines - fh.read(self._counted_offset - limit).count(b"\n")
+        if self._counted_offset < limit:
             with self.path.open("rb") as fh:
                 fh.seek(self._counted_offset)
-                while block := fh.read(1 << 20):
+                remaining = limit - self._counted_offset
+                while remaining > 0 and (block := fh.read(min(1 << 20, remaining))):
                     self._counted_lines += block.count(b"\n")
-            self._counted_offset = self.size
+                    remaining -= len(block)
+            self._counted_offset = limit
         return self._counted_lines
+
+    def tail_numbered(self, count: int) -> tuple[bytes, int, int, int]:
+        """The last ``count`` records, where they start, where they end, and how many records
+        come before them; all taken against one size, so appends meanwhile do not skew them."""
+        size = self.size
+        data, start = self.tail(count)
+        data, start = data[: max(0, size - start)], min(start, size)
+        cut = data.rfind(b"\n")
+        data = data[: cut + 1]
+        # Counting only moves forward, so count to the end and take the tail's records off.
+        return data, start, start + len(data), self.line_count(start + len(data)) - data.count(b"\n")
 
     def count_by_stream(self) -> dict[str, int]:
         """Stored records per stream letter; how many lines of each stream to skip on resume."""

@@ -400,6 +400,19 @@ class Store:
             points.append((n, at, values))
         return points
 
+    async def latest_metadata_many(self, execution_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """Latest metadata of a page of executions in one query, for lists that show metadata columns."""
+        found: dict[int, dict[str, Any]] = {i: {} for i in execution_ids}
+        if not execution_ids:
+            return found
+        marks = ",".join("?" * len(execution_ids))
+        async with self.db.execute(
+            f"SELECT execution_id, key, value FROM metadata_latest WHERE execution_id IN ({marks})", execution_ids
+        ) as cur:
+            for execution_id, key, value in await cur.fetchall():
+                found[execution_id][key] = json.loads(value)
+        return found
+
     async def latest_metadata(self, execution_id: int) -> dict[str, Any]:
         async with self.db.execute(
             "SELECT key, value FROM metadata_latest WHERE execution_id = ? ORDER BY key", (execution_id,)

@@ -36,6 +36,7 @@ from .methods import (
     LogsReadResult,
     MetadataPoint,
     OutputView,
+    SnapshotFile,
     StopResult,
 )
 
@@ -208,8 +209,9 @@ class Client:
         return await self._typed(ExecutionView, "executions.get", {"id": execution_id})
 
     async def list_executions(self, *, status: list[str] | None = None, limit: int = 100,
-                   before_id: int | None = None) -> list[ExecutionView]:
-        params: dict[str, Any] = {"status": status or [], "limit": limit, "before_id": before_id}
+                   before_id: int | None = None, with_metadata: bool = False) -> list[ExecutionView]:
+        params: dict[str, Any] = {"status": status or [], "limit": limit, "before_id": before_id,
+                                  "with_metadata": with_metadata}
         return await self._typed(list[ExecutionView], "executions.list", params)
 
     async def stop(self, ids: list[int] | None = None, *, all: bool = False) -> StopResult:
@@ -253,6 +255,17 @@ class Client:
 
     async def read_logs(self, execution_id: int, **params: Any) -> LogsReadResult:
         return await self._typed(LogsReadResult, "logs.read", {"id": execution_id, **params})
+
+    async def log_count(self, execution_id: int) -> int:
+        return int(await self.call("logs.count", {"id": execution_id}))
+
+    async def snapshot_files(self, execution_id: int) -> list[tuple[str, int]]:
+        files = await self.call("snapshots.files", {"id": execution_id})
+        return [(f["path"], int(f["size"])) for f in files]
+
+    async def snapshot_file(self, execution_id: int, path: str, max_bytes: int = 1024 * 1024) -> SnapshotFile:
+        return await self._typed(SnapshotFile, "snapshots.read", {"id": execution_id, "path": path,
+                                                                  "max_bytes": max_bytes})
 
     async def snapshot_has(self, snapshot_id: str) -> bool:
         return bool(await self.call("snapshots.has", {"id": snapshot_id}))

@@ -94,6 +94,23 @@ class ListParams(msgspec.Struct, forbid_unknown_fields=True):
     status: list[str] = []
     limit: int = 100
     before_id: int | None = None
+    with_metadata: bool = False  # each view carries the latest value of every metadata key
+
+
+class SnapshotFileParams(msgspec.Struct, forbid_unknown_fields=True):
+    """One file of the snapshot an execution ran, by its path inside the repository."""
+
+    id: int
+    path: str
+    max_bytes: int = 1024 * 1024
+
+
+class SnapshotFile(msgspec.Struct):
+    path: str
+    size: int
+    data: str  # UTF-8 text, undecodable bytes replaced; cut at max_bytes
+    truncated: bool
+    binary: bool
 
 
 class RenameParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -122,6 +139,9 @@ class LogsReadResult(msgspec.Struct):
     start: int
     end: int
     size: int
+    # For head and unfiltered tail reads: how many records precede ``start``, counted against
+    # the same size as the read, so a viewer can say exactly how many lines lie between two reads.
+    first_line: int | None = None
 
 
 class LogsFollowParams(msgspec.Struct, forbid_unknown_fields=True):

@@ -1,1 +1,42 @@
-"""The Textual dashboard; it talks to the daemon only through runyard.protocol."""
+"""runyard's terminal UI: a Textual dashboard that talks to the daemon only through runyard.protocol."""
+
+from __future__ import annotations
+
+
+def run_tui(socket_path: str | None, *, readonly: bool = False) -> int:
+    """Open the TUI; returns the exit status for the command line."""
+    import sys
+
+    from .app import RunyardApp
+    from .settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"runyard: {exc}", file=sys.stderr)
+        return 2
+    app = RunyardApp(socket_path, readonly=readonly, metadata_columns=settings.columns, keymap=settings.keys)
+    app.run()
+    return 0
+
+
+def binding_ids() -> list[tuple[str, str, str]]:
+    """Every remappable binding: (id, default keys, what it does)."""
+    from textual.binding import Binding
+
+    from .app import RunyardApp
+    from .chart import MetadataPane
+    from .detail import DetailScreen
+    from .dialogs import ConfirmScreen, HelpScreen, PromptScreen
+    from .hosts import HostsScreen
+    from .logview import LogView
+    from .queue import QueueScreen
+    from .widgets import VimTable
+
+    found: list[tuple[str, str, str]] = []
+    for owner in (RunyardApp, QueueScreen, HostsScreen, DetailScreen, LogView, MetadataPane, VimTable,
+                  ConfirmScreen, PromptScreen, HelpScreen):
+        for binding in owner.BINDINGS:
+            if isinstance(binding, Binding) and binding.id:
+                found.append((binding.id, binding.key, binding.description))
+    return found

@@ -1,0 +1,155 @@
+"""The metadata tab: plotext charts of chosen keys for one or several executions, and latest values."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import DataTable, Static
+from textual_plotext import PlotextPlot
+
+from runyard.protocol import ConnectionLost, RemoteError
+from runyard.protocol.methods import MetadataPoint
+
+from .format import parse_time, value_text
+
+if TYPE_CHECKING:
+    from .app import RunyardApp
+
+
+def series(points: list[MetadataPoint], key: str, x_axis: str) -> tuple[list[float], list[float]]:
+    """(x, y) of one numeric key: x is the point's ``step`` value (else its number) or seconds since start."""
+    xs: list[float] = []
+    ys: list[float] = []
+    t0 = parse_time(points[0].time) if points else None
+    for point in points:
+        y = point.values.get(key)
+        if isinstance(y, bool) or not isinstance(y, int | float) or math.isnan(y) or math.isinf(y):
+            continue
+        if x_axis == "_time":
+            t = parse_time(point.time)
+            x: object = (t - t0).total_seconds() if t and t0 else point.n
+        else:
+            x = point.values.get("step", point.n)
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            x = point.n
+        xs.append(float(x))
+        ys.append(float(y))
+    return xs, ys
+
+
+def numeric_keys(points: list[MetadataPoint]) -> list[str]:
+    keys: dict[str, None] = {}
+    for point in points:
+        for key, value in point.values.items():
+            if key not in ("step", "_time") and isinstance(value, int | float) and not isinstance(value, bool):
+                keys.setdefault(key)
+    return list(keys)
+
+
+class MetadataPane(Vertical, can_focus=True):
+    DEFAULT_CSS = """
+    MetadataPane PlotextPlot { height: 2fr; min-height: 8; }
+    MetadataPane #latest { height: 1fr; min-height: 3; }
+    MetadataPane #chart-info { height: 1; color: $text-muted; }
+    """
+    BINDINGS = [
+        Binding("a", "choose_keys", "keys", id="metadata.keys"),
+        Binding("x", "toggle_x", "x: step/_time", id="metadata.x_axis"),
+    ]
+
+    def __init__(self, execution_id: int, compare: list[int] | None = None) -> None:
+        super().__init__(id="metadata-pane")
+        self.execution_id = execution_id
+        self.compare = compare or [execution_id]
+        self.keys: list[str] = []
+        self.x_axis = "step"
+        self.points: dict[int, list[MetadataPoint]] = {}
+
+    @property
+    def ry(self) -> RunyardApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="chart-info")
+        yield PlotextPlot(id="chart")
+        yield DataTable(id="latest", cursor_type="row")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#latest", DataTable)
+        table.add_column("KEY", key="key")
+        for i in self.compare:
+            table.add_column(f"#{i}", key=str(i))
+        self.set_interval(2.0, self._tick)
+
+    async def _tick(self) -> None:
+        if self.ry.frozen or not self.display or not self.is_on_screen:
+            return
+        active = any(self.ry.is_active(i) for i in self.compare)
+        if active or not self.points:
+            await self.reload()
+
+    async def reload(self) -> None:
+        try:
+            client = self.ry.link.client
+            for i in self.compare:
+                self.points[i] = await client.metadata(i)
+        except (ConnectionLost, RemoteError) as exc:
+            self.query_one("#chart-info", Static).update(f"[red]metadata unavailable: {exc}[/red]")
+            return
+        if not self.keys:
+            self.keys = numeric_keys(self.points.get(self.execution_id, []))[:3]
+        self.draw()
+
+    def draw(self) -> None:
+        plot = self.query_one(PlotextPlot)
+        plt = plot.plt
+        plt.clear_data()
+        plt.clear_figure()
+        drawn: list[str] = []
+        for i in self.compare:
+            for key in self.keys:
+                xs, ys = series(self.points.get(i, []), key, self.x_axis)
+                if xs:
+                    label = f"#{i} {key}" if len(self.compare) > 1 else key
+                    plt.plot(xs, ys, label=label, marker="braille")
+                    drawn.append(label)
+        plt.xlabel("seconds since start" if self.x_axis == "_time" else "step")
+        plot.refresh()
+        info = self.query_one("#chart-info", Static)
+        shown = ", ".join(drawn) or "no numeric metadata yet"
+        info.update(f"{shown} · x: {self.x_axis} · a: choose keys · x: toggle axis")
+        self._latest()
+
+    def _latest(self) -> None:
+        table = self.query_one("#latest", DataTable)
+        table.clear()
+        latest: dict[int, dict[str, object]] = {}
+        for i, points in self.points.items():
+            values: dict[str, object] = {}
+            for point in points:
+                values.update(point.values)
+            latest[i] = values
+        keys = sorted({k for values in latest.values() for k in values if k != "_time"})
+        for key in keys:
+            table.add_row(key, *[value_text(latest.get(i, {}).get(key, "")) for i in self.compare], key=key)
+
+    def action_choose_keys(self) -> None:
+        from .dialogs import PromptScreen
+
+        known = numeric_keys([p for points in self.points.values() for p in points])
+
+        def apply(text: str | None) -> None:
+            if text is not None:
+                self.keys = [k.strip() for k in text.replace(",", " ").split() if k.strip()]
+                self.draw()
+
+        self.app.push_screen(PromptScreen(f"Keys to chart (known: {', '.join(known) or 'none yet'})",
+                                          ", ".join(self.keys)), apply)
+
+    def action_toggle_x(self) -> None:
+        self.x_axis = "_time" if self.x_axis == "step" else "step"
+        self.draw()

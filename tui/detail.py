@@ -1,0 +1,258 @@
+"""One execution: its logs, metadata charts, everything about it, and the exact code that ran."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from rich.markup import escape
+from rich.syntax import Syntax
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Static, TabbedContent, TabPane, Tree
+
+from runyard.protocol import ConnectionLost, RemoteError
+from runyard.protocol.methods import ExecutionView, OutputView
+
+from .chart import MetadataPane
+from .format import STATUS_STYLES, duration, now_utc, size_text, status_text
+from .logview import LogView
+from .widgets import StatusBar
+
+if TYPE_CHECKING:
+    from .app import RunyardApp
+
+TABS = ("logs", "metadata", "info", "code")
+
+
+class DetailScreen(Screen[None]):
+    DEFAULT_CSS = """
+    DetailScreen #detail-header { height: 1; padding: 0 1; background: $boost; }
+    DetailScreen #log-status { height: 1; padding: 0 1; color: $text-muted; }
+    DetailScreen #code-tree { width: 32; max-width: 40%; }
+    DetailScreen #code-view { width: 1fr; }
+    DetailScreen TabPane { padding: 0; }
+    """
+    BINDINGS = [
+        Binding("q,escape", "back", "back", id="detail.back"),
+        Binding("1", "tab('logs')", "logs", show=False, id="detail.logs"),
+        Binding("2", "tab('metadata')", "metadata", show=False, id="detail.metadata"),
+        Binding("3", "tab('info')", "info", show=False, id="detail.info"),
+        Binding("4", "tab('code')", "code", show=False, id="detail.code"),
+        Binding("tab", "next_tab(1)", "next tab", show=False, id="detail.next_tab"),
+        Binding("shift+tab", "next_tab(-1)", "previous tab", show=False, id="detail.previous_tab"),
+        Binding("s", "stop", "stop", id="detail.stop"),
+        Binding("r", "restart", "restart", id="detail.restart"),
+        Binding("ctrl+d", "delete", "delete", id="detail.delete"),
+        Binding("n", "rename", "rename", id="detail.rename"),
+    ]
+
+    def __init__(self, execution_id: int, tab: str = "logs", compare: list[int] | None = None) -> None:
+        super().__init__()
+        self.execution_id = execution_id
+        self.first_tab = tab
+        self.compare = compare or [execution_id]
+        self.title = f"Execution #{execution_id}"
+        self._code_loaded = False
+        self.shown_file: tuple[str, str] | None = None  # what the code viewer shows
+
+    @property
+    def ry(self) -> RunyardApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="detail-header")
+        with TabbedContent(initial=self.first_tab, id="tabs"):
+            with TabPane("1 Logs", id="logs"):
+                yield LogView(self.execution_id, on_status=self._log_status, id="log-view")
+                yield Static("", id="log-status")
+            with TabPane("2 Metadata", id="metadata"):
+                yield MetadataPane(self.execution_id, self.compare)
+            with TabPane("3 Info", id="info"), VerticalScroll():
+                yield Static("loading…", id="info-text")
+            with TabPane("4 Code", id="code"), Horizontal():
+                yield Tree("snapshot", id="code-tree")
+                with VerticalScroll(id="code-view"):
+                    yield Static("choose a file on the left (Enter)", id="code-text")
+        yield StatusBar(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.ry.listeners.append(self.data_changed)
+        self.data_changed({self.execution_id})
+        self._focus_tab(self.first_tab)
+
+    def on_unmount(self) -> None:
+        if self.data_changed in self.ry.listeners:
+            self.ry.listeners.remove(self.data_changed)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return not (action in ("stop", "restart", "delete", "rename") and self.ry.readonly)
+
+    def view(self) -> ExecutionView | None:
+        return self.ry.cache.views.get(self.execution_id)
+
+    def data_changed(self, ids: set[int] | None) -> None:
+        if ids is not None and self.execution_id not in ids:
+            return
+        v = self.view()
+        header = self.query_one("#detail-header", Static)
+        if v is None:
+            header.update(f"#{self.execution_id} (loading, or deleted)")
+            self.run_worker(self.ry.fetch_one(self.execution_id), group="fetch")
+            return
+        status = Text(status_text(v), style=STATUS_STYLES.get(v.status, ""))
+        text = Text.assemble(
+            (f"#{v.id} ", "bold"), (v.title or "", "bold"), f" {v.step} · ", status,
+            f" · {v.host or 'no host'}", f" · GPUs {len(v.gpus)}" if v.gpus else "",
+            f" · {duration(v, now_utc())}" if v.started_at else "",
+        )
+        header.update(text)
+        self.query_one(StatusBar).say(f"#{v.id} · {v.owner}")
+        if self.query_one("#tabs", TabbedContent).active == "info":
+            self.run_worker(self._show_info(), group="info", exclusive=True)
+
+    def _log_status(self, text: str) -> None:
+        self.query_one("#log-status", Static).update(text)
+
+    # -- tabs -------------------------------------------------------------------
+
+    def action_tab(self, name: str) -> None:
+        self.query_one("#tabs", TabbedContent).active = name
+        self._focus_tab(name)
+
+    def action_next_tab(self, step: int) -> None:
+        current = self.query_one("#tabs", TabbedContent).active
+        at = TABS.index(current) if current in TABS else 0
+        self.action_tab(TABS[(at + step) % len(TABS)])
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self._focus_tab(event.pane.id or "logs")
+
+    def _focus_tab(self, name: str) -> None:
+        if name == "logs":
+            self.query_one(LogView).focus()
+        elif name == "metadata":
+            pane = self.query_one(MetadataPane)
+            pane.focus()
+            self.run_worker(pane.reload(), group="metadata", exclusive=True)
+        elif name == "info":
+            self.run_worker(self._show_info(), group="info", exclusive=True)
+        elif name == "code":
+            self.query_one("#code-tree", Tree).focus()
+            if not self._code_loaded:
+                self._code_loaded = True
+                self.run_worker(self._load_code(), group="code", exclusive=True)
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    # -- info -------------------------------------------------------------------
+
+    async def _show_info(self) -> None:
+        try:
+            client = self.ry.link.client
+            v = await client.get(self.execution_id)
+            outputs = await client.outputs(self.execution_id) if v.status not in ("created", "queued") else []
+        except (ConnectionLost, RemoteError) as exc:
+            self.query_one("#info-text", Static).update(f"[red]{escape(str(exc))}[/red]")
+            return
+        self.ry.cache.update(v)
+        self.query_one("#info-text", Static).update(info_text(v, outputs))
+
+    # -- code -------------------------------------------------------------------
+
+    async def _load_code(self) -> None:
+        tree = self.query_one("#code-tree", Tree)
+        try:
+            files = await self.ry.link.client.snapshot_files(self.execution_id)
+        except (ConnectionLost, RemoteError) as exc:
+            self.query_one("#code-text", Static).update(f"[red]{escape(str(exc))}[/red]")
+            return
+        v = self.view()
+        tree.root.label = f"snapshot {v.snapshot[:12] if v else ''}" + (f" @ {v.commit[:10]}" if v and v.commit else "")
+        folders: dict[PurePosixPath, Any] = {PurePosixPath("."): tree.root}
+        for path, size in sorted(files):
+            p = PurePosixPath(path)
+            parent = PurePosixPath(".")
+            node = tree.root
+            for part in p.parts[:-1]:
+                parent = parent / part
+                if parent not in folders:
+                    folders[parent] = node.add(part + "/", expand=False)
+                node = folders[parent]
+            node.add_leaf(f"{p.name}  [dim]{size_text(size)}[/dim]", data=path)
+        tree.root.expand()
+
+    async def on_tree_node_selected(self, event: Tree.NodeSelected[Any]) -> None:
+        path = event.node.data
+        if not isinstance(path, str):
+            return
+        view = self.query_one("#code-text", Static)
+        try:
+            f = await self.ry.link.client.snapshot_file(self.execution_id, path)
+        except (ConnectionLost, RemoteError) as exc:
+            view.update(f"[red]{escape(str(exc))}[/red]")
+            return
+        if f.binary:
+            view.update(f"{escape(path)}: binary file, {size_text(f.size)}")
+            return
+        self.shown_file = (path, f.data)
+        lexer = Syntax.guess_lexer(path, f.data)
+        note = f"\n… cut at {size_text(len(f.data))} of {size_text(f.size)}" if f.truncated else ""
+        view.update(Syntax(f.data + note, lexer, line_numbers=True, word_wrap=False, theme="ansi_dark"))
+
+    # -- actions ----------------------------------------------------------------
+
+    def _describe(self) -> list[str]:
+        v = self.view()
+        return [f"#{self.execution_id} {(v.title or v.step) if v else ''} ({v.status if v else '?'})"]
+
+    def action_stop(self) -> None:
+        self.run_worker(self.ry.confirm_and_stop([self.execution_id], self._describe()), group="action")
+
+    def action_restart(self) -> None:
+        self.run_worker(self.ry.restart([self.execution_id]), group="action")
+
+    def action_delete(self) -> None:
+        async def delete() -> None:
+            if await self.ry.confirm_and_delete([self.execution_id], self._describe()):
+                self.dismiss()
+
+        self.run_worker(delete(), group="action")
+
+    def action_rename(self) -> None:
+        self.run_worker(self.ry.rename(self.execution_id), group="action")
+
+
+def info_text(v: ExecutionView, outputs: list[OutputView]) -> str:
+    e = escape
+    lines = [
+        f"[b]#{v.id}[/b] {e(v.title or '')}  step [b]{e(v.step)}[/b]  owner {e(v.owner)}",
+        f"status   {e(status_text(v))}   exit code {v.exit_code if v.exit_code is not None else '-'}",
+        f"image    {e(v.image)}",
+        f"command  {e(v.command)}",
+        f"host     {e(v.host or '-')}   GPUs {e(', '.join(v.gpus) or 'none')}   priority {v.priority}",
+        f"snapshot {v.snapshot[:16]}" + (f"  commit {e(v.commit)}" if v.commit else "  (ad-hoc working tree)"),
+        f"created  {v.created_at}   started {v.started_at or '-'}   ended {v.ended_at or '-'}",
+    ]
+    if v.restarted_from:
+        lines.append(f"restarted from #{v.restarted_from}")
+    if v.resources:
+        lines.append(f"resources {e(str(v.resources))}")
+    lines.append("")
+    lines.append("[b]Parameters[/b]" if v.parameters else "[b]Parameters[/b] none")
+    lines += [f"  {e(k)} = {e(str(val))}" for k, val in v.parameters.items()]
+    lines.append("[b]Inputs[/b]" if v.inputs else "[b]Inputs[/b] none")
+    for name, urls in v.inputs.items():
+        lines.append(f"  {e(name)}: {e(', '.join(urls))}")
+    progress = v.input_progress
+    if progress and progress.get("total"):
+        done, total = int(str(progress.get("done", 0))), int(str(progress["total"]))
+        lines.append(f"  fetching: {size_text(done)} of {size_text(total)} ({100 * done // max(1, total)}%)")
+    lines.append("[b]Outputs[/b]" if outputs else "[b]Outputs[/b] none")
+    lines += [f"  {e(o.path)}  {size_text(o.size)}  sha256 {o.sha256[:12]}" for o in outputs]
+    return "\n".join(lines)

@@ -1,0 +1,167 @@
+"""The hosts: each one's state, every GPU with its utilisation and holder, CPU and memory, what runs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from runyard.protocol.methods import HostView
+
+from .format import HOST_STATE_STYLES, bar
+from .widgets import StatusBar, VimTable
+
+if TYPE_CHECKING:
+    from .app import RunyardApp
+
+
+class HostsScreen(Screen[None]):
+    TITLE = "Hosts"
+    AUTO_FOCUS = "#hosts-table"
+    DEFAULT_CSS = """
+    HostsScreen #hosts-table { height: 1fr; min-height: 4; }
+    HostsScreen #host-summary { height: auto; max-height: 4; padding: 0 1; background: $boost; }
+    HostsScreen #gpu-table { height: 2fr; min-height: 5; }
+    """
+    BINDINGS = [
+        Binding("d", "drain", "drain", id="hosts.drain"),
+        Binding("e", "enable", "enable", id="hosts.enable"),
+        Binding("x", "scan", "rescan", id="hosts.scan"),
+        Binding("enter", "open_holder", "open execution", id="hosts.open"),
+        Binding("tab", "switch_table", "hosts/GPUs", show=False, id="hosts.switch"),
+        Binding("q", "app.quit", "quit", id="hosts.quit"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hosts: list[HostView] = []
+
+    @property
+    def ry(self) -> RunyardApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield VimTable(id="hosts-table")
+        yield Static("", id="host-summary")
+        yield VimTable(id="gpu-table")
+        yield StatusBar(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        hosts = self.query_one("#hosts-table", VimTable)
+        for name in ("HOST", "STATE", "POOL", "GPUS FREE", "CPU", "MEMORY", "RUNNING"):
+            hosts.add_column(name, key=name.lower())
+        gpus = self.query_one("#gpu-table", VimTable)
+        for name in ("GPU", "MODEL", "MEMORY", "UTIL", "HELD BY"):
+            gpus.add_column(name, key=name.lower())
+        self.ry.host_listeners.append(self.show)
+        self.show(self.ry.hosts)
+        self.run_worker(self.ry.refresh_hosts(), exclusive=True, group="hosts")
+
+    def on_unmount(self) -> None:
+        if self.show in self.ry.host_listeners:
+            self.ry.host_listeners.remove(self.show)
+
+    def on_screen_resume(self) -> None:
+        self.run_worker(self.ry.refresh_hosts(), exclusive=True, group="hosts")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return not (action in ("drain", "enable") and self.ry.readonly)
+
+    def show(self, hosts: list[HostView]) -> None:
+        self.hosts = hosts
+        table = self.query_one("#hosts-table", VimTable)
+        current = self.current_host()
+        table.clear()
+        for h in hosts:
+            free = sum(1 for g in h.gpus if g.execution is None)
+            cpu = f"{h.cpus_used:g}/{h.cpus}" if h.cpus else f"{h.cpus_used:g}/?"
+            memory = f"{h.memory_used_mb // 1024}/{h.memory_mb // 1024} GiB" if h.memory_mb else "?"
+            state = Text(h.state, style=HOST_STATE_STYLES.get(h.state, ""))
+            table.add_row(h.name, state, h.pool, f"{free}/{len(h.gpus)}", cpu, memory,
+                          ",".join(f"#{i}" for i in h.executions) or "-", key=h.name)
+        if current and current in table.rows:
+            table.move_cursor(row=table.get_row_index(current))
+        self._show_gpus()
+        ready = sum(1 for h in hosts if h.state == "ready")
+        self.query_one(StatusBar).say(f"{len(hosts)} hosts · {ready} ready · "
+                                      f"{sum(len(h.gpus) for h in hosts)} GPUs")
+
+    def current_host(self) -> str | None:
+        table = self.query_one("#hosts-table", VimTable)
+        if not table.row_count:
+            return None
+        row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        return str(row_key.value)
+
+    def host(self) -> HostView | None:
+        name = self.current_host()
+        return next((h for h in self.hosts if h.name == name), None)
+
+    def _show_gpus(self) -> None:
+        gpus = self.query_one("#gpu-table", VimTable)
+        gpus.clear()
+        h = self.host()
+        summary = self.query_one("#host-summary", Static)
+        if h is None:
+            summary.update("no hosts configured")
+            return
+        lines = [f"[b]{h.name}[/b] {h.address} · {h.runtime} · max {h.max_concurrent} at once"
+                 f" · scanned {h.scanned_at or 'never'}"]
+        if h.error:
+            lines.append(f"[red]{h.error}[/red]")
+        for problem in h.problems:
+            lines.append(f"[yellow]{problem}[/yellow]")
+        summary.update("\n".join(lines))
+        for g in h.gpus:
+            if g.memory_total_mb:
+                memory = f"{g.memory_used_mb if g.memory_used_mb is not None else '?'}/{g.memory_total_mb} MiB"
+            else:
+                memory = "?"
+            util = g.utilization
+            util_text = f"{bar(None if util is None else util / 100)} {util if util is not None else '?':>3}%"
+            holder = f"#{g.execution}" if g.execution is not None else "free"
+            gpus.add_row(str(g.index), g.name, memory, util_text, holder, key=g.uuid)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "hosts-table":
+            self._show_gpus()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open_holder()
+
+    def action_switch_table(self) -> None:
+        hosts = self.query_one("#hosts-table", VimTable)
+        gpus = self.query_one("#gpu-table", VimTable)
+        (gpus if hosts.has_focus else hosts).focus()
+
+    def action_open_holder(self) -> None:
+        h = self.host()
+        if h is None:
+            return
+        gpus = self.query_one("#gpu-table", VimTable)
+        if gpus.has_focus and gpus.row_count:
+            holder = h.gpus[gpus.cursor_row].execution if gpus.cursor_row < len(h.gpus) else None
+        else:
+            holder = h.executions[0] if h.executions else None
+        if holder is not None:
+            self.ry.open_execution(holder)
+
+    def action_drain(self) -> None:
+        h = self.host()
+        if h is not None:
+            self.run_worker(self.ry.confirm_host(h.name, "drain"), group="action")
+
+    def action_enable(self) -> None:
+        h = self.host()
+        if h is not None:
+            self.run_worker(self.ry.confirm_host(h.name, "enable"), group="action")
+
+    def action_scan(self) -> None:
+        h = self.host()
+        self.run_worker(self.ry.scan_hosts(h.name if h else None), group="action")

@@ -1,0 +1,380 @@
+"""The log viewer: head, "N lines skipped", tail; follows live; reads the rest by byte ranges.
+
+Only the lines on screen are turned into text, so a log of a million lines costs
+what its visible part costs. Scrolling up pauses following and counts what
+arrives meanwhile; ``G``/End resumes. Scrolling onto the skipped-lines row loads
+the lines behind it from the daemon, from whichever side the reader comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from rich.text import Text
+from textual import events
+from textual.binding import Binding
+from textual.widget import Widget
+
+from runyard.protocol import ConnectionLost, RemoteError
+
+from .logmodel import GAP, LogModel, stream_of, text_of, time_of
+
+if TYPE_CHECKING:
+    from .app import RunyardApp
+
+HEAD_LINES: Final = 200
+TAIL_LINES: Final = 2000
+WHOLE_BELOW: Final = 1 << 20  # logs smaller than this are read whole
+FILL_BYTES: Final = 256 * 1024
+KEEP_FOLLOWED: Final = 100_000  # lines kept in memory while following; older ones go back to the gap
+STREAMS: Final = (None, "stdout", "stderr")
+
+_STYLES: Final = {"stdout": "", "stderr": "red", "system": "yellow italic"}
+
+
+class LogView(Widget, can_focus=True):
+    DEFAULT_CSS = """
+    LogView { height: 1fr; padding: 0 0 0 1; }
+    LogView:focus { background: $boost; }
+    """
+    BINDINGS = [
+        Binding("j,down", "scroll_lines(1)", "down", show=False, id="logs.down"),
+        Binding("k,up", "scroll_lines(-1)", "up", show=False, id="logs.up"),
+        Binding("pagedown,ctrl+f", "page(1)", "page down", show=False, id="logs.page_down"),
+        Binding("pageup,ctrl+b", "page(-1)", "page up", show=False, id="logs.page_up"),
+        Binding("g,home", "top", "top", show=False, id="logs.top"),
+        Binding("G,end", "follow", "follow", id="logs.follow"),
+        Binding("slash", "search", "search", id="logs.search"),
+        Binding("n", "next_match(1)", "next", show=False, id="logs.next"),
+        Binding("N", "next_match(-1)", "previous", show=False, id="logs.previous"),
+        Binding("e", "cycle_stream", "stdout/stderr", id="logs.stream"),
+        Binding("t", "toggle_times", "timestamps", id="logs.times"),
+        Binding("w", "toggle_wrap", "wrap", id="logs.wrap"),
+    ]
+
+    def __init__(self, execution_id: int, on_status: Callable[[str], None] | None = None, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.execution_id = execution_id
+        self.model = LogModel()
+        self.top = 0
+        self.following = True
+        self.waiting = 0  # lines that arrived while following was paused
+        self.stream: str | None = None
+        self.show_times = False
+        self.wrap = False
+        self.search_text: str | None = None
+        self.opened = False
+        self.ended = False
+        self._filtered: list[int] | None = None
+        self._filtered_revision = -1
+        self._filtered_rows = 0
+        self._filling = False
+        self._on_status = on_status
+
+    @property
+    def ry(self) -> RunyardApp:
+        return self.app  # type: ignore[return-value]
+
+    # -- rows through the stream filter ----------------------------------------
+
+    def _rows(self) -> list[int] | None:
+        """Model rows that pass the stream filter (None: all of them)."""
+        if self.stream is None:
+            return None
+        model = self.model
+        if self._filtered is None or self._filtered_revision != model.revision:
+            self._filtered = [i for i in range(model.rows) if self._passes(model.row(i))]
+            self._filtered_revision = model.revision
+            self._filtered_rows = model.rows
+        elif self._filtered_rows < model.rows:
+            self._filtered += [i for i in range(self._filtered_rows, model.rows) if self._passes(model.row(i))]
+            self._filtered_rows = model.rows
+        return self._filtered
+
+    def _passes(self, record: str | object) -> bool:
+        return record is GAP or (isinstance(record, str) and stream_of(record) in (self.stream, "system"))
+
+    @property
+    def count(self) -> int:
+        rows = self._rows()
+        return self.model.rows if rows is None else len(rows)
+
+    def model_row(self, index: int) -> int:
+        rows = self._rows()
+        return index if rows is None else rows[index]
+
+    # -- loading ----------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        self.run_worker(self._load_and_follow(), group=f"log-{self.execution_id}", exclusive=True)
+
+    async def _load_and_follow(self) -> None:
+        """Open at once on head and tail, then follow; after a lost daemon, go on where it stopped."""
+        while True:
+            try:
+                await self.ry.link.connected.wait()
+                client = self.ry.link.client
+                if not self.opened:
+                    await self._open(client)
+                    self.opened = True
+                    self.refresh()
+                    self._status()
+                if self.ended:
+                    return
+                async for block in client.follow_logs(self.execution_id, self.model.end):
+                    self._arrived(block.data, block.offset, block.end)
+                self.ended = True
+                self._status()
+                return
+            except RemoteError as exc:
+                self.ry.notify(f"logs of #{self.execution_id}: {exc.message}", severity="error")
+                return
+            except (ConnectionLost, ConnectionError, OSError):
+                await asyncio.sleep(0.2)  # the link reconnects; wait for it at the top of the loop
+
+    async def _open(self, client: object) -> None:
+        from runyard.protocol import Client
+
+        assert isinstance(client, Client)
+        head = await client.read_logs(self.execution_id, head=HEAD_LINES)
+        model = self.model
+        if head.size <= WHOLE_BELOW or head.end >= head.size:
+            whole = await client.read_logs(self.execution_id, offset=0, max_bytes=max(1, min(head.size, 8 << 20)))
+            model.load(whole.data, whole.end)
+        else:
+            tail = await client.read_logs(self.execution_id, tail=TAIL_LINES)
+            model.load(head.data, head.end, tail.data, tail.start, tail.end,
+                       tail.first_line if tail.first_line is not None else 0)
+            if tail.start <= head.end:  # very long lines: head and tail overlap
+                rest = await client.read_logs(self.execution_id, offset=head.end, max_bytes=8 << 20)
+                model.append(rest.data, rest.start, rest.end)
+        self._to_bottom()
+
+    def _arrived(self, data: str, start: int, end: int) -> None:
+        before = self.count
+        added = self.model.append(data, start, end)
+        if not added:
+            return
+        if self.following:
+            if self.model.rows > KEEP_FOLLOWED * 1.5:
+                self.model.drop_oldest_tail(KEEP_FOLLOWED)
+            self._to_bottom()
+        else:
+            self.waiting += self.count - before
+        self.refresh()
+        self._status()
+
+    async def _fill(self, from_head: bool) -> None:
+        model = self.model
+        gap = model.gap
+        if gap is None or self._filling:
+            return
+        self._filling = True
+        try:
+            client = self.ry.link.client
+            rows_before, gap_row = model.rows, model.gap_row or 0
+            anchor = self.model_row(min(self.top, self.count - 1)) if self.count else 0
+            if from_head:
+                size = min(FILL_BYTES, gap.end - gap.start)
+                part = await client.read_logs(self.execution_id, offset=gap.start, max_bytes=size)
+                model.fill_from_head(part.data, part.start, part.end)
+            else:
+                start = max(gap.start, gap.end - FILL_BYTES)
+                part = await client.read_logs(self.execution_id, offset=start, max_bytes=gap.end - start)
+                model.fill_from_tail(part.data, part.start, part.end, exact_start=start == gap.start)
+            if anchor > gap_row:
+                anchor += model.rows - rows_before  # keep the lines the reader is looking at in place
+            self._place(anchor)
+        except (ConnectionLost, RemoteError, OSError) as exc:
+            self.ry.notify(f"could not read more of the log: {exc}", severity="warning")
+        finally:
+            self._filling = False
+        self.refresh()
+        self._status()
+
+    # -- scrolling --------------------------------------------------------------
+
+    @property
+    def page_size(self) -> int:
+        return max(1, self.size.height)
+
+    def _max_top(self) -> int:
+        return max(0, self.count - self.page_size)
+
+    def _to_bottom(self) -> None:
+        self.top = self._max_top()
+
+    def scroll_to_row(self, top: int) -> None:
+        self.top = max(0, min(top, self._max_top()))
+        self.following = self.top >= self._max_top()
+        if self.following:
+            self.waiting = 0
+        self.refresh()
+        self._status()
+
+    def action_scroll_lines(self, delta: int) -> None:
+        self.scroll_to_row(self.top + delta)
+
+    def action_page(self, direction: int) -> None:
+        self.scroll_to_row(self.top + direction * max(1, self.page_size - 1))
+
+    def action_top(self) -> None:
+        self.scroll_to_row(0)
+
+    def action_follow(self) -> None:
+        self.following = True
+        self.waiting = 0
+        self._to_bottom()
+        self.refresh()
+        self._status()
+
+    def on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
+        event.stop()
+        self.action_scroll_lines(3)
+
+    def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        event.stop()
+        self.action_scroll_lines(-3)
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self.following:
+            self._to_bottom()
+
+    # -- options ----------------------------------------------------------------
+
+    def _place(self, anchor: int) -> None:
+        """Put model row ``anchor`` (or the first shown row after it) at the top."""
+        rows = self._rows()
+        self.top = anchor if rows is None else bisect.bisect_left(rows, anchor)
+        if self.following:
+            self._to_bottom()
+
+    def action_cycle_stream(self) -> None:
+        at = STREAMS.index(self.stream)
+        anchor = self.model_row(min(self.top, self.count - 1)) if self.count else 0
+        self.stream = STREAMS[(at + 1) % len(STREAMS)]
+        self._filtered = None
+        self._place(anchor)
+        self.scroll_to_row(self.top)
+        self.ry.notify(f"showing {self.stream or 'stdout and stderr'}")
+
+    def action_toggle_times(self) -> None:
+        self.show_times = not self.show_times
+        self.refresh()
+        self._status()
+
+    def action_toggle_wrap(self) -> None:
+        self.wrap = not self.wrap
+        self.refresh()
+        self._status()
+
+    def action_search(self) -> None:
+        from .dialogs import PromptScreen
+
+        def apply(text: str | None) -> None:
+            if text:
+                self.search_text = text
+                self.action_next_match(1, from_current=True)
+            elif text == "":
+                self.search_text = None
+                self.refresh()
+
+        self.app.push_screen(PromptScreen("Search the log (case-insensitive; n/N next/previous)",
+                                          self.search_text or ""), apply)
+
+    def action_next_match(self, direction: int, from_current: bool = False) -> None:
+        from textual.actions import SkipAction
+
+        if not self.search_text:
+            raise SkipAction()  # n is rename when no search is active
+        needle = self.search_text.lower()
+        count = self.count
+        start = self.top if from_current else self.top + direction
+        i = start
+        while 0 <= i < count:
+            record = self.model.row(self.model_row(i))
+            if isinstance(record, str) and needle in text_of(record).lower():
+                self.scroll_to_row(i - min(3, self.page_size // 3))
+                return
+            i += direction
+        where = "below" if direction > 0 else "above"
+        skipped = f"; {self.model.gap.lines:,} skipped lines not loaded" if self.model.gap else ""
+        self.ry.notify(f"no more matches for {self.search_text!r} {where}{skipped}", severity="warning")
+
+    # -- drawing ----------------------------------------------------------------
+
+    def render(self) -> Text:
+        height, width = self.size.height, max(1, self.size.width - 1)
+        out: list[Text] = []
+        console = self.app.console
+        i = self.top
+        count = self.count
+        gap_seen: int | None = None
+        pattern = re.compile(re.escape(self.search_text), re.IGNORECASE) if self.search_text else None
+        while len(out) < height and i < count:
+            row = self.model_row(i)
+            record = self.model.row(row)
+            if record is GAP:
+                gap = self.model.gap
+                n = gap.lines if gap else 0
+                line = Text(f"··· {n:,} lines skipped (scroll here to load them) ···", style="reverse")
+                gap_seen = len(out)
+            else:
+                assert isinstance(record, str)
+                line = self._line(record, row, pattern)
+            if self.wrap:
+                out.extend(line.wrap(console, width))
+            else:
+                line.truncate(width, overflow="ellipsis")
+                out.append(line)
+            i += 1
+        if gap_seen is not None and self.opened and not self._filling:
+            # The reader sees the gap: fill it from the side they are coming from.
+            # Head lines above it on screen mean the reader came down from the head.
+            from_head = gap_seen > 0
+            self.run_worker(self._fill(from_head), group=f"fill-{self.execution_id}")
+        if not out:
+            return Text("(no log lines yet)" if self.opened else "loading…", style="dim")
+        return Text("\n").join(out[:height])
+
+    def _line(self, record: str, row: int, pattern: re.Pattern[str] | None) -> Text:
+        stream = stream_of(record)
+        line = Text(no_wrap=not self.wrap)
+        if self.show_times:
+            line.append(time_of(record)[:23] + " ", style="dim")
+        body = Text(text_of(record), style=_STYLES.get(stream, ""))
+        if pattern is not None:
+            body.highlight_regex(pattern, style="black on yellow")
+        line.append_text(body)
+        return line
+
+    def _status(self) -> None:
+        if self._on_status is None:
+            return
+        model = self.model
+        count = self.count
+        if count:
+            first = model.line_number(self.model_row(min(self.top, count - 1)))
+            last = model.line_number(self.model_row(min(self.top + self.page_size, count) - 1))
+            where = f"lines {first:,}–{last:,} of {model.total_lines:,}"
+        else:
+            where = "empty"
+        if self.ended:
+            mode = "ended"
+        elif self.following:
+            mode = "[green]following[/green]"
+        else:
+            mode = f"[yellow]paused[/yellow]: {self.waiting:,} new lines (G follows)" if self.waiting else (
+                "[yellow]paused[/yellow] (G follows)")
+        parts = [where, mode, f"stream: {self.stream or 'all'}"]
+        if self.show_times:
+            parts.append("timestamps")
+        if self.wrap:
+            parts.append("wrap")
+        if self.search_text:
+            parts.append(f"search: {self.search_text!r}")
+        self._on_status(" · ".join(parts))

@@ -1,0 +1,306 @@
+"""The queue: every execution of interest, live, filtered, sorted, marked and acted on."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input
+
+from runyard.protocol.methods import ExecutionView
+
+from .format import (
+    ACTIVE,
+    BASE_COLUMNS,
+    STATUS_STYLES,
+    Filter,
+    age,
+    default_order,
+    duration,
+    now_utc,
+    sort_key,
+    status_text,
+    value_text,
+)
+from .widgets import StatusBar, VimTable
+
+if TYPE_CHECKING:
+    from .app import RunyardApp
+
+ACTION_BINDINGS = ("stop", "restart", "delete", "rename")
+
+
+class QueueScreen(Screen[None]):
+    TITLE = "Queue"
+    AUTO_FOCUS = "#queue-table"
+    DEFAULT_CSS = """
+    QueueScreen #queue-filter { display: none; height: 1; border: none; padding: 0 1; }
+    QueueScreen.-filtering #queue-filter { display: block; }
+    """
+    BINDINGS = [
+        Binding("enter", "open", "open", id="queue.open"),
+        Binding("slash", "filter", "filter", id="queue.filter"),
+        Binding("space", "mark", "mark", id="queue.mark"),
+        Binding("s", "stop", "stop", id="queue.stop"),
+        Binding("r", "restart", "restart", id="queue.restart"),
+        Binding("ctrl+d", "delete", "delete", id="queue.delete"),
+        Binding("n", "rename", "rename", id="queue.rename"),
+        Binding("o", "sort_next", "sort", id="queue.sort"),
+        Binding("O", "sort_reverse", "reverse", show=False, id="queue.sort_reverse"),
+        Binding("c", "columns", "metadata cols", id="queue.columns"),
+        Binding("m", "compare", "compare charts", show=False, id="queue.compare"),
+        Binding("q", "app.quit", "quit", id="queue.quit"),
+        Binding("escape,ctrl+g", "filter_close", "clear filter", show=False, id="queue.filter_clear"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.filter_text = ""
+        self.filter = Filter()
+        self.sort_column: str | None = None
+        self.sort_reverse = False
+        self.marked: set[int] = set()
+        self._columns: list[str] = []
+        self._paging = False
+
+    @property
+    def ry(self) -> RunyardApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Input(id="queue-filter",
+                    placeholder="filter: words, status: step: owner: host: — Enter keeps, Esc clears")
+        yield VimTable(id="queue-table")
+        yield StatusBar(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.ry.listeners.append(self.data_changed)
+        self.rebuild()
+
+    def on_unmount(self) -> None:
+        if self.data_changed in self.ry.listeners:
+            self.ry.listeners.remove(self.data_changed)
+
+    def on_screen_resume(self) -> None:
+        self.rebuild()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return not (action in ACTION_BINDINGS and self.ry.readonly)
+
+    # -- the table --------------------------------------------------------------
+
+    @property
+    def table(self) -> VimTable:
+        return self.query_one("#queue-table", VimTable)
+
+    def data_changed(self, ids: set[int] | None) -> None:
+        if self.is_current:
+            self.rebuild()
+
+    def shown_views(self) -> list[ExecutionView]:
+        views = [v for v in self.ry.cache.views.values() if self.filter.matches(v)]
+        if self.sort_column is None:
+            return default_order(views)
+        return sorted(views, key=sort_key(self.sort_column, now_utc()), reverse=self.sort_reverse)
+
+    def rebuild(self) -> None:
+        table = self.table
+        metadata_columns = list(self.ry.metadata_columns)
+        columns = [*BASE_COLUMNS, *metadata_columns]
+        if columns != self._columns:
+            table.clear(columns=True)
+            for name in columns:
+                label = name.upper() if name in BASE_COLUMNS else name
+                if name == self.sort_column:
+                    label += " ▼" if self.sort_reverse else " ▲"
+                table.add_column(label, key=name)
+            self._columns = columns
+        cursor_key = self.cursor_id()
+        table.clear()
+        now = now_utc()
+        views = self.shown_views()
+        for view in views:
+            table.add_row(*self._cells(view, metadata_columns, now), key=str(view.id))
+        if cursor_key is not None and str(cursor_key) in table.rows:
+            table.move_cursor(row=table.get_row_index(str(cursor_key)))
+        self._say(views)
+
+    def _cells(self, v: ExecutionView, metadata_columns: list[str], now: Any) -> list[Any]:
+        mark = "●" if v.id in self.marked else " "
+        status = Text(status_text(v), style=STATUS_STYLES.get(v.status, ""))
+        if v.input_progress and v.status in ACTIVE and v.input_progress.get("total"):
+            done, total = int(str(v.input_progress.get("done", 0))), int(str(v.input_progress["total"]))
+            status.append(f" ⇣{100 * done // max(1, total)}%", style="cyan")
+        cells: list[Any] = [
+            Text(f"{mark}{v.id}", style="bold" if v.id in self.marked else ""),
+            v.title or "", v.step, status, v.host or "", ",".join(g[-4:] for g in v.gpus) or "",
+            v.owner, age(v, now), duration(v, now),
+        ]
+        cells += [value_text(v.metadata[k]) if k in v.metadata else "" for k in metadata_columns]
+        return cells
+
+    def _say(self, views: list[ExecutionView]) -> None:
+        running = sum(1 for v in views if v.status == "started")
+        queued = sum(1 for v in views if v.status in ("queued", "created"))
+        parts = [f"{len(views)} shown", f"{running} running", f"{queued} queued"]
+        if self.marked:
+            parts.append(f"{len(self.marked)} marked")
+        if self.filter_text:
+            parts.append(f"filter: {self.filter_text}")
+        if self.sort_column:
+            parts.append(f"sort: {self.sort_column} {'▼' if self.sort_reverse else '▲'}")
+        if not self.ry.cache.exhausted:
+            parts.append("older: scroll down")
+        self.query_one(StatusBar).say(" · ".join(parts))
+
+    def cursor_id(self) -> int | None:
+        table = self.table
+        if not table.row_count:
+            return None
+        try:
+            row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        except Exception:
+            return None
+        return int(str(row_key.value)) if row_key.value is not None else None
+
+    def targets(self) -> list[int]:
+        if self.marked:
+            return sorted(i for i in self.marked if i in self.ry.cache.views)
+        current = self.cursor_id()
+        return [current] if current is not None else []
+
+    def describe(self, ids: list[int]) -> list[str]:
+        out = []
+        for i in ids:
+            v = self.ry.cache.views.get(i)
+            out.append(f"#{i} {v.title or v.step} ({v.status})" if v else f"#{i}")
+        return out
+
+    async def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        table = self.table
+        if (event.cursor_row >= table.row_count - 5 and not self.ry.cache.exhausted and not self._paging):
+            self._paging = True
+            try:
+                await self.ry.load_older()
+            finally:
+                self._paging = False
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open()
+
+    # -- actions ----------------------------------------------------------------
+
+    def action_open(self) -> None:
+        current = self.cursor_id()
+        if current is not None:
+            self.ry.open_execution(current)
+
+    def action_filter(self) -> None:
+        self.add_class("-filtering")
+        box = self.query_one("#queue-filter", Input)
+        box.value = self.filter_text
+        box.focus()
+
+    def set_filter(self, text: str) -> None:
+        self.filter_text = text.strip()
+        self.filter = Filter.parse(self.filter_text)
+        self.rebuild()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "queue-filter":
+            self.set_filter(event.value)  # live: every key narrows the table
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "queue-filter":
+            if not self.filter_text:
+                self.remove_class("-filtering")
+            self.table.focus()
+
+    def action_filter_close(self) -> None:
+        if self.filter_text or self.has_class("-filtering"):
+            self.query_one("#queue-filter", Input).value = ""
+            self.set_filter("")
+            self.remove_class("-filtering")
+            self.table.focus()
+
+    def action_mark(self) -> None:
+        current = self.cursor_id()
+        if current is None:
+            return
+        self.marked.symmetric_difference_update({current})
+        row = self.table.cursor_row
+        self.rebuild()
+        if row + 1 < self.table.row_count:
+            self.table.move_cursor(row=row + 1)
+
+    def action_sort_next(self) -> None:
+        columns = [*BASE_COLUMNS, *self.ry.metadata_columns]
+        if self.sort_column is None:
+            self.sort_column = columns[0]
+        else:
+            at = columns.index(self.sort_column) if self.sort_column in columns else -1
+            self.sort_column = columns[at + 1] if at + 1 < len(columns) else None
+        self._columns = []  # relabel the headers
+        self.rebuild()
+        self.app.notify(f"sorted by {self.sort_column}" if self.sort_column else "default order: active first")
+
+    def action_sort_reverse(self) -> None:
+        self.sort_reverse = not self.sort_reverse
+        self._columns = []
+        self.rebuild()
+
+    def sort_by(self, column: str, reverse: bool = False) -> None:
+        self.sort_column = column
+        self.sort_reverse = reverse
+        self._columns = []
+        self.rebuild()
+
+    def action_columns(self) -> None:
+        known = sorted({k for v in self.ry.cache.views.values() for k in v.metadata})
+
+        def apply(text: str | None) -> None:
+            if text is None:
+                return
+            self.ry.metadata_columns = [c.strip() for c in text.replace(",", " ").split() if c.strip()]
+            self._columns = []
+            self.rebuild()
+
+        from .dialogs import PromptScreen
+
+        hint = ", ".join(known[:12]) or "none yet"
+        self.app.push_screen(PromptScreen(f"Metadata columns, comma separated (known: {hint})",
+                                          ", ".join(self.ry.metadata_columns)), apply)
+
+    def action_compare(self) -> None:
+        ids = self.targets()
+        if ids:
+            self.ry.open_execution(ids[0], tab="metadata", compare=ids)
+
+    # Flows that wait on a dialog run as workers: a dialog's answer is delivered through this
+    # screen's message queue, which must not be blocked by the action awaiting it.
+    def action_stop(self) -> None:
+        ids = self.targets()
+        self.run_worker(self.ry.confirm_and_stop(ids, self.describe(ids)), group="action")
+
+    def action_restart(self) -> None:
+        self.run_worker(self.ry.restart(self.targets()), group="action")
+
+    def action_delete(self) -> None:
+        ids = self.targets()
+
+        async def delete() -> None:
+            if await self.ry.confirm_and_delete(ids, self.describe(ids)):
+                self.marked -= set(ids)
+                self.rebuild()
+
+        self.run_worker(delete(), group="action")
+
+    def action_rename(self) -> None:
+        current = self.cursor_id()
+        if current is not None:
+            self.run_worker(self.ry.rename(current), group="action")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, ClassVar
 
 from textual.app import App
@@ -23,7 +24,7 @@ from runyard.protocol.methods import HostView
 from .cache import PAGE, ExecutionCache
 from .detail import DetailScreen
 from .dialogs import ConfirmScreen, HelpScreen, PromptScreen
-from .format import ACTIVE
+from .format import ACTIVE, now_utc
 from .hosts import HostsScreen
 from .link import DaemonLink
 from .queue import QueueScreen
@@ -34,6 +35,7 @@ ACTIVE_REFRESH_SECONDS = 3.0  # metadata columns and durations of running execut
 
 class RunyardApp(App[None]):
     TITLE = "runyard"
+    ENABLE_COMMAND_PALETTE = False  # ":" is the command line here, as in k9s
     CSS = """
     Screen { layers: base overlay; }
     """
@@ -54,8 +56,10 @@ class RunyardApp(App[None]):
     online = reactive(False)
 
     def __init__(self, socket_path: str | None = None, *, readonly: bool = False,
-                 metadata_columns: list[str] | None = None, keymap: dict[str, str] | None = None) -> None:
+                 metadata_columns: list[str] | None = None, keymap: dict[str, str] | None = None,
+                 clock: Callable[[], datetime] = now_utc) -> None:
         super().__init__()
+        self.clock = clock  # ages and durations; tests pin it for screenshots
         self.socket_path = socket_path or default_socket_path()
         self.readonly = readonly
         self.metadata_columns = metadata_columns or []

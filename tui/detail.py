@@ -18,7 +18,7 @@ from runyard.protocol import ConnectionLost, RemoteError
 from runyard.protocol.methods import ExecutionView, OutputView
 
 from .chart import MetadataPane
-from .format import STATUS_STYLES, duration, now_utc, size_text, status_text
+from .format import STATUS_STYLES, duration, size_text, status_text
 from .logview import LogView
 from .widgets import StatusBar
 
@@ -34,7 +34,9 @@ class DetailScreen(Screen[None]):
     DetailScreen #log-status { height: 1; padding: 0 1; color: $text-muted; }
     DetailScreen #code-tree { width: 32; max-width: 40%; }
     DetailScreen #code-view { width: 1fr; }
-    DetailScreen TabPane { padding: 0; }
+    DetailScreen #tabs { height: 1fr; }
+    DetailScreen ContentSwitcher { height: 1fr; }
+    DetailScreen TabPane { padding: 0; height: 1fr; }
     """
     BINDINGS = [
         Binding("q,escape", "back", "back", id="detail.back"),
@@ -108,7 +110,7 @@ class DetailScreen(Screen[None]):
         text = Text.assemble(
             (f"#{v.id} ", "bold"), (v.title or "", "bold"), f" {v.step} · ", status,
             f" · {v.host or 'no host'}", f" · GPUs {len(v.gpus)}" if v.gpus else "",
-            f" · {duration(v, now_utc())}" if v.started_at else "",
+            f" · {duration(v, self.ry.clock())}" if v.started_at else "",
         )
         header.update(text)
         self.query_one(StatusBar).say(f"#{v.id} · {v.owner}")

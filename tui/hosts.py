@@ -111,7 +111,7 @@ class HostsScreen(Screen[None]):
             summary.update("no hosts configured")
             return
         lines = [f"[b]{h.name}[/b] {h.address} · {h.runtime} · max {h.max_concurrent} at once"
-                 f" · scanned {h.scanned_at or 'never'}"]
+                 + ("" if h.scanned_at else " · not scanned yet")]
         if h.error:
             lines.append(f"[red]{h.error}[/red]")
         for problem in h.problems:

@@ -337,6 +337,7 @@ class LogView(Widget, can_focus=True):
             # Head lines above it on screen mean the reader came down from the head.
             from_head = gap_seen > 0
             self.run_worker(self._fill(from_head), group=f"fill-{self.execution_id}")
+        self._status()  # the line count shown depends on the height just laid out
         if not out:
             return Text("(no log lines yet)" if self.opened else "loading…", style="dim")
         return Text("\n").join(out[:height])

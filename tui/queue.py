@@ -20,7 +20,6 @@ from .format import (
     age,
     default_order,
     duration,
-    now_utc,
     sort_key,
     status_text,
     value_text,
@@ -38,6 +37,7 @@ class QueueScreen(Screen[None]):
     AUTO_FOCUS = "#queue-table"
     DEFAULT_CSS = """
     QueueScreen #queue-filter { display: none; height: 1; border: none; padding: 0 1; }
+    QueueScreen #queue-table { height: 1fr; }
     QueueScreen.-filtering #queue-filter { display: block; }
     """
     BINDINGS = [
@@ -105,7 +105,7 @@ class QueueScreen(Screen[None]):
         views = [v for v in self.ry.cache.views.values() if self.filter.matches(v)]
         if self.sort_column is None:
             return default_order(views)
-        return sorted(views, key=sort_key(self.sort_column, now_utc()), reverse=self.sort_reverse)
+        return sorted(views, key=sort_key(self.sort_column, self.ry.clock()), reverse=self.sort_reverse)
 
     def rebuild(self) -> None:
         table = self.table
@@ -121,7 +121,7 @@ class QueueScreen(Screen[None]):
             self._columns = columns
         cursor_key = self.cursor_id()
         table.clear()
-        now = now_utc()
+        now = self.ry.clock()
         views = self.shown_views()
         for view in views:
             table.add_row(*self._cells(view, metadata_columns, now), key=str(view.id))

@@ -12,7 +12,7 @@ class StatusBar(Static):
     """One line at the bottom: what the screen shows, then the daemon connection's state."""
 
     DEFAULT_CSS = """
-    StatusBar { dock: bottom; height: 1; background: $panel; color: $text; padding: 0 1; }
+    StatusBar { height: 1; background: $panel; color: $text; padding: 0 1; }
     StatusBar.-down { background: $error; }
     """
 

@@ -35,7 +35,7 @@ for i in range(n):
     print(f"line {i}", flush=True)
     if i % 5 == 0:
         print(json.dumps({"step": i, "loss": 1.0 / (i + 1), "acc": i / n}), flush=True)
-    if i % 7 == 0:
+    if i % 7 == 0 and os.environ.get("WARN", "1") == "1":
         print(f"warn {i}", file=sys.stderr, flush=True)
     time.sleep(float(os.environ.get("DELAY", "0")))
 if os.path.exists("/valohai/inputs/hold") or os.environ.get("HOLD"):
@@ -378,3 +378,31 @@ async def test_quitting_cleanly(live: tuple[Daemon, Client, Path]) -> None:
         await pilot.press("q")
         await asyncio.wait_for(pilot.pause(), 5)
     assert app.return_code in (0, None)
+
+
+async def test_remapped_key_and_command_line(live: tuple[Daemon, Client, Path]) -> None:
+    daemon, client, repo = live
+    held = await submit_repo(client, repo, "hold", title="remapped")
+    await wait_for_status(client, held.id, {"started"})
+    app = RunyardApp(daemon.socket, keymap={"queue.stop": "x"})
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: held.id in rows(app), "the queue")
+        await move_to(pilot, app, held.id)
+        await pilot.press("s")  # no longer stop
+        await pilot.pause()
+        assert isinstance(app.screen, QueueScreen)
+        await pilot.press("x")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "stop's confirmation on the new key")
+        await pilot.press("n")
+        await pilot.press("colon", *"hosts", "enter")
+        await until(pilot, lambda: isinstance(app.screen, HostsScreen), ":hosts")
+        await pilot.press("colon", *"nonsense", "enter")
+        await until(pilot, lambda: any("unknown command" in n.message for n in app._notifications), "a toast")
+        await pilot.press("colon", *"sort duration desc", "enter")
+        await until(pilot, lambda: isinstance(app.screen, QueueScreen) and app.screen.sort_column == "duration",
+                    ":sort")
+        await pilot.press("Z")
+        assert app.frozen
+        await pilot.press("Z")
+        assert not app.frozen
+    await client.stop([held.id])

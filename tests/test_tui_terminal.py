@@ -1,4 +1,4 @@
-"""`runyard tui` in a real terminal: tmux runs it, send-keys drives it, capture-pane reads the screen."""
+"""`runyard` in a real terminal: tmux runs it, send-keys drives it, capture-pane reads the screen."""
 
 from __future__ import annotations
 
@@ -68,7 +68,8 @@ async def test_tui_in_tmux(daemon: Daemon, tmux: Tmux, tmp_path: Path) -> None:
     env = {**os.environ, "RUNYARD_SOCKET": daemon.socket, "TERM": "xterm-256color",
            "RUNYARD_TUI_CONFIG": str(tmp_path / "none.toml")}
     # COLUMNS/LINES in the environment would override the terminal's real size
-    command = f"env -u COLUMNS -u LINES {sys.executable} -m runyard.cli tui"
+    # plain `runyard` in a terminal opens the TUI
+    command = f"env -u COLUMNS -u LINES {sys.executable} -m runyard.cli"
     tmux("new-session", "-d", "-s", "ry", "-x", "100", "-y", "30",
          *[a for k, v in env.items() if k.startswith(("RUNYARD", "TERM", "PATH", "HOME")) for a in ("-e", f"{k}={v}")],
          command)
@@ -88,3 +89,16 @@ async def test_tui_in_tmux(daemon: Daemon, tmux: Tmux, tmp_path: Path) -> None:
     while tmux.session_alive():  # the pane closes when the TUI exits
         assert time.monotonic() < deadline, "the TUI did not quit on q"
         await asyncio.sleep(0.1)
+
+
+def test_keys_lists_remappable_bindings_and_bad_settings_are_named(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "runyard.cli", "tui", "--keys"], capture_output=True, text=True)
+    assert run.returncode == 0
+    ids = {line.split()[0] for line in run.stdout.splitlines()}
+    assert {"queue.stop", "queue.filter", "logs.follow", "detail.back", "hosts.drain"} <= ids
+    bad = tmp_path / "tui.toml"
+    bad.write_text("[keys]\nqueue.stop = 3\n")
+    run = subprocess.run([sys.executable, "-m", "runyard.cli", "tui"], capture_output=True, text=True,
+                         env={**os.environ, "RUNYARD_TUI_CONFIG": str(bad)})
+    assert run.returncode == 2
+    assert str(bad) in run.stderr and "[keys]" in run.stderr

@@ -80,9 +80,10 @@ class MetadataPane(Vertical, can_focus=True):
 
     def on_mount(self) -> None:
         table = self.query_one("#latest", DataTable)
-        table.add_column("KEY", key="key")
+        # Fixed widths: live updates must not make the columns jump.
+        table.add_column("KEY", key="key", width=24)
         for i in self.compare:
-            table.add_column(f"#{i}", key=str(i))
+            table.add_column(f"#{i}", key=str(i), width=14)
         self.set_interval(2.0, self._tick)
 
     async def _tick(self) -> None:

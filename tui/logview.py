@@ -183,9 +183,16 @@ class LogView(Widget, can_focus=True):
                 part = await client.read_logs(self.execution_id, offset=gap.start, max_bytes=size)
                 model.fill_from_head(part.data, part.start, part.end)
             else:
-                start = max(gap.start, gap.end - FILL_BYTES)
-                part = await client.read_logs(self.execution_id, offset=start, max_bytes=gap.end - start)
-                model.fill_from_tail(part.data, part.start, part.end, exact_start=start == gap.start)
+                size = FILL_BYTES
+                while True:  # a record longer than the window needs a wider one
+                    start = max(gap.start, gap.end - size)
+                    part = await client.read_logs(self.execution_id, offset=start,
+                                                  max_bytes=min(8 << 20, gap.end - start))
+                    if model.fill_from_tail(part.data, part.start, part.end, exact_start=start == gap.start):
+                        break
+                    if start == gap.start or size >= 8 << 20:
+                        break
+                    size *= 2
             if anchor > gap_row:
                 anchor += model.rows - rows_before  # keep the lines the reader is looking at in place
             self._place(anchor)

@@ -85,7 +85,8 @@ class DetailScreen(Screen[None]):
     def on_mount(self) -> None:
         self.ry.listeners.append(self.data_changed)
         self.data_changed({self.execution_id})
-        self._focus_tab(self.first_tab)
+        # The tab panes mount after this screen does; focus once they are there.
+        self.call_after_refresh(self._focus_tab, self.first_tab)
 
     def on_unmount(self) -> None:
         if self.data_changed in self.ry.listeners:
@@ -135,6 +136,9 @@ class DetailScreen(Screen[None]):
         self._focus_tab(event.pane.id or "logs")
 
     def _focus_tab(self, name: str) -> None:
+        if not self.query(LogView):
+            self.call_after_refresh(self._focus_tab, name)
+            return
         if name == "logs":
             self.query_one(LogView).focus()
         elif name == "metadata":

@@ -74,6 +74,8 @@ class LogView(Widget, can_focus=True):
         self._filtered_rows = 0
         self._filling = False
         self._on_status = on_status
+        self._last_status = ""
+        self.shown = asyncio.Event()  # set once the opened log has been drawn; tests and benchmarks wait on it
 
     @property
     def ry(self) -> RunyardApp:
@@ -163,10 +165,11 @@ class LogView(Widget, can_focus=True):
             if self.model.rows > KEEP_FOLLOWED * 1.5:
                 self.model.drop_oldest_tail(KEEP_FOLLOWED)
             self._to_bottom()
+            self.refresh()
         else:
+            # Nothing on screen moved: only the count of waiting lines changes.
             self.waiting += self.count - before
-        self.refresh()
-        self._status()
+            self._status()
 
     async def _fill(self, from_head: bool) -> None:
         model = self.model
@@ -345,6 +348,8 @@ class LogView(Widget, can_focus=True):
             from_head = gap_seen > 0
             self.run_worker(self._fill(from_head), group=f"fill-{self.execution_id}")
         self._status()  # the line count shown depends on the height just laid out
+        if self.opened and out:
+            self.shown.set()
         if not out:
             return Text("(no log lines yet)" if self.opened else "loading…", style="dim")
         return Text("\n").join(out[:height])
@@ -385,4 +390,7 @@ class LogView(Widget, can_focus=True):
             parts.append("wrap")
         if self.search_text:
             parts.append(f"search: {self.search_text!r}")
-        self._on_status(" · ".join(parts))
+        text = " · ".join(parts)
+        if text != self._last_status:  # every update costs the screen a repaint
+            self._last_status = text
+            self._on_status(text)

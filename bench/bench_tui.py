@@ -161,7 +161,7 @@ async def main() -> None:
             if name == "small":
                 daemon.terminate()
                 continue
-            idle = await keypress_repaint(daemon, executions, 40)  # the seeded ids run 1..executions
+            idle = await keypress_repaint(daemon, executions, 100)  # the seeded ids run 1..executions
             async with await Client.connect(daemon.socket) as client:
                 running = [(await submit_repo(client, repo, "printer")).id for _ in range(printers)]
                 started = 0
@@ -169,7 +169,7 @@ async def main() -> None:
                     started = sum([(await client.get(i)).status == "started" for i in running])
                     if started == printers:
                         break
-                loaded = await keypress_repaint(daemon, running[0], 40)
+                loaded = await keypress_repaint(daemon, running[0], 100)
                 await client.stop(running)
             daemon.terminate()
             daemon.cleanup_containers()

@@ -406,3 +406,31 @@ async def test_remapped_key_and_command_line(live: tuple[Daemon, Client, Path]) 
         await pilot.press("Z")
         assert not app.frozen
     await client.stop([held.id])
+
+
+async def test_older_executions_are_paged_in_as_the_cursor_reaches_the_end(daemon: Daemon, tmp_path: Path) -> None:
+    repo = project(tmp_path)
+    async with await Client.connect(daemon.socket) as client:
+        first = await submit_repo(client, repo, "train", parameters={})
+        await wait_for_status(client, first.id)
+    daemon.terminate()
+    # 450 more finished executions, copied from the real one with the daemon stopped
+    import sqlite3
+
+    db = sqlite3.connect(daemon.data_dir / "runyard.sqlite3")
+    columns = [r[1] for r in db.execute("PRAGMA table_info(executions)") if r[1] != "id"]
+    row = db.execute(f"SELECT {', '.join(columns)} FROM executions").fetchone()
+    db.executemany(f"INSERT INTO executions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                   [row] * 450)
+    db.commit()
+    db.close()
+    daemon.start()
+    app = RunyardApp(daemon.socket)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, app.loaded.is_set, "the queue")
+        assert len(rows(app)) == 200  # one page, never the whole store
+        for expected in (400, 451):
+            await pilot.press("G")
+            await until(pilot, lambda expected=expected: len(rows(app)) == expected, f"{expected} rows")  # type: ignore[misc]
+        assert app.cache.exhausted
+        assert rows(app)[-1] == 1

@@ -76,16 +76,28 @@ async def first_paint_and_log_open(daemon: Daemon, expected_rows: int, log_lines
         table = app.screen.query_one("#queue-table")
         rows = table.row_count  # type: ignore[attr-defined]
         newest = max(app.cache.views)
-        opened_at = time.perf_counter()
-        app.open_execution(newest)
-        while not (isinstance(app.screen, DetailScreen) and app.screen.query(LogView)):
-            await pilot.pause()  # the screen and its tab panes mount
-        view = app.screen.query_one(LogView)
-        await view.shown.wait()  # the first lines are drawn
-        log_open = time.perf_counter() - opened_at
-        assert view.model.total_lines == log_lines, (view.model.total_lines, log_lines)
+        opens: list[float] = []
+        mounted: asyncio.Queue[LogView] = asyncio.Queue()
+        original = LogView.on_mount
+
+        def on_mount(self: LogView) -> None:
+            original(self)
+            mounted.put_nowait(self)
+
+        LogView.on_mount = on_mount  # type: ignore[method-assign]
+        for _ in range(5):
+            opened_at = time.perf_counter()
+            app.open_execution(newest)
+            view = await mounted.get()
+            await view.shown.wait()  # the first lines are drawn
+            opens.append(time.perf_counter() - opened_at)
+            assert view.model.total_lines == log_lines, (view.model.total_lines, log_lines)
+            app.pop_screen()
+            await pilot.pause()
+        LogView.on_mount = original  # type: ignore[method-assign]
     assert rows <= expected_rows
-    return {"first_paint_s": painted, "rows_loaded": rows, "log_open_s": log_open}
+    return {"first_paint_s": painted, "rows_loaded": rows, "log_open_s": statistics.median(opens),
+            "log_open_max_s": max(opens)}
 
 
 async def keypress_repaint(daemon: Daemon, follow_id: int, presses: int) -> dict[str, float]:
@@ -188,7 +200,8 @@ async def main() -> None:
     print(f"\nfirst paint, {many:,} executions: {large['first_paint_s'] * 1000:.0f} ms "
           f"(10 executions: {small['first_paint_s'] * 1000:.0f} ms, {results['first_paint_ratio']:.2f}x); "
           "target < 1 s")
-    print(f"log tab, {big:,} lines: {large['log_open_s'] * 1000:.0f} ms (100 lines: "
+    print(f"log tab, {big:,} lines: median of 5 {large['log_open_s'] * 1000:.0f} ms, "
+          f"max {large['log_open_max_s'] * 1000:.0f} ms (100 lines: "
           f"{small['log_open_s'] * 1000:.0f} ms, {results['log_open_ratio']:.2f}x); target < 0.5 s")
     print(f"key -> repaint with {printers} printers at 1,000 lines/s: p50 {loaded['p50_ms']:.1f} ms, "
           f"p95 {loaded['p95_ms']:.1f} ms, max {loaded['max_ms']:.1f} ms (idle p50 {idle['p50_ms']:.1f} ms); "

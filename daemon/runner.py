@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from runyard.protocol.logformat import format_record, parse_records
+from runyard.protocol.logformat import HEADER_WIDTH, TIMESTAMP_WIDTH, format_record, parse_records
 
 from . import inputs, workspace
 from .hosts import Host
@@ -33,6 +35,7 @@ log = logging.getLogger("runyard.runner")
 
 _METADATA_BATCH = 5000
 _METADATA_DELAY = 0.25  # seconds a metadata point may wait to be recorded
+LIMIT_REASONS = ("time-limit", "no-output-timeout")
 
 Publish = Callable[[Any], None]
 
@@ -61,6 +64,13 @@ class RunnerServices:
     input_progress: Callable[[int, str, int, int | None], None] = lambda *_: None
 
 
+def parse_utc(text: str) -> float:
+    """Seconds since the epoch of a stored UTC timestamp (microseconds or nanoseconds, with Z)."""
+    whole, _, frac = text.rstrip("Z").partition(".")
+    seconds = datetime.fromisoformat(whole + "+00:00").timestamp()
+    return seconds + (float("0." + frac) if frac.isdigit() else 0.0)
+
+
 class Runner:
     def __init__(self, services: RunnerServices, row: ExecutionRow, *, just_placed: bool = False) -> None:
         self.s = services
@@ -78,6 +88,7 @@ class Runner:
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flushes: set[asyncio.Task[None]] = set()  # timed flushes under way
         self._live: dict[str, tuple[int, str]] = {}  # live outputs stored so far: path -> (size, sha256)
+        self._last_output = time.time()  # wall clock of the newest log line, for no-output-timeout
 
     async def _transition(self, status: str, reason: str | None = None, **fields: Any) -> bool:
         result = await self.s.store.transition(self.id, status, reason=reason, **fields)
@@ -232,15 +243,17 @@ class Runner:
             # The stop was asked while the daemon was down or the host unreachable: ask again.
             await runtime.stop(self.container_id, self.s.stop_grace)
         live = asyncio.create_task(self._live_outputs(host)) if self.s.live_outputs_every > 0 else None
+        watchdog = asyncio.create_task(self._enforce_limits(runtime)) if self._limits() else None
         try:
             await self._catch_up_metadata()
             await self._ingest_logs(runtime, follow=True)
             await runtime.wait(self.container_id)
         finally:
-            if live is not None:
-                live.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await live
+            for task in (live, watchdog):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
         # One more read from the exact resume point after exit: costs one request, and makes
         # the stored log complete even if the follow stream ended early (engine restart, blip).
         await self._ingest_logs(runtime, follow=False)
@@ -249,6 +262,54 @@ class Runner:
         await self._finish(state.exit_code, state.oom_killed)
         await runtime.remove(self.container_id)
         await self._remove_workspace()
+
+    def _limits(self) -> tuple[float | None, float | None]:
+        r = self.row.resources
+        limit, quiet = r.get("time_limit_seconds"), r.get("no_output_timeout_seconds")
+        return (float(limit) if limit else None, float(quiet) if quiet else None)
+
+    def _limits_reached(self, now: float) -> tuple[str | None, float]:
+        """Which limit has passed at ``now`` (wall clock), or how long until the next could."""
+        limit, quiet = self._limits()
+        started = parse_utc(self.row.started_at) if self.row.started_at else now
+        waits: list[float] = []
+        if limit is not None:
+            if now >= started + limit:
+                return "time-limit", 0.0
+            waits.append(started + limit - now)
+        if quiet is not None:
+            if now >= self._last_output + quiet:
+                return "no-output-timeout", 0.0
+            waits.append(self._last_output + quiet - now)
+        return None, min(waits, default=3600.0)
+
+    async def _enforce_limits(self, runtime: Runtime) -> None:
+        """Stop the execution when valohai.yaml's time-limit or no-output-timeout passes."""
+        last = self._last_record_time()
+        if last is not None:
+            self._last_output = max(last, parse_utc(self.row.started_at) if self.row.started_at else last)
+        while True:
+            reason, wait = self._limits_reached(time.time())
+            if reason is not None:
+                break
+            await asyncio.sleep(min(wait, 60.0) + 0.01)
+        limit, quiet = self._limits()
+        seconds = limit if reason == "time-limit" else quiet
+        await self._note(f"{reason} of {seconds:g} s reached: stopping the execution")
+        # Recorded before the stop, so a daemon killed in between still ends it with this reason.
+        await self.s.store.update(self.id, reason=reason)
+        assert self.container_id is not None
+        await runtime.stop(self.container_id, self.s.stop_grace)
+
+    def _last_record_time(self) -> float | None:
+        data, _ = self.log.tail(1)
+        record = data.decode("utf-8", "replace")
+        if len(record) < HEADER_WIDTH - 1:
+            return None
+        try:
+            return parse_utc(record[2 : 2 + TIMESTAMP_WIDTH])
+        except ValueError:
+            return None
 
     async def _catch_up_metadata(self) -> None:
         """Metadata from log records written before a crash but not yet recorded."""
@@ -284,6 +345,7 @@ class Runner:
                 data = data.decode("utf-8", "replace").encode("utf-8")
         points = metadata_points(decoded.candidates)
         end = await self.log.append(data)
+        self._last_output = time.time()
         if points:
             self._points += points
             self._points_end = end
@@ -362,6 +424,8 @@ class Runner:
         await self.s.store.update(self.id, metadata_offset=self.log.size)
         if current.status == "stopping":
             await self._transition("stopped", exit_code=exit_code)
+        elif current.reason in LIMIT_REASONS:
+            await self._transition("error", current.reason, exit_code=exit_code)
         elif exit_code == LOST:
             await self._note("the process vanished without an exit status (host rebooted?)")
             await self._transition("error", "process-lost")

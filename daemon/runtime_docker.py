@@ -215,7 +215,8 @@ class DockerRuntime:
             async for chunk in container_logs(self.docker_socket, container_id, params):
                 yield chunk
         except LogStreamError as exc:
-            if exc.status == 404:
+            # A container being removed answers 409 "dead or marked for removal" before it answers 404.
+            if exc.status == 404 or "marked for removal" in str(exc):
                 raise ContainerGone(f"container {container_id[:12]} was removed behind runyard's back") from None
             raise EngineError(f"cannot read logs: {exc}") from None
         except OSError as exc:

@@ -60,6 +60,14 @@ def resources_of(step: Step) -> dict[str, Any]:
     for key in ("gpus", "cpus", "memory_mb"):
         if resources[key] < 0:
             raise StepError(f"step {step.name!r}: resources: {key} must not be negative")
+    # valohai.yaml's time-limit and no-output-timeout travel with the execution, so a restarted
+    # daemon enforces them from the recorded start time.
+    for key, value in (("time_limit_seconds", step.time_limit), ("no_output_timeout_seconds", step.no_output_timeout)):
+        if value is not None:
+            seconds = value.total_seconds()
+            if seconds <= 0:
+                raise StepError(f"step {step.name!r}: {key.replace('_seconds', '').replace('_', '-')} must be positive")
+            resources[key] = seconds
     return resources
 
 

@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", help="run on a host of this pool (default: the step's environment, if a pool)")
     p.add_argument("--priority", type=int, default=0,
                    help="higher runs first; above 0 needs an admin (default 0)")
+    p.add_argument("--retry", type=int, default=0, metavar="N", dest="retries",
+                   help="if its host is unreachable past scheduler.host_lost_grace_seconds, go back to the "
+                        "queue (at most N times) instead of ending as error host-lost (default 0)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("hosts", help="pool hosts: state, GPUs and who holds them, running executions")
@@ -275,7 +278,7 @@ async def cmd_run(client: Client, args: argparse.Namespace) -> int:
     execution = await client.submit(
         step=args.step, snapshot=snap.id, parameters=dict(args.param), title=args.title,
         image=args.image, commit=snap.commit, inputs=inputs, config_path=args.yaml,
-        pool=args.pool, gpus=args.gpus, priority=args.priority,
+        pool=args.pool, gpus=args.gpus, priority=args.priority, retries=args.retries,
     )
     return await _report_new(client, execution, args)
 

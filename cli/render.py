@@ -36,7 +36,10 @@ def hosts_text(hosts: list[HostView], colour: bool) -> str:
                 f"{h.runtime}  {h.address}  CPUs {cpus}  memory {memory}  executions {running}")
         lines = [head]
         if h.error and h.state in ("unreachable", "connecting"):
-            lines.append(f"    {h.error}")
+            retry = ""
+            if h.retry_in_seconds is not None:
+                retry = f" (failed {h.failed_attempts} time(s) in a row; next try in {h.retry_in_seconds:.0f} s)"
+            lines.append(f"    {h.error}{retry}")
         for problem in h.problems:
             lines.append(f"    warning: {problem}")
         for g in h.gpus:

@@ -56,7 +56,7 @@ async def submit(core: Core, caller: Caller, p: m.SubmitParams) -> Any:
     row = await core.submit(
         step=p.step, snapshot=p.snapshot, parameters=p.parameters, title=p.title, image=p.image,
         commit=p.commit, inputs=p.inputs, config_path=p.config_path, owner=caller.user,
-        owner_uid=caller.uid, pool=p.pool, gpus=p.gpus, priority=p.priority,
+        owner_uid=caller.uid, pool=p.pool, gpus=p.gpus, priority=p.priority, retries=p.retries,
     )
     return core.view(row)
 

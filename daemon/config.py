@@ -88,6 +88,9 @@ class SshSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class SchedulerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reserve_after_seconds: float = 300.0
+    # How long executions wait for an unreachable host before they end as error host-lost
+    # (or go back to the queue, if submitted with retries).
+    host_lost_grace_seconds: float = 900.0
 
 
 class S3Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

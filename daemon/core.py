@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -76,6 +77,7 @@ class Core:
         self.runner_services = RunnerServices(
             store=store, snapshots=self.snapshots, outputs=self.outputs,
             work_root=self.work_root, stop_grace=config.defaults.stop_grace_seconds,
+            host_lost_grace=config.scheduler.host_lost_grace_seconds,
             live_outputs_every=config.defaults.live_outputs_seconds, input_progress=self._input_progress,
             host_cache_bytes=config.cache.host_inputs_max_mb << 20,
             publish=self.publish, open_log=self.live_log, release_log=self._release_log,
@@ -126,7 +128,11 @@ class Core:
         if host.link == "ready" and host.name not in self._reconciling:
             task = asyncio.create_task(self._reconcile_host(host, host.generation), name=f"reconcile-{host.name}")
             self._reconciling[host.name] = task
-            task.add_done_callback(lambda _: self._reconciling.pop(host.name, None))
+            task.add_done_callback(functools.partial(self._reconciled, host.name))
+
+    def _reconciled(self, name: str, _: asyncio.Task[None]) -> None:
+        self._reconciling.pop(name, None)
+        self._wake.set()  # the host takes placements again
 
     def _input_progress(self, execution_id: int, name: str, done: int, total: int | None) -> None:
         """Bytes of an execution's inputs fetched so far: shown by `info`, pushed as events.
@@ -159,10 +165,10 @@ class Core:
             runtime = host.runtime
             if runtime is None:
                 return
-            containers = {c.execution_id: c for c in await runtime.list_ours()}
+            containers = {(c.execution_id, c.attempt): c for c in await runtime.list_ours()}
             rows = [r for r in await self.store.active() if r.host == host.name]
             for row in rows:
-                container = containers.pop(row.id, None)
+                container = containers.pop((row.id, row.log_base), None)
                 if row.id in self._runners:
                     continue
                 if row.status in ("started", "stopping") and container is None:
@@ -183,10 +189,13 @@ class Core:
                 elif row.status == "queued":
                     # Placed before a crash but never created there: free to be placed again.
                     await self.store.place(row.id, None, ())
-            active = {r.id for r in await self.store.active()}
+            placed_here = {(r.id, r.log_base) for r in await self.store.active() if r.host == host.name}
             for leftover in containers.values():
-                if leftover.execution_id not in active:
-                    # It ended (or was deleted) but removal did not happen before a crash.
+                if (leftover.execution_id, leftover.attempt) not in placed_here:
+                    # It ended, was deleted, or went back to the queue while this host was away
+                    # (and may run elsewhere now): it must not run here too.
+                    log.info("host %s: removing container %s of execution %s, no longer placed here",
+                             host.name, leftover.id[:12], leftover.execution_id)
                     await runtime.remove(leftover.id)
         except (EngineError, LinkError, OSError) as exc:
             log.warning("host %s: reconciling failed (%s); will retry when it reconnects", host.name, exc)
@@ -261,7 +270,10 @@ class Core:
             capacities[host.name] = Capacity(
                 name=host.name, pool=host.settings.pool, total_gpus=len(host.gpus), total_cpus=float(cpus),
                 total_memory_mb=memory, free_gpus=[g.uuid for g in host.gpus], free_cpus=float(cpus),
-                free_memory_mb=memory, free_slots=limit or None, accepting=host.accepting,
+                free_memory_mb=memory, free_slots=limit or None,
+                # Nothing new lands on a host until its reconcile has removed what must not run there
+                # (a container of an execution that went back to the queue while it was away).
+                accepting=host.accepting and host.name not in self._reconciling,
             )
         for row in rows:
             cap = capacities.get(row.host or "")
@@ -338,7 +350,9 @@ class Core:
                      image: str | None, commit: str | None, inputs: dict[str, list[str]],
                      config_path: str, owner: str, owner_uid: int,
                      restarted_from: int | None = None, pool: str | None = None, gpus: int | None = None,
-                     priority: int = 0) -> ExecutionRow:
+                     priority: int = 0, retries: int = 0) -> ExecutionRow:
+        if not 0 <= retries <= 100:
+            raise OperationError("invalid-params", f"retries must be between 0 and 100, not {retries}")
         try:
             if not self.snapshots.has(snapshot):
                 raise OperationError("not-found", f"snapshot {snapshot[:12]} was not uploaded")
@@ -365,7 +379,7 @@ class Core:
                 parameters=prepared.parameters, inputs=prepared.inputs, image=chosen_image,
                 command=prepared.command, environment=prepared.environment, snapshot=snapshot,
                 commit_ref=commit, config_path=config_path, restarted_from=restarted_from,
-                resources=resources, priority=priority, input_options=prepared.input_options,
+                resources=resources, priority=priority, input_options=prepared.input_options, retries=retries,
             )
         )
         self.publish(event)
@@ -382,7 +396,7 @@ class Core:
                 parameters=old.parameters, inputs=old.inputs, image=old.image, command=old.command,
                 environment=old.environment, snapshot=old.snapshot, commit_ref=old.commit_ref,
                 config_path=old.config_path, restarted_from=old.id, resources=old.resources,
-                priority=old.priority, input_options=old.input_options,
+                priority=old.priority, input_options=old.input_options, retries=old.retries,
             )
         )
         self.publish(event)
@@ -456,6 +470,8 @@ class Core:
             ssh = host.settings.ssh
             views.append({
                 "name": host.name, "state": host.state, "error": host.error, "pool": host.settings.pool,
+                "failed_attempts": host.failed_attempts,
+                "retry_in_seconds": max(0.0, host.retry_at - time.time()) if host.retry_at else None,
                 "runtime": host.settings.runtime,
                 "address": (ssh.address or ssh.name) if ssh is not None else "this machine",
                 "gpus": [{"index": g.index, "uuid": g.uuid, "name": g.name, "memory_total_mb": g.memory_total_mb,
@@ -501,7 +517,7 @@ class Core:
             "command": row.command, "snapshot": row.snapshot, "commit": row.commit_ref,
             "host": row.host, "container_id": row.container_id, "exit_code": row.exit_code,
             "created_at": row.created_at, "started_at": row.started_at, "ended_at": row.ended_at,
-            "restarted_from": row.restarted_from, "priority": row.priority,
+            "restarted_from": row.restarted_from, "priority": row.priority, "retries": row.retries,
             "resources": row.resources, "gpus": row.gpu_ids,
             "input_progress": self._progress.get(row.id),
             "log_size": path.stat().st_size if path.exists() else 0,

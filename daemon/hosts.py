@@ -100,6 +100,9 @@ class Host:
         self.runtime: Runtime | None = None
         self.work_root = ""
         self.generation = 0
+        # Reconnecting: failed attempts in a row, and when the next one starts (the backoff, shown)
+        self.failed_attempts = 0
+        self.retry_at: float | None = None
         self._ready = asyncio.Event()
         self._down = asyncio.Event()  # set whenever the link is not ready
         self._conn: asyncssh.SSHClientConnection | None = None
@@ -141,8 +144,9 @@ class Host:
     def remote(self) -> bool:
         return self.settings.ssh is not None
 
-    def work_dir(self, execution_id: int) -> str:
-        return f"{self.work_root}/{int(execution_id)}"
+    def work_dir(self, execution_id: int, attempt: int = 0) -> str:
+        # A later attempt (re-queued after a lost host) never shares a directory with one left running.
+        return f"{self.work_root}/{int(execution_id)}" + (f"-{int(attempt)}" if attempt else "")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -236,11 +240,14 @@ class Host:
                 if self.error != message or self.link != "unreachable":
                     log.warning("host %s: unreachable: %s (retrying in %.0f s)", self.name, message, delay)
                 await self._drop()
+                self.failed_attempts += 1
+                self.retry_at = time.time() + delay
                 self._set_link("unreachable", message)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.ssh.reconnect_max_seconds)
                 continue
             delay = self.ssh.reconnect_min_seconds
+            self.failed_attempts, self.retry_at = 0, None
             log.info("host %s: ready (%s, %d GPUs)", self.name, self.settings.runtime, len(self.gpus))
             self._set_link("ready")
             await self._serve()

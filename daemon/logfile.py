@@ -32,6 +32,9 @@ class LogFile:
         self._changed = asyncio.Condition()
         self._counted_offset = 0
         self._counted_lines = 0
+        # Where the current attempt's records begin: resuming a container's or process's output
+        # counts only records from here (an execution re-queued after losing its host starts anew).
+        self.base = 0
 
     def open_for_append(self) -> None:
         """Open for writing, first cutting off a torn last record left by a crash."""
@@ -192,6 +195,7 @@ class LogFile:
             return counts
         carry = b"\n"  # as if a record ended just before the file; 2 bytes carried, patterns are 3
         with self.path.open("rb") as fh:
+            fh.seek(self.base)
             while block := fh.read(1 << 20):
                 data = carry + block
                 for letter in counts:
@@ -206,7 +210,7 @@ class LogFile:
         counts the stored records at or after ``since``. The backward scan goes
         on a minute past ``since`` because stdout and stderr are not ordered.
         """
-        if self.size == 0:
+        if self.size <= self.base:
             return ResumePoint()
         last: str | None = None
         since = ""
@@ -215,6 +219,8 @@ class LogFile:
         chunk = 4096
         while True:
             data, start = self.tail(chunk)
+            if start < self.base:  # records of an earlier attempt are not this container's
+                data, start = data[self.base - start :], self.base
             records = [r for r in data.split(b"\n") if r]
             skip = 0
             reached_floor = False
@@ -235,7 +241,7 @@ class LogFile:
                     break
             if last is None:
                 return ResumePoint()
-            if reached_floor or start == 0:
+            if reached_floor or start <= self.base:
                 return ResumePoint(since, skip)
             chunk *= 4
 

@@ -54,6 +54,7 @@ class RunnerServices:
     outputs: OutputStore
     work_root: Path  # on this machine: where workspaces are prepared and outputs come back to
     stop_grace: int
+    host_lost_grace: float
     publish: Publish
     open_log: Callable[[int], LogFile]
     release_log: Callable[[int], Awaitable[None]]
@@ -105,6 +106,7 @@ class Runner:
     async def run(self) -> None:
         try:
             self.log.open_for_append()
+            self.log.base = self.row.log_base
             while not await self._attempt():
                 pass
         except asyncio.CancelledError:
@@ -136,7 +138,13 @@ class Runner:
             await self._finish_error("host-lost")
             return True
         self.host = host
-        generation = await host.wait_ready()
+        try:
+            # An unreachable host keeps its executions for a grace period: it may come back, and
+            # what ran there goes on. Past it, the work is given up or sent back to the queue.
+            generation = await asyncio.wait_for(host.wait_ready(), self.s.host_lost_grace)
+        except TimeoutError:
+            await self._host_lost(host)
+            return True
         try:
             await self._run(host)
             return True
@@ -149,6 +157,29 @@ class Runner:
                              "and runyard picks it up again when the host is back")
             log.warning("execution %s: host %s lost; waiting for it", self.id, host.name)
             return False
+
+    async def _host_lost(self, host: Host) -> None:
+        current = await self.s.store.get(self.id)
+        if current is None or current.terminal:
+            return
+        grace = f"{self.s.host_lost_grace:g} s"
+        if current.status == "queued":
+            # Placed there but never created: free to go elsewhere.
+            await self._note(f"host {host.name} unreachable for {grace}; placing it elsewhere")
+            await self.s.store.place(self.id, None, ())
+            return
+        if current.status == "started" and current.retries > 0:
+            await self._note(f"host {host.name} unreachable for {grace}: back to the queue "
+                             f"({current.retries - 1} retries left after this one); if the host returns, "
+                             "its container there is removed")
+            # The next attempt's container starts its output from scratch: resume from here.
+            result = await self.s.store.requeue(self.id, self.log.size, f"host-lost {host.name}, retrying")
+            if result is not None:
+                self.row, event = result
+                self.s.publish(event)
+            return
+        await self._note(f"host {host.name} unreachable for {grace}: giving the execution up")
+        await self._finish_error("host-lost")
 
     async def _fetch_inputs(self) -> dict[str, list[inputs.InputFile]]:
         """Every input, fetched (or found in the cache) before the execution may start."""
@@ -166,7 +197,7 @@ class Runner:
         return fetched
 
     def _staging(self) -> Path:
-        return self.s.work_root / str(self.id)
+        return self.s.work_root / (f"{self.id}-{self.row.log_base}" if self.row.log_base else str(self.id))
 
     async def _run(self, host: Host) -> None:
         runtime, transport = host.runtime, host.transport
@@ -176,10 +207,10 @@ class Runner:
         if fresh_row is None:
             return
         self.row = fresh_row
-        remote = host.work_dir(self.id)
+        remote = host.work_dir(self.id, self.row.log_base)
         fresh = False
         if self.container_id is None:
-            existing = None if self.just_placed else await runtime.find(self.id)
+            existing = None if self.just_placed else await runtime.find(self.id, self.row.log_base)
             if existing is not None:
                 # Created before a crash, never recorded: adopt it so nothing runs twice.
                 self.container_id = existing.id
@@ -205,6 +236,7 @@ class Runner:
                     gpus=tuple(self.row.gpu_ids),
                     cpu_limit=self.row.resources.get("cpu_max"),
                     memory_limit_mb=self.row.resources.get("memory_max_mb"),
+                    attempt=self.row.log_base,
                 )
                 if host.remote:
                     async def copy() -> None:
@@ -375,7 +407,7 @@ class Runner:
     async def _live_outputs(self, host: Host) -> None:
         """Store files the command made read-only while it runs (Valohai's live outputs)."""
         local = self._staging() / "outputs"
-        remote = f"{host.work_dir(self.id)}/outputs" if host.remote else str(local)
+        remote = f"{host.work_dir(self.id, self.row.log_base)}/outputs" if host.remote else str(local)
         while True:
             await asyncio.sleep(self.s.live_outputs_every)
             transport = host.transport
@@ -400,7 +432,7 @@ class Runner:
         source = self._staging() / "outputs"
         host = self.host
         if host is not None and host.remote and host.transport is not None:
-            await host.transport.get_tree(f"{host.work_dir(self.id)}/outputs", source)
+            await host.transport.get_tree(f"{host.work_dir(self.id, self.row.log_base)}/outputs", source)
         try:
             collected = await self.s.outputs.collect(
                 self.id, source, skip={rel: size for rel, (size, _) in self._live.items()})
@@ -457,5 +489,5 @@ class Runner:
         host = self.host
         if host is not None and host.remote and host.transport is not None:
             with contextlib.suppress(LinkError):
-                await host.transport.remove_tree(host.work_dir(self.id))
+                await host.transport.remove_tree(host.work_dir(self.id, self.row.log_base))
         workspace.remove(staging)

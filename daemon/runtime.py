@@ -38,6 +38,9 @@ class ContainerSpec:
     gpus: tuple[str, ...] = ()  # granted GPU ids (UUIDs, or indexes for declared GPUs)
     cpu_limit: float | None = None
     memory_limit_mb: int | None = None
+    # Which attempt: an execution re-queued after losing its host gets a new container, named and
+    # labelled apart, so the one left on the lost host is never adopted by mistake.
+    attempt: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,7 @@ class ContainerState:
     exit_code: int
     oom_killed: bool
     gpus: tuple[str, ...] = ()
+    attempt: int = 0
 
 
 class Runtime(Protocol):
@@ -60,7 +64,7 @@ class Runtime(Protocol):
     async def create(self, spec: ContainerSpec) -> str: ...
     async def start(self, container_id: str) -> None: ...
     async def state(self, container_id: str) -> ContainerState: ...
-    async def find(self, execution_id: int) -> ContainerState | None: ...
+    async def find(self, execution_id: int, attempt: int = 0) -> ContainerState | None: ...
     async def list_ours(self) -> list[ContainerState]: ...
     async def wait(self, container_id: str) -> None: ...
     def read_logs(self, container_id: str, log: LogFile, *, follow: bool) -> AsyncIterator[Decoded]: ...

@@ -21,6 +21,7 @@ from .runtime import ContainerGone, ContainerSpec, ContainerState, EngineError, 
 
 LABEL_DAEMON: Final = "runyard.daemon"
 LABEL_EXECUTION: Final = "runyard.execution"
+LABEL_ATTEMPT: Final = "runyard.attempt"
 LABEL_HOST: Final = "runyard.host"
 LABEL_GPUS: Final = "runyard.gpus"
 
@@ -88,7 +89,7 @@ class DockerRuntime:
 
     async def create(self, spec: ContainerSpec) -> str:
         config = self.container_config(spec)
-        name = f"runyard-{self.daemon_id}-{spec.execution_id}"
+        name = f"runyard-{self.daemon_id}-{spec.execution_id}" + (f"-{spec.attempt}" if spec.attempt else "")
         try:
             try:
                 container = await self.docker.containers.create(config, name=name)
@@ -103,7 +104,7 @@ class DockerRuntime:
                 raise ImageMissing(f"image {spec.image!r} is not on this host") from None
             if exc.status == 409:
                 # A container for this execution already exists: adopt it rather than run twice.
-                existing = await self.find(spec.execution_id)
+                existing = await self.find(spec.execution_id, spec.attempt)
                 if existing is not None:
                     return existing.id
             raise EngineError(f"cannot create container: {exc.message}") from None
@@ -140,6 +141,7 @@ class DockerRuntime:
             "Labels": {
                 LABEL_DAEMON: self.daemon_id,
                 LABEL_EXECUTION: str(spec.execution_id),
+                LABEL_ATTEMPT: str(spec.attempt),
                 LABEL_HOST: spec.host,
                 # The grant table is rebuilt from this label after a daemon restart.
                 LABEL_GPUS: ",".join(spec.gpus),
@@ -165,9 +167,10 @@ class DockerRuntime:
             raise EngineError(f"cannot inspect container: {exc.message}") from None
         return _state_of(info)
 
-    async def find(self, execution_id: int) -> ContainerState | None:
+    async def find(self, execution_id: int, attempt: int = 0) -> ContainerState | None:
         for state in await self._list(execution_id):
-            return state
+            if state.attempt == attempt:
+                return state
         return None
 
     async def list_ours(self) -> list[ContainerState]:
@@ -247,6 +250,7 @@ def _state_of(info: dict[str, Any]) -> ContainerState:
         exit_code=int(state.get("ExitCode", 0) or 0),
         oom_killed=bool(state.get("OOMKilled", False)),
         gpus=tuple(g for g in labels.get(LABEL_GPUS, "").split(",") if g),
+        attempt=int(labels.get(LABEL_ATTEMPT, "0") or 0),
     )
 
 

@@ -47,8 +47,9 @@ class ProcessRuntime:
         self.work_root = work_root
         self.host = host
 
-    def _dir(self, execution_id: int) -> str:
-        return f"{self.work_root}/{int(execution_id)}"
+    def _dir(self, execution_id: int, attempt: int = 0) -> str:
+        # The same directory Host.work_dir gives the runner for this attempt.
+        return f"{self.work_root}/{int(execution_id)}" + (f"-{int(attempt)}" if attempt else "")
 
     async def _run(self, command: str, *, input: bytes | None = None) -> str:
         result = await self.transport.run(command, input=input)
@@ -67,7 +68,7 @@ class ProcessRuntime:
         return None
 
     async def create(self, spec: ContainerSpec) -> str:
-        d = self._dir(spec.execution_id)
+        d = self._dir(spec.execution_id, spec.attempt)
         r = f"{d}/{CONTROL}"
         exports = "".join(f"export {name}={q(value)}\n" for name, value in spec.environment.items()
                           if name.isidentifier())
@@ -100,8 +101,9 @@ class ProcessRuntime:
             raise ContainerGone(f"{container_id} was removed behind runyard's back")
         return state
 
-    async def find(self, execution_id: int) -> ContainerState | None:
-        state = _parse_state(self._dir(execution_id), await self._run(f"d={q(self._dir(execution_id))}; {_STATE}"))
+    async def find(self, execution_id: int, attempt: int = 0) -> ContainerState | None:
+        d = self._dir(execution_id, attempt)
+        state = _parse_state(d, await self._run(f"d={q(d)}; {_STATE}"))
         return None if state.status in ("missing", "created") else state
 
     async def list_ours(self) -> list[ContainerState]:
@@ -204,5 +206,6 @@ def _parse_state(path: str, text: str) -> ContainerState:
     except ValueError:
         code = LOST
     name = path.rstrip("/").rsplit("/", 1)[-1]
-    return ContainerState(id=path, execution_id=int(name) if name.isdigit() else 0, status=status,
-                          exit_code=code, oom_killed=False)
+    execution, _, attempt = name.partition("-")  # <id> or <id>-<attempt>, as Host.work_dir names them
+    return ContainerState(id=path, execution_id=int(execution) if execution.isdigit() else 0, status=status,
+                          exit_code=code, oom_killed=False, attempt=int(attempt) if attempt.isdigit() else 0)

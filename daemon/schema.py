@@ -80,6 +80,12 @@ MIGRATIONS: Final[list[str]] = [
     """
     ALTER TABLE executions ADD COLUMN input_options TEXT NOT NULL DEFAULT '{}';
     """,
+    # 5: where the current attempt's log begins (an execution re-queued after losing its host
+    # starts a new container, whose lines are resumed counting from here), and retries left
+    """
+    ALTER TABLE executions ADD COLUMN log_base INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE executions ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

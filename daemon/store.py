@@ -29,7 +29,8 @@ TERMINAL: Final = frozenset({"complete", "error", "stopped"})
 ALLOWED: Final[dict[str, frozenset[str]]] = {
     "created": frozenset({"queued", "stopped", "error"}),
     "queued": frozenset({"started", "stopped", "error"}),
-    "started": frozenset({"complete", "error", "stopping", "stopped"}),
+    # started -> queued: its host was lost past the grace period and it may retry elsewhere
+    "started": frozenset({"complete", "error", "stopping", "stopped", "queued"}),
     "stopping": frozenset({"stopped", "complete", "error"}),
 }
 
@@ -76,6 +77,8 @@ class ExecutionRow:
     resources: dict[str, Any]  # pool, gpus, cpus, memory_mb, cpu_max, memory_max_mb
     gpu_ids: list[str]
     input_options: dict[str, dict[str, str]]  # input name -> filename, keep_directories
+    log_base: int = 0  # byte offset where the current attempt's log lines begin
+    retries: int = 0  # times it may still go back to the queue after losing its host
 
     @property
     def terminal(self) -> bool:
@@ -86,7 +89,7 @@ _COLUMNS: Final = (
     "id, step, title, status, reason, owner, owner_uid, parameters, inputs, image, command, "
     "environment, snapshot, commit_ref, config_path, host, container_id, exit_code, priority, "
     "restarted_from, created_at, started_at, ended_at, metadata_offset, metadata_count, resources, gpu_ids, "
-    "input_options"
+    "input_options, log_base, retries"
 )
 
 
@@ -98,7 +101,7 @@ def _row(r: Sequence[Any]) -> ExecutionRow:
         host=r[15], container_id=r[16], exit_code=r[17], priority=r[18], restarted_from=r[19],
         created_at=r[20], started_at=r[21], ended_at=r[22], metadata_offset=r[23],
         metadata_count=r[24], resources=json.loads(r[25]), gpu_ids=json.loads(r[26]),
-        input_options=json.loads(r[27]),
+        input_options=json.loads(r[27]), log_base=r[28], retries=r[29],
     )
 
 
@@ -120,6 +123,7 @@ class NewExecution:
     resources: dict[str, Any] = field(default_factory=dict)
     priority: int = 0
     input_options: dict[str, dict[str, str]] = field(default_factory=dict)
+    retries: int = 0
 
 
 class Store:
@@ -189,13 +193,14 @@ class Store:
             cur = await self.db.execute(
                 "INSERT INTO executions (step, title, status, owner, owner_uid, parameters, inputs, "
                 "image, command, environment, snapshot, commit_ref, config_path, restarted_from, "
-                "created_at, resources, priority, input_options) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "created_at, resources, priority, input_options, retries) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     new.step, new.title, status, new.owner, new.owner_uid,
                     json.dumps(new.parameters), json.dumps(new.inputs), new.image, new.command,
                     json.dumps(new.environment), new.snapshot, new.commit_ref, new.config_path,
                     new.restarted_from, now, json.dumps(new.resources), new.priority,
-                    json.dumps(new.input_options),
+                    json.dumps(new.input_options), new.retries,
                 ),
             )
             execution_id = int(cur.lastrowid or 0)
@@ -286,6 +291,18 @@ class Store:
             await self.db.execute("DELETE FROM executions WHERE id = ?", (execution_id,))
             event = await self._append_event(execution_id, "deleted", "deleted", None, now)
         return event
+
+    async def requeue(self, execution_id: int, log_base: int, note: str) -> tuple[ExecutionRow, Event] | None:
+        """Put a started execution whose host was lost back in the queue, one retry fewer."""
+        result = await self.transition(execution_id, "queued", reason=note, host=None, gpu_ids="[]",
+                                       container_id=None, started_at=None, log_base=log_base,
+                                       retries=await self._retries(execution_id) - 1)
+        return result
+
+    async def _retries(self, execution_id: int) -> int:
+        async with self.db.execute("SELECT retries FROM executions WHERE id = ?", (execution_id,)) as cur:
+            r = await cur.fetchone()
+        return int(r[0]) if r else 0
 
     async def place(self, execution_id: int, host: str | None, gpu_ids: Sequence[str]) -> bool:
         """Record (or with host None, undo) where a queued execution will run, before it is created there.

@@ -41,6 +41,7 @@ class ExecutionView(msgspec.Struct, kw_only=True):
     resources: dict[str, object] = {}
     gpus: list[str] = []
     input_progress: dict[str, object] | None = None  # while inputs are fetched: input, done, total bytes
+    retries: int = 0  # host losses it may still survive by going back to the queue
 
 
 class OutputView(msgspec.Struct):
@@ -68,6 +69,7 @@ class SubmitParams(msgspec.Struct, forbid_unknown_fields=True):
     pool: str | None = None
     gpus: int | None = None
     priority: int = 0
+    retries: int = 0  # times it may go back to the queue if its host is lost for longer than the grace
 
 
 class SnapshotHasParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -191,6 +193,8 @@ class HostView(msgspec.Struct, kw_only=True):
     max_concurrent: int
     scanned_at: str | None
     problems: list[str] = []
+    failed_attempts: int = 0  # reconnects that failed in a row
+    retry_in_seconds: float | None = None  # when the next reconnect starts (the backoff, capped)
 
 
 class HostNameParams(msgspec.Struct, forbid_unknown_fields=True):

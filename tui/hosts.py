@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rich.markup import escape
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -113,7 +114,9 @@ class HostsScreen(Screen[None]):
         lines = [f"[b]{h.name}[/b] {h.address} · {h.runtime} · max {h.max_concurrent} at once"
                  + ("" if h.scanned_at else " · not scanned yet")]
         if h.error:
-            lines.append(f"[red]{h.error}[/red]")
+            retry = (f" (failed {h.failed_attempts}×; next try in {h.retry_in_seconds:.0f} s)"
+                     if h.retry_in_seconds is not None else "")
+            lines.append(f"[red]{escape(h.error)}{retry}[/red]")
         for problem in h.problems:
             lines.append(f"[yellow]{problem}[/yellow]")
         summary.update("\n".join(lines))

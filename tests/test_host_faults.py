@@ -1,0 +1,97 @@
+"""A host that stays away past the grace period: its executions end as host-lost, or retry elsewhere."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from runyard.protocol import Client
+
+from .conftest import Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_for_status
+from .pool import SshHost, make_client_key, wait_for_host
+
+pytestmark = pytest.mark.slow
+
+STEPS = (
+    step_yaml("hold", "while true; do echo alive; sleep 0.2; done")
+    + step_yaml("count", "for n in $(seq 0 39); do echo n=$n; sleep 0.1; done")
+)
+
+
+@dataclass
+class TwoHosts:
+    daemon: Daemon
+    hosts: dict[str, SshHost]
+    repo: Path
+
+
+@pytest.fixture
+async def two_hosts(tmp_path: Path, daemon_factory: type[Daemon]) -> AsyncIterator[TwoHosts]:
+    key = make_client_key(tmp_path)
+    hosts = {name: SshHost(name, tmp_path / name, key, None) for name in ("h1", "h2")}
+    for host in hosts.values():
+        host.prepare()
+        host.start()
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(h.known_hosts_line() for h in hosts.values()))
+    config = textwrap.dedent(f"""\
+        [ssh]
+        known_hosts = "{known}"
+        reconnect_min_seconds = 0.2
+        reconnect_max_seconds = 1.0
+        [scheduler]
+        host_lost_grace_seconds = 3
+        """) + "".join(h.config(pool="p", extra="max_concurrent = 1") for h in hosts.values())
+    daemon = daemon_factory(local_extra="enabled = false", extra_config=config, stop_grace=1)
+    daemon.start()
+    async with await Client.connect(daemon.socket) as client:
+        for name in hosts:
+            await wait_for_host(client, name, {"ready"})
+    yield TwoHosts(daemon, hosts, make_repo(tmp_path / "repo", {"valohai.yaml": STEPS}))
+    for host in hosts.values():
+        host.kill()
+
+
+async def test_a_host_away_past_the_grace_loses_its_execution_and_its_container_goes(two_hosts: TwoHosts) -> None:
+    daemon = two_hosts.daemon
+    async with await Client.connect(daemon.socket) as client:
+        held = await wait_for_status(client, (await submit_repo(client, two_hosts.repo, "hold")).id, {"started"})
+        assert held.host is not None and held.container_id
+        host = two_hosts.hosts[held.host]
+        host.kill()
+        await wait_for_host(client, held.host, {"unreachable"})
+        shown = run_cli(daemon, "hosts").stdout
+        assert "unreachable" in shown and "next try in" in shown  # the backoff is visible
+        ended = await wait_for_status(client, held.id, timeout=60)
+        assert (ended.status, ended.reason) == ("error", "host-lost")
+        log = run_cli(daemon, "logs", str(held.id)).stdout
+        assert f"host {held.host} unreachable for 3 s: giving the execution up" in log
+        # When the host comes back, the container it still runs for that execution is removed.
+        host.start()
+        await wait_for_host(client, held.host, {"ready"})
+        gone = subprocess.run(["docker", "wait", held.container_id], capture_output=True, text=True, timeout=60)
+        assert gone.returncode != 0 or "No such container" in gone.stderr or gone.stdout.strip()
+        inspect = subprocess.run(["docker", "inspect", held.container_id], capture_output=True, text=True)
+        assert inspect.returncode != 0, "the lost execution's container still exists"
+
+
+async def test_with_retries_it_goes_back_to_the_queue_and_completes_elsewhere(two_hosts: TwoHosts) -> None:
+    daemon = two_hosts.daemon
+    async with await Client.connect(daemon.socket) as client:
+        e = await submit_repo(client, two_hosts.repo, "count", retries=1)
+        first = await wait_for_status(client, e.id, {"started"})
+        assert first.host is not None and first.retries == 1
+        two_hosts.hosts[first.host].kill()
+        ended = await wait_for_status(client, e.id, timeout=90)
+        assert ended.status == "complete", run_cli(daemon, "logs", str(e.id)).stdout + daemon.log_text()[-4000:]
+        assert ended.host is not None and ended.host != first.host
+        assert ended.retries == 0
+    log = run_cli(daemon, "logs", str(e.id)).stdout.splitlines()
+    note = next(i for i, line in enumerate(log) if "back to the queue" in line)
+    # the second attempt's output, whole and once, after the note
+    assert [line for line in log[note + 1 :] if line.startswith("n=")] == [f"n={n}" for n in range(40)]

@@ -6,7 +6,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 
@@ -15,6 +15,7 @@ class ConfigError(Exception):
     pass
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
@@ -43,6 +44,9 @@ GpuMode = Literal["device-request", "env"]
 Pull = Literal["missing", "never"]
 
 
+DEFAULT_CAPABILITIES: Final = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
+
+
 class _HostCommon(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """What every host has, this machine included."""
 
@@ -57,6 +61,11 @@ class _HostCommon(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cpus: Auto | int = "auto"
     memory_mb: Auto | int = "auto"
     gpu_mode: GpuMode = "device-request"
+    # Containers start with every capability dropped and only these added back: what a training
+    # job that installs packages and manages its own files needs, without raw sockets, mknod,
+    # chroot or capability changes. "ALL" as the only entry keeps Docker's own default set.
+    capabilities: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_CAPABILITIES))
+    pids_limit: int = 16384  # processes and threads per container; 0 = no limit
 
 
 class LocalHostSection(_HostCommon, kw_only=True):
@@ -138,6 +147,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     s3: S3Section = msgspec.field(default_factory=S3Section)
     cache: CacheSection = msgspec.field(default_factory=CacheSection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
+    # Environment variables every execution gets, whose values runyard never shows: masked as
+    # *** in stored logs and metadata, never stored with the execution, never in events or views.
+    secrets: dict[str, str] = {}
 
     @property
     def data_dir(self) -> Path:
@@ -163,6 +175,12 @@ def _check(config: Config) -> None:
         raise ConfigError(f"daemon.socket_mode: {config.daemon.socket_mode!r} is out of range")
     if config.local.max_concurrent < 0:
         raise ConfigError("local.max_concurrent: must not be negative (0 = no limit)")
+    for name, value in config.secrets.items():
+        if not _ENV_NAME.fullmatch(name):
+            raise ConfigError(f"secrets.{name}: not an environment variable name (letters, digits, '_')")
+        if len(value) < 4:
+            # A very short value would mask ordinary text everywhere it occurs.
+            raise ConfigError(f"secrets.{name}: the value must be at least 4 characters")
     seen = {"local"}
     for i, host in enumerate(config.hosts):
         where = f"hosts[{i}]"

@@ -54,6 +54,8 @@ class HostSettings:
     gpu_device_requests: bool
     enabled: bool
     ssh: HostSection | None  # None for this machine
+    capabilities: tuple[str, ...] = ()
+    pids_limit: int = 0
 
     @classmethod
     def of_local(cls, section: LocalHostSection, work_dir: Path) -> HostSettings:
@@ -70,6 +72,7 @@ class HostSettings:
             max_concurrent=c.max_concurrent, pull=c.pull, pull_timeout=c.pull_timeout_seconds,
             gpus=_declared(c.gpus), cpus=_declared(c.cpus), memory_mb=_declared(c.memory_mb),
             gpu_device_requests=c.gpu_mode == "device-request", enabled=c.enabled, ssh=ssh,
+            capabilities=tuple(c.capabilities), pids_limit=c.pids_limit,
         )
 
 
@@ -311,7 +314,8 @@ class Host:
                 socket = str(local)
             where = s.docker_socket if self._conn is None else f"{s.docker_socket} on {self.name}"
             runtime = DockerRuntime(socket, self.daemon_id, host=self.name, pull=s.pull, where=where,
-                                    pull_timeout=s.pull_timeout, gpu_device_requests=s.gpu_device_requests)
+                                    pull_timeout=s.pull_timeout, gpu_device_requests=s.gpu_device_requests,
+                                    capabilities=s.capabilities, pids_limit=s.pids_limit)
         try:
             await runtime.ping()
         except Exception:

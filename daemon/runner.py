@@ -55,6 +55,7 @@ class RunnerServices:
     work_root: Path  # on this machine: where workspaces are prepared and outputs come back to
     stop_grace: int
     host_lost_grace: float
+    secrets: dict[str, str]
     publish: Publish
     open_log: Callable[[int], LogFile]
     release_log: Callable[[int], Awaitable[None]]
@@ -90,6 +91,8 @@ class Runner:
         self._flushes: set[asyncio.Task[None]] = set()  # timed flushes under way
         self._live: dict[str, tuple[int, str]] = {}  # live outputs stored so far: path -> (size, sha256)
         self._last_output = time.time()  # wall clock of the newest log line, for no-output-timeout
+        # Longest first, so a secret that contains another is masked whole.
+        self._secrets = sorted({v.encode() for v in services.secrets.values()}, key=len, reverse=True)
 
     async def _transition(self, status: str, reason: str | None = None, **fields: Any) -> bool:
         result = await self.s.store.transition(self.id, status, reason=reason, **fields)
@@ -229,8 +232,9 @@ class Runner:
                     execution_id=self.id,
                     image=self.row.image,
                     command=self.row.command,
-                    environment=workspace.container_environment(self.row, root=root,
-                                                                in_container=runtime.in_container),
+                    environment={**workspace.container_environment(self.row, root=root,
+                                                                   in_container=runtime.in_container),
+                                 **self.s.secrets},
                     workdir=remote,
                     host=host.name,
                     gpus=tuple(self.row.gpu_ids),
@@ -375,7 +379,10 @@ class Runner:
             except UnicodeDecodeError:
                 # Binary output: the stored log stays valid UTF-8, bad bytes become U+FFFD.
                 data = data.decode("utf-8", "replace").encode("utf-8")
-        points = metadata_points(decoded.candidates)
+        candidates = decoded.candidates
+        if self._secrets:
+            data, candidates = self._mask(data, candidates)
+        points = metadata_points(candidates)
         end = await self.log.append(data)
         self._last_output = time.time()
         if points:
@@ -389,6 +396,20 @@ class Runner:
             elif self._flush_timer is None:
                 # Also when the command then goes quiet for an hour: a point waits at most this long.
                 self._flush_timer = asyncio.get_running_loop().call_later(_METADATA_DELAY, self._spawn_flush)
+
+    def _mask(self, data: bytes, candidates: list[tuple[str, str]]) -> tuple[bytes, list[tuple[str, str]]]:
+        """Secret values printed by the command are stored as ***, in the log and in metadata."""
+        for secret in self._secrets:
+            if secret in data:
+                data = data.replace(secret, b"***")
+        texts = [s.decode() for s in self._secrets]
+        masked = []
+        for at, text in candidates:
+            for value in texts:
+                if value in text:
+                    text = text.replace(value, "***")
+            masked.append((at, text))
+        return data, masked
 
     def _spawn_flush(self) -> None:
         self._flush_timer = None

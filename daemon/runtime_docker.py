@@ -39,7 +39,8 @@ class DockerRuntime:
     in_container = True
 
     def __init__(self, docker_socket: str, daemon_id: str, *, host: str = "local", pull: str = "missing",
-                 pull_timeout: float = 300, gpu_device_requests: bool = True, where: str = "") -> None:
+                 pull_timeout: float = 300, gpu_device_requests: bool = True, where: str = "",
+                 capabilities: tuple[str, ...] = ("ALL",), pids_limit: int = 0) -> None:
         self.docker_socket = docker_socket
         # How errors name the engine: a forwarded socket's local path would mean nothing to a user.
         self.where = where or docker_socket
@@ -48,6 +49,8 @@ class DockerRuntime:
         self.gpu_device_requests = gpu_device_requests
         self.pull = pull
         self.pull_timeout = pull_timeout
+        self.capabilities = capabilities
+        self.pids_limit = pids_limit
         self._docker: aiodocker.Docker | None = None
 
     @property
@@ -125,6 +128,11 @@ class DockerRuntime:
             "SecurityOpt": ["no-new-privileges"],
             "LogConfig": {"Type": "json-file", "Config": {}},
         }
+        if tuple(self.capabilities) != ("ALL",):
+            host_config["CapDrop"] = ["ALL"]
+            host_config["CapAdd"] = list(self.capabilities)
+        if self.pids_limit > 0:
+            host_config["PidsLimit"] = self.pids_limit
         if spec.gpus and self.gpu_device_requests:
             host_config["DeviceRequests"] = [
                 {"Driver": "nvidia", "DeviceIDs": list(spec.gpus), "Capabilities": [["gpu"]]}

@@ -78,6 +78,7 @@ class Daemon:
     max_concurrent: int = 4
     stop_grace: int = 10
     extra_config: str = ""
+    daemon_extra: str = ""  # more keys of the [daemon] table
     local_extra: str = ""
     process: subprocess.Popen[bytes] | None = None
     daemon_id: str = ""
@@ -105,7 +106,8 @@ class Daemon:
             [local]
             max_concurrent = {self.max_concurrent}
             pull = "never"
-            """) + textwrap.dedent(self.local_extra) + "\n" + self.extra_config)
+            """).replace("[defaults]\n", textwrap.dedent(self.daemon_extra).strip() + "\n[defaults]\n", 1)
+            + textwrap.dedent(self.local_extra) + "\n" + self.extra_config)
         return path
 
     def start(self) -> None:

@@ -13,6 +13,7 @@ from runyard.protocol import methods as m
 from runyard.protocol.messages import ErrorCode
 
 from .core import Core, OperationError
+from .logfile import cap_records
 from .outputs import OutputError
 from .snapshots import SnapshotError
 
@@ -175,8 +176,8 @@ async def logs_read(core: Core, caller: Caller, p: m.LogsReadParams) -> Any:
     else:
         start = p.offset or 0
         data, end = await asyncio.to_thread(logfile.read_range, start, p.max_bytes)
-    return {"data": data.decode("utf-8", "replace"), "start": start, "end": end, "size": logfile.size,
-            "first_line": first_line}
+    return {"data": cap_records(data).decode("utf-8", "replace"), "start": start, "end": end,
+            "size": logfile.size, "first_line": first_line}
 
 
 @method("logs.count", m.IdParams)

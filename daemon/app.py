@@ -28,7 +28,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         raise StartupError(str(exc)) from None
     core = Core(config, store)
     server = Server(core, config.daemon.socket, mode=config.socket_mode, group=config.daemon.socket_group,
-                    admins=config.daemon.admins, max_frame=config.daemon.max_frame_bytes)
+                    admins=config.daemon.admins, max_frame=config.daemon.max_frame_bytes,
+                    slow_client_seconds=config.daemon.slow_client_seconds)
     try:
         try:
             await core.start()

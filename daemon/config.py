@@ -28,6 +28,9 @@ class DaemonSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     admins: list[str] = []
     max_frame_bytes: int = 4 * 1024 * 1024
     events_retained: int = 100_000
+    # A client whose socket stays full this long (it stopped reading, say while following a
+    # flooding log) is disconnected; until then only its own answers wait.
+    slow_client_seconds: float = 30.0
 
 
 class DefaultsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

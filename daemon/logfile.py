@@ -19,6 +19,25 @@ from .logstream import ResumePoint, split_timestamp
 _BLOCK: Final = 1 << 16
 
 
+RECORD_SHOWN_MAX: Final = 1 << 20  # a longer record is sent to clients cut, with a note; the file keeps it whole
+
+
+def cap_records(data: bytes, limit: int = RECORD_SHOWN_MAX) -> bytes:
+    """Whole records, each cut to ``limit`` bytes with a note of what was left out, so that one
+    enormous line cannot make a reply larger than a frame."""
+    if len(data) <= limit:
+        return data
+    out = []
+    for record in data.split(b"\n")[:-1]:
+        if len(record) > limit:
+            cut = record[:limit]
+            while cut and (cut[-1] & 0xC0) == 0x80:  # do not split a UTF-8 character
+                cut = cut[:-1]
+            record = cut + f" [... {len(record) - len(cut):,} more bytes of this line not shown]".encode()
+        out.append(record)
+    return b"\n".join(out) + b"\n"
+
+
 def _matches(record: bytes, letter: bytes | None) -> bool:
     return letter is None or record[:1] == letter
 

@@ -68,19 +68,25 @@ def metadata_points(lines: Iterable[tuple[str, str]]) -> list[tuple[str, str, di
     return points
 
 
+METADATA_MAX_BYTES: Final = 256 * 1024  # a longer JSON line is kept in the log, not as a metadata point
+
+
 def metadata_of(text: str) -> dict[str, Any] | None:
     """A stdout line that is a JSON object is a metadata point; anything else is just a line."""
-    if not text.startswith("{"):
+    if not text.startswith("{") or len(text) > METADATA_MAX_BYTES:
         return None
     try:
         value = _json_decode(text)
+    except (RecursionError, UnicodeError):  # too deep, or bytes that were not UTF-8: a line, not a point
+        return None
     except msgspec.DecodeError:
         import json
 
         try:  # json accepts NaN and Infinity, which msgspec rejects
             value = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
             return None
+    # Points keep the program's own JSON text; big integers and NaN travel as they are (NaN as null).
     return value if isinstance(value, dict) else None
 
 

@@ -28,6 +28,7 @@ from runyard.protocol.methods import LogsFollowParams, LogsUnfollowParams, Subsc
 
 from . import api
 from .core import Core, OperationError
+from .logfile import cap_records
 
 log = logging.getLogger("runyard.server")
 
@@ -71,7 +72,14 @@ class Connection:
         frame = encode_frame(msg.encode_message(message), self.server.max_frame)
         async with self.write_lock:
             self.writer.write(frame)
-            await self.writer.drain()
+            try:
+                await asyncio.wait_for(self.writer.drain(), self.server.slow_client_seconds)
+            except TimeoutError:
+                # A client that stops reading only ever holds up itself; past this, it is let go.
+                log.warning("dropping client %s (uid %s): it read nothing for %.0f s",
+                            self.caller.user, self.caller.uid, self.server.slow_client_seconds)
+                self.writer.transport.abort()
+                raise ConnectionResetError("client too slow") from None
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -225,7 +233,7 @@ class Connection:
                     if end <= offset:
                         break
                     await self.send(msg.LogData(sub=sub, execution_id=execution_id, offset=offset,
-                                                end=end, data=data.decode("utf-8", "replace")))
+                                                end=end, data=cap_records(data).decode("utf-8", "replace")))
                     offset = end
                 if logfile.finished and offset >= logfile.size:
                     await self.send(msg.LogEnd(sub=sub, execution_id=execution_id, offset=offset))
@@ -239,8 +247,9 @@ class Connection:
 
 class Server:
     def __init__(self, core: Core, path: str, *, mode: int, group: str, admins: list[str],
-                 max_frame: int) -> None:
+                 max_frame: int, slow_client_seconds: float = 30.0) -> None:
         self.core = core
+        self.slow_client_seconds = slow_client_seconds
         self.path = path
         self.mode = mode
         self.group = group

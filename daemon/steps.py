@@ -71,6 +71,10 @@ def resources_of(step: Step) -> dict[str, Any]:
     return resources
 
 
+def _one_segment(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+
+
 def lint_text(text: str, source: str = "valohai.yaml") -> list[Problem]:
     """Every problem valohai-yaml finds, each with a location where one is known."""
     problems: list[Problem] = []
@@ -150,6 +154,11 @@ def prepare_step(config: Config, step_name: str, raw_parameters: dict[str, str],
     resolved_inputs: dict[str, list[str]] = {}
     input_options: dict[str, dict[str, str]] = {}
     for name, spec in step.inputs.items():
+        # Each input is a directory under /valohai/inputs, and `filename` a file in it.
+        for what, value in (("input name", name), (f"input {name!r} filename", spec.filename)):
+            if value is not None and not _one_segment(str(value)):
+                raise StepError(f"{what} {str(value)!r} of step {step_name!r} must be a plain name: "
+                                "no '/', not '.' or '..'")
         urls = inputs.get(name)
         if urls is None:
             default = spec.default

@@ -209,3 +209,22 @@ def test_docker_decoder_pads_trimmed_timestamps_exactly_as_the_careful_path() ->
     assert b"".join(records).decode() == "".join(expected)
     assert all(len(ts) == 30 for ts, _ in candidates) and len(candidates) == sum(
         1 for i in range(5000) if i % 3 == 0 and i % 5)
+
+
+def test_input_names_and_file_names_never_escape_their_directory() -> None:
+    from runyard.daemon.inputs import _inside, file_name
+    from runyard.daemon.steps import StepError, load_config, prepare_step
+
+    for name, extra in (("../../etc", ""), ("a/b", ""), ("..", ""), ("ok", "    filename: ../x\n"),
+                        ("ok", "    filename: /etc/passwd\n")):
+        text = (f"- step:\n    name: s\n    image: x\n    command: echo\n    inputs:\n"
+                f"      - name: {name}\n        default: http://example.org/a.csv\n"
+                + "".join("    " + line + "\n" for line in extra.splitlines()))
+        with pytest.raises(StepError, match="must be a plain name"):
+            prepare_step(load_config(text), "s", {}, {})
+    # names taken from URLs and S3 keys stay inside the input's folder
+    assert file_name("http://x/%2e%2e") == "download"
+    assert file_name("http://x/a%2Fb") == "download"
+    assert _inside("../a", "fallback") == "fallback"
+    assert _inside("/etc/passwd", "fallback") == "fallback"
+    assert _inside("dir/file.csv", "fallback") == "dir/file.csv"

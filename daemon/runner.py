@@ -214,6 +214,11 @@ class Runner:
         fresh = False
         if self.container_id is None:
             existing = None if self.just_placed else await runtime.find(self.id, self.row.log_base)
+            if existing is not None and existing.status == "created":
+                # Created before a crash but never started: its workspace may be half copied (the
+                # copy overlaps the create), so it is made again rather than started as it is.
+                await runtime.remove(existing.id)
+                existing = None
             if existing is not None:
                 # Created before a crash, never recorded: adopt it so nothing runs twice.
                 self.container_id = existing.id

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import shlex
 import shutil
 import stat
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +121,11 @@ class SshTransport:
         self.host = host
         self._sftp_client: asyncssh.SFTPClient | None = None
         self._sftp_lock = asyncio.Lock()
+        # Executions on one host often ask for the same input at once: one upload per file,
+        # and no eviction of a file another execution is still linking.
+        self._cache_locks: dict[str, asyncio.Lock] = {}
+        self._pinned: Counter[str] = Counter()
+        self._parts = itertools.count(1)
 
     def _lost(self, exc: BaseException) -> LinkError:
         return LinkError(f"{self.host}: connection lost ({exc or type(exc).__name__})")
@@ -231,18 +238,29 @@ class SshTransport:
         workspace gets a copy made on the host (SFTP copy-data), or sent again without it.
         """
         sftp = await self._sftp()
+        shas = [sha for _, sha, _, _ in items]
+        self._pinned.update(shas)
+        try:
+            await self._put_cached(sftp, items, cache, remote, link=link, cache_limit=cache_limit)
+        finally:
+            self._pinned.subtract(shas)
+            self._pinned += Counter()  # drop the zero counts
+
+    async def _put_cached(self, sftp: asyncssh.SFTPClient, items: list[tuple[Path, str, int, str]], cache: str,
+                          remote: str, *, link: bool, cache_limit: int) -> None:
         with self._sftp_errors(f"cannot copy inputs to {remote}"):
             await sftp.makedirs(cache, exist_ok=True)
             for source, sha, size, rel in items:
                 cached = f"{cache}/{sha}"
-                try:
-                    present = (await sftp.stat(cached)).size == size
-                except asyncssh.SFTPNoSuchFile:
-                    present = False
-                if not present:
-                    part = f"{cached}.part-{os.getpid()}"
-                    await sftp.put(str(source), part, block_size=_BLOCK, max_requests=_REQUESTS)
-                    await sftp.posix_rename(part, cached)
+                async with self._cache_locks.setdefault(cached, asyncio.Lock()):
+                    try:
+                        present = (await sftp.stat(cached)).size == size
+                    except asyncssh.SFTPNoSuchFile:
+                        present = False
+                    if not present:
+                        part = f"{cached}.part-{os.getpid()}-{next(self._parts)}"
+                        await sftp.put(str(source), part, block_size=_BLOCK, max_requests=_REQUESTS)
+                        await sftp.posix_rename(part, cached)
                 target = f"{remote}/{rel}"
                 await sftp.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
                 try:
@@ -254,7 +272,7 @@ class SshTransport:
                     await sftp.put(str(source), target, block_size=_BLOCK, max_requests=_REQUESTS)
                 # Used now: the last to be evicted (mtime is when it was last used).
                 await sftp.utime(cached)
-            await self._evict(sftp, cache, keep={sha for _, sha, _, _ in items}, limit=cache_limit)
+            await self._evict(sftp, cache, keep=set(self._pinned), limit=cache_limit)
 
     async def _evict(self, sftp: asyncssh.SFTPClient, cache: str, *, keep: set[str], limit: int) -> None:
         """Least recently used cached inputs go once the host's cache is over ``limit`` bytes.

@@ -1,0 +1,242 @@
+"""kill -9 of the daemon at random instants during a workload of 30 executions over three hosts.
+
+Executions are submitted, fetch an input over HTTP, run, print lines and metadata,
+write outputs, and some are stopped, while the daemon is killed and restarted again
+and again. Afterwards every execution must be where it would have been with no kill:
+the exact lines it printed, each metadata point and output once, no GPU granted twice
+at the same time, and (from Docker's own event stream) one container started per execution.
+The seed is printed; RUNYARD_CHAOS_SEED replays a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import random
+import subprocess
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from runyard.protocol import Client, ConnectionLost, RemoteError
+from runyard.protocol.logformat import parse_records
+from runyard.protocol.methods import ExecutionView
+
+from .conftest import Daemon, make_repo, step_yaml
+from .pool import SshHost, gpu_rows, make_client_key, wait_for_host
+from .test_inputs import FileServer, http_files  # noqa: F401  (the fixture)
+
+pytestmark = pytest.mark.slow
+
+LINES = 40
+WORK = textwrap.dedent(f"""\
+    import hashlib, json, os, time
+    eid = os.environ["VH_EXECUTION_ID"]
+    path = "/valohai/inputs/data/blob.bin"
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:12] if os.path.exists(path) else "none"
+    print(f"start {{eid}} input {{digest}} gpus {{os.environ.get('CUDA_VISIBLE_DEVICES', '')}}", flush=True)
+    for i in range({LINES}):
+        print(f"n={{i}}", flush=True)
+        if i % 10 == 0:
+            print(json.dumps({{"step": i, "loss": 1 / (i + 1)}}), flush=True)
+        time.sleep(0.04)
+    for k in range(3):
+        with open(f"/valohai/outputs/out-{{k}}.txt", "w") as fh:
+            fh.write(f"{{eid}} {{k}}\\n")
+    print("end", flush=True)
+    """)
+
+
+def expected_lines(eid: int, digest: str, gpus: str) -> list[str]:
+    lines = [f"start {eid} input {digest} gpus {gpus}"]
+    for i in range(LINES):
+        lines.append(f"n={i}")
+        if i % 10 == 0:
+            lines.append(json.dumps({"step": i, "loss": 1 / (i + 1)}))
+    return [*lines, "end"]
+
+
+@pytest.fixture
+def chaos_pool(tmp_path: Path, daemon_factory: type[Daemon]) -> Iterator[tuple[Daemon, dict[str, SshHost]]]:
+    key = make_client_key(tmp_path)
+    hosts = {name: SshHost(name, tmp_path / name, key, gpu_rows("NVIDIA A100-SXM4-80GB", 2, seed=name))
+             for name in ("c1", "c2", "c3")}
+    for host in hosts.values():
+        host.prepare()
+        host.start()
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(h.known_hosts_line() for h in hosts.values()))
+    config = textwrap.dedent(f"""\
+        [ssh]
+        known_hosts = "{known}"
+        reconnect_min_seconds = 0.2
+        reconnect_max_seconds = 1.0
+        """) + "".join(h.config(pool="p", extra='gpu_mode = "env"\nmax_concurrent = 4') for h in hosts.values())
+    daemon = daemon_factory(local_extra="enabled = false", extra_config=config, stop_grace=2)
+    yield daemon, hosts
+    for host in hosts.values():
+        host.kill()
+
+
+class Workload:
+    """What the test asked for, kept across kills: submits and stops are retried until answered."""
+
+    def __init__(self, repo: Path, blob_url: str) -> None:
+        self.repo = repo
+        self.specs: list[dict[str, object]] = []
+        for i in range(30):
+            kind = "hold" if i % 8 == 7 else "work"
+            spec: dict[str, object] = {"title": f"chaos-{i:02d}", "step": kind}
+            if kind == "work" and i % 3 == 0:
+                spec["inputs"] = {"data": [blob_url]}
+            if kind == "work" and i % 5 == 1:
+                spec["gpus"] = 1
+            self.specs.append(spec)
+        self.ids: dict[str, int] = {}  # title -> execution id, once the daemon answered
+        self.stopped: set[int] = set()
+        self.snapshot: str | None = None
+
+    async def step(self, client: Client, rng: random.Random) -> None:
+        """Submit a few more and stop the held ones that run; any of it may be cut short by a kill."""
+        if self.snapshot is None:
+            from runyard.daemon.snapshots import snapshot_commit
+
+            snap = snapshot_commit(self.repo, "HEAD")
+            if not await client.snapshot_has(snap.id):
+                await client.snapshot_put(snap.id, snap.data)
+            self.snapshot = snap.id
+        # A submit whose answer was lost to a kill may have been recorded: look before submitting again.
+        known = {v.title: v.id for v in await client.list_executions(limit=100) if v.title}
+        self.ids.update({t: i for t, i in known.items() if t and t.startswith("chaos-")})
+        pending = [s for s in self.specs if s["title"] not in self.ids]
+        for spec in pending[: rng.randint(3, 9)]:
+            view = await client.submit(snapshot=self.snapshot, **spec)
+            self.ids[str(spec["title"])] = view.id
+        for spec in self.specs:
+            eid = self.ids.get(str(spec["title"]))
+            if (spec["step"] == "hold" and eid is not None and eid not in self.stopped
+                    and (await client.get(eid)).status == "started"):
+                await client.stop([eid])
+                self.stopped.add(eid)
+
+    @property
+    def all_submitted(self) -> bool:
+        return len(self.ids) == len(self.specs)
+
+
+async def test_kill9_at_random_instants_loses_and_doubles_nothing(
+        chaos_pool: tuple[Daemon, dict[str, SshHost]], tmp_path: Path, http_files: FileServer) -> None:  # noqa: F811
+    daemon, hosts = chaos_pool
+    seed = int(os.environ.get("RUNYARD_CHAOS_SEED", str(random.SystemRandom().randrange(2**32))))
+    print(f"chaos seed {seed} (RUNYARD_CHAOS_SEED={seed} replays it)")
+    rng = random.Random(seed)
+    blob = os.urandom(2 << 20)
+    (http_files.root / "blob.bin").write_bytes(blob)
+    digest = hashlib.sha256(blob).hexdigest()[:12]
+    repo = make_repo(tmp_path / "repo", {
+        "valohai.yaml": step_yaml("work", "python3 work.py", extra="inputs:\n  - name: data\n    optional: true")
+        + step_yaml("hold", "while true; do echo held; sleep 0.1; done"),
+        "work.py": WORK,
+    })
+    workload = Workload(repo, http_files.url("blob.bin"))
+    daemon.start()
+    starts = subprocess.Popen(
+        ["docker", "events", "--format", "{{json .}}", "--filter", "type=container", "--filter", "event=start",
+         "--filter", f"label=runyard.daemon={daemon.daemon_id}"],
+        stdout=subprocess.PIPE, text=True)
+    kills = 0
+    try:
+        async with await Client.connect(daemon.socket) as client:
+            for name in hosts:
+                await wait_for_host(client, name, {"ready"})
+        while kills < 10 or not workload.all_submitted:
+            with contextlib.suppress(ConnectionLost, ConnectionError, RemoteError, OSError):
+                async with await Client.connect(daemon.socket) as client:
+                    step = asyncio.ensure_future(workload.step(client, rng))
+                    # the kill lands at a random instant: while submitting, fetching, running, uploading
+                    await asyncio.sleep(rng.uniform(0.05, 1.5))
+                    daemon.kill9()
+                    kills += 1
+                    with contextlib.suppress(ConnectionLost, ConnectionError, RemoteError, OSError):
+                        await step
+            if daemon.process is not None and daemon.process.poll() is None:
+                daemon.kill9()
+                kills += 1
+            daemon.start()
+        # No more kills: let everything finish, stopping what is still held.
+        async with await Client.connect(daemon.socket) as client:
+            await workload.step(client, rng)
+            finals = {t: await _until_ended(client, i, workload) for t, i in workload.ids.items()}
+            hosts_now = await client.hosts()
+            logs = {i: (await client.read_logs(i, offset=0, max_bytes=8 << 20)).data for i in workload.ids.values()}
+            metadata = {i: await client.metadata(i) for i in workload.ids.values()}
+            outputs = {i: await client.outputs(i) for i in workload.ids.values()}
+            everything = await client.list_executions(limit=1000)
+    finally:
+        starts.terminate()
+    started = Counter(json.loads(line)["Actor"]["Attributes"]["runyard.execution"]
+                      for line in starts.communicate(timeout=10)[0].splitlines() if line.strip())
+
+    assert kills >= 10
+    assert len([v for v in everything if (v.title or "").startswith("chaos-")]) == 30  # none submitted twice
+    for spec in workload.specs:
+        title = str(spec["title"])
+        view = finals[title]
+        eid = view.id
+        texts = [r.text for r in parse_records(logs[eid]) if r.stream != "system"]
+        assert view.reason != "internal-error", (title, seed)
+        if spec["step"] == "hold":
+            assert view.status == "stopped", (title, view.status, view.reason, seed)
+            assert set(texts) <= {"held"}
+            continue
+        assert (view.status, view.reason) == ("complete", None), (title, view.status, view.reason, seed,
+                                                                  logs[eid][-2000:])
+        input_digest = digest if "inputs" in spec else "none"
+        gpus = ",".join(view.gpus)
+        assert texts == expected_lines(eid, input_digest, gpus), (title, seed, logs[eid][:3000])
+        assert [p.values["step"] for p in metadata[eid]] == [0, 10, 20, 30], (title, seed)
+        assert sorted(o.path for o in outputs[eid]) == ["out-0.txt", "out-1.txt", "out-2.txt"], (title, seed)
+        assert len(view.gpus) == spec.get("gpus", 0)
+    # One container started per execution, ever: nothing ran twice, across every kill. (One created
+    # but never started before a kill is removed and made again: its workspace may be half copied.)
+    ids = {str(i) for i in workload.ids.values()}
+    assert {k: n for k, n in started.items() if k in ids and n != 1} == {}, seed
+    assert set(started) >= ids - {str(i) for t, i in workload.ids.items() if finals[t].status == "stopped"}
+    # GPUs: never one GPU for two executions at the same time, and none held now.
+    gpu_runs = [finals[str(s["title"])] for s in workload.specs if s.get("gpus")]
+    for a in gpu_runs:
+        for b in gpu_runs:
+            if a.id < b.id and _overlap(a, b):
+                assert not set(a.gpus) & set(b.gpus), (a.id, b.id, seed)
+    assert all(g.execution is None for h in hosts_now for g in h.gpus)
+
+
+async def _until_ended(client: Client, eid: int, workload: Workload) -> ExecutionView:
+    deadline = time.monotonic() + 180
+    async for _ in client.events(since=0):
+        view = await client.get(eid)
+        if view.status in ("complete", "error", "stopped"):
+            return view
+        if view.step == "hold" and view.status == "started" and eid not in workload.stopped:
+            await client.stop([eid])
+            workload.stopped.add(eid)
+        assert time.monotonic() < deadline, f"execution {eid} never ended: {view.status}"
+    raise AssertionError("event stream ended")
+
+
+def _overlap(a: ExecutionView, b: ExecutionView) -> bool:
+    def span(v: ExecutionView) -> tuple[datetime, datetime]:
+        assert v.started_at and v.ended_at
+        parse = lambda t: datetime.fromisoformat(t.replace("Z", "+00:00"))  # noqa: E731
+        return parse(v.started_at), parse(v.ended_at)
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1

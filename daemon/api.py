@@ -163,6 +163,9 @@ async def logs_read(core: Core, caller: Caller, p: m.LogsReadParams) -> Any:
     if p.max_bytes < 1 or p.max_bytes > 8 << 20:
         raise OperationError(ErrorCode.INVALID_PARAMS, "max_bytes must be between 1 and 8 MiB")
     logfile = core.log_file(p.id)
+    # A reply must fit in one frame, with room for JSON escaping: larger asks get less, and say
+    # where they ended, so a reader simply reads on.
+    max_bytes = min(p.max_bytes, core.config.daemon.max_frame_bytes // 2)
     first_line: int | None = None
     if p.head is not None:
         data, end = await asyncio.to_thread(logfile.head, p.head, p.stream)
@@ -175,7 +178,7 @@ async def logs_read(core: Core, caller: Caller, p: m.LogsReadParams) -> Any:
         end = logfile.size
     else:
         start = p.offset or 0
-        data, end = await asyncio.to_thread(logfile.read_range, start, p.max_bytes)
+        data, end = await asyncio.to_thread(logfile.read_range, start, max_bytes)
     return {"data": cap_records(data).decode("utf-8", "replace"), "start": start, "end": end,
             "size": logfile.size, "first_line": first_line}
 
@@ -220,9 +223,10 @@ async def snapshot_read(core: Core, caller: Caller, p: m.SnapshotFileParams) -> 
         raise OperationError(ErrorCode.INVALID_PARAMS, str(exc)) from None
     if data is None:
         raise OperationError(ErrorCode.NOT_FOUND, f"the snapshot of execution {p.id} has no file {p.path!r}")
-    head = data[: p.max_bytes]
+    limit = min(p.max_bytes, core.config.daemon.max_frame_bytes // 2)  # one frame, escaping included
+    head = data[:limit]
     return {"path": p.path, "size": len(data), "data": head.decode("utf-8", "replace"),
-            "truncated": len(data) > p.max_bytes, "binary": b"\0" in head[:8192]}
+            "truncated": len(data) > limit, "binary": b"\0" in head[:8192]}
 
 
 @method("hosts.list", m.HostsScanParams)

@@ -78,7 +78,7 @@ class Core:
             store=store, snapshots=self.snapshots, outputs=self.outputs,
             work_root=self.work_root, stop_grace=config.defaults.stop_grace_seconds,
             host_lost_grace=config.scheduler.host_lost_grace_seconds,
-            secrets=dict(config.secrets),
+            secrets=dict(config.secrets), data_dir=config.data_dir,
             live_outputs_every=config.defaults.live_outputs_seconds, input_progress=self._input_progress,
             host_cache_bytes=config.cache.host_inputs_max_mb << 20,
             publish=self.publish, open_log=self.live_log, release_log=self._release_log,

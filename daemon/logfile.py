@@ -84,9 +84,15 @@ class LogFile:
         assert self._fd is not None, "log not opened for append"
         raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
         view = memoryview(raw)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError:
+            # Disk full, say: take back what part of this append got written, so the file still
+            # ends on a whole record and the same lines can be appended again later.
+            os.ftruncate(self._fd, self.size)
+            raise
         self.size += len(raw)
         async with self._changed:
             self._changed.notify_all()

@@ -21,6 +21,7 @@ from typing import Any
 from runyard.protocol.logformat import HEADER_WIDTH, TIMESTAMP_WIDTH, format_record, parse_records
 
 from . import inputs, workspace
+from .diskspace import is_disk_full, wait_for_space
 from .hosts import Host
 from .logfile import LogFile
 from .logstream import Decoded, metadata_points, timestamp_now
@@ -56,6 +57,7 @@ class RunnerServices:
     stop_grace: int
     host_lost_grace: float
     secrets: dict[str, str]
+    data_dir: Path
     publish: Publish
     open_log: Callable[[int], LogFile]
     release_log: Callable[[int], Awaitable[None]]
@@ -154,6 +156,11 @@ class Runner:
         except (ImageMissing, ContainerGone, InputFailed):
             raise
         except Exception as exc:
+            if is_disk_full(exc):
+                # The container goes on and its engine keeps its output: once there is space,
+                # the next attempt adopts it and reads on from the exact resume point.
+                await wait_for_space(self.s.data_dir, f"execution {self.id}")
+                return False
             if await host.still_up(generation):
                 raise
             await self._note(f"lost contact with host {host.name} ({exc}); the execution goes on there, "

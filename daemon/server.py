@@ -28,6 +28,7 @@ from runyard.protocol.methods import LogsFollowParams, LogsUnfollowParams, Subsc
 
 from . import api
 from .core import Core, OperationError
+from .diskspace import is_disk_full
 from .logfile import cap_records
 
 log = logging.getLogger("runyard.server")
@@ -147,10 +148,17 @@ class Connection:
         except msgspec.ValidationError as exc:
             reply = msg.Error(id=request.id, code=ErrorCode.INVALID_PARAMS,
                               message=f"{request.method}: {str(exc).replace('$.', 'params.')}")
-        except Exception:
-            log.exception("request %s failed", request.method)
-            reply = msg.Error(id=request.id, code=ErrorCode.INTERNAL,
-                              message=f"{request.method} failed inside the daemon; see its log")
+        except Exception as exc:
+            if is_disk_full(exc):
+                log.error("request %s refused: the data directory is full", request.method)
+                reply = msg.Error(id=request.id, code=ErrorCode.INTERNAL,
+                                  message=f"{request.method}: runyard's data directory "
+                                          f"{self.core.config.data_dir} is full; nothing was changed. "
+                                          "Free space there and try again")
+            else:
+                log.exception("request %s failed", request.method)
+                reply = msg.Error(id=request.id, code=ErrorCode.INTERNAL,
+                                  message=f"{request.method} failed inside the daemon; see its log")
         try:
             await self.send(reply)
         except FrameTooLarge:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import textwrap
 import time
@@ -217,6 +218,12 @@ async def test_kill9_at_random_instants_loses_and_doubles_nothing(
             if a.id < b.id and _overlap(a, b):
                 assert not set(a.gpus) & set(b.gpus), (a.id, b.id, seed)
     assert all(g.execution is None for h in hosts_now for g in h.gpus)
+    # SQLite came through every kill mid-write whole.
+    daemon.terminate()
+    db = sqlite3.connect(daemon.data_dir / "runyard.sqlite3")
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    db.close()
 
 
 async def _until_ended(client: Client, eid: int, workload: Workload) -> ExecutionView:

@@ -95,3 +95,19 @@ async def test_with_retries_it_goes_back_to_the_queue_and_completes_elsewhere(tw
     note = next(i for i, line in enumerate(log) if "back to the queue" in line)
     # the second attempt's output, whole and once, after the note
     assert [line for line in log[note + 1 :] if line.startswith("n=")] == [f"n={n}" for n in range(40)]
+
+
+async def test_a_host_that_comes_back_without_its_container(two_hosts: TwoHosts) -> None:
+    daemon = two_hosts.daemon
+    async with await Client.connect(daemon.socket) as client:
+        held = await wait_for_status(client, (await submit_repo(client, two_hosts.repo, "hold")).id, {"started"})
+        assert held.host is not None and held.container_id
+        host = two_hosts.hosts[held.host]
+        host.kill()
+        await wait_for_host(client, held.host, {"unreachable"})
+        # While it is away, its container goes (a reboot, an engine reset, someone's docker rm).
+        subprocess.run(["docker", "rm", "-f", held.container_id], check=True, capture_output=True)
+        host.start()  # back within the grace
+        ended = await wait_for_status(client, held.id, timeout=60)
+        assert (ended.status, ended.reason) == ("error", "container-removed")
+        assert "alive" in run_cli(daemon, "logs", str(held.id)).stdout  # what it printed before is kept

@@ -92,7 +92,7 @@ frames = st.one_of(
 )
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.lists(frames, min_size=1, max_size=12), greet=st.booleans())
 def test_random_frames_never_stop_the_daemon(daemon: Daemon, batch: list[bytes], greet: bool) -> None:
     sock = _raw(daemon.socket)

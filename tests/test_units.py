@@ -228,3 +228,23 @@ def test_input_names_and_file_names_never_escape_their_directory() -> None:
     assert _inside("../a", "fallback") == "fallback"
     assert _inside("/etc/passwd", "fallback") == "fallback"
     assert _inside("dir/file.csv", "fallback") == "dir/file.csv"
+
+
+def test_every_parameter_type_keeps_shell_metacharacters_out_of_the_shell() -> None:
+    import shlex
+
+    from runyard.daemon.steps import StepError, load_config, prepare_step
+
+    config = load_config(
+        "- step:\n    name: s\n    image: x\n    command: python3 train.py {parameters}\n    parameters:\n"
+        "      - name: n\n        type: integer\n        default: 1\n"
+        "      - name: lr\n        type: float\n        default: 0.1\n"
+        "      - name: flag\n        type: flag\n        default: false\n"
+        "      - name: tags\n        type: string\n        multiple: separate\n        default: [a]\n")
+    for name, value in (("n", "1; rm -rf /"), ("lr", "$(id)"), ("flag", "true; id")):
+        with pytest.raises(StepError, match=f"parameter '{name}'"):
+            prepare_step(config, "s", {name: value}, {})
+    nasty = "x'; id; echo `uname` $(id) \"q\" | cat > /etc/x"
+    command = prepare_step(config, "s", {"tags": nasty}, {}).command
+    argv = shlex.split(command.splitlines()[-1])
+    assert argv[-1] == f"--tags={nasty}"  # one argument, exactly as given

@@ -233,6 +233,14 @@ class Core:
         return logfile
 
     async def _release_log(self, execution_id: int) -> None:
+        current = await self.store.get(execution_id)
+        if current is not None and not current.terminal:
+            # Back in the queue (its host failed it): the next attempt appends to the same log,
+            # and whoever follows it keeps following.
+            logfile = self._open_logs.get(execution_id)
+            if logfile is not None:
+                logfile.close()
+            return
         logfile = self._open_logs.pop(execution_id, None)
         if logfile is not None:
             await logfile.finish()
@@ -292,7 +300,8 @@ class Core:
             self._prune_pending = False
             await self.store.prune_events(self.config.daemon.events_retained)
         rows = await self.store.active()
-        queue = [_demand(r) for r in rows if r.status == "queued" and r.host is None]
+        # An execution back in the queue is placed only once its last runner has finished.
+        queue = [_demand(r) for r in rows if r.status == "queued" and r.host is None and r.id not in self._runners]
         if not queue:
             return
         capacities = self.capacities(rows)

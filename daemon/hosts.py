@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import asyncssh
 
@@ -106,6 +106,7 @@ class Host:
         # Reconnecting: failed attempts in a row, and when the next one starts (the backoff, shown)
         self.failed_attempts = 0
         self.retry_at: float | None = None
+        self._engine_gone = asyncio.Event()  # set when the container engine stopped answering
         self._ready = asyncio.Event()
         self._down = asyncio.Event()  # set whenever the link is not ready
         self._conn: asyncssh.SSHClientConnection | None = None
@@ -274,13 +275,34 @@ class Host:
             closed.cancel()
 
     async def _closed(self) -> None:
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._engine_gone.wait())]
         if self._conn is not None:
-            await self._conn.wait_closed()
-        else:
-            await asyncio.Event().wait()  # this machine never disconnects
+            waits.append(asyncio.ensure_future(self._conn.wait_closed()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def engine_answers(self) -> bool:
+        """After a runtime error: is the engine still there? (A restarted engine, say, is not.)"""
+        runtime = self.runtime
+        if runtime is None or self.link != "ready":
+            return False
+        try:
+            await asyncio.wait_for(runtime.ping(), self.ssh.connect_timeout_seconds)
+            return True
+        except Exception:
+            return False
+
+    def engine_lost(self, why: str) -> None:
+        """The engine stopped answering: the host is unreachable until it answers again."""
+        self.error = f"container engine not answering: {why}"
+        self._engine_gone.set()
 
     async def _connect(self) -> None:
         # The link stays "connecting" (first try) or "unreachable" (retries) until this succeeds.
+        self._engine_gone.clear()
         s = self.settings
         if s.ssh is None:
             self.transport = LocalTransport()

@@ -37,6 +37,7 @@ log = logging.getLogger("runyard.runner")
 _METADATA_BATCH = 5000
 _METADATA_DELAY = 0.25  # seconds a metadata point may wait to be recorded
 LIMIT_REASONS = ("time-limit", "no-output-timeout")
+_ENGINE_RETRIES = 5  # runtime errors in a row that are taken for the engine going away
 
 Publish = Callable[[Any], None]
 
@@ -93,6 +94,8 @@ class Runner:
         self._flushes: set[asyncio.Task[None]] = set()  # timed flushes under way
         self._live: dict[str, tuple[int, str]] = {}  # live outputs stored so far: path -> (size, sha256)
         self._last_output = time.time()  # wall clock of the newest log line, for no-output-timeout
+        self._engine_lost = False  # the engine went away while this execution ran
+        self._engine_retries = 0
         # Longest first, so a secret that contains another is masked whole.
         self._secrets = sorted({v.encode() for v in services.secrets.values()}, key=len, reverse=True)
 
@@ -161,12 +164,26 @@ class Runner:
                 # the next attempt adopts it and reads on from the exact resume point.
                 await wait_for_space(self.s.data_dir, f"execution {self.id}")
                 return False
-            if await host.still_up(generation):
-                raise
-            await self._note(f"lost contact with host {host.name} ({exc}); the execution goes on there, "
-                             "and runyard picks it up again when the host is back")
-            log.warning("execution %s: host %s lost; waiting for it", self.id, host.name)
-            return False
+            if not await host.still_up(generation):
+                await self._note(f"lost contact with host {host.name} ({exc}); the execution goes on there, "
+                                 "and runyard picks it up again when the host is back")
+                log.warning("execution %s: host %s lost; waiting for it", self.id, host.name)
+                return False
+            if isinstance(exc, EngineError) and self._engine_retries < _ENGINE_RETRIES:
+                # The link is up but the engine failed under us (restarted, crashed). A lost engine
+                # has the grace period to come back, like a lost host; what became of the
+                # container is seen when it does. One that already answers again gets a new look.
+                self._engine_lost = True
+                self._engine_retries += 1
+                if not await host.engine_answers():
+                    await self._note(f"the container engine on host {host.name} stopped answering ({exc}); "
+                                     "waiting for it")
+                    log.warning("execution %s: engine on %s not answering; waiting", self.id, host.name)
+                    host.engine_lost(str(exc))
+                else:
+                    await asyncio.sleep(1.0)  # a short backoff before looking again
+                return False
+            raise
 
     async def _host_lost(self, host: Host) -> None:
         current = await self.s.store.get(self.id)
@@ -178,17 +195,24 @@ class Runner:
             await self._note(f"host {host.name} unreachable for {grace}; placing it elsewhere")
             await self.s.store.place(self.id, None, ())
             return
+        await self._give_up(host, f"unreachable for {grace}")
+
+    async def _give_up(self, host: Host, why: str) -> None:
+        """Its host failed it: back to the queue if it has retries left, else error host-lost."""
+        current = await self.s.store.get(self.id)
+        if current is None or current.terminal:
+            return
         if current.status == "started" and current.retries > 0:
-            await self._note(f"host {host.name} unreachable for {grace}: back to the queue "
+            await self._note(f"host {host.name} {why}: back to the queue "
                              f"({current.retries - 1} retries left after this one); if the host returns, "
-                             "its container there is removed")
+                             "any container left there is removed")
             # The next attempt's container starts its output from scratch: resume from here.
             result = await self.s.store.requeue(self.id, self.log.size, f"host-lost {host.name}, retrying")
             if result is not None:
                 self.row, event = result
                 self.s.publish(event)
             return
-        await self._note(f"host {host.name} unreachable for {grace}: giving the execution up")
+        await self._note(f"host {host.name} {why}: giving the execution up")
         await self._finish_error("host-lost")
 
     async def _fetch_inputs(self) -> dict[str, list[inputs.InputFile]]:
@@ -491,6 +515,12 @@ class Runner:
             await self._transition("stopped", exit_code=exit_code)
         elif current.reason in LIMIT_REASONS:
             await self._transition("error", current.reason, exit_code=exit_code)
+        elif self._engine_lost and exit_code in (137, 143) and self.host is not None:
+            # Ended by a signal while its engine was away: the engine's restart ended it.
+            await self._note(f"the container engine on host {self.host.name} restarted and ended the "
+                             f"execution (exit code {exit_code})")
+            await self._remove_workspace()  # this attempt's; a retry gets a new one
+            await self._give_up(self.host, "its engine restarted")
         elif exit_code == LOST:
             await self._note("the process vanished without an exit status (host rebooted?)")
             await self._transition("error", "process-lost")

@@ -7,8 +7,9 @@ daemon needs to find them again after a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
 import aiodocker
@@ -63,6 +64,14 @@ class DockerRuntime:
         if self._docker is not None:
             await self._docker.close()
             self._docker = None
+
+    @contextlib.contextmanager
+    def _talking(self, what: str) -> Iterator[None]:
+        """The engine going away mid-request (restart, crash) is an EngineError like any other."""
+        try:
+            yield
+        except (aiohttp.ClientError, asyncio.IncompleteReadError, ConnectionError, TimeoutError) as exc:
+            raise EngineError(f"{what}: the engine at {self.where} went away ({type(exc).__name__})") from None
 
     async def ping(self) -> str:
         try:
@@ -160,7 +169,8 @@ class DockerRuntime:
 
     async def start(self, container_id: str) -> None:
         try:
-            await self.docker.containers.container(container_id).start()
+            with self._talking("cannot start container"):
+                await self.docker.containers.container(container_id).start()
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 raise ContainerGone(f"container {container_id[:12]} was removed") from None
@@ -168,7 +178,8 @@ class DockerRuntime:
 
     async def state(self, container_id: str) -> ContainerState:
         try:
-            info = await self.docker.containers.container(container_id).show()
+            with self._talking("cannot inspect container"):
+                info = await self.docker.containers.container(container_id).show()
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 raise ContainerGone(f"container {container_id[:12]} was removed behind runyard's back") from None
@@ -189,7 +200,8 @@ class DockerRuntime:
         if execution_id is not None:
             labels.append(f"{LABEL_EXECUTION}={execution_id}")
         try:
-            containers = await self.docker.containers.list(all=True, filters={"label": labels})
+            with self._talking("cannot list containers"):
+                containers = await self.docker.containers.list(all=True, filters={"label": labels})
         except aiodocker.DockerError as exc:
             raise EngineError(f"cannot list containers: {exc.message}") from None
         states = []
@@ -202,7 +214,8 @@ class DockerRuntime:
 
     async def wait(self, container_id: str) -> None:
         try:
-            await self.docker.containers.container(container_id).wait()
+            with self._talking("cannot wait for container"):
+                await self.docker.containers.container(container_id).wait()
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 raise ContainerGone(f"container {container_id[:12]} was removed behind runyard's back") from None
@@ -223,8 +236,9 @@ class DockerRuntime:
         if since:
             params["since"] = _docker_since(since)
         try:
-            async for chunk in container_logs(self.docker_socket, container_id, params):
-                yield chunk
+            with self._talking("cannot read logs"):
+                async for chunk in container_logs(self.docker_socket, container_id, params):
+                    yield chunk
         except LogStreamError as exc:
             # A container being removed answers 409 "dead or marked for removal" before it answers 404.
             if exc.status == 404 or "marked for removal" in str(exc):
@@ -235,7 +249,8 @@ class DockerRuntime:
 
     async def stop(self, container_id: str, grace_seconds: int) -> None:
         try:
-            await self.docker.containers.container(container_id).stop(t=grace_seconds)
+            with self._talking("cannot stop container"):
+                await self.docker.containers.container(container_id).stop(t=grace_seconds)
         except aiodocker.DockerError as exc:
             if exc.status not in (304, 404):
                 raise EngineError(f"cannot stop container: {exc.message}") from None

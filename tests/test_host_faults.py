@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import subprocess
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,3 +115,49 @@ async def test_a_host_that_comes_back_without_its_container(two_hosts: TwoHosts)
         ended = await wait_for_status(client, held.id, timeout=60)
         assert (ended.status, ended.reason) == ("error", "container-removed")
         assert "alive" in run_cli(daemon, "logs", str(held.id)).stdout  # what it printed before is kept
+
+
+def restart_engine() -> None:
+    """Restart the Docker engine the pool hosts share, as an operator's upgrade would."""
+    if subprocess.run(["systemctl", "is-active", "--quiet", "docker"], capture_output=True).returncode == 0:
+        subprocess.run(["systemctl", "restart", "docker"], check=True, timeout=120)
+    else:  # started by scripts/lib.sh: stop it, start it again the same way
+        pid = int(subprocess.run(["pidof", "dockerd"], capture_output=True, text=True, check=True).stdout.split()[0])
+        command = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{pid}").exists():  # not our child: nothing to wait on but its /proc entry
+            assert time.monotonic() < deadline, "dockerd did not stop"
+            time.sleep(0.1)
+        with open("/var/log/runyard-dockerd.log", "ab") as log:
+            subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline, "dockerd did not come back"
+        time.sleep(0.2)
+
+
+async def test_an_engine_restart_ends_or_retries_what_it_killed(two_hosts: TwoHosts) -> None:
+    daemon = two_hosts.daemon
+    async with await Client.connect(daemon.socket) as client:
+        retried = await submit_repo(client, two_hosts.repo, "count", retries=1)
+        given_up = await submit_repo(client, two_hosts.repo, "hold")
+        for e in (retried, given_up):
+            await wait_for_status(client, e.id, {"started"})
+        follow = client.follow_logs(retried.id)
+        async for block in follow:
+            if "n=5" in block.data:
+                break
+        await follow.aclose()
+        await asyncio.to_thread(restart_engine)
+        a = await wait_for_status(client, retried.id, timeout=120)
+        b = await wait_for_status(client, given_up.id, timeout=120)
+    text = daemon.log_text()
+    trace = text[text.find("Traceback"):][:3000] if "Traceback" in text else ""
+    assert (a.status, a.reason) == ("complete", None), run_cli(daemon, "logs", str(a.id)).stdout + trace
+    log = run_cli(daemon, "logs", str(a.id)).stdout.splitlines()
+    note = next(i for i, line in enumerate(log) if "back to the queue" in line)
+    assert "engine" in log[note - 1] or "engine" in log[note]
+    assert [line for line in log[note + 1 :] if line.startswith("n=")] == [f"n={n}" for n in range(40)]
+    assert (b.status, b.reason) == ("error", "host-lost"), run_cli(daemon, "logs", str(b.id)).stdout
+    assert "restarted and ended the execution" in run_cli(daemon, "logs", str(b.id)).stdout

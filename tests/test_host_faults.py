@@ -48,6 +48,9 @@ async def two_hosts(tmp_path: Path, daemon_factory: type[Daemon]) -> AsyncIterat
         known_hosts = "{known}"
         reconnect_min_seconds = 0.2
         reconnect_max_seconds = 1.0
+        connect_timeout_seconds = 2
+        keepalive_seconds = 1
+        keepalive_count_max = 2
         [scheduler]
         host_lost_grace_seconds = 3
         """) + "".join(h.config(pool="p", extra="max_concurrent = 1") for h in hosts.values())
@@ -161,3 +164,31 @@ async def test_an_engine_restart_ends_or_retries_what_it_killed(two_hosts: TwoHo
     assert [line for line in log[note + 1 :] if line.startswith("n=")] == [f"n={n}" for n in range(40)]
     assert (b.status, b.reason) == ("error", "host-lost"), run_cli(daemon, "logs", str(b.id)).stdout
     assert "restarted and ended the execution" in run_cli(daemon, "logs", str(b.id)).stdout
+
+
+def _drop_port(port: int, action: str) -> None:
+    """Black-hole a loopback port both ways (-I adds, -D removes): packets vanish, nothing is refused."""
+    for direction in ("--dport", "--sport"):
+        subprocess.run(["iptables", action, "INPUT", "-i", "lo", "-p", "tcp", direction, str(port), "-j", "DROP"],
+                       check=True, capture_output=True)
+
+
+async def test_a_network_cut_within_the_grace_loses_and_doubles_nothing(two_hosts: TwoHosts) -> None:
+    daemon = two_hosts.daemon
+    async with await Client.connect(daemon.socket) as client:
+        e = await submit_repo(client, two_hosts.repo, "count")
+        running = await wait_for_status(client, e.id, {"started"})
+        assert running.host is not None
+        port = two_hosts.hosts[running.host].port
+        _drop_port(port, "-I")
+        try:
+            # keepalives (1 s, 2 missed) notice the silence; nothing is refused, packets just vanish
+            await wait_for_host(client, running.host, {"unreachable"}, timeout=30)
+            assert (await client.get(e.id)).status == "started"
+        finally:
+            _drop_port(port, "-D")
+        await wait_for_host(client, running.host, {"ready"}, timeout=30)
+        ended = await wait_for_status(client, e.id, timeout=60)
+    assert (ended.status, ended.reason) == ("complete", None)
+    log = run_cli(daemon, "logs", str(e.id)).stdout.splitlines()
+    assert [line for line in log if line.startswith("n=")] == [f"n={n}" for n in range(40)]

@@ -16,6 +16,7 @@ import msgspec
 from runyard.protocol import Client, ConnectionLost, RemoteError, default_socket_path
 from runyard.protocol.logformat import parse_records
 from runyard.protocol.methods import ExecutionView
+from runyard.protocol.units import human_size
 
 from . import render
 
@@ -268,7 +269,7 @@ async def cmd_run(client: Client, args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     if not args.json:
         kind = "working tree" if args.adhoc else f"commit {(snap.commit or '')[:12]}"
-        print(f"snapshot {snap.id[:12]} of {kind}: {snap.files} files, {render.human_size(len(snap.data))}",
+        print(f"snapshot {snap.id[:12]} of {kind}: {snap.files} files, {human_size(len(snap.data))}",
               file=sys.stderr)
     if not await client.snapshot_has(snap.id):
         await client.snapshot_put(snap.id, snap.data)
@@ -380,12 +381,12 @@ async def cmd_info(client: Client, args: argparse.Namespace) -> int:
         ("exit code", "-" if e.exit_code is None else str(e.exit_code)),
         ("container", (e.container_id or "-")[:12]),
         ("restarted from", str(e.restarted_from) if e.restarted_from else "-"),
-        ("command", e.command), ("log", render.human_size(e.log_size)),
+        ("command", e.command), ("log", human_size(e.log_size)),
     ]
     if e.input_progress:
         done, total = int(str(e.input_progress.get("done", 0))), e.input_progress.get("total")
-        of = f" of {render.human_size(int(str(total)))}" if total is not None else ""
-        fields.append(("fetching", f"{e.input_progress.get('input')}: {render.human_size(done)}{of}"))
+        of = f" of {human_size(int(str(total)))}" if total is not None else ""
+        fields.append(("fetching", f"{e.input_progress.get('input')}: {human_size(done)}{of}"))
     for key, value in fields:
         print(f"{key + ':':<16}{value}")
     if e.parameters:
@@ -525,14 +526,14 @@ async def cmd_outputs(client: Client, args: argparse.Namespace) -> int:
                         break
                     fh.write(chunk)
                     offset += len(chunk)
-            print(f"{dest} ({render.human_size(f.size)})", file=sys.stderr)
+            print(f"{dest} ({human_size(f.size)})", file=sys.stderr)
     if args.json:
         _print_json(files)
     elif not args.download:
         if not files:
             print("no outputs")
         else:
-            print(render.table(["SIZE", "PATH"], [[render.human_size(f.size), f.path] for f in files]))
+            print(render.table(["SIZE", "PATH"], [[human_size(f.size), f.path] for f in files]))
     return 0
 
 

@@ -79,15 +79,6 @@ def duration(start: str | None, end: str | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
-
-
 def table(headers: list[str], rows: list[list[str]], widths_from_plain: list[list[str]] | None = None) -> str:
     """Left-aligned columns; ``widths_from_plain`` gives the uncoloured text for width math."""
     plain = widths_from_plain or rows

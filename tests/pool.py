@@ -209,3 +209,18 @@ async def wait_for_host(client: Client, name: str, states: set[str], timeout: fl
     if found is not None:
         return found
     return await asyncio.wait_for(wait(), timeout)
+
+
+def start_hosts(root: Path, gpus: dict[str, str | None], *, ssh_extra: str = "") -> tuple[dict[str, SshHost], str]:
+    """Running sshd hosts named by ``gpus`` (each with its stand-in nvidia-smi output, or none), and
+    the [ssh] table that trusts them and reconnects fast."""
+    key = make_client_key(root)
+    hosts = {name: SshHost(name, root / name, key, csv) for name, csv in gpus.items()}
+    for host in hosts.values():
+        host.prepare()
+        host.start()
+    known = root / "known_hosts"
+    known.write_text("".join(h.known_hosts_line() for h in hosts.values()))
+    ssh = (f'[ssh]\nknown_hosts = "{known}"\nreconnect_min_seconds = 0.2\nreconnect_max_seconds = 1.0\n'
+           + textwrap.dedent(ssh_extra))
+    return hosts, ssh

@@ -32,7 +32,7 @@ from runyard.protocol.logformat import parse_records
 from runyard.protocol.methods import ExecutionView
 
 from .conftest import Daemon, make_repo, step_yaml
-from .pool import SshHost, gpu_rows, make_client_key, wait_for_host
+from .pool import SshHost, gpu_rows, start_hosts, wait_for_host
 from .test_inputs import FileServer, http_files  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.slow
@@ -67,20 +67,9 @@ def expected_lines(eid: int, digest: str, gpus: str) -> list[str]:
 
 @pytest.fixture
 def chaos_pool(tmp_path: Path, daemon_factory: type[Daemon]) -> Iterator[tuple[Daemon, dict[str, SshHost]]]:
-    key = make_client_key(tmp_path)
-    hosts = {name: SshHost(name, tmp_path / name, key, gpu_rows("NVIDIA A100-SXM4-80GB", 2, seed=name))
-             for name in ("c1", "c2", "c3")}
-    for host in hosts.values():
-        host.prepare()
-        host.start()
-    known = tmp_path / "known_hosts"
-    known.write_text("".join(h.known_hosts_line() for h in hosts.values()))
-    config = textwrap.dedent(f"""\
-        [ssh]
-        known_hosts = "{known}"
-        reconnect_min_seconds = 0.2
-        reconnect_max_seconds = 1.0
-        """) + "".join(h.config(pool="p", extra='gpu_mode = "env"\nmax_concurrent = 4') for h in hosts.values())
+    hosts, ssh = start_hosts(tmp_path, {name: gpu_rows("NVIDIA A100-SXM4-80GB", 2, seed=name)
+                                        for name in ("c1", "c2", "c3")})
+    config = ssh + "".join(h.config(pool="p", extra='gpu_mode = "env"\nmax_concurrent = 4') for h in hosts.values())
     daemon = daemon_factory(local_extra="enabled = false", extra_config=config, stop_grace=2)
     yield daemon, hosts
     for host in hosts.values():

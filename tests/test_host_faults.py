@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import textwrap
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import pytest
 from runyard.protocol import Client
 
 from .conftest import Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_for_status
-from .pool import SshHost, make_client_key, wait_for_host
+from .pool import SshHost, start_hosts, wait_for_host
 
 pytestmark = pytest.mark.slow
 
@@ -36,24 +35,13 @@ class TwoHosts:
 
 @pytest.fixture
 async def two_hosts(tmp_path: Path, daemon_factory: type[Daemon]) -> AsyncIterator[TwoHosts]:
-    key = make_client_key(tmp_path)
-    hosts = {name: SshHost(name, tmp_path / name, key, None) for name in ("h1", "h2")}
-    for host in hosts.values():
-        host.prepare()
-        host.start()
-    known = tmp_path / "known_hosts"
-    known.write_text("".join(h.known_hosts_line() for h in hosts.values()))
-    config = textwrap.dedent(f"""\
-        [ssh]
-        known_hosts = "{known}"
-        reconnect_min_seconds = 0.2
-        reconnect_max_seconds = 1.0
+    hosts, ssh = start_hosts(tmp_path, {"h1": None, "h2": None}, ssh_extra="""\
         connect_timeout_seconds = 2
         keepalive_seconds = 1
         keepalive_count_max = 2
-        [scheduler]
-        host_lost_grace_seconds = 3
-        """) + "".join(h.config(pool="p", extra="max_concurrent = 1") for h in hosts.values())
+        """)
+    config = ssh + "[scheduler]\nhost_lost_grace_seconds = 3\n" + "".join(
+        h.config(pool="p", extra="max_concurrent = 1") for h in hosts.values())
     daemon = daemon_factory(local_extra="enabled = false", extra_config=config, stop_grace=1)
     daemon.start()
     async with await Client.connect(daemon.socket) as client:

@@ -16,9 +16,10 @@ from textual.widgets import Footer, Static, TabbedContent, TabPane, Tree
 
 from runyard.protocol import ConnectionLost, RemoteError
 from runyard.protocol.methods import ExecutionView, OutputView
+from runyard.protocol.units import human_size as size_text
 
 from .chart import MetadataPane
-from .format import STATUS_STYLES, duration, size_text, status_text
+from .format import STATUS_STYLES, duration, status_text
 from .logview import LogView
 from .widgets import StatusBar
 

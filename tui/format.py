@@ -101,15 +101,6 @@ def bar(fraction: float | None, width: int = 10) -> str:
     return "█" * filled + "░" * (width - filled)
 
 
-def size_text(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
-
-
 def now_utc() -> datetime:
     return datetime.now(UTC)
 

@@ -374,7 +374,7 @@ async def cmd_info(client: Client, args: argparse.Namespace) -> int:
         ("id", str(e.id)), ("title", e.title or "-"), ("step", e.step),
         ("status", render.status_text(e.status, e.reason, colour)),
         ("owner", e.owner), ("host", e.host or "-"), ("GPUs", ", ".join(e.gpus) or "-"),
-        ("priority", str(e.priority)), ("image", e.image),
+        ("priority", str(e.priority)), ("retries left", str(e.retries)), ("image", e.image),
         ("snapshot", e.snapshot[:12] + (f" (commit {e.commit[:12]})" if e.commit else "")),
         ("created", e.created_at), ("started", e.started_at or "-"), ("ended", e.ended_at or "-"),
         ("duration", render.duration(e.started_at, e.ended_at)),

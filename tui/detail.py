@@ -242,7 +242,8 @@ def info_text(v: ExecutionView, outputs: list[OutputView]) -> str:
         f"status   {e(status_text(v))}   exit code {v.exit_code if v.exit_code is not None else '-'}",
         f"image    {e(v.image)}",
         f"command  {e(v.command)}",
-        f"host     {e(v.host or '-')}   GPUs {e(', '.join(v.gpus) or 'none')}   priority {v.priority}",
+        f"host     {e(v.host or '-')}   GPUs {e(', '.join(v.gpus) or 'none')}   priority {v.priority}"
+        + (f"   retries left {v.retries}" if v.retries else ""),
         f"snapshot {v.snapshot[:16]}" + (f"  commit {e(v.commit)}" if v.commit else "  (ad-hoc working tree)"),
         f"created  {v.created_at}   started {v.started_at or '-'}   ended {v.ended_at or '-'}",
     ]

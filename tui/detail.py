@@ -117,7 +117,7 @@ class DetailScreen(Screen[None]):
         header.update(text)
         self.query_one(StatusBar).say(f"#{v.id} · {v.owner}")
         if self.query_one("#tabs", TabbedContent).active == "info":
-            self.run_worker(self._show_info(), group="info", exclusive=True)
+            self.run_worker(self._show_info(), group="info")
 
     def _log_status(self, text: str) -> None:
         self.query_one("#log-status", Static).update(text)
@@ -147,7 +147,7 @@ class DetailScreen(Screen[None]):
             pane.focus()
             self.run_worker(pane.reload(), group="metadata", exclusive=True)
         elif name == "info":
-            self.run_worker(self._show_info(), group="info", exclusive=True)
+            self.run_worker(self._show_info(), group="info")
         elif name == "code":
             self.query_one("#code-tree", Tree).focus()
             if not self._code_loaded:

@@ -60,15 +60,14 @@ class HostsScreen(Screen[None]):
         for name in ("GPU", "MODEL", "MEMORY", "UTIL", "HELD BY"):
             gpus.add_column(name, key=name.lower())
         self.ry.host_listeners.append(self.show)
-        self.show(self.ry.hosts)
-        self.run_worker(self.ry.refresh_hosts(), exclusive=True, group="hosts")
+        self.show(self.ry.hosts)  # what is known now; on_screen_resume (also on first show) asks again
 
     def on_unmount(self) -> None:
         if self.show in self.ry.host_listeners:
             self.ry.host_listeners.remove(self.show)
 
     def on_screen_resume(self) -> None:
-        self.run_worker(self.ry.refresh_hosts(), exclusive=True, group="hosts")
+        self.run_worker(self.ry.refresh_hosts(), group="hosts")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         return not (action in ("drain", "enable") and self.ry.readonly)

@@ -50,6 +50,7 @@ def project(tmp_path: Path) -> Path:
         step_yaml("train", "python3 train.py")
         + step_yaml("hold", "HOLD=1 python3 train.py")
         + step_yaml("big", "seq 1 60000")
+        + step_yaml("slow", "DELAY=0.1 N=80 python3 train.py")
     )
     return make_repo(tmp_path / "repo", {"valohai.yaml": steps, "train.py": TRAIN})
 
@@ -139,7 +140,14 @@ async def test_queue_filter_open_logs_follow_pause_and_resume(live: tuple[Daemon
         await until(pilot, lambda: "warn 0" in log_text(app) or "tick" not in log_text(app), "stderr only")
         assert "tick" not in log_text(app)
         await pilot.press("e")
-        await pilot.press("q")
+        # timestamps and wrapping toggle
+        await pilot.press("G", "t")
+        await until(pilot, lambda: any(line.startswith("20") and " tick" in line
+                                       for line in log_text(app).splitlines()), "timestamps shown")
+        await pilot.press("t", "w")
+        assert view.wrap and not view.show_times
+        assert "wrap" in text_of(status)
+        await pilot.press("w", "q")
         await until(pilot, lambda: isinstance(app.screen, QueueScreen), "back to the queue")
     await client.stop([held.id])
 
@@ -434,3 +442,21 @@ async def test_older_executions_are_paged_in_as_the_cursor_reaches_the_end(daemo
             await until(pilot, lambda expected=expected: len(rows(app)) == expected, f"{expected} rows")  # type: ignore[misc]
         assert app.cache.exhausted
         assert rows(app)[-1] == 1
+
+
+async def test_the_chart_grows_while_the_execution_runs(live: tuple[Daemon, Client, Path]) -> None:
+    daemon, client, repo = live
+    slow = await submit_repo(client, repo, "slow")
+    await wait_for_status(client, slow.id, {"started"})
+    app = RunyardApp(daemon.socket)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, app.loaded.is_set, "the queue")
+        app.open_execution(slow.id, tab="metadata")
+        await until(pilot, lambda: isinstance(app.screen, DetailScreen) and bool(app.screen.query(MetadataPane)),
+                    "the metadata tab")
+        pane = app.screen.query_one(MetadataPane)
+        await until(pilot, lambda: len(pane.points.get(slow.id, [])) >= 2, "the first points")
+        first = len(pane.points[slow.id])
+        await until(pilot, lambda: len(pane.points[slow.id]) > first, "more points while it runs", timeout=30)
+        assert "loss" in text_of(pane.query_one("#chart-info", Static))
+    await wait_for_status(client, slow.id)

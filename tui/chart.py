@@ -20,8 +20,12 @@ if TYPE_CHECKING:
     from .app import RunyardApp
 
 
+STEP_KEYS = ("step", "epoch", "iteration", "iter")  # what "step" means, in the order looked for
+
+
 def series(points: list[MetadataPoint], key: str, x_axis: str) -> tuple[list[float], list[float]]:
-    """(x, y) of one numeric key: x is the point's ``step`` value (else its number) or seconds since start."""
+    """(x, y) of one numeric key: x is the point's step (or epoch, iteration; else its number) or seconds
+    since the first point."""
     xs: list[float] = []
     ys: list[float] = []
     t0 = parse_time(points[0].time) if points else None
@@ -33,7 +37,7 @@ def series(points: list[MetadataPoint], key: str, x_axis: str) -> tuple[list[flo
             t = parse_time(point.time)
             x: object = (t - t0).total_seconds() if t and t0 else point.n
         else:
-            x = point.values.get("step", point.n)
+            x = next((point.values[k] for k in STEP_KEYS if k in point.values), point.n)
         if isinstance(x, bool) or not isinstance(x, int | float):
             x = point.n
         xs.append(float(x))
@@ -45,7 +49,7 @@ def numeric_keys(points: list[MetadataPoint]) -> list[str]:
     keys: dict[str, None] = {}
     for point in points:
         for key, value in point.values.items():
-            if key not in ("step", "_time") and isinstance(value, int | float) and not isinstance(value, bool):
+            if key not in (*STEP_KEYS, "_time") and isinstance(value, int | float) and not isinstance(value, bool):
                 keys.setdefault(key)
     return list(keys)
 

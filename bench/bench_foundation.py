@@ -98,7 +98,7 @@ async def bench_ingest(lines: int, workdir: Path) -> dict[str, float]:
             logfile = LogFile(data / "log")
             services = RunnerServices(store=store, snapshots=None,  # type: ignore[arg-type]
                                       outputs=None, work_root=data, stop_grace=0,  # type: ignore[arg-type]
-                                      host_lost_grace=900.0, secrets={}, data_dir=data,
+                                      host_lost_grace=900.0, secrets={}, user_secrets={}, data_dir=data,
                                       publish=lambda e: None, open_log=lambda i, lf=logfile: lf,
                                       release_log=_noop, host_of=lambda name: None,
                                       inputs=None)  # type: ignore[arg-type]

@@ -153,6 +153,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Environment variables every execution gets, whose values runyard never shows: masked as
     # *** in stored logs and metadata, never stored with the execution, never in events or views.
     secrets: dict[str, str] = {}
+    # Per user: only the executions that user owns get these (so one user's keys never reach
+    # another user's code on a shared daemon); they win over [secrets] of the same name.
+    user_secrets: dict[str, dict[str, str]] = {}
 
     @property
     def data_dir(self) -> Path:
@@ -178,12 +181,14 @@ def _check(config: Config) -> None:
         raise ConfigError(f"daemon.socket_mode: {config.daemon.socket_mode!r} is out of range")
     if config.local.max_concurrent < 0:
         raise ConfigError("local.max_concurrent: must not be negative (0 = no limit)")
-    for name, value in config.secrets.items():
-        if not _ENV_NAME.fullmatch(name):
-            raise ConfigError(f"secrets.{name}: not an environment variable name (letters, digits, '_')")
-        if len(value) < 4:
-            # A very short value would mask ordinary text everywhere it occurs.
-            raise ConfigError(f"secrets.{name}: the value must be at least 4 characters")
+    tables = [("secrets", config.secrets)] + [(f"user_secrets.{u}", t) for u, t in config.user_secrets.items()]
+    for where, table in tables:
+        for name, value in table.items():
+            if not _ENV_NAME.fullmatch(name):
+                raise ConfigError(f"{where}.{name}: not an environment variable name (letters, digits, '_')")
+            if len(value) < 4:
+                # A very short value would mask ordinary text everywhere it occurs.
+                raise ConfigError(f"{where}.{name}: the value must be at least 4 characters")
     seen = {"local"}
     for i, host in enumerate(config.hosts):
         where = f"hosts[{i}]"

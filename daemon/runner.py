@@ -57,7 +57,8 @@ class RunnerServices:
     work_root: Path  # on this machine: where workspaces are prepared and outputs come back to
     stop_grace: int
     host_lost_grace: float
-    secrets: dict[str, str]
+    secrets: dict[str, str]  # for every execution
+    user_secrets: dict[str, dict[str, str]]  # owner -> for that owner's executions only
     data_dir: Path
     publish: Publish
     open_log: Callable[[int], LogFile]
@@ -97,7 +98,8 @@ class Runner:
         self._engine_lost = False  # the engine went away while this execution ran
         self._engine_retries = 0
         # Longest first, so a secret that contains another is masked whole.
-        self._secrets = sorted({v.encode() for v in services.secrets.values()}, key=len, reverse=True)
+        self.secrets = {**services.secrets, **services.user_secrets.get(row.owner, {})}
+        self._secrets = sorted({v.encode() for v in self.secrets.values()}, key=len, reverse=True)
 
     async def _transition(self, status: str, reason: str | None = None, **fields: Any) -> bool:
         result = await self.s.store.transition(self.id, status, reason=reason, **fields)
@@ -270,7 +272,7 @@ class Runner:
                     command=self.row.command,
                     environment={**workspace.container_environment(self.row, root=root,
                                                                    in_container=runtime.in_container),
-                                 **self.s.secrets},
+                                 **self.secrets},
                     workdir=remote,
                     host=host.name,
                     gpus=tuple(self.row.gpu_ids),

@@ -14,11 +14,14 @@ from .conftest import Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_f
 pytestmark = pytest.mark.slow
 
 SECRET = "s3cr3t-Value-9f1c"
+OWN = "r00t-only-Value-42"  # the tests run as root: this execution's owner
+OTHERS = "b0b-only-Value-77"
 
 PRINTS_SECRET = """\
 echo "token=$API_TOKEN length=${#API_TOKEN}"
 echo "{\\"leak\\": \\"$API_TOKEN\\", \\"n\\": 1}"
 echo "to stderr $API_TOKEN" >&2
+echo "own=$OWN_TOKEN other=${OTHER_TOKEN:-unset}"
 """
 
 SHOWS_PRIVILEGES = "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status\n"
@@ -26,7 +29,9 @@ SHOWS_PRIVILEGES = "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status\n"
 
 @pytest.fixture
 def daemon(daemon_factory: type[Daemon]) -> Daemon:
-    d = daemon_factory(extra_config=f'[secrets]\nAPI_TOKEN = "{SECRET}"\n')
+    d = daemon_factory(extra_config=f'[secrets]\nAPI_TOKEN = "{SECRET}"\n'
+                                    f'[user_secrets.root]\nOWN_TOKEN = "{OWN}"\n'
+                                    f'[user_secrets.rybob]\nOTHER_TOKEN = "{OTHERS}"\n')
     d.start()
     return d
 
@@ -46,6 +51,7 @@ async def test_a_secret_reaches_the_command_but_is_never_shown(daemon: Daemon, t
     log = run_cli(daemon, "logs", str(e.id)).stdout
     assert f"token=*** length={len(SECRET)}" in log  # the command had the whole value
     assert "to stderr ***" in log
+    assert "own=*** other=unset" in log  # the owner's secret, masked; another user's is not given
     assert metadata and metadata[0].values["leak"] == "***"
     shown = [
         log,
@@ -56,7 +62,7 @@ async def test_a_secret_reaches_the_command_but_is_never_shown(daemon: Daemon, t
         daemon.log_text(),  # the daemon's own log, at debug level
     ]
     for text in shown:
-        assert SECRET not in text
+        assert SECRET not in text and OWN not in text
 
 
 async def test_containers_drop_capabilities_and_cannot_gain_privileges(daemon: Daemon, tmp_path: Path) -> None:

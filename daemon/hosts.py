@@ -22,7 +22,7 @@ import asyncssh
 
 from .config import Config, HostSection, LocalHostSection, SshSection
 from .inventory import INVENTORY_COMMAND, Gpu, Inventory, InventoryError, declared_gpus, parse_inventory
-from .runtime import EngineError, Runtime
+from .runtime import EngineError, Runtime, attempt_name
 from .runtime_docker import DockerRuntime
 from .runtime_process import ProcessRuntime
 from .transport import LinkError, LocalTransport, SshTransport, Transport, q
@@ -150,7 +150,7 @@ class Host:
 
     def work_dir(self, execution_id: int, attempt: int = 0) -> str:
         # A later attempt (re-queued after a lost host) never shares a directory with one left running.
-        return f"{self.work_root}/{int(execution_id)}" + (f"-{int(attempt)}" if attempt else "")
+        return f"{self.work_root}/{attempt_name(execution_id, attempt)}"
 
     # -- lifecycle -------------------------------------------------------------------------
 

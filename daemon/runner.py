@@ -26,7 +26,7 @@ from .hosts import Host
 from .logfile import LogFile
 from .logstream import Decoded, metadata_points, timestamp_now
 from .outputs import OutputError, OutputStore
-from .runtime import ContainerGone, ContainerSpec, EngineError, ImageMissing, Runtime
+from .runtime import ContainerGone, ContainerSpec, EngineError, ImageMissing, Runtime, attempt_name
 from .runtime_process import LOST
 from .snapshots import SnapshotStore
 from .store import ExecutionRow, Store
@@ -233,7 +233,7 @@ class Runner:
         return fetched
 
     def _staging(self) -> Path:
-        return self.s.work_root / (f"{self.id}-{self.row.log_base}" if self.row.log_base else str(self.id))
+        return self.s.work_root / attempt_name(self.id, self.row.log_base)
 
     async def _run(self, host: Host) -> None:
         runtime, transport = host.runtime, host.transport

@@ -27,6 +27,12 @@ class ContainerGone(EngineError):
     pass
 
 
+def attempt_name(execution_id: int, attempt: int = 0) -> str:
+    """How an execution's attempt is named on a host (work directory, container): its id, and after a
+    retry also where that attempt's log begins, so no two attempts ever share a name."""
+    return f"{int(execution_id)}" + (f"-{int(attempt)}" if attempt else "")
+
+
 @dataclass(frozen=True, slots=True)
 class ContainerSpec:
     execution_id: int

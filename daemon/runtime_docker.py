@@ -18,7 +18,7 @@ import aiohttp
 from .docker_logs import LogStreamError, container_logs
 from .logfile import LogFile
 from .logstream import Decoded, DockerLogDecoder, split_timestamp
-from .runtime import ContainerGone, ContainerSpec, ContainerState, EngineError, ImageMissing
+from .runtime import ContainerGone, ContainerSpec, ContainerState, EngineError, ImageMissing, attempt_name
 
 LABEL_DAEMON: Final = "runyard.daemon"
 LABEL_EXECUTION: Final = "runyard.execution"
@@ -101,7 +101,7 @@ class DockerRuntime:
 
     async def create(self, spec: ContainerSpec) -> str:
         config = self.container_config(spec)
-        name = f"runyard-{self.daemon_id}-{spec.execution_id}" + (f"-{spec.attempt}" if spec.attempt else "")
+        name = f"runyard-{self.daemon_id}-{attempt_name(spec.execution_id, spec.attempt)}"
         try:
             try:
                 container = await self.docker.containers.create(config, name=name)

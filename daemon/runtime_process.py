@@ -21,7 +21,7 @@ from runyard.protocol.logformat import format_record
 
 from .logfile import LogFile
 from .logstream import Decoded, collapse_carriage_returns, timestamp_now
-from .runtime import ContainerGone, ContainerSpec, ContainerState, EngineError
+from .runtime import ContainerGone, ContainerSpec, ContainerState, EngineError, attempt_name
 from .transport import LinkError, Transport, q
 
 CONTROL: Final = ".runyard"  # inside the execution's directory, beside repository/ and outputs/
@@ -49,7 +49,7 @@ class ProcessRuntime:
 
     def _dir(self, execution_id: int, attempt: int = 0) -> str:
         # The same directory Host.work_dir gives the runner for this attempt.
-        return f"{self.work_root}/{int(execution_id)}" + (f"-{int(attempt)}" if attempt else "")
+        return f"{self.work_root}/{attempt_name(execution_id, attempt)}"
 
     async def _run(self, command: str, *, input: bytes | None = None) -> str:
         result = await self.transport.run(command, input=input)
@@ -206,6 +206,6 @@ def _parse_state(path: str, text: str) -> ContainerState:
     except ValueError:
         code = LOST
     name = path.rstrip("/").rsplit("/", 1)[-1]
-    execution, _, attempt = name.partition("-")  # <id> or <id>-<attempt>, as Host.work_dir names them
+    execution, _, attempt = name.partition("-")  # as attempt_name makes them: <id> or <id>-<attempt>
     return ContainerState(id=path, execution_id=int(execution) if execution.isdigit() else 0, status=status,
                           exit_code=code, oom_killed=False, attempt=int(attempt) if attempt.isdigit() else 0)

@@ -14,17 +14,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from runyard.protocol.logformat import HEADER_WIDTH, TIMESTAMP_WIDTH, format_record, parse_records
+from runyard.protocol.logformat import format_record, parse_records
 
 from . import inputs, workspace
 from .diskspace import is_disk_full, wait_for_space
 from .hosts import Host
 from .logfile import LogFile
-from .logstream import Decoded, metadata_points, timestamp_now
+from .logstream import Decoded, metadata_points, split_timestamp, timestamp_now
 from .outputs import OutputError, OutputStore
 from .runtime import ContainerGone, ContainerSpec, EngineError, ImageMissing, Runtime, attempt_name
 from .runtime_process import LOST
@@ -72,9 +71,8 @@ class RunnerServices:
 
 def parse_utc(text: str) -> float:
     """Seconds since the epoch of a stored UTC timestamp (microseconds or nanoseconds, with Z)."""
-    whole, _, frac = text.rstrip("Z").partition(".")
-    seconds = datetime.fromisoformat(whole + "+00:00").timestamp()
-    return seconds + (float("0." + frac) if frac.isdigit() else 0.0)
+    whole, frac = split_timestamp(text)
+    return whole.timestamp() + int(frac) / 1e9
 
 
 class Runner:
@@ -100,6 +98,7 @@ class Runner:
         # Longest first, so a secret that contains another is masked whole.
         self.secrets = {**services.secrets, **services.user_secrets.get(row.owner, {})}
         self._secrets = sorted({v.encode() for v in self.secrets.values()}, key=len, reverse=True)
+        self._secret_texts = [v.decode() for v in self._secrets]
 
     async def _transition(self, status: str, reason: str | None = None, **fields: Any) -> bool:
         result = await self.s.store.transition(self.id, status, reason=reason, **fields)
@@ -197,13 +196,11 @@ class Runner:
             await self._note(f"host {host.name} unreachable for {grace}; placing it elsewhere")
             await self.s.store.place(self.id, None, ())
             return
-        await self._give_up(host, f"unreachable for {grace}")
+        await self._give_up(host, f"unreachable for {grace}", current)
 
-    async def _give_up(self, host: Host, why: str) -> None:
-        """Its host failed it: back to the queue if it has retries left, else error host-lost."""
-        current = await self.s.store.get(self.id)
-        if current is None or current.terminal:
-            return
+    async def _give_up(self, host: Host, why: str, current: ExecutionRow) -> None:
+        """Its host failed it (``current`` is its row, not yet ended): back to the queue if it has
+        retries left, else error host-lost."""
         if current.status == "started" and current.retries > 0:
             await self._note(f"host {host.name} {why}: back to the queue "
                              f"({current.retries - 1} retries left after this one); if the host returns, "
@@ -377,11 +374,11 @@ class Runner:
 
     def _last_record_time(self) -> float | None:
         data, _ = self.log.tail(1)
-        record = data.decode("utf-8", "replace")
-        if len(record) < HEADER_WIDTH - 1:
+        lines = parse_records(data.decode("utf-8", "replace"))
+        if not lines or not lines[0].time:
             return None
         try:
-            return parse_utc(record[2 : 2 + TIMESTAMP_WIDTH])
+            return parse_utc(lines[0].time)
         except ValueError:
             return None
 
@@ -440,10 +437,9 @@ class Runner:
         for secret in self._secrets:
             if secret in data:
                 data = data.replace(secret, b"***")
-        texts = [s.decode() for s in self._secrets]
         masked = []
         for at, text in candidates:
-            for value in texts:
+            for value in self._secret_texts:
                 if value in text:
                     text = text.replace(value, "***")
             masked.append((at, text))
@@ -522,7 +518,7 @@ class Runner:
             await self._note(f"the container engine on host {self.host.name} restarted and ended the "
                              f"execution (exit code {exit_code})")
             await self._remove_workspace()  # this attempt's; a retry gets a new one
-            await self._give_up(self.host, "its engine restarted")
+            await self._give_up(self.host, "its engine restarted", current)
         elif exit_code == LOST:
             await self._note("the process vanished without an exit status (host rebooted?)")
             await self._transition("error", "process-lost")

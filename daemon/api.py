@@ -163,9 +163,7 @@ async def logs_read(core: Core, caller: Caller, p: m.LogsReadParams) -> Any:
     if p.max_bytes < 1 or p.max_bytes > 8 << 20:
         raise OperationError(ErrorCode.INVALID_PARAMS, "max_bytes must be between 1 and 8 MiB")
     logfile = core.log_file(p.id)
-    # A reply must fit in one frame, with room for JSON escaping: larger asks get less, and say
-    # where they ended, so a reader simply reads on.
-    max_bytes = min(p.max_bytes, core.config.daemon.max_frame_bytes // 2)
+    max_bytes = _fits_a_frame(core, p.max_bytes)  # larger asks get less and say where they ended
     first_line: int | None = None
     if p.head is not None:
         data, end = await asyncio.to_thread(logfile.head, p.head, p.stream)
@@ -223,7 +221,7 @@ async def snapshot_read(core: Core, caller: Caller, p: m.SnapshotFileParams) -> 
         raise OperationError(ErrorCode.INVALID_PARAMS, str(exc)) from None
     if data is None:
         raise OperationError(ErrorCode.NOT_FOUND, f"the snapshot of execution {p.id} has no file {p.path!r}")
-    limit = min(p.max_bytes, core.config.daemon.max_frame_bytes // 2)  # one frame, escaping included
+    limit = _fits_a_frame(core, p.max_bytes)
     head = data[:limit]
     return {"path": p.path, "size": len(data), "data": head.decode("utf-8", "replace"),
             "truncated": len(data) > limit, "binary": b"\0" in head[:8192]}
@@ -254,6 +252,11 @@ async def hosts_scan(core: Core, caller: Caller, p: m.HostsScanParams) -> Any:
 @method("hosts.doctor", m.HostNameParams)
 async def hosts_doctor(core: Core, caller: Caller, p: m.HostNameParams) -> Any:
     return await core.doctor(p.name)
+
+
+def _fits_a_frame(core: Core, asked: int) -> int:
+    """At most ``asked`` bytes, and few enough that the reply fits one frame with JSON escaping."""
+    return min(asked, core.config.daemon.max_frame_bytes // 2)
 
 
 def _admin(caller: Caller, action: str) -> None:

@@ -145,10 +145,12 @@ class LogFile:
                         break
         return b"".join(picked), end
 
-    def tail(self, count: int, stream: str | None = None) -> tuple[bytes, int]:
-        """The last ``count`` records and the offset where the first of them starts."""
+    def tail(self, count: int, stream: str | None = None, size: int | None = None) -> tuple[bytes, int]:
+        """The last ``count`` records before byte ``size`` (default: the end) and the offset where
+        the first of them starts."""
         letter = STREAM_LETTERS[stream].encode() if stream else None
-        size = self.size  # appends may land while this runs in a thread; read what was there
+        if size is None:
+            size = self.size  # appends may land while this runs in a thread; read what was there
         if count <= 0 or size == 0:
             return b"", size
         picked: list[bytes] = []
@@ -206,12 +208,9 @@ class LogFile:
         """The last ``count`` records, where they start, where they end, and how many records
         come before them; all taken against one size, so appends meanwhile do not skew them."""
         size = self.size
-        data, start = self.tail(count)
-        data, start = data[: max(0, size - start)], min(start, size)
-        cut = data.rfind(b"\n")
-        data = data[: cut + 1]
+        data, start = self.tail(count, size=size)
         # Counting only moves forward, so count to the end and take the tail's records off.
-        return data, start, start + len(data), self.line_count(start + len(data)) - data.count(b"\n")
+        return data, start, size, self.line_count(size) - data.count(b"\n")
 
     def count_by_stream(self) -> dict[str, int]:
         """Stored records per stream letter; how many lines of each stream to skip on resume."""

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from runyard.protocol.methods import ExecutionView
+from runyard.protocol.methods import ALL_STATUSES, TERMINAL_STATUSES, ExecutionView
 
-ACTIVE: Final = frozenset({"created", "queued", "started", "stopping"})
+ACTIVE: Final = frozenset(ALL_STATUSES) - TERMINAL_STATUSES
 
 STATUS_STYLES: Final = {
     "created": "dim",

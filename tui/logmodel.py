@@ -139,10 +139,7 @@ class LogModel:
             return 0
         self.tail.insert(0, Chunk(start, end, records))
         self.gap.end = start
-        self.gap.lines -= len(records)
-        if self.gap.end <= self.gap.start or self.gap.lines <= 0:
-            self.gap = None
-        self._index()
+        self._gap_filled(len(records))
         return len(records)
 
     def fill_from_head(self, data: str, start: int, end: int) -> int:
@@ -154,11 +151,16 @@ class LogModel:
             return 0
         self.head.append(Chunk(start, end, records))
         self.gap.start = end
-        self.gap.lines -= len(records)
+        self._gap_filled(len(records))
+        return len(records)
+
+    def _gap_filled(self, lines: int) -> None:
+        """``lines`` of the gap were read in; a gap with no bytes or lines left is gone."""
+        assert self.gap is not None
+        self.gap.lines -= lines
         if self.gap.end <= self.gap.start or self.gap.lines <= 0:
             self.gap = None
         self._index()
-        return len(records)
 
     def drop_oldest_tail(self, keep_lines: int) -> int:
         """Give whole chunks at the front of the tail back to the gap until at most ``keep_lines``

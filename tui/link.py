@@ -68,7 +68,8 @@ class DaemonLink:
             self.attempt = 0
             try:
                 events = client.events()
-                # Subscribe before loading, so nothing that happens during the load is missed.
+                # Ask to subscribe before loading (the request goes out first); a change that still
+                # slips between the two is caught by the app's periodic refresh of active executions.
                 first = asyncio.ensure_future(anext(events))
                 await asyncio.sleep(0)
                 await self._on_connected(ever_connected)

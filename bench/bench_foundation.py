@@ -86,6 +86,24 @@ def _dockerd_cpu_seconds() -> float | None:
         return None
 
 
+def _engine_scheduling() -> str:
+    """Whether dockerd is scheduled as its own group, as under systemd, or with this bench.
+
+    With sched_autogroup (most distributions' default), a process started in its own session
+    gets its own share of the CPU. dockerd started from the same shell as the bench competes
+    thread by thread instead, and then streams logs 30-50% faster on 2 cores.
+    """
+    try:
+        pid = subprocess.run(["pidof", "dockerd"], capture_output=True, text=True).stdout.split()[0]
+        enabled = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+        ours, engine = (Path(f"/proc/{p}/autogroup").read_text().split()[0] for p in ("self", pid))
+    except (IndexError, OSError):
+        return "unknown"
+    if not enabled:
+        return "autogroup off"
+    return "same group as the bench" if ours == engine else "own group (as under systemd)"
+
+
 def _timed(run: Callable[[], object]) -> tuple[float, float | None]:
     """Seconds ``run`` took, and the engine CPU seconds it cost."""
     cpu0 = _dockerd_cpu_seconds()
@@ -136,7 +154,7 @@ async def bench_ingest(lines: int, rounds: int, workdir: Path) -> dict[str, Any]
     ratios = [r["runyard"] / r["docker_logs"] for r in per_round]
     ratios_t = [r["runyard"] / r["docker_logs_t"] for r in per_round]
     return {
-        "lines": lines, "rounds": rounds,
+        "lines": lines, "rounds": rounds, "engine_scheduling": _engine_scheduling(),
         "docker_logs_lines_per_s": statistics.median(r["docker_logs"] for r in per_round),
         "docker_logs_t_lines_per_s": statistics.median(r["docker_logs_t"] for r in per_round),
         "runyard_lines_per_s": statistics.median(r["runyard"] for r in per_round),
@@ -228,7 +246,8 @@ async def main() -> None:
           f"{s['bare_create_start_ms']:.1f} ms: {s['ratio']:.2f}x (target <= 1.2x)")
     print(f"ingestion {i['runyard_lines_per_s']:,.0f} lines/s vs docker logs {i['docker_logs_lines_per_s']:,.0f}: "
           f"{i['ratio']:.2f}x, {i['ratio_min']:.2f}-{i['ratio_max']:.2f}x over {i['rounds']} rounds (target >= 0.8x); "
-          f"vs docker logs -t {i['docker_logs_t_lines_per_s']:,.0f}: {i['ratio_to_docker_logs_t']:.2f}x")
+          f"vs docker logs -t {i['docker_logs_t_lines_per_s']:,.0f}: {i['ratio_to_docker_logs_t']:.2f}x "
+          f"(dockerd scheduled: {i['engine_scheduling']})")
     print(f"follow latency p50 {f['p50_ms']:.1f} ms (target < 50), p99 {f['p99_ms']:.1f} ms (target < 250)")
 
 

@@ -33,7 +33,9 @@ ensure_dockerd() {
         return
     fi
     say "starting dockerd (log: /var/log/runyard-dockerd.log)"
-    as_root sh -c 'nohup dockerd >/var/log/runyard-dockerd.log 2>&1 &'
+    # Its own session, as systemd would start it: not tied to this terminal, and scheduled
+    # as its own group (sched_autogroup) rather than alongside whatever this shell runs.
+    as_root sh -c 'setsid -f dockerd </dev/null >/var/log/runyard-dockerd.log 2>&1'
     for _ in $(seq 1 60); do
         docker info >/dev/null 2>&1 && return
         sleep 0.5

@@ -388,6 +388,32 @@ async def test_quitting_cleanly(live: tuple[Daemon, Client, Path]) -> None:
     assert app.return_code in (0, None)
 
 
+async def test_leaving_screens_and_quitting_while_runs_change(live: tuple[Daemon, Client, Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Updates keep arriving while a screen is taken apart (back, or ctrl+c on the detail screen)."""
+    daemon, client, repo = live
+    held = await submit_repo(client, repo, "hold", title="changing")
+    await wait_for_status(client, held.id, {"started"})
+    # Refresh the running execution as often as the app can, so that refreshes land while
+    # screens are being removed; at the usual 3 s most teardowns would see none.
+    monkeypatch.setattr("runyard.tui.app.ACTIVE_REFRESH_SECONDS", 0.05)
+    app = RunyardApp(daemon.socket)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: held.id in rows(app), "the queue")
+        await move_to(pilot, app, held.id)
+        for _ in range(6):
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, DetailScreen), "the detail screen")
+            await pilot.press("q")
+            await until(pilot, lambda: isinstance(app.screen, QueueScreen), "back on the queue")
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, DetailScreen), "the detail screen")
+        await pilot.press("ctrl+c")
+        await asyncio.wait_for(pilot.pause(), 5)
+    # run_test re-raises anything that escaped a handler, a timer or a worker while it ran.
+    assert app.return_code in (0, None)
+
+
 async def test_remapped_key_and_command_line(live: tuple[Daemon, Client, Path]) -> None:
     daemon, client, repo = live
     held = await submit_repo(client, repo, "hold", title="remapped")

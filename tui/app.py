@@ -136,7 +136,7 @@ class RunyardApp(App[None]):
             self._notify_all({v.id for v in active})
 
     def _notify_all(self, ids: set[int] | None) -> None:
-        if self.frozen:
+        if self.frozen or not self.is_running:  # not running: quitting, screens are being taken apart
             return
         for listener in list(self.listeners):
             listener(ids)
@@ -153,8 +153,13 @@ class RunyardApp(App[None]):
     async def refresh_hosts(self) -> None:
         with contextlib.suppress(ConnectionLost, RemoteError):
             self.hosts = await self.link.client.hosts()
-            for listener in list(self.host_listeners):
-                listener(self.hosts)
+            self._notify_hosts()
+
+    def _notify_hosts(self) -> None:
+        if not self.is_running:  # quitting: screens are being taken apart
+            return
+        for listener in list(self.host_listeners):
+            listener(self.hosts)
 
     def is_active(self, execution_id: int) -> bool:
         view = self.cache.views.get(execution_id)
@@ -311,8 +316,7 @@ class RunyardApp(App[None]):
         except (RemoteError, ConnectionLost) as exc:
             self.notify(f"scan refused: {_message(exc)}", severity="error")
             return
-        for listener in list(self.host_listeners):
-            listener(self.hosts)
+        self._notify_hosts()
         self.notify(f"rescanned {name or 'all hosts'}")
 
 

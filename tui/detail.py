@@ -90,8 +90,17 @@ class DetailScreen(Screen[None]):
         self.call_after_refresh(self._focus_tab, self.first_tab)
 
     def on_unmount(self) -> None:
+        self._stop_listening()
+
+    def _stop_listening(self) -> None:
         if self.data_changed in self.ry.listeners:
             self.ry.listeners.remove(self.data_changed)
+
+    def _leave(self) -> None:
+        # Unsubscribed before leaving, not on unmount: Textual removes a screen's widgets
+        # before the screen itself, and an update arriving in between would find them gone.
+        self._stop_listening()
+        self.dismiss()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         return not (action in ("stop", "restart", "delete", "rename") and self.ry.readonly)
@@ -155,7 +164,7 @@ class DetailScreen(Screen[None]):
                 self.run_worker(self._load_code(), group="code", exclusive=True)
 
     def action_back(self) -> None:
-        self.app.pop_screen()
+        self._leave()
 
     # -- info -------------------------------------------------------------------
 
@@ -227,7 +236,7 @@ class DetailScreen(Screen[None]):
     def action_delete(self) -> None:
         async def delete() -> None:
             if await self.ry.confirm_and_delete([self.execution_id], self._describe()):
-                self.dismiss()
+                self._leave()
 
         self.run_worker(delete(), group="action")
 

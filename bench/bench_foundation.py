@@ -3,7 +3,8 @@
 1. submit -> `started` through the daemon, against a bare aiodocker create+start
    of the same image on the same engine.
 2. log ingestion (decode, \\r collapse, append, metadata parsed and persisted),
-   against `docker logs` reading the same finished container.
+   against `docker logs` (and `docker logs -t`) reading the same finished
+   container, the three alternating within each round.
 3. latency from a line printed in the container to a `logs -f` client.
 
 Run: .venv/bin/python bench/bench_foundation.py [--quick]

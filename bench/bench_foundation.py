@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -21,7 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,42 +79,57 @@ async def _next_started(events: object) -> int:
     raise AssertionError("no started event")
 
 
-def _dockerd_cpu_seconds() -> float | None:
-    """CPU time the engine has used so far (user + system), or None where it cannot be read."""
+def _dockerd_pid() -> str | None:
+    found = subprocess.run(["pidof", "dockerd"], capture_output=True, text=True).stdout.split()
+    return found[0] if found else None
+
+
+@dataclass
+class Measured:
+    seconds: float = 0.0
+    engine_cpu: float | None = None  # dockerd's CPU seconds (user + system), None where unreadable
+
+
+@contextlib.contextmanager
+def measured(engine_pid: str | None) -> Iterator[Measured]:
+    """Wall time of the block, and the CPU time the engine spent meanwhile."""
+    result = Measured()
+    cpu0 = _cpu_seconds(engine_pid)
+    t0 = time.perf_counter()
+    yield result
+    result.seconds = time.perf_counter() - t0
+    cpu1 = _cpu_seconds(engine_pid)
+    if cpu0 is not None and cpu1 is not None:
+        result.engine_cpu = cpu1 - cpu0
+
+
+def _cpu_seconds(pid: str | None) -> float | None:
+    if pid is None:
+        return None
     try:
-        pid = int(subprocess.run(["pidof", "dockerd"], capture_output=True, text=True).stdout.split()[0])
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (IndexError, ValueError, OSError):
         return None
 
 
-def _engine_scheduling() -> str:
+def _engine_scheduling(engine_pid: str | None) -> str:
     """Whether dockerd is scheduled as its own group, as under systemd, or with this bench.
 
     With sched_autogroup (most distributions' default), a process started in its own session
     gets its own share of the CPU. dockerd started from the same shell as the bench competes
     thread by thread instead, and then streams logs 30-50% faster on 2 cores.
     """
+    if engine_pid is None:
+        return "unknown"
     try:
-        pid = subprocess.run(["pidof", "dockerd"], capture_output=True, text=True).stdout.split()[0]
         enabled = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
-        ours, engine = (Path(f"/proc/{p}/autogroup").read_text().split()[0] for p in ("self", pid))
+        ours, engine = (Path(f"/proc/{p}/autogroup").read_text().split()[0] for p in ("self", engine_pid))
     except (IndexError, OSError):
         return "unknown"
     if not enabled:
         return "autogroup off"
     return "same group as the bench" if ours == engine else "own group (as under systemd)"
-
-
-def _timed(run: Callable[[], object]) -> tuple[float, float | None]:
-    """Seconds ``run`` took, and the engine CPU seconds it cost."""
-    cpu0 = _dockerd_cpu_seconds()
-    t0 = time.perf_counter()
-    run()
-    seconds = time.perf_counter() - t0
-    cpu1 = _dockerd_cpu_seconds()
-    return seconds, (cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None)
 
 
 async def bench_ingest(lines: int, rounds: int, workdir: Path) -> dict[str, Any]:
@@ -125,12 +142,9 @@ async def bench_ingest(lines: int, rounds: int, workdir: Path) -> dict[str, Any]
     # The engine's own speed drifts by 10-20% from one read to the next on a small machine, so
     # the readers alternate within each round (and swap order every round) and the figure is
     # the median of the per-round ratios, not a ratio of medians taken minutes apart.
-    readers: dict[str, Callable[[], object]] = {
-        "docker_logs": lambda: subprocess.run(f"docker logs {container} >/dev/null 2>&1", shell=True, check=True),
-        # The same stream runyard asks for: the engine formats a timestamp for every line.
-        "docker_logs_t": lambda: subprocess.run(f"docker logs -t {container} >/dev/null 2>&1", shell=True,
-                                                check=True),
-    }
+    # -t: the same stream runyard asks for, the engine formatting a timestamp for every line.
+    cli_flags = {"docker_logs": [], "docker_logs_t": ["-t"]}
+    engine = _dockerd_pid()
     per_round: list[dict[str, float]] = []
     engine_cpu: dict[str, list[float]] = {"docker_logs": [], "docker_logs_t": [], "runyard": []}
     try:
@@ -141,12 +155,14 @@ async def bench_ingest(lines: int, rounds: int, workdir: Path) -> dict[str, Any]
             rates: dict[str, float] = {}
             for name in order:
                 if name == "runyard":
-                    seconds, cpu = await _ingest_once(container, lines, workdir / f"ingest-{index}")
+                    m = await _ingest_once(container, lines, workdir / f"ingest-{index}", engine)
                 else:
-                    seconds, cpu = _timed(readers[name])
-                rates[name] = lines / seconds
-                if cpu is not None:
-                    engine_cpu[name].append(cpu)
+                    with measured(engine) as m:
+                        subprocess.run(["docker", "logs", *cli_flags[name], container], check=True,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                rates[name] = lines / m.seconds
+                if m.engine_cpu is not None:
+                    engine_cpu[name].append(m.engine_cpu)
             per_round.append(rates)
             print(f"  ingestion round {index + 1}/{rounds}: " + ", ".join(
                 f"{name} {rate:,.0f} lines/s" for name, rate in rates.items()), flush=True)
@@ -155,7 +171,7 @@ async def bench_ingest(lines: int, rounds: int, workdir: Path) -> dict[str, Any]
     ratios = [r["runyard"] / r["docker_logs"] for r in per_round]
     ratios_t = [r["runyard"] / r["docker_logs_t"] for r in per_round]
     return {
-        "lines": lines, "rounds": rounds, "engine_scheduling": _engine_scheduling(),
+        "lines": lines, "rounds": rounds, "engine_scheduling": _engine_scheduling(engine),
         "docker_logs_lines_per_s": statistics.median(r["docker_logs"] for r in per_round),
         "docker_logs_t_lines_per_s": statistics.median(r["docker_logs_t"] for r in per_round),
         "runyard_lines_per_s": statistics.median(r["runyard"] for r in per_round),
@@ -167,8 +183,8 @@ async def bench_ingest(lines: int, rounds: int, workdir: Path) -> dict[str, Any]
     }
 
 
-async def _ingest_once(container: str, lines: int, data: Path) -> tuple[float, float | None]:
-    """runyard's own ingestion of the whole finished log: seconds, and engine CPU seconds."""
+async def _ingest_once(container: str, lines: int, data: Path, engine_pid: str | None) -> Measured:
+    """runyard's own ingestion of the whole finished log."""
     store = await Store.open(data / "db.sqlite3")
     row, _ = await store.create_execution(NewExecution(
         step="bench", title=None, owner="bench", owner_uid=0, parameters={}, inputs={},
@@ -186,18 +202,15 @@ async def _ingest_once(container: str, lines: int, data: Path) -> tuple[float, f
     runner.container_id = container
     logfile.open_for_append()
     try:
-        cpu0 = _dockerd_cpu_seconds()
-        t0 = time.perf_counter()
-        await runner._ingest_logs(runtime, follow=False)  # the production path: decode, append, metadata
-        seconds = time.perf_counter() - t0
-        cpu1 = _dockerd_cpu_seconds()
+        with measured(engine_pid) as m:
+            await runner._ingest_logs(runtime, follow=False)  # the production path: decode, append, metadata
         points = len(await store.metadata(row.id))
         assert logfile.line_count() == lines and points == lines // 10, (logfile.line_count(), points)
     finally:
         await runtime.close()
         await store.close()
     shutil.rmtree(data, ignore_errors=True)  # a 1M-line log per round adds up on a small disk
-    return seconds, (cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None)
+    return m
 
 
 async def _noop(_: int) -> None:

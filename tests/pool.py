@@ -176,10 +176,10 @@ def make_client_key(root: Path) -> Path:
     return key
 
 
-def start_lone_host(root: Path, name: str = "gpu-01") -> tuple[SshHost, Path, Path]:
+def start_lone_host(root: Path, name: str = "gpu-01", gpus_csv: str | None = None) -> tuple[SshHost, Path, Path]:
     """One running sshd host with a fresh client key and a known_hosts file that trusts it."""
     key = make_client_key(root)
-    host = SshHost(name, root / name, key, None)
+    host = SshHost(name, root / name, key, gpus_csv)
     host.prepare()
     host.start()
     known = root / "known_hosts"

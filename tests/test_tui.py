@@ -22,7 +22,7 @@ from runyard.tui.logview import LogView
 from runyard.tui.queue import QueueScreen
 
 from .conftest import Daemon, make_repo, step_yaml, submit_repo, wait_for_status
-from .pool import SshHost, gpu_rows, make_client_key
+from .pool import gpu_rows, start_lone_host
 
 pytestmark = pytest.mark.slow
 
@@ -323,12 +323,7 @@ async def test_survives_a_daemon_restart(live: tuple[Daemon, Client, Path]) -> N
 
 
 async def test_hosts_screen_shows_gpus_and_drains(daemon_factory: type[Daemon], tmp_path: Path) -> None:
-    key = make_client_key(tmp_path)
-    host = SshHost("gpu-x", tmp_path / "gpu-x", key, gpu_rows("NVIDIA H100 80GB HBM3", 2, seed="x"))
-    host.prepare()
-    host.start()
-    known = tmp_path / "known_hosts"
-    known.write_text(host.known_hosts_line())
+    host, _, known = start_lone_host(tmp_path, "gpu-x", gpu_rows("NVIDIA H100 80GB HBM3", 2, seed="x"))
     daemon = daemon_factory(local_extra="enabled = false",
                             extra_config=f'[ssh]\nknown_hosts = "{known}"\n' + host.config(pool="h100"))
     daemon.start()

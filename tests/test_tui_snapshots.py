@@ -27,7 +27,7 @@ from runyard.tui.hosts import HostsScreen
 from runyard.tui.logview import LogView
 
 from .conftest import Daemon, make_repo, step_yaml, submit_repo, wait_for_status
-from .pool import SshHost, gpu_rows, make_client_key
+from .pool import gpu_rows, start_lone_host
 from .test_tui import TRAIN
 
 pytestmark = pytest.mark.slow
@@ -70,12 +70,7 @@ def screens(docker_engine: None) -> Iterator[Daemon]:
     root = Path("/tmp/ry-snapshots")
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir()
-    key = make_client_key(root)
-    host = SshHost("gpu-x", root / "gpu-x", key, gpu_rows("NVIDIA H100 80GB HBM3", 2, seed="x"))
-    host.prepare()
-    host.start()
-    known = root / "known_hosts"
-    known.write_text(host.known_hosts_line())
+    host, _, known = start_lone_host(root, "gpu-x", gpu_rows("NVIDIA H100 80GB HBM3", 2, seed="x"))
     daemon = Daemon(root=root, stop_grace=1, local_extra="cpus = 8\nmemory_mb = 32768\n",
                     extra_config=f'[ssh]\nknown_hosts = "{known}"\n'
                     + host.config(pool="h100", extra="cpus = 16\nmemory_mb = 65536\n"))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from runyard.protocol import Client
+from runyard.protocol.methods import ExecutionView
 
 from .conftest import Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_for_status
 from .pool import SshHost, start_hosts, wait_for_host
@@ -52,14 +53,20 @@ async def two_hosts(tmp_path: Path, daemon_factory: type[Daemon]) -> AsyncIterat
         host.kill()
 
 
+async def hold_on_a_host_that_goes_away(client: Client, two_hosts: TwoHosts) -> tuple[ExecutionView, SshHost]:
+    """A running execution whose host then drops off the network (and is seen to)."""
+    held = await wait_for_status(client, (await submit_repo(client, two_hosts.repo, "hold")).id, {"started"})
+    assert held.host is not None and held.container_id
+    host = two_hosts.hosts[held.host]
+    host.kill()
+    await wait_for_host(client, held.host, {"unreachable"})
+    return held, host
+
+
 async def test_a_host_away_past_the_grace_loses_its_execution_and_its_container_goes(two_hosts: TwoHosts) -> None:
     daemon = two_hosts.daemon
     async with await Client.connect(daemon.socket) as client:
-        held = await wait_for_status(client, (await submit_repo(client, two_hosts.repo, "hold")).id, {"started"})
-        assert held.host is not None and held.container_id
-        host = two_hosts.hosts[held.host]
-        host.kill()
-        await wait_for_host(client, held.host, {"unreachable"})
+        held, host = await hold_on_a_host_that_goes_away(client, two_hosts)
         shown = run_cli(daemon, "hosts").stdout
         assert "unreachable" in shown and "next try in" in shown  # the backoff is visible
         ended = await wait_for_status(client, held.id, timeout=60)
@@ -95,11 +102,7 @@ async def test_with_retries_it_goes_back_to_the_queue_and_completes_elsewhere(tw
 async def test_a_host_that_comes_back_without_its_container(two_hosts: TwoHosts) -> None:
     daemon = two_hosts.daemon
     async with await Client.connect(daemon.socket) as client:
-        held = await wait_for_status(client, (await submit_repo(client, two_hosts.repo, "hold")).id, {"started"})
-        assert held.host is not None and held.container_id
-        host = two_hosts.hosts[held.host]
-        host.kill()
-        await wait_for_host(client, held.host, {"unreachable"})
+        held, host = await hold_on_a_host_that_goes_away(client, two_hosts)
         # While it is away, its container goes (a reboot, an engine reset, someone's docker rm).
         subprocess.run(["docker", "rm", "-f", held.container_id], check=True, capture_output=True)
         host.start()  # back within the grace

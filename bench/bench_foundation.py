@@ -34,9 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import save  # noqa: E402
 from runyard.daemon.logfile import LogFile  # noqa: E402
+from runyard.daemon.record import ExecutionRow  # noqa: E402
 from runyard.daemon.runner import Runner, RunnerServices  # noqa: E402
 from runyard.daemon.runtime_docker import DockerRuntime  # noqa: E402
-from runyard.daemon.store import NewExecution, Store  # noqa: E402
+from runyard.daemon.store import Store  # noqa: E402
 from runyard.protocol import Client  # noqa: E402
 from runyard.protocol.logformat import parse_records  # noqa: E402
 from tests.conftest import BASE_IMAGE, Daemon, make_repo, step_yaml, submit_repo  # noqa: E402
@@ -186,7 +187,7 @@ async def bench_ingest(lines: int, rounds: int, workdir: Path) -> dict[str, Any]
 async def _ingest_once(container: str, lines: int, data: Path, engine_pid: str | None) -> Measured:
     """runyard's own ingestion of the whole finished log."""
     store = await Store.open(data / "db.sqlite3")
-    row, _ = await store.create_execution(NewExecution(
+    row, _ = await store.create_execution(ExecutionRow(
         step="bench", title=None, owner="bench", owner_uid=0, parameters={}, inputs={},
         image=BASE_IMAGE, command="", environment={}, snapshot="0" * 64, commit_ref=None,
         config_path="valohai.yaml"))

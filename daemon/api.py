@@ -89,8 +89,7 @@ async def list_(core: Core, caller: Caller, p: m.ListParams) -> Any:
 @method("executions.stop", m.StopParams)
 async def stop(core: Core, caller: Caller, p: m.StopParams) -> Any:
     if p.all:
-        rows = await core.store.active()
-        ids = [r.id for r in rows if caller.admin or r.owner_uid == caller.uid]
+        ids = sorted(r.id for r in core.active.values() if caller.admin or r.owner_uid == caller.uid)
     else:
         ids = p.ids
         if not ids:
@@ -101,7 +100,7 @@ async def stop(core: Core, caller: Caller, p: m.StopParams) -> Any:
     ended: list[int] = []
     for execution_id in ids:
         (stopped if await core.stop(execution_id) else ended).append(execution_id)
-    return {"stopped": stopped, "already_ended": ended}
+    return m.StopResult(stopped=stopped, already_ended=ended)
 
 
 @method("executions.restart", m.IdParams)

@@ -7,11 +7,11 @@ stopped or finished, or a host changes state, never on a polling timer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import functools
-import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from runyard.protocol.messages import Event
+from runyard.protocol.methods import ExecutionView
 
 from . import workspace
 from .config import Config
@@ -27,16 +28,18 @@ from .doctor import diagnose
 from .events import EventHub
 from .hosts import Host, all_settings
 from .inputs import InputFetcher
+from .lifecycle import TERMINAL, StopAsked, decide
 from .logfile import LogFile
 from .mlyaml import STEP_NAME, is_ml_yaml, prepare_ml
 from .outputs import LocalOutputStore, OutputStore, S3OutputStore
+from .record import ExecutionRow, view_fields
 from .runner import Runner, RunnerServices
-from .runtime import EngineError
+from .runtime import EngineError, attempt_name
 from .scheduler import Capacity, Demand, place, refusal
 from .snapshots import SnapshotError, SnapshotStore
 from .steps import StepError, load_config, prepare_step
-from .store import TERMINAL, ExecutionRow, NewExecution, Store, utcnow
-from .transport import LinkError
+from .store import Store, utcnow
+from .transport import LinkError, q
 
 log = logging.getLogger("runyard.daemon")
 
@@ -65,7 +68,14 @@ class Core:
         self.hub = EventHub()
         self.hosts: dict[str, Host] = {}
         self._open_logs: dict[int, LogFile] = {}
-        self._runners: dict[int, asyncio.Task[None]] = {}
+        # Every active execution, in memory; SQLite is the record. Written only through track().
+        self.active: dict[int, ExecutionRow] = {}
+        self._demands: dict[int, Demand] = {}  # the unplaced queue, as the scheduler sees it
+        # The owner of each placed active execution. An unplaced queued one is the scheduler's:
+        # it is placed, or stopped before it is, only under this lock.
+        self._runners: dict[int, Runner] = {}
+        self._runner_tasks: dict[int, asyncio.Task[None]] = {}
+        self._queue_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._prune_pending = False
@@ -82,7 +92,7 @@ class Core:
             data_dir=config.data_dir,
             live_outputs_every=config.defaults.live_outputs_seconds, input_progress=self._input_progress,
             host_cache_bytes=config.cache.host_inputs_max_mb << 20,
-            publish=self.publish, open_log=self.live_log, release_log=self._release_log,
+            publish=self.publish, open_log=self.live_log, release_log=self._release_log, track=self.track,
             host_of=self.hosts.get, inputs=InputFetcher(
                 data / "cache" / "inputs", self.outputs, s3_options=config.s3.options,
                 max_bytes=config.cache.inputs_max_mb << 20),
@@ -99,18 +109,19 @@ class Core:
                 admin="draining" if admin.get(settings.name) == "draining" else "enabled",
             )
         for row in await self.store.active():
-            if row.host is not None and row.host not in self.hosts:
-                if row.status == "queued":
-                    await self.store.place(row.id, None, ())  # placed, never created: place anew
-                else:
-                    self._spawn(row)  # its runner ends it as host-lost, saying why in the log
+            self.track(row)
+        for row in list(self.active.values()):
+            if row.host is not None:
+                # Placed before the daemon stopped: its runner finds the container again (or creates
+                # it, or ends it as host-lost if the host is gone from the configuration).
+                self._spawn(row)
         for host in self.hosts.values():
             host.start()
         self._scheduler_task = asyncio.create_task(self._schedule_forever())
 
     async def shutdown(self) -> None:
         """Stop managing, not running: containers go on and are picked up on the next start."""
-        tasks = [t for t in [self._scheduler_task, *self._runners.values(), *self._background,
+        tasks = [t for t in [self._scheduler_task, *self._runner_tasks.values(), *self._background,
                              *self._reconciling.values()] if t]
         for task in tasks:
             task.cancel()
@@ -154,55 +165,54 @@ class Core:
                                reason=f"input {name}", at=utcnow(), done=done, total=total))
 
     async def _host_event(self, name: str, state: str, error: str) -> None:
-        self.hub.publish(await self.store.host_event(name, state, error or None))
+        try:
+            self.hub.publish(await self.store.host_event(name, state, error or None))
+        except Exception:
+            log.exception("host %s: recording its state %s failed", name, state)
 
     async def _reconcile_host(self, host: Host, generation: int) -> None:
-        """Match the store against what a host that (re)connected has for this daemon.
+        """Remove what a host that (re)connected holds for this daemon and nobody owns any more.
 
-        Runners already waiting for this host carry on by themselves; this finds
-        the executions nobody is following (after a daemon restart), and the
-        placements made before a crash that never reached the host.
+        Each placed execution's runner finds its own container; what is left is a container
+        or work directory of an attempt that ended, was deleted, or went back to the queue
+        (and may run elsewhere now) while the host was away: it must not run here too.
         """
         try:
-            runtime = host.runtime
-            if runtime is None:
+            runtime, transport = host.runtime, host.transport
+            if runtime is None or transport is None:
                 return
-            containers = {(c.execution_id, c.attempt): c for c in await runtime.list_ours()}
-            rows = [r for r in await self.store.active() if r.host == host.name]
-            for row in rows:
-                container = containers.pop((row.id, row.log_base), None)
-                if row.id in self._runners:
-                    continue
-                if row.status in ("started", "stopping") and container is None:
-                    log.warning("execution %s: its container on %s is gone", row.id, host.name)
-                    runner = Runner(self.runner_services, row)
-                    runner.host = host
-                    await runner._collect_outputs()
-                    await runner._note("the container disappeared while runyard was not following it")
-                    await runner._finish_error("container-removed")
-                    await self._release_log(row.id)
-                elif container is not None:
-                    log.info("execution %s: reattaching on %s to %s (%s)", row.id, host.name,
-                             container.id[:12], container.status)
-                    if container.gpus and list(container.gpus) != row.gpu_ids:
-                        # The labels are the truth about which GPUs a container holds.
-                        await self.store.update(row.id, gpu_ids=json.dumps(list(container.gpus)))
-                    self._spawn(row)
-                elif row.status == "queued":
-                    # Placed before a crash but never created there: free to be placed again.
-                    await self.store.place(row.id, None, ())
-            placed_here = {(r.id, r.log_base) for r in await self.store.active() if r.host == host.name}
-            for leftover in containers.values():
+            containers = await runtime.list_ours()
+            placed_here = {(r.id, r.log_base) for r in self.active.values() if r.host == host.name}
+            for leftover in containers:
                 if (leftover.execution_id, leftover.attempt) not in placed_here:
-                    # It ended, was deleted, or went back to the queue while this host was away
-                    # (and may run elsewhere now): it must not run here too.
                     log.info("host %s: removing container %s of execution %s, no longer placed here",
                              host.name, leftover.id[:12], leftover.execution_id)
                     await runtime.remove(leftover.id)
+            await self._remove_stray_work_dirs(host, placed_here)
         except (EngineError, LinkError, OSError) as exc:
             log.warning("host %s: reconciling failed (%s); will retry when it reconnects", host.name, exc)
         finally:
             self._wake.set()
+
+    async def _remove_stray_work_dirs(self, host: Host, placed_here: set[tuple[int, int]]) -> None:
+        """Work directories of attempts that no longer run on a pool host (abandoned when it was lost).
+
+        Only on pool hosts: this machine's work directory also holds the staging of every runner and
+        outputs kept for rescue after a failed upload, which must stay.
+        """
+        transport = host.transport
+        if transport is None or not host.remote or not host.work_root:
+            return
+        result = await transport.run(f"ls -1 -- {q(host.work_root)}")
+        if result.status != 0:
+            return
+        keep = {attempt_name(i, a) for i, a in placed_here}
+        for name in result.stdout.decode("utf-8", "replace").split():
+            execution, _, attempt = name.partition("-")
+            if not execution.isdigit() or (attempt and not attempt.isdigit()) or name in keep:
+                continue  # not an attempt's directory (the input cache), or one still in use
+            log.info("host %s: removing work directory %s of an attempt that no longer runs there", host.name, name)
+            await transport.remove_tree(f"{host.work_root}/{name}")
 
     # -- events and logs ------------------------------------------------------
 
@@ -234,8 +244,7 @@ class Core:
         return logfile
 
     async def _release_log(self, execution_id: int) -> None:
-        current = await self.store.get(execution_id)
-        if current is not None and not current.terminal:
+        if execution_id in self.active:
             # Back in the queue (its host failed it): the next attempt appends to the same log,
             # and whoever follows it keeps following.
             logfile = self._open_logs.get(execution_id)
@@ -248,17 +257,35 @@ class Core:
 
     # -- scheduling -----------------------------------------------------------
 
-    def _spawn(self, row: ExecutionRow, *, just_placed: bool = False) -> None:
+    def track(self, row: ExecutionRow) -> None:
+        """The one way the in-memory view of active executions changes: after the store recorded ``row``."""
+        if row.terminal:
+            self.active.pop(row.id, None)
+        else:
+            self.active[row.id] = row
+        if row.status == "queued" and row.host is None and not row.terminal:
+            self._demands[row.id] = _demand(row)
+        else:
+            self._demands.pop(row.id, None)
+
+    def _spawn(self, row: ExecutionRow, *, just_placed: bool = False) -> Runner:
+        """Hand ``row`` to a new runner, its owner until it ends or goes back to the queue."""
         self.live_log(row.id)
         runner = Runner(self.runner_services, row, just_placed=just_placed)
+        self._runners[row.id] = runner
         task = asyncio.create_task(runner.run(), name=f"runner-{row.id}")
-        self._runners[row.id] = task
+        self._runner_tasks[row.id] = task
 
-        def done(_: asyncio.Task[None]) -> None:
-            self._runners.pop(row.id, None)
+        def done(finished: asyncio.Task[None]) -> None:
+            if self._runners.get(row.id) is runner:
+                del self._runners[row.id]
+                del self._runner_tasks[row.id]
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("execution %s: its runner failed", row.id, exc_info=finished.exception())
             self._wake.set()
 
         task.add_done_callback(done)
+        return runner
 
     async def _schedule_forever(self) -> None:
         while True:
@@ -269,7 +296,7 @@ class Core:
             except Exception:
                 log.exception("scheduling pass failed; will retry on the next change")
 
-    def capacities(self, rows: list[ExecutionRow]) -> list[Capacity]:
+    def capacities(self, rows: Iterable[ExecutionRow]) -> list[Capacity]:
         """Every host with a known inventory, less what the executions placed on it hold."""
         capacities: dict[str, Capacity] = {}
         for host in self.hosts.values():
@@ -289,7 +316,9 @@ class Core:
             cap = capacities.get(row.host or "")
             if cap is None or row.terminal:
                 continue
-            cap.free_gpus = [g for g in cap.free_gpus if g not in row.gpu_ids]
+            if row.gpu_ids:
+                held = set(row.gpu_ids)
+                cap.free_gpus = [g for g in cap.free_gpus if g not in held]
             cap.free_cpus -= float(row.resources.get("cpus", 0))
             cap.free_memory_mb -= int(row.resources.get("memory_mb", 0))
             if cap.free_slots is not None:
@@ -300,19 +329,23 @@ class Core:
         if self._prune_pending:
             self._prune_pending = False
             await self.store.prune_events(self.config.daemon.events_retained)
-        rows = await self.store.active()
-        # An execution back in the queue is placed only once its last runner has finished.
-        queue = [_demand(r) for r in rows if r.status == "queued" and r.host is None and r.id not in self._runners]
-        if not queue:
-            return
-        capacities = self.capacities(rows)
-        placements = place(queue, capacities, now=time.time(),
-                           reserve_after=self.config.scheduler.reserve_after_seconds)
-        by_id = {r.id: r for r in rows}
-        for placement in placements:
-            if await self.store.place(placement.execution_id, placement.host, placement.gpus):
-                row = by_id[placement.execution_id]
-                row.host, row.gpu_ids = placement.host, list(placement.gpus)
+        async with self._queue_lock:
+            # An execution back in the queue is placed only once its last runner has finished.
+            queue = [d for i, d in self._demands.items() if i not in self._runners]
+            if not queue:
+                return
+            placements = place(queue, self.capacities(self.active.values()), now=time.time(),
+                               reserve_after=self.config.scheduler.reserve_after_seconds)
+            if not placements:
+                return
+            # One transaction for the pass; each placement is recorded before its runner exists.
+            recorded = await self.store.place([(p.execution_id, p.host, p.gpus) for p in placements])
+            for placement in placements:
+                row = self.active.get(placement.execution_id)
+                if placement.execution_id not in recorded or row is None:
+                    continue
+                row = dataclasses.replace(row, host=placement.host, gpu_ids=list(placement.gpus))
+                self.track(row)
                 log.info("execution %s: placed on %s%s", row.id, placement.host,
                          f" with GPUs {', '.join(placement.gpus)}" if placement.gpus else "")
                 self._spawn(row, just_placed=True)
@@ -385,7 +418,7 @@ class Core:
         chosen_image = image or prepared.image or self.config.defaults.image
         resources = self._resources(prepared.resources, pool, gpus)
         row, event = await self.store.create_execution(
-            NewExecution(
+            ExecutionRow(
                 step=prepared.name, title=title, owner=owner, owner_uid=owner_uid,
                 parameters=prepared.parameters, inputs=prepared.inputs, image=chosen_image,
                 command=prepared.command, environment=prepared.environment, snapshot=snapshot,
@@ -393,6 +426,7 @@ class Core:
                 resources=resources, priority=priority, input_options=prepared.input_options, retries=retries,
             )
         )
+        self.track(row)
         self.publish(event)
         return row
 
@@ -402,7 +436,7 @@ class Core:
         if not self.snapshots.has(old.snapshot):
             raise OperationError("invalid-state", f"snapshot {old.snapshot[:12]} of execution {execution_id} is gone")
         row, event = await self.store.create_execution(
-            NewExecution(
+            ExecutionRow(
                 step=old.step, title=old.title, owner=owner, owner_uid=owner_uid,
                 parameters=old.parameters, inputs=old.inputs, image=old.image, command=old.command,
                 environment=old.environment, snapshot=old.snapshot, commit_ref=old.commit_ref,
@@ -410,39 +444,41 @@ class Core:
                 priority=old.priority, input_options=old.input_options, retries=old.retries,
             )
         )
+        self.track(row)
         self.publish(event)
         return row
 
     async def stop(self, execution_id: int) -> bool:
-        """Ask an execution to stop; True if it was still active. Idempotent."""
-        row = await self.get(execution_id)
-        if row.status in ("created", "queued"):
-            result = await self.store.transition(row.id, "stopped", reason="stopped-before-start")
-            if result is not None:
+        """Ask an execution to stop; True if it was still active. Idempotent.
+
+        Sent to whoever owns it now: its runner, or (unplaced in the queue) the scheduler. An
+        owner that hands it on meanwhile (a requeue) answers None, and the new owner is asked.
+        """
+        while True:
+            runner = self._runners.get(execution_id)
+            if runner is not None:
+                answer = await runner.stop()
+                if answer is not None:
+                    return answer
+                await runner.finished.wait()
+                await asyncio.sleep(0)  # let its done-callback hand it back to the queue
+                continue
+            async with self._queue_lock:
+                if execution_id in self._runners:
+                    continue  # placed meanwhile
+                row = self.active.get(execution_id)
+                if row is None:
+                    await self.get(execution_id)  # not-found if it does not exist
+                    return False
+                move = decide(row.status, row.reason, row.retries, StopAsked())
+                if move.status is None:
+                    return False
+                result = await self.store.transition(row.id, move.status, reason=move.reason)
+                if result is None:
+                    return False
+                self.track(result[0])
                 self.publish(result[1])
                 return True
-            row = await self.get(execution_id)  # it started meanwhile; stop it below
-        if row.status == "started":
-            result = await self.store.transition(row.id, "stopping")
-            if result is not None:
-                self.publish(result[1])
-                row = result[0]
-        if row.status == "stopping":
-            host = self.hosts.get(row.host or "")
-            if row.container_id is not None and host is not None and host.runtime is not None:
-                # If the host is unreachable, its runner asks again when it reattaches.
-                task = asyncio.create_task(self._stop_on(host, row.container_id))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-            return True
-        return False
-
-    async def _stop_on(self, host: Host, container_id: str) -> None:
-        runtime = host.runtime
-        if runtime is None:
-            return
-        with contextlib.suppress(EngineError, LinkError, OSError):
-            await runtime.stop(container_id, self.config.defaults.stop_grace_seconds)
 
     async def rename(self, execution_id: int, title: str) -> ExecutionRow:
         await self.get(execution_id)
@@ -471,7 +507,7 @@ class Core:
         return host
 
     async def host_views(self, names: list[str] | None = None) -> list[dict[str, Any]]:
-        rows = [r for r in await self.store.active() if r.host is not None]
+        rows = [r for r in self.active.values() if r.host is not None]
         views = []
         for host in self.hosts.values():
             if names is not None and host.name not in names:
@@ -519,21 +555,12 @@ class Core:
     async def doctor(self, name: str) -> list[dict[str, Any]]:
         return [asdict(check) for check in await diagnose(self.host(name))]
 
-    def view(self, row: ExecutionRow, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    def view(self, row: ExecutionRow, metadata: dict[str, Any] | None = None) -> ExecutionView:
         path = self.log_path(row.id)
-        return {
-            "id": row.id, "step": row.step, "title": row.title, "status": row.status,
-            "reason": row.reason, "owner": row.owner, "owner_uid": row.owner_uid,
-            "parameters": row.parameters, "inputs": row.inputs, "image": row.image,
-            "command": row.command, "snapshot": row.snapshot, "commit": row.commit_ref,
-            "host": row.host, "container_id": row.container_id, "exit_code": row.exit_code,
-            "created_at": row.created_at, "started_at": row.started_at, "ended_at": row.ended_at,
-            "restarted_from": row.restarted_from, "priority": row.priority, "retries": row.retries,
-            "resources": row.resources, "gpus": row.gpu_ids,
-            "input_progress": self._progress.get(row.id),
-            "log_size": path.stat().st_size if path.exists() else 0,
-            "metadata": metadata or {},
-        }
+        return ExecutionView(
+            **view_fields(row), input_progress=self._progress.get(row.id),
+            log_size=path.stat().st_size if path.exists() else 0, metadata=metadata or {},
+        )
 
 
 def _iso(epoch: float | None) -> str | None:

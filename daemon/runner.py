@@ -1,14 +1,23 @@
-"""One execution's life on a host: workspace, container, logs, metadata, outputs, end state.
+"""One execution's owner from its placement until it ends or goes back to the queue.
 
-A runner can start from nothing (a queued execution) or pick up an execution
-the daemon was running before it was killed: both paths meet at "follow the
-logs from where the stored log ends, wait for the container, collect".
+The runner is the only writer of its execution's state while it owns it. Two
+coroutines make it up: the *owner loop* takes events from a mailbox one at a time,
+asks the state machine (lifecycle.decide) what each means and records that; the
+*work* prepares the workspace, creates or finds the container, follows its logs,
+waits for it and collects its outputs, and reports what happens as events to the
+owner loop. Anyone else (a stop request, the core's shutdown) also sends events
+and awaits the answer, so a stop and a requeue can never cross each other.
+
+A runner can start from nothing (a queued execution just placed) or pick up an
+execution the daemon was running before it was killed: both paths meet at
+"follow the logs from where the stored log ends, wait for the container, collect".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -22,20 +31,20 @@ from runyard.protocol.logformat import format_record, parse_records
 from . import inputs, workspace
 from .diskspace import is_disk_full, wait_for_space
 from .hosts import Host
+from .lifecycle import STAY, Event, Exited, Failed, HostLost, LimitReached, Move, Started, StopAsked, Vanished, decide
 from .logfile import LogFile
 from .logstream import Decoded, metadata_points, split_timestamp, timestamp_now
 from .outputs import OutputError, OutputStore
+from .record import ExecutionRow
 from .runtime import ContainerGone, ContainerSpec, EngineError, ImageMissing, Runtime, attempt_name
-from .runtime_process import LOST
 from .snapshots import SnapshotStore
-from .store import ExecutionRow, Store
+from .store import Store
 from .transport import LinkError, remove_local
 
 log = logging.getLogger("runyard.runner")
 
 _METADATA_BATCH = 5000
 _METADATA_DELAY = 0.25  # seconds a metadata point may wait to be recorded
-LIMIT_REASONS = ("time-limit", "no-output-timeout")
 _ENGINE_RETRIES = 5  # runtime errors in a row that are taken for the engine going away
 
 Publish = Callable[[Any], None]
@@ -64,6 +73,7 @@ class RunnerServices:
     release_log: Callable[[int], Awaitable[None]]
     host_of: Callable[[str], Host | None]
     inputs: inputs.InputFetcher
+    track: Callable[[ExecutionRow], None] = lambda _: None  # the core's in-memory copy of active rows
     live_outputs_every: float = 0.0
     host_cache_bytes: int = 100 << 30
     input_progress: Callable[[int, str, int, int | None], None] = lambda *_: None
@@ -73,6 +83,19 @@ def parse_utc(text: str) -> float:
     """Seconds since the epoch of a stored UTC timestamp (microseconds or nanoseconds, with Z)."""
     whole, frac = split_timestamp(text)
     return whole.timestamp() + int(frac) / 1e9
+
+
+@dataclass(frozen=True, slots=True)
+class _WorkDone:
+    """The work coroutine has finished; the owner loop ends after it."""
+
+
+@dataclass(slots=True)
+class _Letter:
+    event: Event | _WorkDone
+    fields: dict[str, Any]  # what to record with the move (container id, exit code, engine times ...)
+    answer: asyncio.Future[Move | None]
+    why: str = ""  # for host failures: what happened, for the note in the log
 
 
 class Runner:
@@ -86,6 +109,11 @@ class Runner:
         self.container_id: str | None = row.container_id
         self.log = services.open_log(row.id)
         self.host: Host | None = None
+        self._mailbox: asyncio.Queue[_Letter] = asyncio.Queue()
+        self._work: asyncio.Task[None] | None = None
+        self._stopping_work = False  # the owner cancelled the work because the execution ended early
+        self._side: set[asyncio.Task[None]] = set()  # container stops asked, while they run
+        self.finished = asyncio.Event()  # set once it no longer owns the execution
         self._keep_workspace = False
         self._points: list[tuple[str, str, dict[str, Any]]] = []  # metadata not yet recorded
         self._points_end = 0
@@ -100,51 +128,176 @@ class Runner:
         self._secrets = sorted({v.encode() for v in self.secrets.values()}, key=len, reverse=True)
         self._secret_texts = [v.decode() for v in self._secrets]
 
-    async def _transition(self, status: str, reason: str | None = None, **fields: Any) -> bool:
+    # -- what others may ask ---------------------------------------------------------------
+
+    async def stop(self) -> bool | None:
+        """Ask the execution to stop. True: it was active (now stopping or stopped); False: it had
+        already ended; None: this runner no longer owns it (ask its new owner)."""
+        move = await self._send(StopAsked())
+        if move is None:
+            return None
+        return move is not STAY or self.row.status == "stopping"
+
+    async def _send(self, event: Event | _WorkDone, why: str = "", **fields: Any) -> Move | None:
+        """Hand ``event`` to the owner loop and wait for the move it made (None: no longer owned)."""
+        if self.finished.is_set():
+            return None
+        answer: asyncio.Future[Move | None] = asyncio.get_running_loop().create_future()
+        self._mailbox.put_nowait(_Letter(event, fields, answer, why))
+        return await answer
+
+    # -- the owner loop ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Own the execution until it ends or goes back to the queue. Cancelling this (daemon
+        shutdown) leaves the container running, to be picked up by the next daemon."""
+        try:
+            self.log.open_for_append()
+            self.log.base = self.row.log_base
+            self._work = asyncio.create_task(self._work_guarded(), name=f"work-{self.id}")
+            while True:
+                letter = await self._mailbox.get()
+                if isinstance(letter.event, _WorkDone):
+                    letter.answer.set_result(None)
+                    break
+                try:
+                    move = await self._decide(letter)
+                except Exception as exc:
+                    # Recording failed (the disk is full, say): the sender hears of it and decides.
+                    log.exception("execution %s: recording %s failed", self.id, letter.event)
+                    if not letter.answer.done():
+                        letter.answer.set_exception(exc)
+                    continue
+                if not letter.answer.done():
+                    letter.answer.set_result(move)
+        finally:
+            self.finished.set()
+            for task in [*self._side, *([self._work] if self._work is not None else [])]:
+                task.cancel()
+            await asyncio.gather(*self._side, *([self._work] if self._work else []), return_exceptions=True)
+            while not self._mailbox.empty():
+                letter = self._mailbox.get_nowait()
+                if not letter.answer.done():
+                    letter.answer.set_result(None)
+            await self.s.release_log(self.id)
+
+    async def _decide(self, letter: _Letter) -> Move:
+        event = letter.event
+        assert not isinstance(event, _WorkDone)
+        row = self.row
+        move = decide(row.status, row.reason, row.retries, event)
+        if move is STAY:
+            return move
+        fields = dict(letter.fields)
+        if isinstance(event, Exited) and (move.requeue or move.reason == "host-lost"):
+            await self._note(f"the container engine on host {row.host} restarted and ended the execution "
+                             f"(exit code {event.code})")
+        if move.unplace:
+            await self._note(f"host {row.host} {letter.why}; placing it elsewhere")
+            await self.s.store.place([(self.id, None, ())])
+            self._set(dataclasses.replace(row, host=None, gpu_ids=[]))
+        elif move.requeue:
+            await self._note(f"host {row.host} {letter.why}: back to the queue ({row.retries - 1} retries left "
+                             "after this one); if the host returns, whatever is left there is removed")
+            # The next attempt's container starts its output from scratch: resume from here.
+            await self._record(move.status, f"host-lost {row.host}, retrying", host=None, gpu_ids=[],
+                               container_id=None, started_at=None, log_base=self.log.size,
+                               retries=row.retries - 1)
+        elif move.status is not None:
+            if move.reason == "host-lost":
+                await self._note(f"host {row.host} {letter.why}: giving the execution up")
+            if move.ends:
+                fields.setdefault("metadata_offset", self.log.size)
+            await self._record(move.status, move.reason, **fields)
+        elif move.reason is not None:
+            # A limit passed: recorded before the stop, so a daemon killed in between still ends
+            # the execution with this reason.
+            await self.s.store.update(self.id, reason=move.reason)
+            self._set(dataclasses.replace(row, reason=move.reason))
+        if move.stop_container:
+            self._stop_container()
+        if isinstance(event, StopAsked) and move.ends and self._work is not None and not self._work.done():
+            # Stopped before it started: whatever the work was preparing is dropped and cleaned up.
+            self._stopping_work = True
+            self._work.cancel()
+        return move
+
+    async def _record(self, status: str | None, reason: str | None, **fields: Any) -> None:
+        assert status is not None
         result = await self.s.store.transition(self.id, status, reason=reason, **fields)
-        if result is None:
-            return False
-        self.row, event = result
+        if result is None:  # cannot happen while this runner is the only writer; say so if it does
+            log.error("execution %s: the store refused %s -> %s", self.id, self.row.status, status)
+            return
+        row, event = result
+        self._set(row)
         self.s.publish(event)
-        return True
+
+    def _set(self, row: ExecutionRow) -> None:
+        self.row = row
+        self.s.track(row)
+
+    def _stop_container(self) -> None:
+        host, container = self.host, self.container_id
+        runtime = host.runtime if host is not None else None
+        if runtime is None or container is None:
+            return  # unreachable: asked again when it reattaches (it is "stopping" then)
+
+        async def stop() -> None:
+            with contextlib.suppress(EngineError, LinkError, OSError):
+                await runtime.stop(container, self.s.stop_grace)
+
+        task = asyncio.create_task(stop(), name=f"stop-{self.id}")
+        self._side.add(task)
+        task.add_done_callback(self._side.discard)
 
     async def _note(self, text: str) -> None:
         """A line from runyard itself in the execution's log (stream S)."""
         await self.log.append(format_record("S", timestamp_now(), text))
 
-    async def run(self) -> None:
+    # -- the work ----------------------------------------------------------------------------
+
+    async def _work_guarded(self) -> None:
         try:
-            self.log.open_for_append()
-            self.log.base = self.row.log_base
+            await self._work_on()
+        except asyncio.CancelledError:
+            if not self._stopping_work:
+                raise  # daemon shutdown: the container keeps running and is picked up on restart
+            await self._clean_up(remove_any=True)
+        finally:
+            self._mailbox.put_nowait(_Letter(_WorkDone(), {}, asyncio.get_running_loop().create_future()))
+
+    async def _work_on(self) -> None:
+        try:
             while not await self._attempt():
                 pass
-        except asyncio.CancelledError:
-            raise  # daemon shutdown: the container keeps running and is picked up on restart
         except ImageMissing as exc:
             await self._note(str(exc))
-            await self._finish_error("image-missing")
+            await self._fail("image-missing")
         except InputFailed as exc:
             await self._note(f"input {exc.name}: {exc.error}")
-            await self._finish_error(f"input-failed {exc.name} {exc.error.url}")
+            await self._fail(f"input-failed {exc.name} {exc.error.url}")
         except ContainerGone as exc:
             await self._note(str(exc))
             await self._collect_outputs()
-            await self._finish_error("container-removed")
+            await self._send(Vanished())
+            await self._clean_up()
         except (EngineError, LinkError) as exc:
             await self._note(f"runtime error: {exc}")
-            await self._finish_error("runtime-error")
+            await self._fail("runtime-error")
         except Exception:
             log.exception("execution %s failed inside runyard", self.id)
-            await self._finish_error("internal-error")
-        finally:
-            await self.s.release_log(self.id)
+            await self._fail("internal-error")
+
+    async def _fail(self, reason: str) -> None:
+        await self._send(Failed(reason))
+        await self._clean_up()
 
     async def _attempt(self) -> bool:
         """One go at the execution on its host; False when the host was lost and it must wait."""
         host = self.s.host_of(self.row.host or "")
         if host is None:
-            await self._note(f"host {self.row.host!r} is no longer configured; its work cannot be followed")
-            await self._finish_error("host-lost")
+            await self._send(HostLost(), why="is no longer configured; its work cannot be followed there")
+            workspace.remove(self._staging())
             return True
         self.host = host
         try:
@@ -152,7 +305,8 @@ class Runner:
             # what ran there goes on. Past it, the work is given up or sent back to the queue.
             generation = await asyncio.wait_for(host.wait_ready(), self.s.host_lost_grace)
         except TimeoutError:
-            await self._host_lost(host)
+            await self._send(HostLost(), why=f"unreachable for {self.s.host_lost_grace:g} s")
+            workspace.remove(self._staging())  # this attempt's copy here; the host's is removed when it returns
             return True
         try:
             await self._run(host)
@@ -186,34 +340,6 @@ class Runner:
                 return False
             raise
 
-    async def _host_lost(self, host: Host) -> None:
-        current = await self.s.store.get(self.id)
-        if current is None or current.terminal:
-            return
-        grace = f"{self.s.host_lost_grace:g} s"
-        if current.status == "queued":
-            # Placed there but never created: free to go elsewhere.
-            await self._note(f"host {host.name} unreachable for {grace}; placing it elsewhere")
-            await self.s.store.place(self.id, None, ())
-            return
-        await self._give_up(host, f"unreachable for {grace}", current)
-
-    async def _give_up(self, host: Host, why: str, current: ExecutionRow) -> None:
-        """Its host failed it (``current`` is its row, not yet ended): back to the queue if it has
-        retries left, else error host-lost."""
-        if current.status == "started" and current.retries > 0:
-            await self._note(f"host {host.name} {why}: back to the queue "
-                             f"({current.retries - 1} retries left after this one); if the host returns, "
-                             "any container left there is removed")
-            # The next attempt's container starts its output from scratch: resume from here.
-            result = await self.s.store.requeue(self.id, self.log.size, f"host-lost {host.name}, retrying")
-            if result is not None:
-                self.row, event = result
-                self.s.publish(event)
-            return
-        await self._note(f"host {host.name} {why}: giving the execution up")
-        await self._finish_error("host-lost")
-
     async def _fetch_inputs(self) -> dict[str, list[inputs.InputFile]]:
         """Every input, fetched (or found in the cache) before the execution may start."""
         fetched: dict[str, list[inputs.InputFile]] = {}
@@ -236,10 +362,6 @@ class Runner:
         runtime, transport = host.runtime, host.transport
         if runtime is None or transport is None:
             raise LinkError(f"host {host.name} is not connected")
-        fresh_row = await self.s.store.get(self.id)
-        if fresh_row is None:
-            return
-        self.row = fresh_row
         remote = host.work_dir(self.id, self.row.log_base)
         fresh = False
         if self.container_id is None:
@@ -253,86 +375,96 @@ class Runner:
                 # Created before a crash, never recorded: adopt it so nothing runs twice.
                 self.container_id = existing.id
             else:
-                staging = self._staging()
-                root = workspace.CONTAINER_ROOT if runtime.in_container else remote
-                try:
-                    fetched = await self._fetch_inputs()
-                finally:
-                    self.s.input_progress(self.id, "", -1, None)  # done with inputs: no progress to show
-                described, wanted = await asyncio.to_thread(
-                    functools.partial(inputs.place, fetched, staging, root, copy=not host.remote,
-                                      link=runtime.in_container))
-                await asyncio.to_thread(workspace.prepare, staging, self.row, self.s.snapshots, described)
-                spec = ContainerSpec(
-                    execution_id=self.id,
-                    image=self.row.image,
-                    command=self.row.command,
-                    environment={**workspace.container_environment(self.row, root=root,
-                                                                   in_container=runtime.in_container),
-                                 **self.secrets},
-                    workdir=remote,
-                    host=host.name,
-                    gpus=tuple(self.row.gpu_ids),
-                    cpu_limit=self.row.resources.get("cpu_max"),
-                    memory_limit_mb=self.row.resources.get("memory_max_mb"),
-                    attempt=self.row.log_base,
-                )
-                if host.remote:
-                    async def copy() -> None:
-                        await transport.put_tree(staging, remote)
-                        # Inputs go through the host's own cache: each file crosses the link once.
-                        await transport.put_cached(
-                            [(f.source, f.sha256, f.size, rel) for f, rel in wanted], f"{host.work_root}/.inputs",
-                            remote, link=runtime.in_container, cache_limit=self.s.host_cache_bytes)
-
-                    # The copy and the create overlap: the files only need to be there at start.
-                    _, created = await asyncio.gather(copy(), runtime.create(spec))
-                    remove_local(staging)
-                else:
-                    created = await runtime.create(spec)
-                self.container_id = created
+                self.container_id = await self._create(host, runtime, remote)
                 fresh = True
-        current = await self.s.store.get(self.id)
-        if current is None or current.terminal:
-            # Stopped (or deleted) while we were preparing: it must not start at all.
-            await runtime.remove(self.container_id)
-            await self._remove_workspace()
-            return
-        if fresh or (await runtime.state(self.container_id)).status == "created":
+        state = None if fresh else await runtime.state(self.container_id)
+        if state is not None and state.gpus and list(state.gpus) != self.row.gpu_ids:
+            # The labels are the truth about which GPUs a container holds.
+            await self.s.store.update(self.id, gpu_ids=list(state.gpus))
+            self._set(dataclasses.replace(self.row, gpu_ids=list(state.gpus)))
+        if state is None or state.status == "created":
             await runtime.start(self.container_id)
-        if self.row.status in ("queued", "created"):
-            # "started" means the engine has started it; a crash before this line is healed
-            # on restart by adopting the labelled container, so nothing runs twice.
-            if not await self._transition("started", host=host.name, container_id=self.container_id):
-                # Stopped in the instant between the check above and the start.
-                await runtime.remove(self.container_id)
-                await self._remove_workspace()
-                return
+            state = await runtime.state(self.container_id)
+        if self.row.status == "queued":
+            # "started" means the engine has started it; a crash before this is healed on restart
+            # by adopting the labelled container, so nothing runs twice. The time is the engine's.
+            await self._send(Started(), host=host.name, container_id=self.container_id,
+                             **({"started_at": state.started_at} if state.started_at else {}))
         elif self.row.container_id != self.container_id:
             await self.s.store.update(self.id, container_id=self.container_id)
+            self._set(dataclasses.replace(self.row, container_id=self.container_id))
         if self.row.status == "stopping":
             # The stop was asked while the daemon was down or the host unreachable: ask again.
             await runtime.stop(self.container_id, self.s.stop_grace)
-        live = asyncio.create_task(self._live_outputs(host)) if self.s.live_outputs_every > 0 else None
-        watchdog = asyncio.create_task(self._enforce_limits(runtime)) if self._limits() else None
+        side = [asyncio.create_task(self._live_outputs(host))] if self.s.live_outputs_every > 0 else []
+        if any(self._limits()):
+            side.append(asyncio.create_task(self._enforce_limits()))
         try:
             await self._catch_up_metadata()
             await self._ingest_logs(runtime, follow=True)
             await runtime.wait(self.container_id)
         finally:
-            for task in (live, watchdog):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            await _cancel_and_check(side, f"execution {self.id}")
         # One more read from the exact resume point after exit: costs one request, and makes
         # the stored log complete even if the follow stream ended early (engine restart, blip).
         await self._ingest_logs(runtime, follow=False)
         state = await runtime.state(self.container_id)
         await self._collect_outputs()
-        await self._finish(state.exit_code, state.oom_killed)
-        await runtime.remove(self.container_id)
-        await self._remove_workspace()
+        move = await self._send(Exited(state.exit_code, state.oom_killed, engine_restarted=self._engine_lost),
+                                why="its engine restarted", exit_code=state.exit_code,
+                                **({"ended_at": state.finished_at} if state.finished_at else {}))
+        if move is not None and move.reason == "process-lost":
+            await self._note("the process vanished without an exit status (host rebooted?)")
+        await self._clean_up()
+
+    async def _create(self, host: Host, runtime: Runtime, remote: str) -> str:
+        """The attempt's workspace, laid out on the host, and its container, created (not started)."""
+        transport = host.transport
+        assert transport is not None
+        staging = self._staging()
+        root = workspace.CONTAINER_ROOT if runtime.in_container else remote
+        try:
+            fetched = await self._fetch_inputs()
+        finally:
+            self.s.input_progress(self.id, "", -1, None)  # done with inputs: no progress to show
+        described, wanted = await asyncio.to_thread(
+            functools.partial(inputs.place, fetched, staging, root, copy=not host.remote,
+                              link=runtime.in_container))
+        await asyncio.to_thread(workspace.prepare, staging, self.row, self.s.snapshots, described)
+        spec = ContainerSpec(
+            execution_id=self.id,
+            image=self.row.image,
+            command=self.row.command,
+            environment={**workspace.container_environment(self.row, root=root,
+                                                           in_container=runtime.in_container),
+                         **self.secrets},
+            workdir=remote,
+            host=host.name,
+            gpus=tuple(self.row.gpu_ids),
+            cpu_limit=self.row.resources.get("cpu_max"),
+            memory_limit_mb=self.row.resources.get("memory_max_mb"),
+            attempt=self.row.log_base,
+        )
+        if not host.remote:
+            return await runtime.create(spec)
+
+        async def copy() -> None:
+            await transport.put_tree(staging, remote)
+            # Inputs go through the host's own cache: each file crosses the link once.
+            await transport.put_cached(
+                [(f.source, f.sha256, f.size, rel) for f, rel in wanted], f"{host.work_root}/.inputs",
+                remote, link=runtime.in_container, cache_limit=self.s.host_cache_bytes)
+
+        # The copy and the create overlap: the files only need to be there at start. If either
+        # fails the other is cancelled; a container left created is removed by the next attempt.
+        try:
+            async with asyncio.TaskGroup() as both:
+                both.create_task(copy())
+                created = both.create_task(runtime.create(spec))
+        except ExceptionGroup as group:
+            raise group.exceptions[0] from None  # the runner's handlers know the single errors
+        await asyncio.to_thread(remove_local, staging)
+        return created.result()
 
     def _limits(self) -> tuple[float | None, float | None]:
         r = self.row.resources
@@ -354,7 +486,7 @@ class Runner:
             waits.append(self._last_output + quiet - now)
         return None, min(waits, default=3600.0)
 
-    async def _enforce_limits(self, runtime: Runtime) -> None:
+    async def _enforce_limits(self) -> None:
         """Stop the execution when valohai.yaml's time-limit or no-output-timeout passes."""
         last = self._last_record_time()
         if last is not None:
@@ -367,10 +499,7 @@ class Runner:
         limit, quiet = self._limits()
         seconds = limit if reason == "time-limit" else quiet
         await self._note(f"{reason} of {seconds:g} s reached: stopping the execution")
-        # Recorded before the stop, so a daemon killed in between still ends it with this reason.
-        await self.s.store.update(self.id, reason=reason)
-        assert self.container_id is not None
-        await runtime.stop(self.container_id, self.s.stop_grace)
+        await self._send(LimitReached(reason))
 
     def _last_record_time(self) -> float | None:
         data, _ = self.log.tail(1)
@@ -504,43 +633,19 @@ class Runner:
         if files or source.is_dir():
             await self.s.store.set_outputs(self.id, sorted(files.values()), collected.properties)
 
-    async def _finish(self, exit_code: int, oom_killed: bool) -> None:
-        current = await self.s.store.get(self.id)
-        if current is None or current.terminal:
-            return
-        await self.s.store.update(self.id, metadata_offset=self.log.size)
-        if current.status == "stopping":
-            await self._transition("stopped", exit_code=exit_code)
-        elif current.reason in LIMIT_REASONS:
-            await self._transition("error", current.reason, exit_code=exit_code)
-        elif self._engine_lost and exit_code in (137, 143) and self.host is not None:
-            # Ended by a signal while its engine was away: the engine's restart ended it.
-            await self._note(f"the container engine on host {self.host.name} restarted and ended the "
-                             f"execution (exit code {exit_code})")
-            await self._remove_workspace()  # this attempt's; a retry gets a new one
-            await self._give_up(self.host, "its engine restarted", current)
-        elif exit_code == LOST:
-            await self._note("the process vanished without an exit status (host rebooted?)")
-            await self._transition("error", "process-lost")
-        elif oom_killed:
-            await self._transition("error", "oom-killed", exit_code=exit_code)
-        elif exit_code != 0:
-            await self._transition("error", f"exit-code {exit_code}", exit_code=exit_code)
-        else:
-            await self._transition("complete", exit_code=0)
-
-    async def _finish_error(self, reason: str) -> None:
-        current = await self.s.store.get(self.id)
-        if current is None or current.terminal:
-            return
-        if current.status == "stopping":
-            await self._transition("stopped")
-        else:
-            await self._transition("error", reason)
-        runtime = self.host.runtime if self.host is not None else None
-        if self.container_id is not None and runtime is not None:
-            with contextlib.suppress(EngineError, LinkError):
-                await runtime.remove(self.container_id)
+    async def _clean_up(self, *, remove_any: bool = False) -> None:
+        """Remove this attempt's container and workspace once the execution has ended (or gone back
+        to the queue). With ``remove_any``, also a container whose creation was cut short."""
+        host = self.host
+        runtime = host.runtime if host is not None else None
+        if runtime is not None:
+            with contextlib.suppress(EngineError, LinkError, OSError):
+                container = self.container_id
+                if container is None and remove_any:
+                    found = await runtime.find(self.id, self.row.log_base)
+                    container = found.id if found is not None else None
+                if container is not None:
+                    await runtime.remove(container)
         await self._remove_workspace()
 
     async def _remove_workspace(self) -> None:
@@ -551,4 +656,13 @@ class Runner:
         if host is not None and host.remote and host.transport is not None:
             with contextlib.suppress(LinkError):
                 await host.transport.remove_tree(host.work_dir(self.id, self.row.log_base))
-        workspace.remove(staging)
+        await asyncio.to_thread(workspace.remove, staging)
+
+
+async def _cancel_and_check(tasks: list[asyncio.Task[None]], what: str) -> None:
+    """Cancel helper tasks and wait for them; a failure of theirs is logged, never left unseen."""
+    for task in tasks:
+        task.cancel()
+    for result in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(result, Exception):
+            log.error("%s: a helper task failed: %r", what, result)

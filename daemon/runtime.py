@@ -58,6 +58,8 @@ class ContainerState:
     oom_killed: bool
     gpus: tuple[str, ...] = ()
     attempt: int = 0
+    started_at: str | None = None  # the engine's times, in the store's UTC form; None: not (yet) known
+    finished_at: str | None = None
 
 
 class Runtime(Protocol):

@@ -11,28 +11,19 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import aiosqlite
 
 from runyard.protocol.messages import Event
 
+from .lifecycle import ACTIVE_STATUSES, ALLOWED, TERMINAL
+from .record import COLUMNS, SELECT, ExecutionRow, column_values, encode_field, row_of
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
-ACTIVE_STATUSES: Final = ("created", "queued", "started", "stopping")
-TERMINAL: Final = frozenset({"complete", "error", "stopped"})
-
-# Which transitions are legal; anything else is a bug or a race we must refuse.
-ALLOWED: Final[dict[str, frozenset[str]]] = {
-    "created": frozenset({"queued", "stopped", "error"}),
-    "queued": frozenset({"started", "stopped", "error"}),
-    # started -> queued: its host was lost past the grace period and it may retry elsewhere
-    "started": frozenset({"complete", "error", "stopping", "stopped", "queued"}),
-    "stopping": frozenset({"stopped", "complete", "error"}),
-}
+__all__ = ["ACTIVE_STATUSES", "ALLOWED", "TERMINAL", "ExecutionRow", "Store", "StoreError", "utcnow"]
 
 
 class StoreError(Exception):
@@ -45,85 +36,6 @@ class SchemaTooNew(StoreError):
 
 def utcnow() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-@dataclass(slots=True)
-class ExecutionRow:
-    id: int
-    step: str
-    title: str | None
-    status: str
-    reason: str | None
-    owner: str
-    owner_uid: int
-    parameters: dict[str, Any]
-    inputs: dict[str, list[str]]
-    image: str
-    command: str
-    environment: dict[str, str]
-    snapshot: str
-    commit_ref: str | None
-    config_path: str
-    host: str | None
-    container_id: str | None
-    exit_code: int | None
-    priority: int
-    restarted_from: int | None
-    created_at: str
-    started_at: str | None
-    ended_at: str | None
-    metadata_offset: int
-    metadata_count: int
-    resources: dict[str, Any]  # pool, gpus, cpus, memory_mb, cpu_max, memory_max_mb
-    gpu_ids: list[str]
-    input_options: dict[str, dict[str, str]]  # input name -> filename, keep_directories
-    log_base: int = 0  # byte offset where the current attempt's log lines begin
-    retries: int = 0  # times it may still go back to the queue after losing its host
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL
-
-
-_COLUMNS: Final = (
-    "id, step, title, status, reason, owner, owner_uid, parameters, inputs, image, command, "
-    "environment, snapshot, commit_ref, config_path, host, container_id, exit_code, priority, "
-    "restarted_from, created_at, started_at, ended_at, metadata_offset, metadata_count, resources, gpu_ids, "
-    "input_options, log_base, retries"
-)
-
-
-def _row(r: Sequence[Any]) -> ExecutionRow:
-    return ExecutionRow(
-        id=r[0], step=r[1], title=r[2], status=r[3], reason=r[4], owner=r[5], owner_uid=r[6],
-        parameters=json.loads(r[7]), inputs=json.loads(r[8]), image=r[9], command=r[10],
-        environment=json.loads(r[11]), snapshot=r[12], commit_ref=r[13], config_path=r[14],
-        host=r[15], container_id=r[16], exit_code=r[17], priority=r[18], restarted_from=r[19],
-        created_at=r[20], started_at=r[21], ended_at=r[22], metadata_offset=r[23],
-        metadata_count=r[24], resources=json.loads(r[25]), gpu_ids=json.loads(r[26]),
-        input_options=json.loads(r[27]), log_base=r[28], retries=r[29],
-    )
-
-
-@dataclass(slots=True)
-class NewExecution:
-    step: str
-    title: str | None
-    owner: str
-    owner_uid: int
-    parameters: dict[str, Any]
-    inputs: dict[str, list[str]]
-    image: str
-    command: str
-    environment: dict[str, str]
-    snapshot: str
-    commit_ref: str | None
-    config_path: str
-    restarted_from: int | None = None
-    resources: dict[str, Any] = field(default_factory=dict)
-    priority: int = 0
-    input_options: dict[str, dict[str, str]] = field(default_factory=dict)
-    retries: int = 0
 
 
 class Store:
@@ -187,21 +99,15 @@ class Store:
 
     # -- executions ---------------------------------------------------------
 
-    async def create_execution(self, new: NewExecution, status: str = "queued") -> tuple[ExecutionRow, Event]:
+    async def create_execution(self, new: ExecutionRow, status: str = "queued") -> tuple[ExecutionRow, Event]:
+        """Record a new execution from ``new`` (its id, status and creation time are assigned here)."""
         now = utcnow()
+        new.status, new.created_at = status, now
+        names = [c for c in COLUMNS if c != "id"]
         async with self._tx():
             cur = await self.db.execute(
-                "INSERT INTO executions (step, title, status, owner, owner_uid, parameters, inputs, "
-                "image, command, environment, snapshot, commit_ref, config_path, restarted_from, "
-                "created_at, resources, priority, input_options, retries) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    new.step, new.title, status, new.owner, new.owner_uid,
-                    json.dumps(new.parameters), json.dumps(new.inputs), new.image, new.command,
-                    json.dumps(new.environment), new.snapshot, new.commit_ref, new.config_path,
-                    new.restarted_from, now, json.dumps(new.resources), new.priority,
-                    json.dumps(new.input_options), new.retries,
-                ),
+                f"INSERT INTO executions ({', '.join(names)}) VALUES ({','.join('?' * len(names))})",
+                column_values(new, names),
             )
             execution_id = int(cur.lastrowid or 0)
             event = await self._append_event(execution_id, "created", status, None, now)
@@ -210,9 +116,9 @@ class Store:
         return row, event
 
     async def get(self, execution_id: int) -> ExecutionRow | None:
-        async with self.db.execute(f"SELECT {_COLUMNS} FROM executions WHERE id = ?", (execution_id,)) as cur:
+        async with self.db.execute(f"SELECT {SELECT} FROM executions WHERE id = ?", (execution_id,)) as cur:
             r = await cur.fetchone()
-        return _row(r) if r else None
+        return row_of(r) if r else None
 
     async def list_executions(self, *, statuses: Iterable[str] = (), limit: int = 100,
                    before_id: int | None = None) -> list[ExecutionRow]:
@@ -225,20 +131,20 @@ class Store:
         if before_id is not None:
             where.append("id < ?")
             args.append(before_id)
-        sql = f"SELECT {_COLUMNS} FROM executions"
+        sql = f"SELECT {SELECT} FROM executions"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
         async with self.db.execute(sql, args) as cur:
-            return [_row(r) for r in await cur.fetchall()]
+            return [row_of(r) for r in await cur.fetchall()]
 
     async def active(self) -> list[ExecutionRow]:
         async with self.db.execute(
-            f"SELECT {_COLUMNS} FROM executions WHERE status IN (?,?,?,?) ORDER BY priority DESC, id",
+            f"SELECT {SELECT} FROM executions WHERE status IN (?,?,?,?) ORDER BY priority DESC, id",
             ACTIVE_STATUSES,
         ) as cur:
-            return [_row(r) for r in await cur.fetchall()]
+            return [row_of(r) for r in await cur.fetchall()]
 
     async def transition(self, execution_id: int, status: str, *, reason: str | None = None,
                          **fields: Any) -> tuple[ExecutionRow, Event] | None:
@@ -260,7 +166,7 @@ class Store:
             sets = ["status = ?", "reason = ?"] + [f"{k} = ?" for k in fields]
             await self.db.execute(
                 f"UPDATE executions SET {', '.join(sets)} WHERE id = ?",
-                (status, reason, *fields.values(), execution_id),
+                (status, reason, *(encode_field(k, v) for k, v in fields.items()), execution_id),
             )
             event = await self._append_event(execution_id, "status", status, reason, now)
         row = await self.get(execution_id)
@@ -268,10 +174,11 @@ class Store:
         return row, event
 
     async def update(self, execution_id: int, **fields: Any) -> None:
-        """Change fields that are not the status (container id, title, ...)."""
+        """Change fields that are not the status (container id, GPUs, a limit's reason ...)."""
         sets = ", ".join(f"{k} = ?" for k in fields)
         async with self._tx():
-            await self.db.execute(f"UPDATE executions SET {sets} WHERE id = ?", (*fields.values(), execution_id))
+            await self.db.execute(f"UPDATE executions SET {sets} WHERE id = ?",
+                                  (*(encode_field(k, v) for k, v in fields.items()), execution_id))
 
     async def rename(self, execution_id: int, title: str) -> Event:
         now = utcnow()
@@ -292,30 +199,23 @@ class Store:
             event = await self._append_event(execution_id, "deleted", "deleted", None, now)
         return event
 
-    async def requeue(self, execution_id: int, log_base: int, note: str) -> tuple[ExecutionRow, Event] | None:
-        """Put a started execution whose host was lost back in the queue, one retry fewer."""
-        result = await self.transition(execution_id, "queued", reason=note, host=None, gpu_ids="[]",
-                                       container_id=None, started_at=None, log_base=log_base,
-                                       retries=await self._retries(execution_id) - 1)
-        return result
+    async def place(self, placements: Sequence[tuple[int, str | None, Sequence[str]]]) -> set[int]:
+        """Record (or with host None, undo) where queued executions will run, before they are created
+        there; one transaction for a whole scheduling pass. Returns the ids recorded.
 
-    async def _retries(self, execution_id: int) -> int:
-        async with self.db.execute("SELECT retries FROM executions WHERE id = ?", (execution_id,)) as cur:
-            r = await cur.fetchone()
-        return int(r[0]) if r else 0
-
-    async def place(self, execution_id: int, host: str | None, gpu_ids: Sequence[str]) -> bool:
-        """Record (or with host None, undo) where a queued execution will run, before it is created there.
-
-        Recorded first so that after a crash the execution waits for that host to
-        say whether it has a container for it, instead of being run somewhere else too.
+        Recorded first so that after a crash an execution waits for that host to say
+        whether it has a container for it, instead of being run somewhere else too.
         """
+        done: set[int] = set()
         async with self._tx():
-            cur = await self.db.execute(
-                "UPDATE executions SET host = ?, gpu_ids = ? WHERE id = ? AND status = 'queued'",
-                (host, json.dumps(list(gpu_ids)), execution_id),
-            )
-            return cur.rowcount == 1
+            for execution_id, host, gpu_ids in placements:
+                cur = await self.db.execute(
+                    "UPDATE executions SET host = ?, gpu_ids = ? WHERE id = ? AND status = 'queued'",
+                    (host, json.dumps(list(gpu_ids)), execution_id),
+                )
+                if cur.rowcount == 1:
+                    done.add(execution_id)
+        return done
 
     async def host_admin(self) -> dict[str, str]:
         async with self.db.execute("SELECT name, admin FROM host_admin") as cur:

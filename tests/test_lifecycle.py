@@ -1,0 +1,304 @@
+"""The execution lifecycle: one state machine, one owner per execution, one record declaration.
+
+The unit tests pin what each event means in each state. The end-to-end tests take the
+cases that used to wedge an execution: work that vanished while the daemon was down
+(both runtimes), and what an abandoned attempt leaves on a host that comes back.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import dataclasses
+import os
+import signal
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from runyard.daemon import lifecycle
+from runyard.daemon.config import parse_config
+from runyard.daemon.core import Core
+from runyard.daemon.lifecycle import (
+    STAY,
+    Exited,
+    Failed,
+    HostLost,
+    LimitReached,
+    Move,
+    Started,
+    StopAsked,
+    Vanished,
+    decide,
+)
+from runyard.daemon.record import VIEW_NAMES, ExecutionRow, view_fields
+from runyard.daemon.store import Store
+from runyard.protocol import Client
+from runyard.protocol.methods import ExecutionView
+
+from .conftest import Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_for_status
+from .pool import free_port, make_client_key, start_hosts, wait_for_host
+from .test_pool import Pool, connect, make_pool
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# -- the state machine -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "reason", "retries", "event", "move"), [
+    ("queued", None, 0, Started(), Move("started")),
+    ("started", None, 0, Started(), STAY),  # reattached: already recorded
+    ("queued", None, 0, StopAsked(), Move("stopped", "stopped-before-start")),
+    ("created", None, 0, StopAsked(), Move("stopped", "stopped-before-start")),
+    ("started", None, 0, StopAsked(), Move("stopping", stop_container=True)),
+    ("stopping", None, 0, StopAsked(), Move(None, stop_container=True)),  # asked again
+    ("complete", None, 0, StopAsked(), STAY),
+    ("started", None, 0, Exited(0), Move("complete")),
+    ("started", None, 0, Exited(3), Move("error", "exit-code 3")),
+    ("started", None, 0, Exited(137, oom_killed=True), Move("error", "oom-killed")),
+    ("started", None, 0, Exited(lifecycle.PROCESS_LOST), Move("error", "process-lost")),
+    ("stopping", None, 0, Exited(143), Move("stopped")),
+    ("stopping", None, 0, Exited(0), Move("stopped")),
+    ("started", "time-limit", 0, Exited(143), Move("error", "time-limit")),
+    ("started", None, 0, LimitReached("no-output-timeout"), Move(None, "no-output-timeout", stop_container=True)),
+    ("stopping", None, 0, LimitReached("time-limit"), STAY),
+    # an engine restart ends a container with a signal: a host failure, retried if it may be
+    ("started", None, 1, Exited(137, engine_restarted=True), Move("queued", "host-lost, retrying", requeue=True)),
+    ("started", None, 0, Exited(143, engine_restarted=True), Move("error", "host-lost")),
+    ("started", None, 0, Exited(1, engine_restarted=True), Move("error", "exit-code 1")),
+    ("started", None, 2, HostLost(), Move("queued", "host-lost, retrying", requeue=True)),
+    ("started", None, 0, HostLost(), Move("error", "host-lost")),
+    ("stopping", None, 3, HostLost(), Move("stopped")),  # a stop asked is never undone by a retry
+    ("queued", None, 0, HostLost(), Move(None, unplace=True)),
+    ("started", None, 0, Vanished(), Move("error", "container-removed")),
+    ("stopping", None, 0, Vanished(), Move("stopped")),
+    ("queued", None, 0, Failed("image-missing"), Move("error", "image-missing")),
+    ("stopping", None, 0, Failed("runtime-error"), Move("stopped")),
+    ("error", "exit-code 1", 0, Vanished(), STAY),
+])
+def test_each_event_makes_one_move(status: str, reason: str | None, retries: int, event: lifecycle.Event,
+                                   move: Move) -> None:
+    assert decide(status, reason, retries, event) == move
+
+
+def test_every_move_is_legal() -> None:
+    events: list[lifecycle.Event] = [Started(), StopAsked(), Exited(0), Exited(1), Exited(137, engine_restarted=True),
+                                     LimitReached("time-limit"), HostLost(), Vanished(), Failed("x")]
+    for status in lifecycle.ACTIVE_STATUSES:
+        for retries in (0, 1):
+            for event in events:
+                move = decide(status, None, retries, event)
+                if move.status is not None and move.status != status:
+                    assert move.status in lifecycle.ALLOWED[status], (status, event, move)
+
+
+def _calls(path: Path, method: str) -> list[int]:
+    tree = ast.parse(path.read_text())
+    return [node.lineno for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == method]
+
+
+def test_only_owners_write_an_executions_state() -> None:
+    """Status changes are recorded by a runner, or by the scheduler's stop of an unplaced execution."""
+    writers = {p.name for p in (ROOT / "daemon").glob("*.py") if _calls(p, "transition")}
+    assert writers == {"runner.py", "core.py"}, writers
+    assert len(_calls(ROOT / "daemon" / "core.py", "transition")) == 1  # Core.stop, under the queue lock
+    # Nobody drives a runner through its private parts.
+    for path in (ROOT / "daemon").glob("*.py"):
+        if path.name == "runner.py":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                value = node.value
+                assert not (isinstance(value, ast.Name) and value.id == "runner"), (path.name, node.lineno)
+
+
+def test_the_record_is_declared_once() -> None:
+    """Every field a client sees comes from the row declaration, except the few worked out per view."""
+    computed = {"log_size", "metadata", "input_progress"}
+    shown = {name for name in VIEW_NAMES.values() if name is not None}
+    assert shown | computed == set(ExecutionView.__struct_fields__)
+    row = ExecutionRow(step="s", owner="o", owner_uid=1, image="i", command="c", snapshot="x" * 64,
+                       commit_ref="abc", gpu_ids=["GPU-1"], environment={"SECRET": "no"})
+    view = ExecutionView(**view_fields(row))
+    assert (view.commit, view.gpus) == ("abc", ["GPU-1"])
+    assert "environment" not in view_fields(row)  # the step's environment may hold tokens
+    assert {f.name for f in dataclasses.fields(ExecutionRow)} >= {"log_base", "metadata_offset"}
+
+
+# -- work that vanished while the daemon was down ---------------------------------------------
+
+
+@pytest.fixture
+def process_pool(tmp_path: Path, daemon_factory: type[Daemon]) -> object:
+    yield from make_pool(tmp_path, daemon_factory, host_c='runtime = "process"')
+
+
+def _remove_containers(execution_id: int) -> None:
+    ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=runyard.execution={execution_id}"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert ids, f"no container for execution {execution_id}"
+    subprocess.run(["docker", "rm", "-f", *ids], check=True, capture_output=True)
+
+
+def _remove_process(work: Path) -> None:
+    """What a host reboot with a wiped scratch disk does to a process-runtime execution."""
+    pid = int((work / ".runyard" / "wrapper.pid").read_text())
+    os.killpg(os.getpgid(pid), signal.SIGKILL)
+    subprocess.run(["rm", "-rf", str(work)], check=True)
+
+
+@pytest.mark.slow
+async def test_work_that_vanished_while_the_daemon_was_down_ends_and_frees_its_gpus(process_pool: Pool) -> None:
+    pool = process_pool
+    client = await connect(pool)
+    try:
+        running = await wait_for_status(client, (await submit_repo(client, pool.repo, "hold", gpus=1)).id,
+                                        {"started"})
+        stopping = await wait_for_status(client, (await submit_repo(client, pool.repo, "hold", gpus=1)).id,
+                                         {"started"})
+        plain = await wait_for_status(client, (await submit_repo(client, pool.repo, "hold", pool="cpu", gpus=0)).id,
+                                      {"started"})
+        # A stop asked while its host is away cannot reach the container: it stays "stopping".
+        assert stopping.host is not None
+        away = pool.hosts[stopping.host]
+        away.kill()
+        await wait_for_host(client, stopping.host, {"unreachable"})
+        assert run_cli(pool.daemon, "stop", str(stopping.id)).returncode == 0
+        assert (await client.get(stopping.id)).status == "stopping"
+    finally:
+        await client.close()
+    pool.daemon.kill9()
+    for e in (running, stopping):
+        _remove_containers(e.id)
+    _remove_process(pool.hosts["cpu-c"].root / "work" / pool.daemon.daemon_id / str(plain.id))
+    away.start()
+    pool.daemon.start()
+    client = await connect(pool)
+    try:
+        ended = {e.id: await wait_for_status(client, e.id, timeout=60) for e in (running, stopping, plain)}
+        assert (ended[running.id].status, ended[running.id].reason) == ("error", "container-removed")
+        assert ended[stopping.id].status == "stopped"
+        assert (ended[plain.id].status, ended[plain.id].reason) == ("error", "container-removed")
+        assert "removed behind runyard's back" in run_cli(pool.daemon, "logs", str(running.id)).stdout
+        holders = [g.execution for h in await client.hosts() for g in h.gpus if g.execution is not None]
+        assert holders == []
+        assert all(not h.executions for h in await client.hosts())
+        # and nothing is left running that a later stop would wait on forever
+        assert run_cli(pool.daemon, "stop", str(stopping.id)).returncode == 0
+        assert (await client.get(stopping.id)).status == "stopped"
+    finally:
+        await client.close()
+
+
+# -- an abandoned attempt on a host that comes back ------------------------------------------
+
+STEPS = (
+    step_yaml("hold", "while true; do echo alive; sleep 0.2; done")
+    + step_yaml("count", "for n in $(seq 0 39); do echo n=$n; sleep 0.1; done")
+)
+
+
+@pytest.mark.slow
+async def test_a_returning_host_loses_the_work_directory_of_an_abandoned_attempt(
+        tmp_path: Path, daemon_factory: type[Daemon]) -> None:
+    hosts, ssh = start_hosts(tmp_path, {"h1": None, "h2": None}, ssh_extra="""\
+        connect_timeout_seconds = 2
+        keepalive_seconds = 1
+        keepalive_count_max = 2
+        """)
+    config = ssh + "[scheduler]\nhost_lost_grace_seconds = 2\n" + "".join(
+        h.config(pool="p", extra="max_concurrent = 1") for h in hosts.values())
+    daemon = daemon_factory(local_extra="enabled = false", extra_config=config, stop_grace=1)
+    daemon.start()
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": STEPS})
+    try:
+        async with await Client.connect(daemon.socket) as client:
+            for name in hosts:
+                await wait_for_host(client, name, {"ready"})
+            e = await submit_repo(client, repo, "count", retries=1)
+            first = await wait_for_status(client, e.id, {"started"})
+            assert first.host is not None
+            lost, other = hosts[first.host], next(h for n, h in hosts.items() if n != first.host)
+            abandoned = lost.root / "work" / daemon.daemon_id / str(e.id)
+            assert abandoned.is_dir()
+            lost.kill()
+            assert (await wait_for_status(client, e.id, timeout=60)).status == "complete"
+            # Keep the other host busy, so the next execution can only go to the returning one,
+            # which takes nothing new before it has been reconciled.
+            busy = await wait_for_status(client, (await submit_repo(client, repo, "hold")).id, {"started"})
+            assert busy.host == other.name
+            lost.start()
+            probe = await wait_for_status(client, (await submit_repo(client, repo, "count")).id, timeout=60)
+            assert (probe.status, probe.host) == ("complete", lost.name)
+            assert not abandoned.exists(), sorted(p.name for p in abandoned.parent.iterdir())
+            assert run_cli(daemon, "stop", str(busy.id)).returncode == 0
+    finally:
+        for host in hosts.values():
+            host.kill()
+
+
+# -- a stop and a requeue cannot cross -------------------------------------------------------
+
+
+async def test_a_stop_is_never_lost_to_a_requeue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop that arrives while the execution's host is being given up is obeyed, not answered
+    "already ended" while the execution quietly goes back to the queue.
+
+    The old Core.stop read the row, then acted on what it read; here the read is held until the
+    owner has sent the execution back to the queue, which is the interleaving that lost the stop.
+    """
+    config = parse_config(textwrap.dedent(f"""\
+        [daemon]
+        socket = "{tmp_path}/s"
+        data_dir = "{tmp_path}/data"
+        [local]
+        enabled = false
+        [scheduler]
+        host_lost_grace_seconds = 0.5
+        [ssh]
+        known_hosts = "{tmp_path}/known_hosts"
+        connect_timeout_seconds = 1
+        reconnect_min_seconds = 0.2
+        [[hosts]]
+        name = "far"
+        address = "127.0.0.1"
+        port = {free_port()}
+        user = "root"
+        identity = "{make_client_key(tmp_path)}"
+        """))
+    store = await Store.open(tmp_path / "db.sqlite3")
+    row, _ = await store.create_execution(ExecutionRow(step="s", owner="root", owner_uid=0, image="i", command="c",
+                                                       snapshot="0" * 64, retries=1))
+    await store.place([(row.id, "far", ())])
+    await store.transition(row.id, "started", host="far", container_id="c0ffee")
+    core = Core(config, store)
+    events, watch = core.hub.subscribe(), core.hub.subscribe()
+    await core.start()
+    try:
+        real_get = core.get
+
+        async def read_then_requeue(execution_id: int) -> ExecutionRow:
+            seen = await real_get(execution_id)
+            while (event := await watch.queue.get()).execution_id != execution_id or event.status != "queued":
+                pass
+            return seen
+
+        monkeypatch.setattr(core, "get", read_then_requeue)
+        stop = asyncio.create_task(core.stop(row.id))
+        ended = None
+        while ended is None:
+            event = await asyncio.wait_for(events.queue.get(), 20)
+            if event.execution_id == row.id and event.status in lifecycle.TERMINAL:
+                ended = event.status
+            if event.execution_id == row.id and event.status == "queued":
+                break  # the requeue won: the old behaviour
+        assert await asyncio.wait_for(stop, 20) is True
+        current = await store.get(row.id)
+        assert current is not None and current.status == "stopped", current.status
+    finally:
+        await core.shutdown()
+        await store.close()

@@ -438,3 +438,34 @@ def test_outputs_pointing_outside_are_refused_not_followed(daemon: Daemon, tmp_p
     assert "output refused: passwd (symlink pointing outside the outputs directory)" in log
     assert "output refused: up (symlink pointing outside the outputs directory)" in log
     assert not any(p.name == "passwd" for p in (daemon.data_dir / "outputs").rglob("*"))
+
+
+async def test_a_local_input_is_copied_from_the_file_that_was_checked(tmp_path: Path) -> None:
+    """The path swapped for a link to a secret once the check is done: what reaches the workspace is
+    still the file that was checked (opened once, copied from that descriptor), never the secret."""
+    from runyard.daemon import inputs
+    from runyard.daemon.outputs import LocalOutputStore
+
+    from .test_users import _private_files, ensure_users
+
+    users = ensure_users()
+    alice, bob = users["ryalice"], users["rybob"]
+    own, link, secret = _private_files(alice, bob)
+    try:
+        fetcher = inputs.InputFetcher(tmp_path / "cache", LocalOutputStore(tmp_path / "outputs"))
+        with pytest.raises(inputs.InputError, match="you may not read this file"):
+            await fetcher.fetch(str(link), alice.pw_uid)
+        files = await fetcher.fetch(str(own), alice.pw_uid)
+        own.unlink()
+        own.symlink_to(secret)  # after the check, before the copy into the workspace
+        for link_ok in (True, False):
+            work = tmp_path / f"work-{link_ok}"
+            inputs.place({"data": files}, work, "/valohai", link=link_ok)
+            placed = work / "inputs" / "data" / "mine.txt"
+            assert not placed.is_symlink() and placed.read_text() == "alice's own data\n"
+        assert files[0].size == len("alice's own data\n") and files[0].source != own
+        # The link itself (in alice's folder, to bob's) is refused on every later try as well.
+        with pytest.raises(inputs.InputError, match="you may not read this file"):
+            await fetcher.fetch(str(own), alice.pw_uid)
+    finally:
+        shutil.rmtree(own.parent.parent)

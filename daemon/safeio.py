@@ -163,11 +163,12 @@ def open_beneath(root: int, rel: str) -> int:
             os.close(cur)
 
 
-def walk(root: int) -> Iterator[tuple[str, str | None]]:
-    """Every entry under directory descriptor ``root``: (relative path, None) for a regular file,
-    (relative path, why not) for anything else. Folders are entered by descriptor, never through a link."""
+def walk(root: int) -> Iterator[tuple[str, os.stat_result, str | None]]:
+    """Every entry under directory descriptor ``root`` but folders: (relative path, lstat, None) for a
+    regular file, (relative path, lstat, why not) for anything else. Folders are entered by descriptor,
+    never through a link."""
 
-    def entries(fd: int, prefix: str) -> Iterator[tuple[str, str | None]]:
+    def entries(fd: int, prefix: str) -> Iterator[tuple[str, os.stat_result, str | None]]:
         for name in sorted(os.listdir(fd)):
             rel = f"{prefix}{name}"
             try:
@@ -175,21 +176,21 @@ def walk(root: int) -> Iterator[tuple[str, str | None]]:
             except FileNotFoundError:
                 continue
             if stat.S_ISLNK(st.st_mode):
-                yield rel, "symlink, not followed"
+                yield rel, st, "symlink, not followed"
             elif stat.S_ISDIR(st.st_mode):
                 try:
                     sub = os.open(name, _DIR, dir_fd=fd)
                 except OSError:
-                    yield rel, "a folder that changed while being read; not followed"
+                    yield rel, st, "a folder that changed while being read; not followed"
                     continue
                 try:
                     yield from entries(sub, f"{rel}/")
                 finally:
                     os.close(sub)
             elif stat.S_ISREG(st.st_mode):
-                yield rel, None
+                yield rel, st, None
             else:
-                yield rel, "not a regular file"
+                yield rel, st, "not a regular file"
 
     yield from entries(root, "")
 

@@ -424,7 +424,7 @@ async def test_input_download_progress_is_pushed_as_events(daemon: Daemon, http_
         assert done.status == "complete" and done.input_progress is None
 
 
-def test_outputs_pointing_outside_are_refused_not_followed(daemon: Daemon, tmp_path: Path) -> None:
+def test_output_links_are_refused_not_followed(daemon: Daemon, tmp_path: Path) -> None:
     steps = step_yaml("escape", ['echo fine > $VH_OUTPUTS_DIR/ok.txt',
                                  "ln -s /etc/passwd $VH_OUTPUTS_DIR/passwd",
                                  "ln -s ../../.. $VH_OUTPUTS_DIR/up",
@@ -433,10 +433,10 @@ def test_outputs_pointing_outside_are_refused_not_followed(daemon: Daemon, tmp_p
     result = run_cli(daemon, "run", "escape", "--watch", cwd=repo)
     assert result.returncode == 0, result.stderr
     outputs = sorted(o["path"] for o in json.loads(run_cli(daemon, "outputs", "1", "--json").stdout))
-    assert outputs == ["alias.txt", "ok.txt"]  # a link inside the outputs is fine
+    assert outputs == ["ok.txt"]  # a link is never followed, wherever it points
     log = run_cli(daemon, "logs", "1").stdout
-    assert "output refused: passwd (symlink pointing outside the outputs directory)" in log
-    assert "output refused: up (symlink pointing outside the outputs directory)" in log
+    for name in ("passwd", "up", "alias.txt"):
+        assert f"output refused: {name} (symlink, not followed)" in log
     assert not any(p.name == "passwd" for p in (daemon.data_dir / "outputs").rglob("*"))
 
 
@@ -469,3 +469,55 @@ async def test_a_local_input_is_copied_from_the_file_that_was_checked(tmp_path: 
             await fetcher.fetch(str(own), alice.pw_uid)
     finally:
         shutil.rmtree(own.parent.parent)
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two names atomically (renameat2 RENAME_EXCHANGE): each always names something."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) != 0:  # AT_FDCWD, RENAME_EXCHANGE
+        raise OSError(ctypes.get_errno(), "renameat2")
+
+
+async def test_outputs_swapped_for_links_while_being_collected_never_leak(tmp_path: Path) -> None:
+    """A running container swaps an output (and a folder above one) for links into the host as fast as
+    it can while the store collects: the host's file never reaches the store."""
+    from runyard.daemon.outputs import LocalOutputStore
+
+    decoy, secret = b"decoy weights\n", b"HOST SECRET!!\n"  # the same size: a leak would look unchanged
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "f.pt").write_bytes(secret)
+    out = tmp_path / "outputs"
+    out.mkdir()
+    pairs = []
+    for i in range(4):
+        (out / f"d{i}").mkdir()
+        (out / f"d{i}" / "f.pt").write_bytes(decoy)
+        (out / f"d{i}.swap").symlink_to(host)
+        (out / f"g{i}.pt").write_bytes(decoy)
+        (out / f"g{i}.swap").symlink_to(host / "f.pt")
+        pairs += [(out / f"d{i}", out / f"d{i}.swap"), (out / f"g{i}.pt", out / f"g{i}.swap")]
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            for a, b in pairs:
+                _exchange(a, b)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    store = LocalOutputStore(tmp_path / "store")
+    stored = 0
+    try:
+        for execution_id in range(400):
+            collected = await store.collect(execution_id, out, only={f"d{i}/f.pt" for i in range(4)}
+                                            | {f"g{i}.pt" for i in range(4)})
+            stored += len(collected.files)
+    finally:
+        stop.set()
+        swapper.join()
+    leaked = [p for p in (tmp_path / "store").rglob("*") if p.is_file() and p.read_bytes() == secret]
+    assert leaked == []
+    assert stored > 0  # it did collect the real files whenever they stood still

@@ -521,3 +521,87 @@ async def test_outputs_swapped_for_links_while_being_collected_never_leak(tmp_pa
     leaked = [p for p in (tmp_path / "store").rglob("*") if p.is_file() and p.read_bytes() == secret]
     assert leaked == []
     assert stored > 0  # it did collect the real files whenever they stood still
+
+
+SWAPPER = """\
+import ctypes, os, sys
+out, host = os.environ["VH_OUTPUTS_DIR"], sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+
+def exchange(a, b):
+    assert libc.renameat2(-100, a.encode(), -100, b.encode(), 2) == 0  # AT_FDCWD, RENAME_EXCHANGE
+
+os.makedirs(f"{out}/d")
+for path in (f"{out}/d/f.pt", f"{out}/g.pt"):
+    with open(path, "wb") as fh:
+        fh.write(b"decoy weights\\n")
+    os.chmod(path, 0o444)  # a live output: the daemon stores it while this runs
+os.symlink(host, f"{out}/d.swap")
+os.symlink(f"{host}/f.pt", f"{out}/g.swap")
+for _ in range(100000):
+    exchange(f"{out}/d", f"{out}/d.swap")
+    exchange(f"{out}/g.pt", f"{out}/g.swap")
+for name in ("d", "g.pt"):  # and at the end the outputs are links into the host
+    if not os.path.islink(f"{out}/{name}"):
+        exchange(f"{out}/{name}", f"{out}/{name.split('.')[0]}.swap")
+print("swapped")
+"""
+
+
+def test_a_container_swapping_outputs_for_host_links_gets_nothing_from_the_host(daemon: Daemon,
+                                                                               tmp_path: Path) -> None:
+    secret = b"HOST SECRET!!\n"  # as long as the decoy: a leak would pass for the output unchanged
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "f.pt").write_bytes(secret)
+    steps = step_yaml("swap", f"python3 swap.py {host}")
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": steps, "swap.py": SWAPPER})
+    result = run_cli(daemon, "run", "swap", "--watch", cwd=repo)
+    assert result.returncode == 0, result.stderr
+    log = run_cli(daemon, "logs", "1").stdout
+    assert "swapped" in log
+    for name in ("d", "g.pt"):  # their real files now stand under the .swap names
+        assert f"output refused: {name} (symlink, not followed)" in log
+    leaked = [p for p in (daemon.data_dir / "outputs").rglob("*") if p.is_file() and p.read_bytes() == secret]
+    assert leaked == []
+
+
+async def test_outputs_from_an_ssh_host_are_read_without_following_links(tmp_path: Path) -> None:
+    """The SSH side of the same: a link to a host file, a folder link, a FIFO in the outputs."""
+    import asyncssh
+
+    from runyard.daemon.outputs import LocalOutputStore
+    from runyard.daemon.transport import SshTransport
+
+    from .pool import start_lone_host
+
+    host, _, known = start_lone_host(tmp_path)
+    secret_dir = tmp_path / "host-secrets"
+    secret_dir.mkdir()
+    (secret_dir / "key").write_text("HOST SECRET\n")
+    out = tmp_path / "work" / "1-0" / "outputs"
+    (out / "sub").mkdir(parents=True)
+    (out / "ok.pt").write_text("weights\n")
+    (out / "sub" / "deep.pt").write_text("deeper\n")
+    (out / "leak.pt").symlink_to(secret_dir / "key")
+    (out / "dirlink").symlink_to(secret_dir)
+    os.mkfifo(out / "pipe")  # opening it to read would wait for a writer for ever
+    try:
+        async with asyncssh.connect("127.0.0.1", port=host.port, username="root", client_keys=[str(host.client_key)],
+                                    known_hosts=str(known)) as conn:
+            transport = SshTransport(conn, host.name)
+            live = tmp_path / "staging-live"
+            await asyncio.wait_for(transport.get_files(
+                str(out), ["ok.pt", "leak.pt", "dirlink/key", "sub/deep.pt", "pipe"], live), 60)
+            assert sorted(p.relative_to(live).as_posix() for p in live.rglob("*") if p.is_file()) == [
+                "ok.pt", "sub/deep.pt"]
+            end = tmp_path / "staging-end"
+            await asyncio.wait_for(transport.get_tree(str(out), end), 60)
+        collected = await LocalOutputStore(tmp_path / "store").collect(1, end)
+        assert sorted(rel for rel, _, _ in collected.files) == ["ok.pt", "sub/deep.pt"]
+        assert {"leak.pt (symlink, not followed)", "dirlink (symlink, not followed)"} <= set(collected.refused)
+        for place in (live, end, tmp_path / "store"):
+            assert not any(p.is_file() and not p.is_symlink() and b"HOST SECRET" in p.read_bytes()
+                           for p in place.rglob("*"))
+    finally:
+        host.kill()

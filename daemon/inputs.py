@@ -139,9 +139,9 @@ class InputFetcher:
         uri = f"s3://{bucket}/{key}"
         entry = self.cache_root / hashlib.sha256(uri.encode()).hexdigest()
         async with self._locks.setdefault(uri, asyncio.Lock()):
-            meta = _meta(entry)
-            if meta.get("etag") == etag and (entry / "data").exists():
-                os.utime(entry)
+            meta = await asyncio.to_thread(_usable, entry)
+            if meta.get("etag") == etag:
+                await asyncio.to_thread(os.utime, entry)
                 return _cached(entry, uri, meta)
             response = await s3.get_object(Bucket=bucket, Key=key)
             return await self._fill(entry, uri, response["Body"].iter_chunks(1 << 20), size, progress,
@@ -234,7 +234,7 @@ class InputFetcher:
                 raise InputError(url, missing if exc.detail == "no such key" else exc.detail) from None
             return [dataclasses.replace(f, uri=url) for f in found]
         path = Path(where)
-        if not path.is_file():
+        if not await asyncio.to_thread(path.is_file):
             raise InputError(url, missing)
         size, sha = await asyncio.to_thread(size_and_sha256, path)
         return [InputFile(PurePosixPath(name).name, path, url, size, sha)]
@@ -270,9 +270,9 @@ class InputFetcher:
     async def _http(self, url: str, progress: Progress | None = None) -> InputFile:
         entry = self.cache_root / hashlib.sha256(url.encode()).hexdigest()
         async with self._locks.setdefault(url, asyncio.Lock()):  # one download for two executions asking
-            meta = _meta(entry)
+            meta = await asyncio.to_thread(_usable, entry)
             headers = {}
-            if meta and (entry / "data").exists():
+            if meta:
                 if meta.get("etag"):
                     headers["If-None-Match"] = str(meta["etag"])
                 if meta.get("last_modified"):
@@ -283,7 +283,7 @@ class InputFetcher:
                     url, headers=headers
                 ) as response:
                     if response.status == 304 and meta:
-                        os.utime(entry)  # recently used: the last to be evicted
+                        await asyncio.to_thread(os.utime, entry)  # recently used: the last to be evicted
                         return _cached(entry, url, meta)
                     if response.status != 200:
                         raise InputError(url, f"HTTP {response.status} {response.reason or ''}".strip())
@@ -306,6 +306,11 @@ def _commit_part(entry: Path, part: Path, meta: dict[str, Any]) -> None:
     part.chmod(0o444)  # placed by hard link: a run must not change the cached copy
     part.replace(entry / "data")
     (entry / "meta.json").write_text(json.dumps(meta))
+
+
+def _usable(entry: Path) -> dict[str, Any]:
+    """A cache entry's meta when its data is there too, else nothing."""
+    return _meta(entry) if (entry / "data").exists() else {}
 
 
 def _meta(entry: Path) -> dict[str, Any]:

@@ -237,8 +237,8 @@ class SshTransport:
     async def _receive_tar(self, command: str, local: Path, name_of: Callable[[str], str | None], *,
                            links: bool) -> tuple[int, list[str]]:
         """Run ``command`` (a shell line writing one tar archive) and unpack it under ``local``:
-        regular files, and with ``links`` symlinks as symlinks (so the collection can refuse them
-        by name); nothing else. Its exit status and the paths written."""
+        regular files, and with ``links`` symlinks as symlinks and other files as FIFOs (so the
+        collection can refuse them by name); nothing else. Its exit status and the paths written."""
         await self._need_gnu_tar()
         try:
             proc = await self.conn.create_process(command, encoding=None, stdin=asyncssh.DEVNULL)
@@ -532,7 +532,8 @@ def _drop_local(local: Path, rel: str) -> None:
 
 
 def _unpack(pipe: _Pipe, local: Path, name_of: Callable[[str], str | None], links: bool) -> list[str]:
-    """Regular files (and with ``links`` symlinks, as links) from the tar stream in ``pipe``, under ``local``."""
+    """Regular files (and with ``links`` symlinks as links, devices and FIFOs as FIFOs) from the tar
+    stream in ``pipe``, under ``local``."""
     written: list[str] = []
     try:
         with tarfile.open(fileobj=io.BufferedReader(pipe, 1 << 20), mode="r|") as tar:
@@ -566,8 +567,13 @@ def _unpack(pipe: _Pipe, local: Path, name_of: Callable[[str], str | None], link
                     if target is not None:
                         target.unlink(missing_ok=True)
                         os.symlink(member.linkname, target)
-                elif not member.isdir():
-                    log.warning("output %s is not a regular file (tar type %r); not copied", rel, member.type)
+                elif links and not member.isdir():
+                    # A device or FIFO: a FIFO stands for it here (never opened), so the
+                    # collection notes it by name as not a regular file.
+                    target = _local_target(local, rel)
+                    if target is not None:
+                        target.unlink(missing_ok=True)
+                        os.mkfifo(target, 0o600)
     except tarfile.TarError as exc:  # cut short: the exit status says why
         log.debug("tar stream ended: %s", exc)
     finally:

@@ -101,7 +101,7 @@ def _read_output(source: Path, rel: str) -> str:
 def walk_outputs(source: Path) -> tuple[list[tuple[str, Path]], list[str]]:
     """Every regular file under ``source`` as (relative path, path), and what was refused and why.
 
-    The paths are names for the caller: files are opened with ``_open_output``, never by path.
+    The paths are names for the caller: files are opened beneath ``source`` (``_Opened``), never by path.
     """
     files: list[tuple[str, Path]] = []
     refused: list[str] = []

@@ -14,20 +14,19 @@ import dataclasses
 import hashlib
 import json
 import os
-import pwd
 import re
 import shutil
-import stat
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 import aioboto3
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
+from . import safeio
 from .outputs import OutputError, OutputStore, size_and_sha256
 
 Progress = Callable[[int, int | None], None]  # bytes done, bytes in all (None: unknown)
@@ -59,28 +58,11 @@ def file_name(url: str) -> str:
 
 def readable_by(path: Path, uid: int) -> bool:
     """Whether user ``uid`` could read ``path`` themselves (the daemon may run as root)."""
-    if uid == 0:
-        return True
     try:
-        user = pwd.getpwuid(uid)
-        groups = set(os.getgrouplist(user.pw_name, user.pw_gid))
-    except KeyError:
-        groups = set()
-
-    def allowed(st: os.stat_result, owner_bit: int, group_bit: int, other_bit: int) -> bool:
-        if st.st_uid == uid:
-            return bool(st.st_mode & owner_bit)
-        if st.st_gid in groups:
-            return bool(st.st_mode & group_bit)
-        return bool(st.st_mode & other_bit)
-
-    try:
-        for parent in reversed(path.parents):
-            if not allowed(os.stat(parent), stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH):
-                return False
-        return allowed(os.stat(path), stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
-    except OSError:
+        os.close(safeio.open_as_user(str(path), uid))
+    except safeio.Unsafe:
         return False
+    return True
 
 
 class InputFetcher:
@@ -157,9 +139,9 @@ class InputFetcher:
         uri = f"s3://{bucket}/{key}"
         entry = self.cache_root / hashlib.sha256(uri.encode()).hexdigest()
         async with self._locks.setdefault(uri, asyncio.Lock()):
-            meta = _meta(entry)
-            if meta.get("etag") == etag and (entry / "data").exists():
-                os.utime(entry)
+            meta = await asyncio.to_thread(_usable, entry)
+            if meta.get("etag") == etag:
+                await asyncio.to_thread(os.utime, entry)
                 return _cached(entry, uri, meta)
             response = await s3.get_object(Bucket=bucket, Key=key)
             return await self._fill(entry, uri, response["Body"].iter_chunks(1 << 20), size, progress,
@@ -168,24 +150,41 @@ class InputFetcher:
     async def _fill(self, entry: Path, uri: str, chunks: AsyncIterator[bytes], expected: int | None,
                     progress: Progress | None, meta: dict[str, Any]) -> InputFile:
         """Stream a download into cache entry ``entry``; ``meta`` (name, validators) is kept beside it."""
-        entry.mkdir(parents=True, exist_ok=True)
         part = entry / "data.part"
+        fh = await asyncio.to_thread(_open_part, entry, part)
         digest = hashlib.sha256()
         size = 0
-        with part.open("wb") as fh:
+
+        def sink(block: bytes) -> None:
+            fh.write(block)
+            digest.update(block)
+
+        # Hashing and writing a block happen in a worker thread while the next block arrives:
+        # the loop only hands blocks over, and the blocks stay in order (one write at a time).
+        loop = asyncio.get_running_loop()
+        writing: asyncio.Future[None] | None = None
+        try:
             async for block in chunks:
-                fh.write(block)
-                digest.update(block)
+                if writing is not None:
+                    await asyncio.shield(writing)
+                writing = loop.run_in_executor(None, sink, block)
                 size += len(block)
                 if progress is not None:
                     progress(size, expected)
+            if writing is not None:
+                await asyncio.shield(writing)
+        finally:
+            if writing is not None:
+                # The worker may still hold the file (a cancelled download): it finishes before the close.
+                await asyncio.wait([writing])
+                if not writing.cancelled():
+                    writing.exception()  # raised above already where it mattered
+            await asyncio.to_thread(fh.close)
         if expected is not None and size != expected:
             raise InputError(uri, f"transfer cut short ({size} of {expected} bytes)")
-        part.chmod(0o444)  # placed by hard link: a run must not change the cached copy
-        part.replace(entry / "data")
         self.fetches += 1
         meta = {**meta, "size": size, "sha256": digest.hexdigest()}
-        (entry / "meta.json").write_text(json.dumps(meta))
+        await asyncio.to_thread(_commit_part, entry, part, meta)
         await asyncio.to_thread(self.evict, entry)
         return _cached(entry, uri, meta)
 
@@ -235,27 +234,45 @@ class InputFetcher:
                 raise InputError(url, missing if exc.detail == "no such key" else exc.detail) from None
             return [dataclasses.replace(f, uri=url) for f in found]
         path = Path(where)
-        if not path.is_file():
+        if not await asyncio.to_thread(path.is_file):
             raise InputError(url, missing)
         size, sha = await asyncio.to_thread(size_and_sha256, path)
         return [InputFile(PurePosixPath(name).name, path, url, size, sha)]
 
     def _local(self, url: str, owner_uid: int) -> InputFile:
-        path = Path(unquote(urlsplit(url).path) if url.startswith("file:") else url)
-        if not path.is_absolute():
-            raise InputError(url, "a path on the daemon's machine must be absolute")
-        if not path.is_file():
-            raise InputError(url, "no such file on the daemon's machine")
-        if not readable_by(path, owner_uid):
-            raise InputError(url, "you may not read this file")
-        return InputFile(path.name, path, url, *size_and_sha256(path))
+        """A path on this machine, read as its submitter could: opened once, checked and copied from that
+        descriptor into the cache, so what runs is what was checked (never the path opened again)."""
+        path = unquote(urlsplit(url).path) if url.startswith("file:") else url
+        try:
+            fd = safeio.open_as_user(path, owner_uid)
+        except safeio.Unsafe as exc:
+            raise InputError(url, str(exc)) from None
+        try:
+            st = os.fstat(fd)
+            # The same file unchanged (the kernel moves ctime on every write) is copied once.
+            key = f"file:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+            entry = self.cache_root / hashlib.sha256(key.encode()).hexdigest()
+            meta = _meta(entry)
+            if meta.get("key") == key and (entry / "data").exists():
+                os.utime(entry)
+            else:
+                entry.mkdir(parents=True, exist_ok=True)
+                size, sha = safeio.copy_hashing(fd, entry / "data")
+                (entry / "data").chmod(0o444)  # placed by hard link: a run must not change the cached copy
+                meta = {"name": PurePosixPath(path).name or "download", "key": key, "size": size, "sha256": sha}
+                (entry / "meta.json").write_text(json.dumps(meta))
+                self.evict(entry)
+        finally:
+            os.close(fd)
+        # The name the user wrote (one file may be reached under several names).
+        return dataclasses.replace(_cached(entry, url, meta), name=PurePosixPath(path).name or "download")
 
     async def _http(self, url: str, progress: Progress | None = None) -> InputFile:
         entry = self.cache_root / hashlib.sha256(url.encode()).hexdigest()
         async with self._locks.setdefault(url, asyncio.Lock()):  # one download for two executions asking
-            meta = _meta(entry)
+            meta = await asyncio.to_thread(_usable, entry)
             headers = {}
-            if meta and (entry / "data").exists():
+            if meta:
                 if meta.get("etag"):
                     headers["If-None-Match"] = str(meta["etag"])
                 if meta.get("last_modified"):
@@ -266,7 +283,7 @@ class InputFetcher:
                     url, headers=headers
                 ) as response:
                     if response.status == 304 and meta:
-                        os.utime(entry)  # recently used: the last to be evicted
+                        await asyncio.to_thread(os.utime, entry)  # recently used: the last to be evicted
                         return _cached(entry, url, meta)
                     if response.status != 200:
                         raise InputError(url, f"HTTP {response.status} {response.reason or ''}".strip())
@@ -278,6 +295,22 @@ class InputFetcher:
                 raise InputError(url, f"cannot download: {exc}") from None
             except TimeoutError:
                 raise InputError(url, "download timed out") from None
+
+
+def _open_part(entry: Path, part: Path) -> BinaryIO:
+    entry.mkdir(parents=True, exist_ok=True)
+    return part.open("wb")
+
+
+def _commit_part(entry: Path, part: Path, meta: dict[str, Any]) -> None:
+    part.chmod(0o444)  # placed by hard link: a run must not change the cached copy
+    part.replace(entry / "data")
+    (entry / "meta.json").write_text(json.dumps(meta))
+
+
+def _usable(entry: Path) -> dict[str, Any]:
+    """A cache entry's meta when its data is there too, else nothing."""
+    return _meta(entry) if (entry / "data").exists() else {}
 
 
 def _meta(entry: Path) -> dict[str, Any]:

@@ -1,12 +1,17 @@
 """The outputs store: a local directory, one folder per execution, or an S3 bucket.
 
-Files are collected from the execution's outputs directory after it ends. A
-symlink that points outside that directory is refused rather than followed.
+Files are collected from the execution's outputs directory after it ends (and
+while it runs, for live outputs). A container may still be changing that
+directory, so nothing in it is opened by path: each file is reached from the
+outputs folder's descriptor without following any link (safeio.open_beneath),
+checked to be a regular file, and copied and hashed from that descriptor. A
+symlink, a device or a FIFO is refused with a note, never followed or read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import os
@@ -18,6 +23,8 @@ from typing import Any, Protocol
 
 import aioboto3
 from botocore.exceptions import BotoCoreError, ClientError
+
+from . import safeio
 
 
 class OutputError(Exception):
@@ -35,12 +42,13 @@ METADATA_JSONL = "valohai.metadata.jsonl"
 SIDECAR = ".metadata.json"
 
 
-def split_properties(files: list[tuple[str, Path]]) -> tuple[list[tuple[str, Path]], dict[str, dict[str, Any]],
-                                                              list[str]]:
+def split_properties(files: list[tuple[str, Path]], source: Path) -> tuple[list[tuple[str, Path]],
+                                                                          dict[str, dict[str, Any]], list[str]]:
     """Take Valohai's metadata files out of the outputs and read the properties they give.
 
     `valohai.metadata.jsonl` in the outputs root has one {"file": ..., "metadata": {...}}
     per line; `<file>.metadata.json` sits beside its file. Neither is an output itself.
+    Both are read from under ``source`` without following links.
     """
     names = {rel for rel, _ in files}
     properties: dict[str, dict[str, Any]] = {}
@@ -48,7 +56,12 @@ def split_properties(files: list[tuple[str, Path]]) -> tuple[list[tuple[str, Pat
     kept: list[tuple[str, Path]] = []
     for rel, path in files:
         if rel == METADATA_JSONL:
-            for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            try:
+                text = _read_output(source, rel)
+            except (safeio.Unsafe, OSError) as exc:
+                problems.append(f"{rel}: {exc}")
+                continue
+            for number, line in enumerate(text.splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
@@ -62,10 +75,10 @@ def split_properties(files: list[tuple[str, Path]]) -> tuple[list[tuple[str, Pat
                 properties.setdefault(target, {}).update(values)
         elif rel.endswith(SIDECAR) and rel[: -len(SIDECAR)] in names:
             try:
-                values = json.loads(path.read_text(errors="replace"))
+                values = json.loads(_read_output(source, rel))
                 if not isinstance(values, dict):
                     raise TypeError
-            except (ValueError, TypeError):
+            except (safeio.Unsafe, OSError, ValueError, TypeError):
                 problems.append(f"{rel}: not a JSON object")
                 continue
             properties.setdefault(rel[: -len(SIDECAR)], {}).update(values)
@@ -75,54 +88,64 @@ def split_properties(files: list[tuple[str, Path]]) -> tuple[list[tuple[str, Pat
     return kept, {k: v for k, v in properties.items() if k in kept_names}, problems
 
 
-def _copy_hashing(src: Path, dst: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".runyard-part")
-    with src.open("rb") as fin, tmp.open("wb") as fout:
-        while block := fin.read(1 << 20):
-            digest.update(block)
-            fout.write(block)
-            size += len(block)
-    tmp.replace(dst)
-    return size, digest.hexdigest()
+def _read_output(source: Path, rel: str) -> str:
+    root = safeio.open_dir(source)
+    try:
+        fd = safeio.open_beneath(root, rel)
+    finally:
+        os.close(root)
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read().decode("utf-8", "replace")
 
 
 def walk_outputs(source: Path) -> tuple[list[tuple[str, Path]], list[str]]:
-    """Every regular file under ``source`` as (relative path, path), and what was refused and why."""
+    """Every regular file under ``source`` as (relative path, path), and what was refused and why.
+
+    The paths are names for the caller: files are opened beneath ``source`` (``_Opened``), never by path.
+    """
     files: list[tuple[str, Path]] = []
     refused: list[str] = []
-    if not source.is_dir():
+    try:
+        root = safeio.open_dir(source)
+    except FileNotFoundError:
         return files, refused
-    source_real = source.resolve()
-    for dirpath, dirnames, filenames in os.walk(source):
-        base = Path(dirpath)
-        for name in sorted(filenames) + [d for d in dirnames if (base / d).is_symlink()]:
-            path = base / name
-            rel = path.relative_to(source).as_posix()
-            if path.is_symlink():
-                real = path.resolve()
-                if not real.is_relative_to(source_real) or not real.is_file():
-                    refused.append(f"{rel} (symlink pointing outside the outputs directory)")
-                    continue
-            elif not path.is_file():
-                refused.append(f"{rel} (not a regular file)")
-                continue
-            files.append((rel, path))
-    return sorted(files), refused
+    except OSError as exc:  # the outputs folder itself made a link, or a file
+        return files, [f"{source.name} ({'symlink, not followed' if exc.errno == errno.ELOOP else exc.strerror})"]
+    try:
+        for rel, _, why in safeio.walk(root):
+            if why is None:
+                files.append((rel, source / rel))
+            else:
+                refused.append(f"{rel} ({why})")
+    finally:
+        os.close(root)
+    return files, refused
 
 
-def _chosen(files: list[tuple[str, Path]], only: Collection[str] | None,
-            skip: Mapping[str, int] | None) -> list[tuple[str, Path]]:
-    chosen = []
-    for rel, path in files:
-        if only is not None and rel not in only:
-            continue
-        if skip and rel in skip and path.stat().st_size == skip[rel]:
-            continue
-        chosen.append((rel, path))
-    return chosen
+class _Opened:
+    """The outputs folder, opened once for a collection; files are opened beneath it."""
+
+    def __init__(self, source: Path) -> None:
+        self.root = safeio.open_dir(source)
+
+    def open(self, rel: str, refused: list[str]) -> int | None:
+        """A descriptor of output ``rel``, or None (refused, with the reason added, or gone)."""
+        try:
+            return safeio.open_beneath(self.root, rel)
+        except safeio.Unsafe as exc:
+            refused.append(f"{rel} ({exc})")
+        except FileNotFoundError:
+            pass
+        return None
+
+    def close(self) -> None:
+        os.close(self.root)
+
+
+def _wanted(rel: str, fd: int, only: Collection[str] | None, skip: Mapping[str, int] | None) -> bool:
+    if only is not None and rel not in only:
+        return False
+    return not (skip and rel in skip and os.fstat(fd).st_size == skip[rel])
 
 
 def safe_name(name: str) -> PurePosixPath:
@@ -160,12 +183,27 @@ class LocalOutputStore:
     def _collect(self, execution_id: int, source: Path, only: Collection[str] | None,
                  skip: Mapping[str, int] | None) -> Collected:
         files, refused = walk_outputs(source)
-        files, properties, problems = split_properties(files)
-        files = _chosen(files, only, skip)
+        files, properties, problems = split_properties(files, source)
         result = Collected(refused=refused + problems, properties=properties)
-        for rel, path in files:
-            size, sha = _copy_hashing(path, self._dir(execution_id) / rel)
-            result.files.append((rel, size, sha))
+        if not files:
+            return result
+        opened = _Opened(source)
+        try:
+            for rel, _ in files:
+                if only is not None and rel not in only:
+                    continue
+                fd = opened.open(rel, result.refused)
+                if fd is None:
+                    continue
+                try:
+                    if not _wanted(rel, fd, only, skip):
+                        continue
+                    size, sha = safeio.copy_hashing(fd, self._dir(execution_id) / rel)
+                finally:
+                    os.close(fd)
+                result.files.append((rel, size, sha))
+        finally:
+            opened.close()
         return result
 
     def path_of(self, execution_id: int, name: str) -> Path:
@@ -209,18 +247,32 @@ class S3OutputStore:
     async def collect(self, execution_id: int, source: Path, *, only: Collection[str] | None = None,
                       skip: Mapping[str, int] | None = None) -> Collected:
         files, refused = await asyncio.to_thread(walk_outputs, source)
-        files, properties, problems = await asyncio.to_thread(split_properties, files)
-        files = await asyncio.to_thread(_chosen, files, only, skip)
+        files, properties, problems = await asyncio.to_thread(split_properties, files, source)
         result = Collected(refused=refused + problems, properties=properties)
+        chosen = [rel for rel, _ in files if only is None or rel in only]
+        if not chosen:
+            return result
+        opened = await asyncio.to_thread(_Opened, source)
         try:
             async with self.session.client("s3", **self.s3_options) as s3:
-                for rel, path in files:
-                    size, sha = await asyncio.to_thread(size_and_sha256, path)
-                    # upload_file switches to multipart upload above 8 MiB
-                    await s3.upload_file(str(path), self.bucket, self._key(execution_id, rel))
-                    result.files.append((rel, size, sha))
+                for rel in chosen:
+                    fd = await asyncio.to_thread(opened.open, rel, result.refused)
+                    if fd is None:
+                        continue
+                    try:
+                        if not await asyncio.to_thread(_wanted, rel, fd, only, skip):
+                            continue
+                        # Read, hashed and uploaded from the one descriptor; upload_fileobj switches
+                        # to multipart upload above 8 MiB.
+                        reader = _HashingReader(fd)
+                        await s3.upload_fileobj(reader, self.bucket, self._key(execution_id, rel))
+                    finally:
+                        os.close(fd)
+                    result.files.append((rel, reader.size, reader.digest.hexdigest()))
         except (ClientError, BotoCoreError, OSError) as exc:
             raise OutputError(f"cannot upload outputs to s3://{self.bucket}/{self.prefix}: {exc}") from None
+        finally:
+            opened.close()
         return result
 
     async def read(self, execution_id: int, name: str, offset: int, size: int) -> bytes:
@@ -248,6 +300,24 @@ class S3OutputStore:
                 keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
                 if keys:
                     await s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+
+
+class _HashingReader:
+    """What upload_fileobj reads: the descriptor's bytes, read and hashed in a worker thread."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.size = 0
+        self.digest = hashlib.sha256()
+
+    def _read(self, count: int) -> bytes:
+        block = os.read(self.fd, count)
+        self.digest.update(block)
+        self.size += len(block)
+        return block
+
+    async def read(self, count: int = safeio.BLOCK) -> bytes:
+        return await asyncio.to_thread(self._read, count if count > 0 else safeio.BLOCK)
 
 
 def size_and_sha256(path: Path) -> tuple[int, str]:

@@ -4,24 +4,41 @@ Everything a host is asked to do goes through one of these, so the runtimes and
 the inventory do not care whether the host is local or behind SSH. Trees move
 over one SFTP session kept open per connection, so copying a workspace starts
 no login shell; symlinks are copied as links and never followed.
+
+What comes back from a host (outputs) may still be changed by a running
+container that is root in its own world: it is read without following any
+link. Locally through safeio; on an SSH host GNU tar reads it (it opens every
+folder and file beneath the one named with O_NOFOLLOW and stores a link as a
+link), after the shell has checked that the folder it starts in is really the
+one inside the workspace, and only regular files are written here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import io
 import itertools
+import logging
 import os
+import posixpath
 import shlex
 import shutil
 import stat
-from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+import tarfile
+import threading
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 import asyncssh
+
+from . import safeio
+
+log = logging.getLogger("runyard.transport")
 
 # SFTP transfer shape, measured with a 1 GiB file against OpenSSH on loopback:
 # 64 KiB blocks with 128 in flight beat both the defaults and 255 KiB blocks.
@@ -89,8 +106,8 @@ class LocalTransport:
             await asyncio.to_thread(shutil.copytree, local, remote, symlinks=True, dirs_exist_ok=True)
 
     async def get_tree(self, remote: str, local: Path) -> None:
-        if os.path.abspath(remote) != str(local.resolve()) and os.path.isdir(remote):
-            await asyncio.to_thread(shutil.copytree, remote, local, symlinks=True, dirs_exist_ok=True)
+        if os.path.abspath(remote) != str(local.resolve()):
+            await asyncio.to_thread(_copy_local, Path(remote), local, None)
 
     async def remove_tree(self, remote: str) -> None:
         await asyncio.to_thread(shutil.rmtree, remote, True)
@@ -106,11 +123,8 @@ class LocalTransport:
             await asyncio.to_thread(shutil.copyfile, source, target)
 
     async def get_files(self, remote: str, names: list[str], local: Path) -> None:
-        if os.path.abspath(remote) == str(local.resolve()):
-            return
-        for name in names:
-            (local / name).parent.mkdir(parents=True, exist_ok=True)
-            await asyncio.to_thread(shutil.copyfile, os.path.join(remote, name), local / name)
+        if os.path.abspath(remote) != str(local.resolve()):
+            await asyncio.to_thread(_copy_local, Path(remote), local, names)
 
 
 class SshTransport:
@@ -126,6 +140,7 @@ class SshTransport:
         self._cache_locks: dict[str, asyncio.Lock] = {}
         self._pinned: Counter[str] = Counter()
         self._parts = itertools.count(1)
+        self._gnu_tar: bool | None = None
 
     def _lost(self, exc: BaseException) -> LinkError:
         return LinkError(f"{self.host}: connection lost ({exc or type(exc).__name__})")
@@ -197,11 +212,72 @@ class SshTransport:
         with self._sftp_errors(f"cannot copy files from {remote}"):
             if not await sftp.isdir(remote):
                 return
-            local.mkdir(parents=True, exist_ok=True)
-            names = [f"{remote}/{name}" for name in await sftp.listdir(remote) if name not in (".", "..")]
-            if names:
-                await sftp.get(names, str(local), recurse=True, preserve=True, follow_symlinks=False,
-                               block_size=_BLOCK, max_requests=_REQUESTS)
+        base, leaf = posixpath.split(remote.rstrip("/"))
+        # GNU tar walks the tree from the checked folder on descriptors, O_NOFOLLOW at every step.
+        status, _ = await self._receive_tar(_in_folder(base, leaf, "exec tar -cf - ."), local,
+                                            lambda member: member[2:] if member.startswith("./") else None,
+                                            links=True)
+        if status == _NOT_THERE:
+            log.warning("%s: %s is not a plain folder inside %s; nothing copied", self.host, leaf, base)
+
+    async def get_files(self, remote: str, names: list[str], local: Path) -> None:
+        base, leaf = posixpath.split(remote.rstrip("/"))
+        for name in names:
+            parts = name.split("/")
+            if any(p in ("", ".", "..") for p in parts):
+                continue
+            folder = "/".join([leaf, *parts[:-1]])
+            member = f"./{parts[-1]}"
+            _, got = await self._receive_tar(_in_folder(base, folder, f"exec tar -cf - -- {q(member)}"), local,
+                                             functools.partial(_renamed, member, name), links=False)
+            if not got:
+                # Refused (a link, not a regular file) or gone: an older copy here must not be stored for it.
+                await asyncio.to_thread(_drop_local, local, name)
+
+    async def _receive_tar(self, command: str, local: Path, name_of: Callable[[str], str | None], *,
+                           links: bool) -> tuple[int, list[str]]:
+        """Run ``command`` (a shell line writing one tar archive) and unpack it under ``local``:
+        regular files, and with ``links`` symlinks as symlinks and other files as FIFOs (so the
+        collection can refuse them by name); nothing else. Its exit status and the paths written."""
+        await self._need_gnu_tar()
+        try:
+            proc = await self.conn.create_process(command, encoding=None, stdin=asyncssh.DEVNULL)
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(exc) from None
+        pipe = _Pipe()
+        unpack = asyncio.ensure_future(asyncio.to_thread(_unpack, pipe, local, name_of, links))
+        try:
+            while not unpack.done():
+                try:
+                    chunk = await proc.stdout.read(1 << 20)
+                except (asyncssh.Error, OSError) as exc:
+                    raise self._lost(exc) from None
+                if not chunk:
+                    break
+                if not pipe.try_put(chunk):
+                    await asyncio.to_thread(pipe.put, chunk)  # the disk here sets the pace
+            err = await proc.stderr.read()
+            await proc.wait_closed()
+        finally:
+            pipe.end()
+            proc.close()
+            # Seen below on the normal path; on cancellation the worker still ends (it reads EOF).
+            unpack.add_done_callback(lambda f: f.cancelled() or f.exception())
+        got = await unpack
+        if proc.exit_status is None:
+            raise LinkError(f"{self.host}: connection lost while copying files")
+        if proc.exit_status not in (0, 1, _NOT_THERE):  # 1: GNU tar's "file changed as we read it"
+            raise LinkError(f"{self.host}: cannot copy files: "
+                            f"{Completed(proc.exit_status, b'', _bytes(err)).error_text}")
+        return proc.exit_status, got
+
+    async def _need_gnu_tar(self) -> None:
+        if self._gnu_tar is None:
+            version = await self.run("tar --version", timeout=60)
+            self._gnu_tar = version.status == 0 and b"GNU tar" in version.stdout
+        if not self._gnu_tar:
+            raise LinkError(f"{self.host}: outputs are copied with GNU tar (it never follows a link); "
+                            "install it on the host")
 
     async def read_only_files(self, remote: str) -> dict[str, int]:
         """Regular files under ``remote`` that nobody may write any more, with their sizes."""
@@ -290,13 +366,6 @@ class SshTransport:
                 await sftp.remove(f"{cache}/{name}")
                 total -= size
 
-    async def get_files(self, remote: str, names: list[str], local: Path) -> None:
-        sftp = await self._sftp()
-        with self._sftp_errors(f"cannot copy files from {remote}"):
-            for name in names:
-                (local / name).parent.mkdir(parents=True, exist_ok=True)
-                await sftp.get(f"{remote}/{name}", str(local / name), block_size=_BLOCK, max_requests=_REQUESTS)
-
     async def remove_tree(self, remote: str) -> None:
         sftp = await self._sftp()
         with self._sftp_errors(f"cannot remove {remote}"):
@@ -322,14 +391,194 @@ def q(value: str) -> str:
 
 
 def _read_only_files(root: Path) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            path = Path(dirpath) / name
-            st = path.lstat()
-            if stat.S_ISREG(st.st_mode) and not st.st_mode & 0o222:
-                found[path.relative_to(root).as_posix()] = st.st_size
-    return found
+    try:
+        fd = safeio.open_dir(root)
+    except OSError:
+        return {}
+    try:
+        return {rel: st.st_size for rel, st, why in safeio.walk(fd) if why is None and not st.st_mode & 0o222}
+    finally:
+        os.close(fd)
+
+
+def _copy_local(remote: Path, local: Path, names: list[str] | None) -> None:
+    """Regular files under ``remote`` (all, or ``names``) copied to ``local``, no link followed."""
+    try:
+        root = safeio.open_dir(remote)
+    except OSError:
+        return
+    try:
+        if names is None:
+            names = [rel for rel, _, why in safeio.walk(root) if why is None]
+        for name in names:
+            try:
+                fd = safeio.open_beneath(root, name)
+            except (safeio.Unsafe, OSError) as exc:
+                log.warning("not copied: %s (%s)", name, exc)
+                continue
+            try:
+                target = _local_target(local, name)
+                if target is not None:
+                    safeio.copy_hashing(fd, target)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root)
+
+
+_NOT_THERE = 3  # the exit status of _in_folder's check
+
+
+def _in_folder(base: str, folder: str, command: str) -> str:
+    """``command`` run in ``base``/``folder`` once the shell has made sure that is where it stands.
+
+    ``base`` is trusted (the daemon made it); ``folder`` may hold links put there by a container:
+    `cd -P` resolves them and `pwd -P` (the kernel's own path of the folder now entered) must be
+    the path asked for, so no link was passed. From there on the shell's working folder is the
+    folder itself, not a path, so swapping a link in afterwards changes nothing.
+    """
+    return (f"cd -P -- {q(base)} && top=$(pwd -P) && cd -P -- {q('./' + folder)} "
+            f"&& [ \"$(pwd -P)\" = \"$top\"/{q(folder)} ] || exit {_NOT_THERE}; {command}")
+
+
+class _Pipe(io.RawIOBase):
+    """Bytes from the event loop to a worker thread, at most ``limit`` of them waiting."""
+
+    def __init__(self, limit: int = 32 << 20) -> None:
+        super().__init__()
+        self._cond = threading.Condition()
+        self._chunks: deque[bytes] = deque()
+        self._waiting = 0
+        self._limit = limit
+        self._eof = False
+        self._gone = False  # the reader stopped: drop what comes
+
+    def try_put(self, chunk: bytes) -> bool:
+        with self._cond:
+            if not self._gone:
+                if self._waiting >= self._limit:
+                    return False
+                self._chunks.append(chunk)
+                self._waiting += len(chunk)
+                self._cond.notify_all()
+            return True
+
+    def put(self, chunk: bytes) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._waiting < self._limit or self._gone)
+        self.try_put(chunk)
+
+    def end(self) -> None:
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        with self._cond:
+            self._cond.wait_for(lambda: bool(self._chunks) or self._eof)
+            if not self._chunks:
+                return 0
+            chunk = self._chunks[0]
+            n = min(len(buffer), len(chunk))
+            buffer[:n] = chunk[:n]
+            if n == len(chunk):
+                self._chunks.popleft()
+            else:
+                self._chunks[0] = chunk[n:]
+            self._waiting -= n
+            self._cond.notify_all()
+            return n
+
+    def close(self) -> None:
+        with self._cond:
+            self._gone = True
+            self._chunks.clear()
+            self._cond.notify_all()
+        super().close()
+
+
+def _local_target(local: Path, rel: str) -> Path | None:
+    """Where ``rel`` goes under ``local`` (folders made), or None if it cannot go there safely."""
+    parts = PurePosixPath(rel).parts
+    if not parts or PurePosixPath(rel).is_absolute() or any(p in ("", ".", "..") for p in parts):
+        return None
+    folder = local
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for part in parts[:-1]:
+            folder = folder / part
+            if folder.is_symlink():
+                return None
+            folder.mkdir(exist_ok=True)
+    except OSError:
+        return None
+    target = folder / parts[-1]
+    if target.is_symlink():
+        target.unlink()
+    return None if target.is_dir() else target
+
+
+def _renamed(member: str, name: str, seen: str) -> str | None:
+    return name if seen == member else None
+
+
+def _drop_local(local: Path, rel: str) -> None:
+    target = _local_target(local, rel)
+    if target is not None:
+        target.unlink(missing_ok=True)
+
+
+def _unpack(pipe: _Pipe, local: Path, name_of: Callable[[str], str | None], links: bool) -> list[str]:
+    """Regular files (and with ``links`` symlinks as links, devices and FIFOs as FIFOs) from the tar
+    stream in ``pipe``, under ``local``."""
+    written: list[str] = []
+    try:
+        with tarfile.open(fileobj=io.BufferedReader(pipe, 1 << 20), mode="r|") as tar:
+            for member in tar:
+                rel = name_of(member.name)
+                if rel is None:
+                    continue
+                if member.isreg():
+                    target = _local_target(local, rel)
+                    source = tar.extractfile(member)
+                    if target is None or source is None:
+                        continue
+                    part = target.with_name(f"{target.name}.runyard-part-{threading.get_ident():x}")
+                    try:
+                        with part.open("wb") as out:
+                            shutil.copyfileobj(source, out, safeio.BLOCK)
+                        part.replace(target)
+                    except BaseException:
+                        part.unlink(missing_ok=True)
+                        raise
+                    written.append(rel)
+                elif member.islnk():  # another name of a file earlier in this archive
+                    first = name_of(member.linkname)
+                    target = _local_target(local, rel)
+                    if first in written and target is not None:
+                        shutil.copyfile(local / first, target)
+                        written.append(rel)
+                elif member.issym() and links:
+                    # Kept as a link, never followed, so the collection refuses it by name.
+                    target = _local_target(local, rel)
+                    if target is not None:
+                        target.unlink(missing_ok=True)
+                        os.symlink(member.linkname, target)
+                elif links and not member.isdir():
+                    # A device or FIFO: a FIFO stands for it here (never opened), so the
+                    # collection notes it by name as not a regular file.
+                    target = _local_target(local, rel)
+                    if target is not None:
+                        target.unlink(missing_ok=True)
+                        os.mkfifo(target, 0o600)
+    except tarfile.TarError as exc:  # cut short: the exit status says why
+        log.debug("tar stream ended: %s", exc)
+    finally:
+        pipe.close()
+    return written
 
 
 def remove_local(path: Path) -> None:

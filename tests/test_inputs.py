@@ -424,7 +424,7 @@ async def test_input_download_progress_is_pushed_as_events(daemon: Daemon, http_
         assert done.status == "complete" and done.input_progress is None
 
 
-def test_outputs_pointing_outside_are_refused_not_followed(daemon: Daemon, tmp_path: Path) -> None:
+def test_output_links_are_refused_not_followed(daemon: Daemon, tmp_path: Path) -> None:
     steps = step_yaml("escape", ['echo fine > $VH_OUTPUTS_DIR/ok.txt',
                                  "ln -s /etc/passwd $VH_OUTPUTS_DIR/passwd",
                                  "ln -s ../../.. $VH_OUTPUTS_DIR/up",
@@ -433,8 +433,176 @@ def test_outputs_pointing_outside_are_refused_not_followed(daemon: Daemon, tmp_p
     result = run_cli(daemon, "run", "escape", "--watch", cwd=repo)
     assert result.returncode == 0, result.stderr
     outputs = sorted(o["path"] for o in json.loads(run_cli(daemon, "outputs", "1", "--json").stdout))
-    assert outputs == ["alias.txt", "ok.txt"]  # a link inside the outputs is fine
+    assert outputs == ["ok.txt"]  # a link is never followed, wherever it points
     log = run_cli(daemon, "logs", "1").stdout
-    assert "output refused: passwd (symlink pointing outside the outputs directory)" in log
-    assert "output refused: up (symlink pointing outside the outputs directory)" in log
+    for name in ("passwd", "up", "alias.txt"):
+        assert f"output refused: {name} (symlink, not followed)" in log
     assert not any(p.name == "passwd" for p in (daemon.data_dir / "outputs").rglob("*"))
+
+
+async def test_a_local_input_is_copied_from_the_file_that_was_checked(tmp_path: Path) -> None:
+    """The path swapped for a link to a secret once the check is done: what reaches the workspace is
+    still the file that was checked (opened once, copied from that descriptor), never the secret."""
+    from runyard.daemon import inputs
+    from runyard.daemon.outputs import LocalOutputStore
+
+    from .test_users import _private_files, ensure_users
+
+    users = ensure_users()
+    alice, bob = users["ryalice"], users["rybob"]
+    own, link, secret = _private_files(alice, bob)
+    try:
+        fetcher = inputs.InputFetcher(tmp_path / "cache", LocalOutputStore(tmp_path / "outputs"))
+        with pytest.raises(inputs.InputError, match="you may not read this file"):
+            await fetcher.fetch(str(link), alice.pw_uid)
+        files = await fetcher.fetch(str(own), alice.pw_uid)
+        own.unlink()
+        own.symlink_to(secret)  # after the check, before the copy into the workspace
+        for link_ok in (True, False):
+            work = tmp_path / f"work-{link_ok}"
+            inputs.place({"data": files}, work, "/valohai", link=link_ok)
+            placed = work / "inputs" / "data" / "mine.txt"
+            assert not placed.is_symlink() and placed.read_text() == "alice's own data\n"
+        assert files[0].size == len("alice's own data\n") and files[0].source != own
+        # The link itself (in alice's folder, to bob's) is refused on every later try as well.
+        with pytest.raises(inputs.InputError, match="you may not read this file"):
+            await fetcher.fetch(str(own), alice.pw_uid)
+    finally:
+        shutil.rmtree(own.parent.parent)
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two names atomically (renameat2 RENAME_EXCHANGE): each always names something."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) != 0:  # AT_FDCWD, RENAME_EXCHANGE
+        raise OSError(ctypes.get_errno(), "renameat2")
+
+
+async def test_outputs_swapped_for_links_while_being_collected_never_leak(tmp_path: Path) -> None:
+    """A running container swaps an output (and a folder above one) for links into the host as fast as
+    it can while the store collects: the host's file never reaches the store."""
+    from runyard.daemon.outputs import LocalOutputStore
+
+    decoy, secret = b"decoy weights\n", b"HOST SECRET!!\n"  # the same size: a leak would look unchanged
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "f.pt").write_bytes(secret)
+    out = tmp_path / "outputs"
+    out.mkdir()
+    pairs = []
+    for i in range(4):
+        (out / f"d{i}").mkdir()
+        (out / f"d{i}" / "f.pt").write_bytes(decoy)
+        (out / f"d{i}.swap").symlink_to(host)
+        (out / f"g{i}.pt").write_bytes(decoy)
+        (out / f"g{i}.swap").symlink_to(host / "f.pt")
+        pairs += [(out / f"d{i}", out / f"d{i}.swap"), (out / f"g{i}.pt", out / f"g{i}.swap")]
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            for a, b in pairs:
+                _exchange(a, b)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    store = LocalOutputStore(tmp_path / "store")
+    stored = 0
+    try:
+        for execution_id in range(400):
+            collected = await store.collect(execution_id, out, only={f"d{i}/f.pt" for i in range(4)}
+                                            | {f"g{i}.pt" for i in range(4)})
+            stored += len(collected.files)
+    finally:
+        stop.set()
+        swapper.join()
+    leaked = [p for p in (tmp_path / "store").rglob("*") if p.is_file() and p.read_bytes() == secret]
+    assert leaked == []
+    assert stored > 0  # it did collect the real files whenever they stood still
+
+
+SWAPPER = """\
+import ctypes, os, sys
+out, host = os.environ["VH_OUTPUTS_DIR"], sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+
+def exchange(a, b):
+    assert libc.renameat2(-100, a.encode(), -100, b.encode(), 2) == 0  # AT_FDCWD, RENAME_EXCHANGE
+
+os.makedirs(f"{out}/d")
+for path in (f"{out}/d/f.pt", f"{out}/g.pt"):
+    with open(path, "wb") as fh:
+        fh.write(b"decoy weights\\n")
+    os.chmod(path, 0o444)  # a live output: the daemon stores it while this runs
+os.symlink(host, f"{out}/d.swap")
+os.symlink(f"{host}/f.pt", f"{out}/g.swap")
+for _ in range(100000):
+    exchange(f"{out}/d", f"{out}/d.swap")
+    exchange(f"{out}/g.pt", f"{out}/g.swap")
+for name in ("d", "g.pt"):  # and at the end the outputs are links into the host
+    if not os.path.islink(f"{out}/{name}"):
+        exchange(f"{out}/{name}", f"{out}/{name.split('.')[0]}.swap")
+print("swapped")
+"""
+
+
+def test_a_container_swapping_outputs_for_host_links_gets_nothing_from_the_host(daemon: Daemon,
+                                                                               tmp_path: Path) -> None:
+    secret = b"HOST SECRET!!\n"  # as long as the decoy: a leak would pass for the output unchanged
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "f.pt").write_bytes(secret)
+    steps = step_yaml("swap", f"python3 swap.py {host}")
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": steps, "swap.py": SWAPPER})
+    result = run_cli(daemon, "run", "swap", "--watch", cwd=repo)
+    assert result.returncode == 0, result.stderr
+    log = run_cli(daemon, "logs", "1").stdout
+    assert "swapped" in log
+    for name in ("d", "g.pt"):  # their real files now stand under the .swap names
+        assert f"output refused: {name} (symlink, not followed)" in log
+    leaked = [p for p in (daemon.data_dir / "outputs").rglob("*") if p.is_file() and p.read_bytes() == secret]
+    assert leaked == []
+
+
+async def test_outputs_from_an_ssh_host_are_read_without_following_links(tmp_path: Path) -> None:
+    """The SSH side of the same: a link to a host file, a folder link, a FIFO in the outputs."""
+    import asyncssh
+
+    from runyard.daemon.outputs import LocalOutputStore
+    from runyard.daemon.transport import SshTransport
+
+    from .pool import start_lone_host
+
+    host, _, known = start_lone_host(tmp_path)
+    secret_dir = tmp_path / "host-secrets"
+    secret_dir.mkdir()
+    (secret_dir / "key").write_text("HOST SECRET\n")
+    out = tmp_path / "work" / "1-0" / "outputs"
+    (out / "sub").mkdir(parents=True)
+    (out / "ok.pt").write_text("weights\n")
+    (out / "sub" / "deep.pt").write_text("deeper\n")
+    (out / "leak.pt").symlink_to(secret_dir / "key")
+    (out / "dirlink").symlink_to(secret_dir)
+    os.mkfifo(out / "pipe")  # opening it to read would wait for a writer for ever
+    try:
+        async with asyncssh.connect("127.0.0.1", port=host.port, username="root", client_keys=[str(host.client_key)],
+                                    known_hosts=str(known)) as conn:
+            transport = SshTransport(conn, host.name)
+            live = tmp_path / "staging-live"
+            await asyncio.wait_for(transport.get_files(
+                str(out), ["ok.pt", "leak.pt", "dirlink/key", "sub/deep.pt", "pipe"], live), 60)
+            assert sorted(p.relative_to(live).as_posix() for p in live.rglob("*") if p.is_file()) == [
+                "ok.pt", "sub/deep.pt"]
+            end = tmp_path / "staging-end"
+            await asyncio.wait_for(transport.get_tree(str(out), end), 60)
+        collected = await LocalOutputStore(tmp_path / "store").collect(1, end)
+        assert sorted(rel for rel, _, _ in collected.files) == ["ok.pt", "sub/deep.pt"]
+        assert sorted(collected.refused) == ["dirlink (symlink, not followed)", "leak.pt (symlink, not followed)",
+                                             "pipe (not a regular file)"]
+        for place in (live, end, tmp_path / "store"):
+            assert not any(p.is_file() and not p.is_symlink() and b"HOST SECRET" in p.read_bytes()
+                           for p in place.rglob("*"))
+    finally:
+        host.kill()

@@ -10,9 +10,11 @@ import grp
 import json
 import os
 import pwd
+import shutil
 import socket
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +162,64 @@ def test_owners_come_from_the_socket_and_only_owners_or_admins_may_act(daemon_fa
 
     stopped = as_user(alice, daemon.socket, [("executions.stop", {"ids": [eid]})])
     assert stopped["answers"][0]["result"]["stopped"] == [eid]
+
+
+def _private_files(alice: pwd.struct_passwd, bob: pwd.struct_passwd) -> tuple[Path, Path, Path]:
+    """A folder for alice and one only bob may enter, under /tmp (pytest's own are private to root).
+
+    Returns alice's own readable file, a link in alice's folder to bob's secret, and bob's secret.
+    """
+    top = Path(tempfile.mkdtemp(dir="/tmp", prefix="runyard-users-"))
+    top.chmod(0o755)
+    home_a, home_b = top / "alice", top / "bob"
+    home_a.mkdir(mode=0o755)
+    home_b.mkdir(mode=0o700)
+    os.chown(home_a, alice.pw_uid, alice.pw_gid)
+    os.chown(home_b, bob.pw_uid, bob.pw_gid)
+    secret = home_b / "secret.txt"
+    secret.write_text("bob's private key material\n")
+    secret.chmod(0o644)  # readable by anyone who may enter the folder: only bob may
+    os.chown(secret, bob.pw_uid, bob.pw_gid)
+    own = home_a / "mine.txt"
+    own.write_text("alice's own data\n")
+    os.chown(own, alice.pw_uid, alice.pw_gid)
+    link = home_a / "innocent.txt"
+    link.symlink_to(secret)
+    os.lchown(link, alice.pw_uid, alice.pw_gid)
+    return own, link, secret
+
+
+async def test_a_local_input_is_read_only_as_its_submitter_could(daemon_factory: type[Daemon],
+                                                                 tmp_path: Path) -> None:
+    from runyard.protocol import Client
+
+    from .conftest import run_cli, wait_for_status
+
+    users = ensure_users()
+    alice, bob = users["ryalice"], users["rybob"]
+    own, link, _secret = _private_files(alice, bob)
+    try:
+        daemon = daemon_factory(daemon_extra=f'socket_group = "{GROUP}"\nsocket_mode = "0660"\n')
+        daemon.root.chmod(0o711)
+        daemon.start()
+        steps = step_yaml("consume", "cat /valohai/inputs/data/*", extra="inputs:\n  - name: data\n")
+        snap = snapshot_worktree(make_repo(tmp_path / "repo", {"valohai.yaml": steps}))
+        submitted = as_user(alice, daemon.socket, [
+            ("snapshots.put", {"id": snap.id, "offset": 0, "data": snap.data, "final": True}),
+            ("executions.submit", {"step": "consume", "snapshot": snap.id, "inputs": {"data": [str(link)]}}),
+            ("executions.submit", {"step": "consume", "snapshot": snap.id, "inputs": {"data": [str(own)]}}),
+        ])
+        via_link, readable = (a["result"]["id"] for a in submitted["answers"][1:])
+        async with await Client.connect(daemon.socket) as client:
+            refused = await wait_for_status(client, via_link)
+            assert (refused.status, refused.reason) == ("error", f"input-failed data {link}")
+            log = run_cli(daemon, "logs", str(via_link)).stdout
+            assert f"input data: {link}: you may not read this file" in log
+            assert "private key material" not in log
+            fine = await wait_for_status(client, readable)
+            assert fine.status == "complete"
+            assert "alice's own data" in run_cli(daemon, "logs", str(readable)).stdout
+        for path in (daemon.data_dir).rglob("*"):
+            assert not path.is_file() or b"private key material" not in path.read_bytes(), path
+    finally:
+        shutil.rmtree(own.parent.parent)

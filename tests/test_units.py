@@ -53,7 +53,7 @@ def test_docker_decoder_streams_partials_and_carriage_returns() -> None:
 
 
 def test_docker_decoder_skips_exactly_the_stored_lines_and_keeps_bad_utf8() -> None:
-    decoder = DockerLogDecoder(resume=ResumePoint(since=TS, skip=2))
+    decoder = DockerLogDecoder(resume=ResumePoint(since=TS, stdout=1, stderr=1))
     decoded = decoder.feed(frame(1, TS, b"a\n") + frame(2, TS, b"b\n") + frame(1, TS, b"c\xff\n"))
     assert decoded.records == [f"O {TS} c".encode() + b"\xff\n"]  # the runner replaces bad bytes per batch
 
@@ -90,7 +90,7 @@ def test_logfile_head_tail_stream_filter_and_torn_record(tmp_path: Path) -> None
     asyncio.run(log.append(f"O {TS} more\n"))
     assert log.line_count() == 10_001
     point = log.resume_point()
-    assert point.skip == 10_001 and point.since < TS
+    assert (point.stdout, point.stderr) == (6667, 3334) and point.since < TS
 
 
 def test_config_errors_name_the_key() -> None:

@@ -174,8 +174,9 @@ class DockerLogDecoder:
             pos = stop
             # A full-width timestamp puts the space at a fixed place; Docker trims trailing
             # zeros of the fraction (one line in ten), and those are padded back here.
+            # (A space there after a trimmed one is the text's own: an indented line.)
             space = start + width
-            if space >= stop or buf[space] != 32:
+            if space >= stop or buf[space] != 32 or buf[space - 1] != 90:  # 90: "Z"
                 space = buf.find(b" ", start, stop)
                 if space < 0:
                     continue

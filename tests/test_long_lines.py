@@ -101,7 +101,7 @@ async def test_a_pending_long_line_survives_a_host_outage(daemon_factory: type[D
             host.start()
             await wait_for_host(client, "h1", {"ready"})
             await _ticks_beyond(client, execution.id, seen + 3)
-            (host.root / "work" / str(execution.id) / "outputs" / "go").write_text("")
+            (host.root / "work" / daemon.daemon_id / str(execution.id) / "outputs" / "go").write_text("")
             final = await wait_for_status(client, execution.id)
             assert final.status == "complete", final.reason
             _assert_whole((await client.read_logs(execution.id, offset=0, max_bytes=8 << 20)).data)

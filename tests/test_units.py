@@ -211,6 +211,16 @@ def test_docker_decoder_pads_trimmed_timestamps_exactly_as_the_careful_path() ->
         1 for i in range(5000) if i % 3 == 0 and i % 5)
 
 
+def test_docker_decoder_keeps_an_indented_line_after_a_trimmed_timestamp() -> None:
+    """A trimmed timestamp puts the text where the separating space would be: "  File ..." lines of
+    a traceback were stored with a malformed header."""
+    for ts in ("2026-11-21T12:00:00.12345678Z", "2026-11-21T12:00:00.1Z", "2026-11-21T12:00:00Z"):
+        for text in (b" indented", b"  File x", b"\tx " + b" " * 40):
+            raw = frame(2, ts, text + b"\n")
+            records = b"".join(DockerLogDecoder().feed(raw).records).decode()
+            assert parse_records(records) == [("stderr", normalize_timestamp(ts), text.decode())], (ts, text)
+
+
 def test_input_names_and_file_names_never_escape_their_directory() -> None:
     from runyard.daemon.inputs import _inside, file_name
     from runyard.daemon.steps import StepError, load_config, prepare_step

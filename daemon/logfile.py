@@ -124,6 +124,8 @@ class LineIndex:
             try:
                 st = os.fstat(fd)
                 upto = min(upto, st.st_size)
+                if upto <= 0:
+                    return 0
                 if self._identity != (st.st_dev, st.st_ino):
                     self._load(fd, (st.st_dev, st.st_ino), st.st_size)
                 # Only bytes that end on a whole record are final: a torn last record (a crash

@@ -45,6 +45,9 @@ def test_concurrent_counts_from_threads_are_exact(tmp_path: Path) -> None:
     assert {count for count, _ in answers} == {lines}
     assert log.line_count() == lines  # and no wrong count stayed behind
     assert log.line_count(0) == 0 and log.line_count(log.size - 1) == lines - 1
+    empty = tmp_path / "empty.log"
+    empty.write_bytes(b"")
+    assert LogFile(empty).line_count(10) == 0 and LogFile(tmp_path / "none.log").line_count(10) == 0
 
 
 def test_a_reopened_finished_log_is_counted_from_its_index(tmp_path: Path) -> None:

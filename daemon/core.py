@@ -29,7 +29,7 @@ from .events import EventHub
 from .hosts import Host, all_settings
 from .inputs import InputFetcher
 from .lifecycle import TERMINAL, StopAsked, decide
-from .logfile import LogFile
+from .logfile import LogFile, remove_log
 from .mlyaml import STEP_NAME, is_ml_yaml, prepare_ml
 from .outputs import LocalOutputStore, OutputStore, S3OutputStore
 from .record import ExecutionRow, view_fields
@@ -492,7 +492,7 @@ class Core:
                 "invalid-state", f"execution {execution_id} is {row.status}: stop it before deleting it"
             )
         self.publish(await self.store.delete(execution_id))
-        self.log_path(execution_id).unlink(missing_ok=True)
+        remove_log(self.log_path(execution_id))  # and its line index and long-line marks
         workspace.remove(self.work_root / str(execution_id))
         if purge_outputs:
             await self.outputs.purge(execution_id)

@@ -7,7 +7,13 @@ millions of lines. Followers wait on a condition that every append notifies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import os
+import stat
+import struct
+import threading
+import weakref
 from datetime import timedelta
 from pathlib import Path
 from typing import Final
@@ -42,6 +48,161 @@ def _matches(record: bytes, letter: bytes | None) -> bool:
     return letter is None or record[:1] == letter
 
 
+INDEX_BLOCK: Final = 1 << 18
+_MARKS_READ: Final = 1 << 18
+# Docker sends a line in fragments of 16 KiB: a record this long may be one, with an older time.
+_MAYBE_LONG: Final = 16 * 1024
+_INDEX_HEADER: Final = struct.Struct("<8sQQQ")  # magic, block size, the log's st_dev and st_ino
+_INDEX_MAGIC: Final = b"RYLIDX01"
+_ENTRY: Final = struct.Struct("<Q")
+
+
+def index_path(log_path: Path) -> Path:
+    return log_path.with_name(log_path.name + ".idx")
+
+
+def marks_path(log_path: Path) -> Path:
+    return log_path.with_name(log_path.name + ".long")
+
+
+def remove_log(log_path: Path) -> None:
+    """Delete a log and the files kept beside it (its line index, its long-line marks)."""
+    for path in (log_path, index_path(log_path), marks_path(log_path)):
+        path.unlink(missing_ok=True)
+
+
+def _open_regular(path: Path, flags: int, mode: int = 0o640) -> int:
+    """A file descriptor for ``path``, never through a symbolic link, and only for a regular file."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    return fd
+
+
+class LineIndex:
+    """How many records (newlines) a log has before each multiple of INDEX_BLOCK bytes.
+
+    Kept in ``<log>.idx`` and extended as readers reach further, so counting the records before
+    any offset reads at most one block of the log, and a finished log is never counted again when
+    reopened. One instance per log file in this process (``of``), guarded by a lock: counts are
+    asked from worker threads at the same time. The file is only a cache: one that does not match
+    its log (another file's, torn, from another block size) is thrown away and built again.
+    """
+
+    _instances: weakref.WeakValueDictionary[str, LineIndex] = weakref.WeakValueDictionary()
+    _instances_lock = threading.Lock()
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.path = index_path(log_path)
+        self._lock = threading.Lock()
+        self._counts: list[int] = [0]  # _counts[k]: newlines in the log's first k * INDEX_BLOCK bytes
+        self._identity: tuple[int, int] | None = None
+        self._stored = 0  # entries already in the index file
+        self.scanned = 0  # bytes of the log read to build or extend the index
+
+    @classmethod
+    def of(cls, log_path: Path) -> LineIndex:
+        key = str(log_path)
+        with cls._instances_lock:
+            index = cls._instances.get(key)
+            if index is None:
+                index = cls(log_path)
+                cls._instances[key] = index
+            return index
+
+    def count(self, upto: int) -> int:
+        """Records (newlines) in the log's first ``upto`` bytes."""
+        if upto <= 0:
+            return 0
+        with self._lock:
+            try:
+                fd = _open_regular(self.log_path, os.O_RDONLY)
+            except FileNotFoundError:
+                return 0
+            try:
+                st = os.fstat(fd)
+                upto = min(upto, st.st_size)
+                if upto <= 0:
+                    return 0
+                if self._identity != (st.st_dev, st.st_ino):
+                    self._load(fd, (st.st_dev, st.st_ino), st.st_size)
+                # Only bytes that end on a whole record are final: a torn last record (a crash
+                # mid-append) is cut and written again, so no index entry may cover it.
+                if upto // INDEX_BLOCK >= len(self._counts) and os.pread(fd, 1, upto - 1) == b"\n":
+                    self._extend(fd, upto // INDEX_BLOCK)
+                block = min(upto // INDEX_BLOCK, len(self._counts) - 1)
+                total = self._counts[block]
+                pos = block * INDEX_BLOCK
+                while pos < upto:
+                    data = os.pread(fd, min(1 << 20, upto - pos), pos)
+                    if not data:
+                        break
+                    total += data.count(b"\n")
+                    pos += len(data)
+                return total
+            finally:
+                os.close(fd)
+
+    def _load(self, fd: int, identity: tuple[int, int], size: int) -> None:
+        self._identity = identity
+        self._counts = [0]
+        self._stored = 0
+        try:
+            index_fd = _open_regular(self.path, os.O_RDONLY)
+        except (FileNotFoundError, OSError):
+            return
+        try:
+            raw = os.pread(index_fd, 8 << 20, 0)  # 8 MiB of entries: a log of 256 TiB
+        finally:
+            os.close(index_fd)
+        if len(raw) < _INDEX_HEADER.size:
+            return
+        magic, block, dev, ino = _INDEX_HEADER.unpack_from(raw)
+        if (magic, block, (dev, ino)) != (_INDEX_MAGIC, INDEX_BLOCK, identity):
+            return
+        body = raw[_INDEX_HEADER.size :]
+        counts = [0, *(value for (value,) in _ENTRY.iter_unpack(body[: len(body) - len(body) % 8]))]
+        # Entries past the log's end, going backwards, or more records than bytes: not this log's.
+        if (len(counts) - 1) * INDEX_BLOCK > size or any(
+                not 0 <= b - a <= INDEX_BLOCK for a, b in itertools.pairwise(counts)):
+            return
+        if len(counts) > 1:  # the last block counted again: cheap, and catches a log rewritten in place
+            last = len(counts) - 1
+            if os.pread(fd, INDEX_BLOCK, (last - 1) * INDEX_BLOCK).count(b"\n") != counts[last] - counts[last - 1]:
+                return
+        self._counts = counts
+        self._stored = len(counts) - 1
+
+    def _extend(self, fd: int, blocks: int) -> None:
+        counts = self._counts
+        while len(counts) - 1 < blocks:
+            data = os.pread(fd, INDEX_BLOCK, (len(counts) - 1) * INDEX_BLOCK)
+            if len(data) < INDEX_BLOCK:
+                break
+            self.scanned += len(data)
+            counts.append(counts[-1] + data.count(b"\n"))
+        self._persist()
+
+    def _persist(self) -> None:
+        """Write the entries the file lacks; a failure (disk full) only costs a later rescan."""
+        if self._identity is None or len(self._counts) - 1 <= self._stored:
+            return
+        with contextlib.suppress(OSError):
+            fd = _open_regular(self.path, os.O_WRONLY | os.O_CREAT)
+            try:
+                if self._stored == 0:
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, _INDEX_HEADER.pack(_INDEX_MAGIC, INDEX_BLOCK, *self._identity), 0)
+                new = self._counts[self._stored + 1 :]
+                os.pwrite(fd, b"".join(_ENTRY.pack(v) for v in new),
+                          _INDEX_HEADER.size + self._stored * _ENTRY.size)
+                self._stored = len(self._counts) - 1
+            finally:
+                os.close(fd)
+
+
 class LogFile:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -49,8 +210,10 @@ class LogFile:
         self.size = path.stat().st_size if path.exists() else 0
         self.finished = False
         self._changed = asyncio.Condition()
-        self._counted_offset = 0
-        self._counted_lines = 0
+        self._index = LineIndex.of(path)
+        # Records per stream from base, counted incrementally (the process runtime's resume point).
+        self._streams_lock = threading.Lock()
+        self._stream_counts: tuple[int, int, dict[str, int]] = (0, 0, {"O": 0, "E": 0, "S": 0})
         # Where the current attempt's records begin: resuming a container's or process's output
         # counts only records from here (an execution re-queued after losing its host starts anew).
         self.base = 0
@@ -187,86 +350,138 @@ class LogFile:
         return b"".join(picked), start
 
     def line_count(self, upto: int | None = None) -> int:
-        """Records before byte ``upto`` (default: all); counted incrementally, so repeated calls
-        cost only the new bytes."""
-        limit = self.size if upto is None else upto
-        if limit < self._counted_offset:
-            with self.path.open("rb") as fh:  # an earlier point: count the difference backwards
-                fh.seek(limit)
-                return self._counted_lines - fh.read(self._counted_offset - limit).count(b"\n")
-        if self._counted_offset < limit:
-            with self.path.open("rb") as fh:
-                fh.seek(self._counted_offset)
-                remaining = limit - self._counted_offset
-                while remaining > 0 and (block := fh.read(min(1 << 20, remaining))):
-                    self._counted_lines += block.count(b"\n")
-                    remaining -= len(block)
-            self._counted_offset = limit
-        return self._counted_lines
+        """Records before byte ``upto`` (default: all); from the log's line index, so a call reads at
+        most one block of the log once the index reaches there. Safe from any number of threads."""
+        return self._index.count(self.size if upto is None else upto)
 
     def tail_numbered(self, count: int) -> tuple[bytes, int, int, int]:
         """The last ``count`` records, where they start, where they end, and how many records
         come before them; all taken against one size, so appends meanwhile do not skew them."""
         size = self.size
         data, start = self.tail(count, size=size)
-        # Counting only moves forward, so count to the end and take the tail's records off.
-        return data, start, size, self.line_count(size) - data.count(b"\n")
+        return data, start, size, self._index.count(start)
 
     def count_by_stream(self) -> dict[str, int]:
-        """Stored records per stream letter; how many lines of each stream to skip on resume."""
-        counts = {"O": 0, "E": 0, "S": 0}
-        if not self.path.exists():
-            return counts
-        carry = b"\n"  # as if a record ended just before the file; 2 bytes carried, patterns are 3
-        with self.path.open("rb") as fh:
-            fh.seek(self.base)
-            while block := fh.read(1 << 20):
-                data = carry + block
-                for letter in counts:
-                    counts[letter] += data.count(b"\n" + letter.encode() + b" ")
-                carry = data[-2:]
-        return counts
+        """Stored records per stream letter since ``base``; how many lines of each stream to skip on
+        resume. Counts only what was appended since the last call (blocking: call it in a thread)."""
+        size = self.size
+        with self._streams_lock:
+            base, offset, counts = self._stream_counts
+            if base != self.base or offset > size or offset < self.base:
+                base, offset, counts = self.base, self.base, {"O": 0, "E": 0, "S": 0}
+            counts = dict(counts)
+            if offset < size:
+                try:
+                    fd = _open_regular(self.path, os.O_RDONLY)
+                except FileNotFoundError:
+                    return counts
+                try:
+                    # offset is a record boundary (or base): as if a record ended just before it.
+                    # 2 bytes carried, the patterns are 3.
+                    carry = b"\n"
+                    pos = offset
+                    while pos < size and (block := os.pread(fd, min(1 << 20, size - pos), pos)):
+                        data = carry + block
+                        for letter in counts:
+                            counts[letter] += data.count(b"\n" + letter.encode() + b" ")
+                        carry = data[-2:]
+                        pos += len(block)
+                finally:
+                    os.close(fd)
+                self._stream_counts = (base, pos, counts)
+            return dict(counts)
+
+    def mark_long_lines(self, kind: str, lines: list[tuple[str, str]]) -> None:
+        """Note long lines (letter, first fragment's time) of the current attempt: ``P`` when one
+        starts pending, ``D`` once it is stored. Written only at those two moments, so cheap; read
+        by resume_point. Note ``P`` before the line's first fragment is dropped with the daemon,
+        and ``D`` only after its record is appended: a mark too many only widens a resume window."""
+        if not lines:
+            return
+        text = "".join(f"{kind} {self.base} {letter} {ts}\n" for letter, ts in lines).encode("ascii", "replace")
+        fd = _open_regular(marks_path(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, text)
+        finally:
+            os.close(fd)
+
+    def _long_lines(self) -> tuple[dict[str, str], set[tuple[str, str]]]:
+        """From the marks of the current attempt: the first fragment's time of each stream's pending
+        long line, and every long line's (letter, time)."""
+        pending: dict[str, str] = {}
+        long: set[tuple[str, str]] = set()
+        try:
+            fd = _open_regular(marks_path(self.path), os.O_RDONLY)
+        except (FileNotFoundError, OSError):
+            return pending, long
+        try:
+            size = os.fstat(fd).st_size
+            # Only recent marks matter: a resume looks back a little past the last stored record.
+            start = max(0, size - _MARKS_READ)
+            data = os.pread(fd, size - start, start)
+        finally:
+            os.close(fd)
+        if start:
+            data = data[data.find(b"\n") + 1 :]
+        base = str(self.base)
+        for line in data.decode("ascii", "replace").splitlines():
+            parts = line.split(" ")
+            if len(parts) != 4 or parts[1] != base or parts[2] not in ("O", "E"):
+                continue
+            kind, _, letter, ts = parts
+            long.add((letter, ts))
+            if kind == "P":
+                pending[letter] = ts
+            elif kind == "D" and pending.get(letter) == ts:
+                del pending[letter]
+        return pending, long
 
     def resume_point(self, window_seconds: float = 10.0) -> ResumePoint:
         """Where to resume reading Docker's log so that no line is lost or stored twice.
 
-        ``since`` lies ``window_seconds`` before the last stored record; ``skip``
-        counts the stored records at or after ``since``. The backward scan goes
-        on a minute past ``since`` because stdout and stderr are not ordered.
+        ``since`` lies ``window_seconds`` before the last stored record, or at the start of a long
+        line that was still pending, whichever is earlier; the skips count each stream's stored
+        records at or after ``since``. Within a stream times only grow (a long line carries its
+        first fragment's time, which is after the stream's line before it), but the two streams
+        are not ordered, so the backward scan goes on until a record of ordinary length (not a
+        long line, whose time may be far older than its place) lies a minute before ``since``.
+        Blocking: call it in a thread.
         """
         if self.size <= self.base:
             return ResumePoint()
+        pending, long = self._long_lines()
         last: str | None = None
         since = ""
         floor = ""
-        skip = 0
+        skips = {"O": 0, "E": 0}
         chunk = 4096
         while True:
             data, start = self.tail(chunk)
             if start < self.base:  # records of an earlier attempt are not this container's
                 data, start = data[self.base - start :], self.base
             records = [r for r in data.split(b"\n") if r]
-            skip = 0
+            skips = {"O": 0, "E": 0}
             reached_floor = False
             for record in reversed(records):
-                if record[:1] == b"S":
-                    continue  # runyard's own notes did not come from Docker
+                letter = record[:1].decode("ascii", "replace")
+                if letter not in skips:
+                    continue  # runyard's own notes (S) did not come from Docker
                 ts = _timestamp(record)
                 if ts is None:
                     continue
                 if last is None:
                     last = ts
-                    since = _shift(ts, -window_seconds)
-                    floor = _shift(ts, -window_seconds - 60)
+                    since = min([_shift(ts, -window_seconds), *pending.values()])
+                    floor = _shift(since, -60)
                 if ts >= since:
-                    skip += 1
-                elif ts < floor:
+                    skips[letter] += 1
+                elif ts < floor and len(record) < _MAYBE_LONG and (letter, ts) not in long:
                     reached_floor = True
                     break
             if last is None:
                 return ResumePoint()
             if reached_floor or start <= self.base:
-                return ResumePoint(since, skip)
+                return ResumePoint(since, skips["O"], skips["E"])
             chunk *= 4
 
 

@@ -8,8 +8,12 @@ Resuming after a daemon restart is exact because a completed line is one
 record. Docker's timestamps are not monotonic across stdout and stderr (it reads
 the two pipes separately), so resuming "after the last timestamp" could drop a
 line. Instead the daemon asks Docker for every entry since a point safely before
-the last stored record, and skips exactly as many lines as it stored in that
-window: what was stored is always a prefix of that window, in Docker's order.
+the last stored record, and skips, per stream, exactly as many lines as it stored
+of that stream in that window: within one stream, what was stored is always a
+prefix of that window in Docker's order. Every fragment of a long line carries
+its first fragment's time, so a line still pending when the stream broke off is
+only seen again if the window reaches back to that time: the log keeps the time
+of pending long lines beside it (LogFile.mark_long_lines) for this.
 """
 
 from __future__ import annotations
@@ -93,13 +97,44 @@ def metadata_of(text: str) -> dict[str, Any] | None:
 @dataclass(slots=True)
 class ResumePoint:
     since: str = ""  # ask Docker for entries at or after this time ("" = from the start)
-    skip: int = 0  # lines in that window that are already stored
+    # Lines of each stream in that window that are already stored. Counted per stream: within one
+    # stream Docker's order is the order of writing, but across the two it is not, and once a long
+    # line is pending the stored records are no prefix of Docker's order of both together.
+    stdout: int = 0
+    stderr: int = 0
 
 
 @dataclass(slots=True)
 class Decoded:
     records: list[bytes] = field(default_factory=list)  # whole records in the log format
     candidates: list[tuple[str, str]] = field(default_factory=list)  # (time, text) of stdout lines starting "{"
+    # Long lines (Docker sent them in 16 KiB fragments, each stamped with the first one's time):
+    # (letter, time) of those now pending, first seen in this chunk, and of those completed in it
+    # (stored or skipped). The log keeps both, so a resume can reach back to a pending line's start.
+    started: list[tuple[str, str]] = field(default_factory=list)
+    ended: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Partial:
+    ts: str
+    data: bytearray
+    announced: bool = False  # reported in Decoded.started
+
+
+def _collapse_partial(data: bytearray) -> None:
+    """Drop what a terminal would no longer show of a line still being written: everything up to
+    the last \r that has more text after it, and all but one of a run of trailing \r. Collapsing
+    the rest later (collapse_carriage_returns) gives the same text, and a progress bar that never
+    ends its line keeps this buffer at the size of one bar."""
+    end = len(data)
+    while end and data[end - 1] == 13:
+        end -= 1
+    if len(data) - end > 1:
+        del data[end + 1 :]
+    cut = data.rfind(b"\r", 0, end)
+    if cut >= 0:
+        del data[: cut + 1]
 
 
 _PREFIX: Final = {stream: f"{letter} ".encode() for stream, letter in _STREAM_LETTER.items()}
@@ -109,7 +144,7 @@ _PREFIX: Final = {stream: f"{letter} ".encode() for stream, letter in _STREAM_LE
 class DockerLogDecoder:
     resume: ResumePoint = field(default_factory=ResumePoint)
     _buffer: bytearray = field(default_factory=bytearray)
-    _partial: dict[int, tuple[str, bytearray]] = field(default_factory=dict)
+    _partial: dict[int, _Partial] = field(default_factory=dict)
 
     def feed(self, chunk: bytes) -> Decoded:
         """Every line completed by ``chunk``, as log records (bytes, possibly invalid UTF-8)."""
@@ -120,7 +155,8 @@ class DockerLogDecoder:
         candidates = out.candidates
         unpack = _HEADER.unpack_from
         partial = self._partial
-        skip = self.resume.skip
+        resume = self.resume
+        skipping = resume.stdout > 0 or resume.stderr > 0
         pos = 0
         end = len(buf)
         # Checked once per chunk rather than once per line: most chunks have no \r at all.
@@ -138,21 +174,20 @@ class DockerLogDecoder:
             pos = stop
             # A full-width timestamp puts the space at a fixed place; Docker trims trailing
             # zeros of the fraction (one line in ten), and those are padded back here.
+            # (A space there after a trimmed one is the text's own: an indented line.)
             space = start + width
-            if space >= stop or buf[space] != 32:
+            if space >= stop or buf[space] != 32 or buf[space - 1] != 90:  # 90: "Z"
                 space = buf.find(b" ", start, stop)
                 if space < 0:
                     continue
-            if buf[stop - 1] == 10 and not (partial and stream in partial) and not (
+            # Lines being skipped on resume (a short stretch) take the careful path below.
+            if buf[stop - 1] == 10 and not skipping and not (partial and stream in partial) and not (
                 has_cr and buf.find(b"\r", space, stop) >= 0
             ):
                 short = width - (space - start)
                 if short and (short > 10 or buf[space - 1] != 90):  # 90: "Z"
                     short = -1  # not Docker's timestamp form: take the careful path below
                 if short >= 0:
-                    if skip > 0:
-                        skip -= 1
-                        continue
                     joined += prefixes.get(stream) or b"O "
                     if short:
                         joined += buf[start : space - 1]
@@ -168,40 +203,56 @@ class DockerLogDecoder:
                         candidates.append((normalize_timestamp(buf[start:space].decode("ascii")),
                                            buf[space + 1 : stop - 1].decode("utf-8", "replace")))
                     continue
-            self.resume.skip = skip
             ts = buf[start:space].decode("ascii", "replace")
             content = bytes(buf[space + 1 : stop])
             if content.endswith(b"\n"):
                 pending = partial.pop(stream, None)
                 if pending is not None:
-                    pending[1].extend(content)
-                    content = bytes(pending[1])
+                    pending.data += content
+                    content = bytes(pending.data)
+                    ts = pending.ts
+                    out.ended.append((_STREAM_LETTER.get(stream, "O"), normalize_timestamp(ts)))
                 if joined:
                     out.records.append(bytes(joined))
                     joined.clear()
                 self._emit(out, stream, ts, content[:-1])
-            elif stream in partial:
-                partial[stream][1].extend(content)
+                skipping = resume.stdout > 0 or resume.stderr > 0
             else:
-                partial[stream] = (ts, bytearray(content))
-            skip = self.resume.skip
-        self.resume.skip = skip
+                pending = partial.get(stream)
+                if pending is None:
+                    pending = partial[stream] = _Partial(ts, bytearray(content))
+                else:
+                    pending.data += content
+                if b"\r" in content:
+                    _collapse_partial(pending.data)
         if joined:
             out.records.append(bytes(joined))
+        if partial:
+            for stream, pending in partial.items():
+                if not pending.announced:
+                    pending.announced = True
+                    out.started.append((_STREAM_LETTER.get(stream, "O"), normalize_timestamp(pending.ts)))
         del buf[:pos]
         return out
 
     def flush(self) -> Decoded:
-        """Lines still open when the stream ended (a last line without newline)."""
+        """Lines still open when the container ended (a last line without newline). Only then: a
+        stream that broke off (a host outage) leaves them pending, to be read again on resume."""
         out = Decoded()
-        for stream, (ts, content) in sorted(self._partial.items()):
-            self._emit(out, stream, ts, bytes(content))
+        for stream, pending in sorted(self._partial.items()):
+            out.ended.append((_STREAM_LETTER.get(stream, "O"), normalize_timestamp(pending.ts)))
+            self._emit(out, stream, pending.ts, bytes(pending.data))
         self._partial.clear()
         return out
 
     def _emit(self, out: Decoded, stream: int, ts: str, content: bytes) -> None:
-        if self.resume.skip > 0:
-            self.resume.skip -= 1
+        resume = self.resume
+        if stream == 2:
+            if resume.stderr > 0:
+                resume.stderr -= 1
+                return
+        elif resume.stdout > 0:
+            resume.stdout -= 1
             return
         ts = normalize_timestamp(ts)
         text = content.decode("utf-8", "replace")

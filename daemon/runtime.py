@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 from .logfile import LogFile
@@ -58,8 +59,37 @@ class ContainerState:
     oom_killed: bool
     gpus: tuple[str, ...] = ()
     attempt: int = 0
-    started_at: str | None = None  # the engine's times, in the store's UTC form; None: not (yet) known
+    # When the engine (or the process runtime's wrapper) started and ended it, in the store's UTC
+    # form; None when not yet (or not known). Not when the daemon noticed: after a daemon kill or a
+    # host outage that can be many seconds later.
+    started_at: str | None = None
     finished_at: str | None = None
+
+
+def store_time_of_engine(text: object) -> str | None:
+    """Docker's RFC 3339 time (nanoseconds, trailing zeros trimmed, always UTC) in the store's form
+    ("%Y-%m-%dT%H:%M:%S.%fZ"); None for Docker's "never" (year 1) or anything unreadable."""
+    if not isinstance(text, str) or not text.endswith("Z") or text.startswith("0001-"):
+        return None
+    whole, _, frac = text[:-1].partition(".")
+    if not frac.isdigit() and frac:
+        return None
+    try:
+        moment = datetime.fromisoformat(whole).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return f"{moment.strftime('%Y-%m-%dT%H:%M:%S')}.{(frac + '000000')[:6]}Z"
+
+
+def store_time_of_epoch(text: str) -> str | None:
+    """Seconds since the epoch as `date +%s.%N` prints them (or `date +%s` where %N is not known)
+    in the store's form; None for anything else."""
+    seconds, _, frac = text.strip().partition(".")
+    if not seconds.isdigit() or len(seconds) > 12:
+        return None
+    moment = datetime.fromtimestamp(int(seconds), UTC)
+    digits = frac if frac.isdigit() else ""
+    return f"{moment.strftime('%Y-%m-%dT%H:%M:%S')}.{(digits + '000000')[:6]}Z"
 
 
 class Runtime(Protocol):

@@ -18,7 +18,15 @@ import aiohttp
 from .docker_logs import LogStreamError, container_logs
 from .logfile import LogFile
 from .logstream import Decoded, DockerLogDecoder, split_timestamp
-from .runtime import ContainerGone, ContainerSpec, ContainerState, EngineError, ImageMissing, attempt_name
+from .runtime import (
+    ContainerGone,
+    ContainerSpec,
+    ContainerState,
+    EngineError,
+    ImageMissing,
+    attempt_name,
+    store_time_of_engine,
+)
 
 LABEL_DAEMON: Final = "runyard.daemon"
 LABEL_EXECUTION: Final = "runyard.execution"
@@ -222,12 +230,24 @@ class DockerRuntime:
             raise EngineError(f"cannot wait for container: {exc.message}") from None
 
     async def read_logs(self, container_id: str, log: LogFile, *, follow: bool) -> AsyncIterator[Decoded]:
-        """Lines not yet in ``log``: from its exact resume point, until the container ends."""
-        resume = log.resume_point()
+        """Lines not yet in ``log``: from its exact resume point, until the container ends.
+
+        Without ``follow`` this is the last read, after the container ended: a line it left open
+        (no final newline) is stored as it is. A followed stream that ends leaves such a line
+        pending: the stream may only have broken off (a host outage), and the line goes on.
+        """
+        resume = await asyncio.to_thread(log.resume_point)
         decoder = DockerLogDecoder(resume=resume)
         async for chunk in self.logs(container_id, resume.since or None, follow=follow):
-            yield decoder.feed(chunk)
-        yield decoder.flush()
+            decoded = decoder.feed(chunk)
+            log.mark_long_lines("P", decoded.started)
+            yield decoded
+            # Resumed only once the consumer stored these records: a D mark never precedes them.
+            log.mark_long_lines("D", decoded.ended)
+        if not follow:
+            decoded = decoder.flush()
+            yield decoded
+            log.mark_long_lines("D", decoded.ended)
 
     async def logs(self, container_id: str, since: str | None, *, follow: bool = True) -> AsyncIterator[bytes]:
         """Raw multiplexed log stream with timestamps; with ``follow``, until the container ends."""
@@ -274,6 +294,8 @@ def _state_of(info: dict[str, Any]) -> ContainerState:
         oom_killed=bool(state.get("OOMKilled", False)),
         gpus=tuple(g for g in labels.get(LABEL_GPUS, "").split(",") if g),
         attempt=int(labels.get(LABEL_ATTEMPT, "0") or 0),
+        started_at=store_time_of_engine(state.get("StartedAt")),
+        finished_at=store_time_of_engine(state.get("FinishedAt")),
     )
 
 

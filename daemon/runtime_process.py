@@ -21,20 +21,24 @@ from runyard.protocol.logformat import format_record
 
 from .logfile import LogFile
 from .logstream import Decoded, collapse_carriage_returns, timestamp_now
-from .runtime import ContainerGone, ContainerSpec, ContainerState, EngineError, attempt_name
+from .runtime import ContainerGone, ContainerSpec, ContainerState, EngineError, attempt_name, store_time_of_epoch
 from .transport import LinkError, Transport, q
 
 CONTROL: Final = ".runyard"  # inside the execution's directory, beside repository/ and outputs/
 LOST: Final = -1  # exit code reported when the wrapper vanished without recording one
 
-# Prints "<state> <exit code>" for the execution directory in $d.
+# Prints "<state> <exit code> <started> <finished>" for the execution directory in $d; the times are
+# the wrapper's own (seconds since the epoch), "-" where not written (yet).
 _STATE: Final = (
     'r="$d/.runyard"; '
-    'if [ -e "$r/exit_code" ]; then echo "exited $(cat "$r/exit_code")"; '
+    'if [ -e "$r/exit_code" ]; then s="exited $(cat "$r/exit_code")"; '
     'elif [ -e "$r/wrapper.pid" ]; then p=$(cat "$r/wrapper.pid"); '
     'if kill -0 "$p" 2>/dev/null && grep -q run.sh "/proc/$p/cmdline" 2>/dev/null; '
-    'then echo "running 0"; else echo "exited -1"; fi; '
-    'elif [ -e "$r/run.sh" ]; then echo "created 0"; else echo "missing 0"; fi'
+    'then s="running 0"; else s="exited -1"; fi; '
+    'elif [ -e "$r/run.sh" ]; then s="created 0"; else s="missing 0"; fi; '
+    't1=$(head -c 40 "$r/started_at" 2>/dev/null | tr -cd 0-9.); '
+    't2=$(head -c 40 "$r/finished_at" 2>/dev/null | tr -cd 0-9.); '
+    'echo "$s ${t1:--} ${t2:--}"'
 )
 
 
@@ -78,10 +82,15 @@ class ProcessRuntime:
             f"r={q(r)}\n"
             f"cd {q(d)}/repository || {{ echo 127 > \"$r/exit_code\"; exit 1; }}\n"
             f"{exports}"
+            # Its own start and end times: the daemon may notice either much later (a daemon
+            # restart, a host outage), and the execution's times must be when it really ran.
+            'date +%s.%N > "$r/started_at.tmp"; mv "$r/started_at.tmp" "$r/started_at"\n'
             'setsid sh "$r/command.sh" > "$r/stdout" 2> "$r/stderr" < /dev/null &\n'
             'echo $! > "$r/child.pid"\n'
             "wait $!\n"
-            'echo $? > "$r/exit_code.tmp" && mv "$r/exit_code.tmp" "$r/exit_code"\n'
+            "c=$?\n"
+            'date +%s.%N > "$r/finished_at.tmp"; mv "$r/finished_at.tmp" "$r/finished_at"\n'
+            'echo $c > "$r/exit_code.tmp" && mv "$r/exit_code.tmp" "$r/exit_code"\n'
         )
         await self._run(f"mkdir -p {q(r)} && cat > {q(r)}/command.sh", input=spec.command.encode())
         await self._run(f"cat > {q(r)}/run.sh", input=wrapper.encode())
@@ -125,7 +134,7 @@ class ProcessRuntime:
         )
 
     async def read_logs(self, container_id: str, log: LogFile, *, follow: bool) -> AsyncIterator[Decoded]:
-        counts = log.count_by_stream()
+        counts = await asyncio.to_thread(log.count_by_stream)
         r = f"{container_id}/{CONTROL}"
         queue: asyncio.Queue[tuple[str, str] | BaseException | None] = asyncio.Queue()
         readers = [
@@ -207,5 +216,8 @@ def _parse_state(path: str, text: str) -> ContainerState:
         code = LOST
     name = path.rstrip("/").rsplit("/", 1)[-1]
     execution, _, attempt = name.partition("-")  # as attempt_name makes them: <id> or <id>-<attempt>
+    started = store_time_of_epoch(parts[2]) if len(parts) > 2 else None
+    finished = store_time_of_epoch(parts[3]) if len(parts) > 3 and status == "exited" else None
     return ContainerState(id=path, execution_id=int(execution) if execution.isdigit() else 0, status=status,
-                          exit_code=code, oom_killed=False, attempt=int(attempt) if attempt.isdigit() else 0)
+                          exit_code=code, oom_killed=False, attempt=int(attempt) if attempt.isdigit() else 0,
+                          started_at=started, finished_at=finished)

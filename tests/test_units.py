@@ -53,7 +53,7 @@ def test_docker_decoder_streams_partials_and_carriage_returns() -> None:
 
 
 def test_docker_decoder_skips_exactly_the_stored_lines_and_keeps_bad_utf8() -> None:
-    decoder = DockerLogDecoder(resume=ResumePoint(since=TS, skip=2))
+    decoder = DockerLogDecoder(resume=ResumePoint(since=TS, stdout=1, stderr=1))
     decoded = decoder.feed(frame(1, TS, b"a\n") + frame(2, TS, b"b\n") + frame(1, TS, b"c\xff\n"))
     assert decoded.records == [f"O {TS} c".encode() + b"\xff\n"]  # the runner replaces bad bytes per batch
 
@@ -90,7 +90,7 @@ def test_logfile_head_tail_stream_filter_and_torn_record(tmp_path: Path) -> None
     asyncio.run(log.append(f"O {TS} more\n"))
     assert log.line_count() == 10_001
     point = log.resume_point()
-    assert point.skip == 10_001 and point.since < TS
+    assert (point.stdout, point.stderr) == (6667, 3334) and point.since < TS
 
 
 def test_config_errors_name_the_key() -> None:
@@ -209,6 +209,16 @@ def test_docker_decoder_pads_trimmed_timestamps_exactly_as_the_careful_path() ->
     assert b"".join(records).decode() == "".join(expected)
     assert all(len(ts) == 30 for ts, _ in candidates) and len(candidates) == sum(
         1 for i in range(5000) if i % 3 == 0 and i % 5)
+
+
+def test_docker_decoder_keeps_an_indented_line_after_a_trimmed_timestamp() -> None:
+    """A trimmed timestamp puts the text where the separating space would be: "  File ..." lines of
+    a traceback were stored with a malformed header."""
+    for ts in ("2026-11-21T12:00:00.12345678Z", "2026-11-21T12:00:00.1Z", "2026-11-21T12:00:00Z"):
+        for text in (b" indented", b"  File x", b"\tx " + b" " * 40):
+            raw = frame(2, ts, text + b"\n")
+            records = b"".join(DockerLogDecoder().feed(raw).records).decode()
+            assert parse_records(records) == [("stderr", normalize_timestamp(ts), text.decode())], (ts, text)
 
 
 def test_input_names_and_file_names_never_escape_their_directory() -> None:

@@ -391,7 +391,7 @@ class Runner:
             data, end = self.log.read_range(offset, 4 << 20)
             lines = parse_records(data.decode("utf-8", "replace"))
             points = metadata_points((line.time, line.text) for line in lines if line.stream == "stdout")
-            await self.s.store.add_metadata(self.id, points, end)
+            await self.s.store.add_metadata(self.id, points, end, attempt=self.row.log_base)
             offset = end
 
     async def _ingest_logs(self, runtime: Runtime, *, follow: bool) -> None:
@@ -457,7 +457,7 @@ class Runner:
             self._flush_timer = None
         if self._points:
             points, self._points = self._points, []
-            await self.s.store.add_metadata(self.id, points, self._points_end)
+            await self.s.store.add_metadata(self.id, points, self._points_end, attempt=self.row.log_base)
 
     async def _live_outputs(self, host: Host) -> None:
         """Store files the command made read-only while it runs (Valohai's live outputs)."""

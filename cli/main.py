@@ -261,7 +261,7 @@ async def _client_command(args: argparse.Namespace) -> int:
 async def cmd_run(client: Client, args: argparse.Namespace) -> int:
     from runyard.daemon.snapshots import SnapshotError, snapshot_commit, snapshot_worktree
 
-    directory = Path(args.directory).resolve()
+    directory = await asyncio.to_thread(Path(args.directory).resolve)
     try:
         if args.adhoc:
             snap = await asyncio.to_thread(snapshot_worktree, directory)

@@ -213,7 +213,7 @@ async def logs_count(core: Core, caller: Caller, p: m.IdParams) -> Any:
 @method("snapshots.has", m.SnapshotHasParams)
 async def snapshot_has(core: Core, caller: Caller, p: m.SnapshotHasParams) -> Any:
     try:
-        return core.snapshots.has(p.id)
+        return await asyncio.to_thread(core.snapshots.has, p.id)
     except SnapshotError as exc:
         raise OperationError(ErrorCode.INVALID_PARAMS, str(exc)) from None
 
@@ -221,7 +221,8 @@ async def snapshot_has(core: Core, caller: Caller, p: m.SnapshotHasParams) -> An
 @method("snapshots.put", m.SnapshotPutParams)
 async def snapshot_put(core: Core, caller: Caller, p: m.SnapshotPutParams) -> Any:
     try:
-        await asyncio.to_thread(core.snapshots.put_chunk, p.id, p.offset, p.data, p.final)
+        await asyncio.to_thread(core.snapshots.put_chunk, p.id, p.offset, p.data, p.final,
+                                core.config.daemon.max_snapshot_mb << 20)
     except SnapshotError as exc:
         raise OperationError(ErrorCode.INVALID_PARAMS, str(exc)) from None
     return None
@@ -230,7 +231,8 @@ async def snapshot_put(core: Core, caller: Caller, p: m.SnapshotPutParams) -> An
 @method("snapshots.files", m.IdParams)
 async def snapshot_files(core: Core, caller: Caller, p: m.IdParams) -> Any:
     row = await core.get(p.id)
-    return [{"path": name, "size": size} for name, size in core.snapshots.list_files(row.snapshot)]
+    files = await asyncio.to_thread(core.snapshots.list_files, row.snapshot)  # a scan of the whole tar
+    return [{"path": name, "size": size} for name, size in files]
 
 
 @method("snapshots.read", m.SnapshotFileParams)

@@ -154,7 +154,10 @@ class Core:
                                reason=f"input {name}", at=utcnow(), done=done, total=total))
 
     async def _host_event(self, name: str, state: str, error: str) -> None:
-        self.hub.publish(await self.store.host_event(name, state, error or None))
+        try:
+            self.hub.publish(await self.store.host_event(name, state, error or None))
+        except Exception:  # a store failure (disk full, say) must not end as an unretrieved task exception
+            log.exception("host %s: recording its state %s failed", name, state)
 
     async def _reconcile_host(self, host: Host, generation: int) -> None:
         """Match the store against what a host that (re)connected has for this daemon.

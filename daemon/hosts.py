@@ -306,7 +306,7 @@ class Host:
         s = self.settings
         if s.ssh is None:
             self.transport = LocalTransport()
-            Path(s.work_dir).mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(Path(s.work_dir).mkdir, parents=True, exist_ok=True)
             self.work_root = s.work_dir
         else:
             self._conn = await asyncssh.connect(**self._ssh_options(s.ssh))

@@ -28,6 +28,7 @@ import aioboto3
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
+from .locks import KeyedLocks
 from .outputs import OutputError, OutputStore, size_and_sha256
 
 Progress = Callable[[int, int | None], None]  # bytes done, bytes in all (None: unknown)
@@ -91,7 +92,7 @@ class InputFetcher:
         self.s3_options = s3_options or {}
         self.outputs = outputs
         cache_root.mkdir(parents=True, exist_ok=True)
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()  # one download at a time per URL
         self.fetches = 0  # transfers actually made (not answered from the cache)
 
     async def fetch(self, url: str, owner_uid: int, progress: Progress | None = None) -> list[InputFile]:
@@ -156,7 +157,7 @@ class InputFetcher:
                          progress: Progress | None = None) -> InputFile:
         uri = f"s3://{bucket}/{key}"
         entry = self.cache_root / hashlib.sha256(uri.encode()).hexdigest()
-        async with self._locks.setdefault(uri, asyncio.Lock()):
+        async with self._locks.hold(uri):
             meta = _meta(entry)
             if meta.get("etag") == etag and (entry / "data").exists():
                 os.utime(entry)
@@ -168,7 +169,7 @@ class InputFetcher:
     async def _fill(self, entry: Path, uri: str, chunks: AsyncIterator[bytes], expected: int | None,
                     progress: Progress | None, meta: dict[str, Any]) -> InputFile:
         """Stream a download into cache entry ``entry``; ``meta`` (name, validators) is kept beside it."""
-        entry.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(entry.mkdir, parents=True, exist_ok=True)
         part = entry / "data.part"
         digest = hashlib.sha256()
         size = 0
@@ -235,7 +236,7 @@ class InputFetcher:
                 raise InputError(url, missing if exc.detail == "no such key" else exc.detail) from None
             return [dataclasses.replace(f, uri=url) for f in found]
         path = Path(where)
-        if not path.is_file():
+        if not await asyncio.to_thread(path.is_file):
             raise InputError(url, missing)
         size, sha = await asyncio.to_thread(size_and_sha256, path)
         return [InputFile(PurePosixPath(name).name, path, url, size, sha)]
@@ -252,7 +253,7 @@ class InputFetcher:
 
     async def _http(self, url: str, progress: Progress | None = None) -> InputFile:
         entry = self.cache_root / hashlib.sha256(url.encode()).hexdigest()
-        async with self._locks.setdefault(url, asyncio.Lock()):  # one download for two executions asking
+        async with self._locks.hold(url):  # one download for two executions asking
             meta = _meta(entry)
             headers = {}
             if meta and (entry / "data").exists():

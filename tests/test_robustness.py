@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -19,6 +20,8 @@ from runyard.daemon.config import parse_config
 from runyard.daemon.core import Core
 from runyard.daemon.inputs import InputFetcher
 from runyard.daemon.outputs import LocalOutputStore
+from runyard.daemon.runtime import EngineError
+from runyard.daemon.runtime_docker import DockerRuntime
 from runyard.daemon.server import Connection, Server
 from runyard.daemon.store import NewExecution, Store
 from runyard.protocol import Client, RemoteError
@@ -371,6 +374,22 @@ async def test_a_host_outage_leaves_no_unclosed_session(daemon_factory: type[Dae
         host.kill()
     text = daemon.log_text()
     assert "Unclosed client session" not in text and "Unclosed connector" not in text, text[-3000:]
+
+
+async def test_a_closed_docker_runtime_opens_no_new_session(docker_engine: None,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """What a host outage left behind: a runner or reconcile still holding the runtime of the
+    dropped link called it after the link was closed, which opened a new client session on the
+    dead socket that nobody closed ("Unclosed client session" when collected)."""
+    runtime = DockerRuntime("/var/run/docker.sock", "robustness", where="the test engine")
+    assert await runtime.ping()
+    await runtime.close()  # the link dropped: Host._drop closed it
+    with pytest.raises(EngineError, match="was closed"):
+        await runtime.ping()
+    del runtime
+    gc.collect()
+    await asyncio.sleep(0)
+    assert "Unclosed" not in caplog.text  # neither the client session nor its connector
 
 
 # -- identity ----------------------------------------------------------------------------------

@@ -272,6 +272,12 @@ class Connection:
                 await self.send(event)
         except ConnectionError:
             pass
+        except Exception:
+            # The stream has no end message: a client that kept waiting would never learn it
+            # stopped. Closing the connection tells it; it resubscribes from its last seq.
+            log.exception("the event subscription of %s (uid %s) failed; closing its connection",
+                          self.caller.user, self.caller.uid)
+            self.writer.transport.abort()
         finally:
             hub.unsubscribe(sub)
 

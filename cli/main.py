@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("metadata", help="metadata points and the latest value of each key")
     p.add_argument("id", type=int)
+    p.add_argument("--all-attempts", action="store_true",
+                   help="the points of every attempt of a retried execution, not only the current one")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("stop", help="stop executions (SIGTERM, then SIGKILL after the grace period)")
@@ -259,7 +261,7 @@ async def _client_command(args: argparse.Namespace) -> int:
 async def cmd_run(client: Client, args: argparse.Namespace) -> int:
     from runyard.daemon.snapshots import SnapshotError, snapshot_commit, snapshot_worktree
 
-    directory = Path(args.directory).resolve()
+    directory = await asyncio.to_thread(Path(args.directory).resolve)
     try:
         if args.adhoc:
             snap = await asyncio.to_thread(snapshot_worktree, directory)
@@ -445,10 +447,12 @@ def _records_from(data: str, start: int, offset: int) -> str:
 
 
 async def cmd_metadata(client: Client, args: argparse.Namespace) -> int:
-    points = await client.metadata(args.id)
+    points = await client.metadata(args.id, all_attempts=args.all_attempts)  # every page of them
     latest: dict[str, Any] = {}
+    current = max((p.attempt for p in points), default=0)
     for point in points:
-        latest.update(point.values)
+        if point.attempt == current:  # latest values are the current attempt's
+            latest.update(point.values)
     if args.json:
         _print_json({"points": points, "latest": latest})
         return 0
@@ -456,12 +460,15 @@ async def cmd_metadata(client: Client, args: argparse.Namespace) -> int:
         print("no metadata: print JSON objects on stdout to record some")
         return 0
     keys = sorted({k for p in points for k in p.values if k != "_time"})
-    rows = [[str(p.n), str(p.values.get("_time", p.time))] + [_cell(p.values.get(k)) for k in keys] for p in points]
-    print(render.table(["N", "TIME", *keys], rows))
+    attempts = len({p.attempt for p in points}) > 1
+    rows = [([str(p.attempt)] if attempts else []) + [str(p.n), str(p.values.get("_time", p.time))]
+            + [_cell(p.values.get(k)) for k in keys] for p in points]
+    print(render.table([*(["ATTEMPT"] if attempts else []), "N", "TIME", *keys], rows))
     print()
     print("latest:")
     for key in keys:
-        print(f"  {key} = {json.dumps(latest[key])}")
+        if key in latest:
+            print(f"  {key} = {json.dumps(latest[key])}")
     return 0
 
 

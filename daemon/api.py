@@ -124,10 +124,33 @@ async def delete(core: Core, caller: Caller, p: m.DeleteParams) -> Any:
     return None
 
 
-@method("executions.metadata", m.IdParams)
-async def metadata(core: Core, caller: Caller, p: m.IdParams) -> Any:
-    await core.get(p.id)
-    return [{"n": n, "time": at, "values": values} for n, at, values in await core.store.metadata(p.id)]
+@method("executions.metadata", m.MetadataParams)
+async def metadata(core: Core, caller: Caller, p: m.MetadataParams) -> Any:
+    """One page of points; a chart asks for ``max_points`` and gets every k-th point and the last."""
+    row = await core.get(p.id)
+    if not 1 <= p.limit <= m.METADATA_PAGE_MAX:
+        raise OperationError(ErrorCode.INVALID_PARAMS, f"limit must be between 1 and {m.METADATA_PAGE_MAX}")
+    if p.max_points is not None and not 2 <= p.max_points <= m.CHART_POINTS_MAX:
+        raise OperationError(ErrorCode.INVALID_PARAMS, f"max_points must be between 2 and {m.CHART_POINTS_MAX}")
+    attempt = None if p.all_attempts else row.log_base
+    total = await core.store.metadata_count(p.id, attempt)
+    every = 1
+    if p.max_points is not None and total > p.max_points:
+        every = -(-total // (p.max_points - 1))  # at most max_points - 1 picked, and the last
+    found = await core.store.metadata(p.id, attempt=attempt, offset=max(0, p.offset), limit=p.limit + 1,
+                                      every=every)
+    # Points are up to 256 KiB each: a page stops well before the frame limit, JSON escaping included.
+    budget = core.config.daemon.max_frame_bytes // 4
+    points: list[dict[str, Any]] = []
+    used = 0
+    next_offset: int | None = None
+    for point in found:
+        if len(points) == p.limit or (points and used + point.size > budget):
+            next_offset = point.n
+            break
+        used += point.size + 64
+        points.append({"n": point.n, "time": point.at, "values": point.values, "attempt": point.attempt})
+    return {"points": points, "next": next_offset, "total": total, "attempt": row.log_base}
 
 
 @method("outputs.list", m.IdParams)
@@ -189,7 +212,7 @@ async def logs_count(core: Core, caller: Caller, p: m.IdParams) -> Any:
 @method("snapshots.has", m.SnapshotHasParams)
 async def snapshot_has(core: Core, caller: Caller, p: m.SnapshotHasParams) -> Any:
     try:
-        return core.snapshots.has(p.id)
+        return await asyncio.to_thread(core.snapshots.has, p.id)
     except SnapshotError as exc:
         raise OperationError(ErrorCode.INVALID_PARAMS, str(exc)) from None
 
@@ -197,7 +220,8 @@ async def snapshot_has(core: Core, caller: Caller, p: m.SnapshotHasParams) -> An
 @method("snapshots.put", m.SnapshotPutParams)
 async def snapshot_put(core: Core, caller: Caller, p: m.SnapshotPutParams) -> Any:
     try:
-        await asyncio.to_thread(core.snapshots.put_chunk, p.id, p.offset, p.data, p.final)
+        await asyncio.to_thread(core.snapshots.put_chunk, p.id, p.offset, p.data, p.final,
+                                core.config.daemon.max_snapshot_mb << 20)
     except SnapshotError as exc:
         raise OperationError(ErrorCode.INVALID_PARAMS, str(exc)) from None
     return None
@@ -206,7 +230,8 @@ async def snapshot_put(core: Core, caller: Caller, p: m.SnapshotPutParams) -> An
 @method("snapshots.files", m.IdParams)
 async def snapshot_files(core: Core, caller: Caller, p: m.IdParams) -> Any:
     row = await core.get(p.id)
-    return [{"path": name, "size": size} for name, size in core.snapshots.list_files(row.snapshot)]
+    files = await asyncio.to_thread(core.snapshots.list_files, row.snapshot)  # a scan of the whole tar
+    return [{"path": name, "size": size} for name, size in files]
 
 
 @method("snapshots.read", m.SnapshotFileParams)

@@ -29,7 +29,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     core = Core(config, store)
     server = Server(core, config.daemon.socket, mode=config.socket_mode, group=config.daemon.socket_group,
                     admins=config.daemon.admins, max_frame=config.daemon.max_frame_bytes,
-                    slow_client_seconds=config.daemon.slow_client_seconds)
+                    slow_client_seconds=config.daemon.slow_client_seconds,
+                    max_requests_in_flight=config.daemon.max_requests_in_flight)
     try:
         try:
             await core.start()

@@ -31,6 +31,11 @@ class DaemonSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # A client whose socket stays full this long (it stopped reading, say while following a
     # flooding log) is disconnected; until then only its own answers wait.
     slow_client_seconds: float = 30.0
+    # Requests of one connection handled at once; beyond this the daemon reads no more of its
+    # requests until one is answered, so one client cannot pile up unbounded work.
+    max_requests_in_flight: int = 64
+    # Largest code snapshot a client may upload (the tar of its repository), in MiB.
+    max_snapshot_mb: int = 2048
 
 
 class DefaultsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -219,6 +224,10 @@ def _check(config: Config) -> None:
         raise ConfigError('store.bucket: kind = "s3" needs a bucket')
     if config.daemon.max_frame_bytes < 64 * 1024:
         raise ConfigError("daemon.max_frame_bytes: must be at least 65536")
+    if config.daemon.max_requests_in_flight < 1:
+        raise ConfigError("daemon.max_requests_in_flight: must be at least 1")
+    if config.daemon.max_snapshot_mb < 1:
+        raise ConfigError("daemon.max_snapshot_mb: must be at least 1")
 
 
 def _resolve_paths(config: Config, base: Path) -> None:

@@ -167,7 +167,7 @@ class Core:
     async def _host_event(self, name: str, state: str, error: str) -> None:
         try:
             self.hub.publish(await self.store.host_event(name, state, error or None))
-        except Exception:
+        except Exception:  # a store failure (disk full, say) must not end as an unretrieved task exception
             log.exception("host %s: recording its state %s failed", name, state)
 
     async def _reconcile_host(self, host: Host, generation: int) -> None:
@@ -398,9 +398,9 @@ class Core:
         if not 0 <= retries <= 100:
             raise OperationError("invalid-params", f"retries must be between 0 and 100, not {retries}")
         try:
-            if not self.snapshots.has(snapshot):
+            if not await asyncio.to_thread(self.snapshots.has, snapshot):
                 raise OperationError("not-found", f"snapshot {snapshot[:12]} was not uploaded")
-            text = self.snapshots.read_file(snapshot, config_path)
+            text = await asyncio.to_thread(self.snapshots.read_file, snapshot, config_path)
         except SnapshotError as exc:
             raise OperationError("invalid-params", str(exc)) from None
         if text is None:
@@ -433,7 +433,7 @@ class Core:
     async def restart(self, execution_id: int, owner: str, owner_uid: int) -> ExecutionRow:
         """A new execution from the exact snapshot, step, parameters, inputs and image."""
         old = await self.get(execution_id)
-        if not self.snapshots.has(old.snapshot):
+        if not await asyncio.to_thread(self.snapshots.has, old.snapshot):
             raise OperationError("invalid-state", f"snapshot {old.snapshot[:12]} of execution {execution_id} is gone")
         row, event = await self.store.create_execution(
             ExecutionRow(
@@ -478,7 +478,8 @@ class Core:
                     return False
                 self.track(result[0])
                 self.publish(result[1])
-                return True
+            await self._release_log(execution_id)  # a follower of its (empty) log is told it ended
+            return True
 
     async def rename(self, execution_id: int, title: str) -> ExecutionRow:
         await self.get(execution_id)
@@ -492,10 +493,16 @@ class Core:
                 "invalid-state", f"execution {execution_id} is {row.status}: stop it before deleting it"
             )
         self.publish(await self.store.delete(execution_id))
-        remove_log(self.log_path(execution_id))  # and its line index and long-line marks
-        workspace.remove(self.work_root / str(execution_id))
+        await asyncio.to_thread(self._remove_files, execution_id)
         if purge_outputs:
             await self.outputs.purge(execution_id)
+
+    def _remove_files(self, execution_id: int) -> None:
+        """Its log (with its line index and long-line marks) and whatever workspaces are left here,
+        of every attempt: outputs kept for rescue after a failed upload go with it."""
+        remove_log(self.log_path(execution_id))
+        for attempt in [self.work_root / str(execution_id), *self.work_root.glob(f"{int(execution_id)}-*")]:
+            workspace.remove(attempt)
 
     # -- hosts ------------------------------------------------------------------------------
 

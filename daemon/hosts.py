@@ -306,10 +306,11 @@ class Host:
         s = self.settings
         if s.ssh is None:
             self.transport = LocalTransport()
-            Path(s.work_dir).mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(Path(s.work_dir).mkdir, parents=True, exist_ok=True)
             self.work_root = s.work_dir
         else:
-            self._conn = await asyncssh.connect(**self._ssh_options(s.ssh))
+            options = await asyncio.to_thread(self._ssh_options, s.ssh)  # reads and writes files
+            self._conn = await asyncssh.connect(**options)
             self.transport = SshTransport(self._conn, self.name)
             result = await self.transport.run(
                 f"mkdir -p {q(s.work_dir)}/{self.daemon_id} && cd {q(s.work_dir)}/{self.daemon_id} && pwd -P",
@@ -329,9 +330,8 @@ class Host:
         else:
             socket = s.docker_socket
             if self._conn is not None:
-                self.sockets_dir.mkdir(parents=True, exist_ok=True)
                 local = self.sockets_dir / f"{self.name}.sock"
-                local.unlink(missing_ok=True)
+                await asyncio.to_thread(_fresh_path, local)
                 await self._conn.forward_local_path(str(local), s.docker_socket)
                 socket = str(local)
             where = s.docker_socket if self._conn is None else f"{s.docker_socket} on {self.name}"
@@ -393,6 +393,12 @@ class Host:
             with contextlib.suppress(Exception):
                 await conn.wait_closed()
         self.transport = None
+
+
+def _fresh_path(path: Path) -> None:
+    """Nothing at ``path``, in a directory that exists: where a new socket goes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
 
 
 def _describe(exc: BaseException) -> str:

@@ -27,6 +27,7 @@ import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import safeio
+from .locks import KeyedLocks
 from .outputs import OutputError, OutputStore, size_and_sha256
 
 Progress = Callable[[int, int | None], None]  # bytes done, bytes in all (None: unknown)
@@ -73,7 +74,7 @@ class InputFetcher:
         self.s3_options = s3_options or {}
         self.outputs = outputs
         cache_root.mkdir(parents=True, exist_ok=True)
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()  # one download at a time per URL
         self.fetches = 0  # transfers actually made (not answered from the cache)
 
     async def fetch(self, url: str, owner_uid: int, progress: Progress | None = None) -> list[InputFile]:
@@ -138,7 +139,7 @@ class InputFetcher:
                          progress: Progress | None = None) -> InputFile:
         uri = f"s3://{bucket}/{key}"
         entry = self.cache_root / hashlib.sha256(uri.encode()).hexdigest()
-        async with self._locks.setdefault(uri, asyncio.Lock()):
+        async with self._locks.hold(uri):
             meta = await asyncio.to_thread(_usable, entry)
             if meta.get("etag") == etag:
                 await asyncio.to_thread(os.utime, entry)
@@ -150,6 +151,7 @@ class InputFetcher:
     async def _fill(self, entry: Path, uri: str, chunks: AsyncIterator[bytes], expected: int | None,
                     progress: Progress | None, meta: dict[str, Any]) -> InputFile:
         """Stream a download into cache entry ``entry``; ``meta`` (name, validators) is kept beside it."""
+        await asyncio.to_thread(entry.mkdir, parents=True, exist_ok=True)
         part = entry / "data.part"
         fh = await asyncio.to_thread(_open_part, entry, part)
         digest = hashlib.sha256()
@@ -269,7 +271,7 @@ class InputFetcher:
 
     async def _http(self, url: str, progress: Progress | None = None) -> InputFile:
         entry = self.cache_root / hashlib.sha256(url.encode()).hexdigest()
-        async with self._locks.setdefault(url, asyncio.Lock()):  # one download for two executions asking
+        async with self._locks.hold(url):  # one download for two executions asking
             meta = await asyncio.to_thread(_usable, entry)
             headers = {}
             if meta:

@@ -202,7 +202,7 @@ class Runner:
             # The next attempt's container starts its output from scratch: resume from here.
             await self._record(move.status, f"host-lost {row.host}, retrying", host=None, gpu_ids=[],
                                container_id=None, started_at=None, log_base=self.log.size,
-                               retries=row.retries - 1)
+                               retries=row.retries - 1, new_attempt=True)
         elif move.status is not None:
             if move.reason == "host-lost":
                 await self._note(f"host {row.host} {letter.why}: giving the execution up")
@@ -297,7 +297,7 @@ class Runner:
         host = self.s.host_of(self.row.host or "")
         if host is None:
             await self._send(HostLost(), why="is no longer configured; its work cannot be followed there")
-            workspace.remove(self._staging())
+            await asyncio.to_thread(workspace.remove, self._staging())
             return True
         self.host = host
         try:
@@ -306,7 +306,8 @@ class Runner:
             generation = await asyncio.wait_for(host.wait_ready(), self.s.host_lost_grace)
         except TimeoutError:
             await self._send(HostLost(), why=f"unreachable for {self.s.host_lost_grace:g} s")
-            workspace.remove(self._staging())  # this attempt's copy here; the host's is removed when it returns
+            # This attempt's copy here; the host's is removed when the host returns.
+            await asyncio.to_thread(workspace.remove, self._staging())
             return True
         try:
             await self._run(host)
@@ -517,10 +518,10 @@ class Runner:
         if offset >= self.log.size:
             return
         while offset < self.log.size:
-            data, end = self.log.read_range(offset, 4 << 20)
+            data, end = await asyncio.to_thread(self.log.read_range, offset, 4 << 20)
             lines = parse_records(data.decode("utf-8", "replace"))
             points = metadata_points((line.time, line.text) for line in lines if line.stream == "stdout")
-            await self.s.store.add_metadata(self.id, points, end)
+            await self.s.store.add_metadata(self.id, points, end, attempt=self.row.log_base)
             offset = end
 
     async def _ingest_logs(self, runtime: Runtime, *, follow: bool) -> None:
@@ -586,7 +587,7 @@ class Runner:
             self._flush_timer = None
         if self._points:
             points, self._points = self._points, []
-            await self.s.store.add_metadata(self.id, points, self._points_end)
+            await self.s.store.add_metadata(self.id, points, self._points_end, attempt=self.row.log_base)
 
     async def _live_outputs(self, host: Host) -> None:
         """Store files the command made read-only while it runs (Valohai's live outputs)."""

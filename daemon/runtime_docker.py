@@ -61,17 +61,28 @@ class DockerRuntime:
         self.capabilities = capabilities
         self.pids_limit = pids_limit
         self._docker: aiodocker.Docker | None = None
+        self._closed = False
 
     @property
     def docker(self) -> aiodocker.Docker:
+        if self._closed:
+            # A runner still holding this runtime after its host's link dropped: a new client
+            # session here would never be closed ("Unclosed client session"), and its socket is gone.
+            raise EngineError(f"the connection to the engine at {self.where} was closed")
         if self._docker is None:
             self._docker = aiodocker.Docker(url=f"unix://{self.docker_socket}")
         return self._docker
 
     async def close(self) -> None:
-        if self._docker is not None:
-            await self._docker.close()
-            self._docker = None
+        self._closed = True
+        docker, self._docker = self._docker, None
+        if docker is not None:
+            try:
+                await docker.close()
+            finally:
+                # Also when closing was cancelled or its event monitor failed: the session goes.
+                if not docker.session.closed:
+                    await asyncio.shield(docker.session.close())
 
     @contextlib.contextmanager
     def _talking(self, what: str) -> Iterator[None]:

@@ -86,6 +86,12 @@ MIGRATIONS: Final[list[str]] = [
     ALTER TABLE executions ADD COLUMN log_base INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE executions ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
     """,
+    # 6: which attempt each metadata point belongs to (the attempt's log_base), so a retried
+    # execution's charts and latest values are its current attempt's, not a mix of both
+    """
+    ALTER TABLE metadata ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX metadata_attempt ON metadata (execution_id, attempt, n);
+    """,
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

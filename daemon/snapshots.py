@@ -150,8 +150,10 @@ class SnapshotStore:
     def has(self, snapshot_id: str) -> bool:
         return self.path(snapshot_id).exists()
 
-    def put_chunk(self, snapshot_id: str, offset: int, data: bytes, final: bool) -> None:
-        """Append one uploaded chunk; on the last one, verify the content hash."""
+    def put_chunk(self, snapshot_id: str, offset: int, data: bytes, final: bool,
+                  max_bytes: int | None = None) -> None:
+        """Append one uploaded chunk; on the last one, verify the content hash. A snapshot that
+        grows past ``max_bytes`` is refused and what was uploaded of it removed."""
         target = self.path(snapshot_id)
         if target.exists():
             return
@@ -162,6 +164,11 @@ class SnapshotStore:
             partial.write_bytes(b"")
         if offset != size:
             raise SnapshotError(f"snapshot upload out of order: expected offset {size}, got {offset}")
+        if max_bytes is not None and offset + len(data) > max_bytes:
+            partial.unlink(missing_ok=True)
+            raise SnapshotError(
+                f"the snapshot is larger than this daemon accepts ({max_bytes >> 20} MiB, daemon.max_snapshot_mb): "
+                "leave large data out of the repository (.gitignore) and give it as an input instead")
         with partial.open("ab") as fh:
             fh.write(data)
         if final:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 
@@ -38,6 +39,17 @@ def utcnow() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+class StoredPoint(NamedTuple):
+    """One metadata point as recorded: its number in the execution, time, values, attempt, and the
+    length of its JSON text (what it costs in a reply)."""
+
+    n: int
+    at: str
+    values: dict[str, Any]
+    attempt: int
+    size: int
+
+
 class Store:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
@@ -47,14 +59,33 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[None]:
+        """One write transaction, which a cancel at any await can never leave open.
+
+        aiosqlite runs statements in order on its own thread, and a statement whose
+        awaiting task was cancelled still runs there. So the ROLLBACK that a cancel
+        queues runs after whatever was already queued (the BEGIN included), and
+        COMMIT/ROLLBACK are awaited to the end even through further cancels, before
+        the lock lets the next transaction begin.
+        """
         async with self._lock:
-            await self.db.execute("BEGIN IMMEDIATE")
             try:
+                await self.db.execute("BEGIN IMMEDIATE")
                 yield
             except BaseException:
-                await self.db.execute("ROLLBACK")
+                # Also when the BEGIN itself failed or was cancelled before it ran: rolling
+                # back then finds no transaction, which is what we want.
+                await _to_the_end(self._rollback())
                 raise
-            await self.db.execute("COMMIT")
+            try:
+                await _to_the_end(self.db.execute("COMMIT"))
+            except BaseException:
+                # A COMMIT that failed (disk full, I/O error) leaves the transaction open.
+                await _to_the_end(self._rollback())
+                raise
+
+    async def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.OperationalError):  # "no transaction is active"
+            await self.db.execute("ROLLBACK")
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -147,7 +178,7 @@ class Store:
             return [row_of(r) for r in await cur.fetchall()]
 
     async def transition(self, execution_id: int, status: str, *, reason: str | None = None,
-                         **fields: Any) -> tuple[ExecutionRow, Event] | None:
+                         new_attempt: bool = False, **fields: Any) -> tuple[ExecutionRow, Event] | None:
         """Move an execution to ``status`` and record the event, atomically.
 
         Returns None when the move is not allowed from the current status (a race
@@ -168,6 +199,8 @@ class Store:
                 f"UPDATE executions SET {', '.join(sets)} WHERE id = ?",
                 (status, reason, *(encode_field(k, v) for k, v in fields.items()), execution_id),
             )
+            if new_attempt:  # back to the queue: the next attempt's latest values start empty
+                await self.db.execute("DELETE FROM metadata_latest WHERE execution_id = ?", (execution_id,))
             event = await self._append_event(execution_id, "status", status, reason, now)
         row = await self.get(execution_id)
         assert row is not None
@@ -278,12 +311,15 @@ class Store:
     # -- metadata -----------------------------------------------------------
 
     async def add_metadata(self, execution_id: int, points: list[tuple[str, str, dict[str, Any]]],
-                           new_offset: int) -> None:
+                           new_offset: int, *, attempt: int = 0) -> None:
         """Record points (time, the JSON text as printed, parsed values) and the log offset read.
 
         The offset, in the same transaction, is what makes re-reading the log after
         a crash add no point twice. Points keep the program's own JSON text, so
-        nothing (NaN, big integers) is changed by re-encoding.
+        nothing (NaN, big integers) is changed by re-encoding. ``attempt`` is the
+        attempt that printed them (its log_base); only the execution's current
+        attempt changes the latest values, so a late flush of an abandoned attempt
+        is kept in the history but never shown as the latest.
         """
         latest: dict[str, Any] = {}
         for _at, _raw, values in points:
@@ -293,28 +329,64 @@ class Store:
             latest_rows.append((execution_id, "_time", json.dumps(points[-1][0])))
         async with self._tx():
             async with self.db.execute(
-                "SELECT metadata_count FROM executions WHERE id = ?", (execution_id,)
+                "SELECT metadata_count, log_base FROM executions WHERE id = ?", (execution_id,)
             ) as cur:
                 r = await cur.fetchone()
             count = int(r[0]) if r else 0
-            rows = [(execution_id, count + i, at, raw) for i, (at, raw, _values) in enumerate(points)]
-            await self.db.executemany("INSERT INTO metadata VALUES (?,?,?,?)", rows)
-            await self.db.executemany("INSERT OR REPLACE INTO metadata_latest VALUES (?,?,?)", latest_rows)
+            current = int(r[1]) if r else attempt
+            rows = [(execution_id, count + i, at, raw, attempt) for i, (at, raw, _values) in enumerate(points)]
+            await self.db.executemany(
+                "INSERT INTO metadata (execution_id, n, at, data, attempt) VALUES (?,?,?,?,?)", rows)
+            if attempt == current:
+                await self.db.executemany("INSERT OR REPLACE INTO metadata_latest VALUES (?,?,?)", latest_rows)
             await self.db.execute(
                 "UPDATE executions SET metadata_offset = ?, metadata_count = ? WHERE id = ?",
                 (new_offset, count + len(points), execution_id),
             )
 
-    async def metadata(self, execution_id: int) -> list[tuple[int, str, dict[str, Any]]]:
-        async with self.db.execute(
-            "SELECT n, at, data FROM metadata WHERE execution_id = ? ORDER BY n", (execution_id,)
-        ) as cur:
+    async def start_attempt(self, execution_id: int, attempt: int) -> None:
+        """A new attempt begins (``attempt``: its log_base): the latest values start empty again.
+
+        Its points are told apart by their attempt; the earlier attempts' stay in the history.
+        """
+        async with self._tx():
+            await self.db.execute("DELETE FROM metadata_latest WHERE execution_id = ?", (execution_id,))
+
+    async def metadata_count(self, execution_id: int, attempt: int | None = None) -> int:
+        """How many points one attempt (None: all attempts) recorded."""
+        sql, args = "SELECT COUNT(*) FROM metadata WHERE execution_id = ?", [execution_id]
+        if attempt is not None:
+            sql += " AND attempt = ?"
+            args.append(attempt)
+        async with self.db.execute(sql, args) as cur:
+            r = await cur.fetchone()
+        return int(r[0]) if r else 0
+
+    async def metadata(self, execution_id: int, *, attempt: int | None = None, offset: int = 0,
+                       limit: int = -1, every: int = 1) -> list[StoredPoint]:
+        """Points numbered ``offset`` and on, in order, of one attempt (None: all), at most ``limit``
+        (-1: no limit). With ``every`` k > 1, only every k-th point of the attempt and its last one:
+        which points those are does not depend on ``offset``, so pages of them fit together."""
+        where, args = "execution_id = ?", [execution_id]
+        if attempt is not None:
+            where += " AND attempt = ?"
+            args.append(attempt)
+        if every <= 1:
+            sql = (f"SELECT n, at, data, attempt FROM metadata WHERE {where} AND n >= ? "
+                   "ORDER BY n LIMIT ?")
+            args += [offset, limit]
+        else:
+            sql = ("SELECT n, at, data, attempt FROM ("
+                   "SELECT n, at, data, attempt, ROW_NUMBER() OVER (ORDER BY n) - 1 AS i, COUNT(*) OVER () AS total "
+                   f"FROM metadata WHERE {where}) WHERE n >= ? AND (i % ? = 0 OR i = total - 1) ORDER BY n LIMIT ?")
+            args += [offset, every, limit]
+        async with self.db.execute(sql, args) as cur:
             rows = await cur.fetchall()
         points = []
-        for n, at, raw in rows:
+        for n, at, raw, point_attempt in rows:
             values = json.loads(raw)
             values.setdefault("_time", at)
-            points.append((n, at, values))
+            points.append(StoredPoint(n=n, at=at, values=values, attempt=point_attempt, size=len(raw)))
         return points
 
     async def latest_metadata_many(self, execution_ids: list[int]) -> dict[int, dict[str, Any]]:
@@ -362,6 +434,23 @@ class Store:
             (execution_id,),
         ) as cur:
             return [(r[0], r[1], r[2], json.loads(r[3])) for r in await cur.fetchall()]
+
+
+async def _to_the_end(work: Awaitable[Any]) -> None:
+    """Await ``work`` until it is done even if this task is cancelled meanwhile, then pass the
+    cancel on: a COMMIT or ROLLBACK abandoned halfway would leave the connection in a transaction."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def _split_sql(script: str) -> list[str]:

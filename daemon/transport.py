@@ -37,6 +37,7 @@ from typing import Protocol
 import asyncssh
 
 from . import safeio
+from .locks import KeyedLocks
 
 log = logging.getLogger("runyard.transport")
 
@@ -101,13 +102,13 @@ class LocalTransport:
                 proc.kill()
             await proc.wait()
 
+    # Every file operation here runs in a thread: a slow disk must not stall the event loop.
+
     async def put_tree(self, local: Path, remote: str) -> None:
-        if os.path.abspath(remote) != str(local.resolve()):
-            await asyncio.to_thread(shutil.copytree, local, remote, symlinks=True, dirs_exist_ok=True)
+        await asyncio.to_thread(_put_tree, local, remote)
 
     async def get_tree(self, remote: str, local: Path) -> None:
-        if os.path.abspath(remote) != str(local.resolve()):
-            await asyncio.to_thread(_copy_local, Path(remote), local, None)
+        await asyncio.to_thread(_copy_back, remote, local, None)
 
     async def remove_tree(self, remote: str) -> None:
         await asyncio.to_thread(shutil.rmtree, remote, True)
@@ -118,13 +119,29 @@ class LocalTransport:
     async def put_cached(self, items: list[tuple[Path, str, int, str]], cache: str, remote: str, *,
                          link: bool = True, cache_limit: int = 100 << 30) -> None:
         for source, _, _, rel in items:
-            target = Path(remote) / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            await asyncio.to_thread(shutil.copyfile, source, target)
+            await asyncio.to_thread(_copy_file, source, Path(remote) / rel)
 
     async def get_files(self, remote: str, names: list[str], local: Path) -> None:
-        if os.path.abspath(remote) != str(local.resolve()):
-            await asyncio.to_thread(_copy_local, Path(remote), local, names)
+        await asyncio.to_thread(_copy_back, remote, local, names)
+
+
+def _copy_back(remote: str, local: Path, names: list[str] | None) -> None:
+    if os.path.abspath(remote) != str(local.resolve()):  # the local host's outputs are already here
+        _copy_local(Path(remote), local, names)
+
+
+def _put_tree(local: Path, remote: str) -> None:
+    if os.path.abspath(remote) != str(local.resolve()):
+        shutil.copytree(local, remote, symlinks=True, dirs_exist_ok=True)
+
+
+def _entries(local: Path) -> list[str]:
+    return [str(entry) for entry in sorted(local.iterdir())] if local.is_dir() else []
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
 
 
 class SshTransport:
@@ -137,7 +154,7 @@ class SshTransport:
         self._sftp_lock = asyncio.Lock()
         # Executions on one host often ask for the same input at once: one upload per file,
         # and no eviction of a file another execution is still linking.
-        self._cache_locks: dict[str, asyncio.Lock] = {}
+        self._cache_locks = KeyedLocks()
         self._pinned: Counter[str] = Counter()
         self._parts = itertools.count(1)
         self._gnu_tar: bool | None = None
@@ -201,7 +218,7 @@ class SshTransport:
         sftp = await self._sftp()
         with self._sftp_errors(f"cannot copy files to {remote}"):
             await sftp.makedirs(remote, exist_ok=True)
-            entries = [str(entry) for entry in sorted(local.iterdir())] if local.is_dir() else []
+            entries = await asyncio.to_thread(_entries, local)
             if entries:
                 # Links are copied as links (follow_symlinks=False), never followed out of the tree.
                 await sftp.put(entries, remote, recurse=True, preserve=True, follow_symlinks=False,
@@ -328,7 +345,7 @@ class SshTransport:
             await sftp.makedirs(cache, exist_ok=True)
             for source, sha, size, rel in items:
                 cached = f"{cache}/{sha}"
-                async with self._cache_locks.setdefault(cached, asyncio.Lock()):
+                async with self._cache_locks.hold(cached):
                     try:
                         present = (await sftp.stat(cached)).size == size
                     except asyncssh.SFTPNoSuchFile:

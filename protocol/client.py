@@ -17,6 +17,7 @@ from .messages import (
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
     Error,
+    ErrorCode,
     Event,
     Hello,
     LogData,
@@ -30,10 +31,13 @@ from .messages import (
     encode_message,
 )
 from .methods import (
+    METADATA_PAGE_MAX,
     DoctorCheck,
     ExecutionView,
     HostView,
     LogsReadResult,
+    MetadataPage,
+    MetadataParams,
     MetadataPoint,
     OutputView,
     SnapshotFile,
@@ -241,8 +245,26 @@ class Client:
     async def delete(self, execution_id: int, *, purge_outputs: bool = False) -> None:
         await self.call("executions.delete", {"id": execution_id, "purge_outputs": purge_outputs})
 
-    async def metadata(self, execution_id: int) -> list[MetadataPoint]:
-        return await self._typed(list[MetadataPoint], "executions.metadata", {"id": execution_id})
+    async def metadata_page(self, execution_id: int, *, offset: int = 0, limit: int = 1000,
+                            max_points: int | None = None, all_attempts: bool = False) -> MetadataPage:
+        """One page of points; pass its ``next`` as ``offset`` for the following one."""
+        params = MetadataParams(id=execution_id, offset=offset, limit=limit, max_points=max_points,
+                                all_attempts=all_attempts)
+        return await self._typed(MetadataPage, "executions.metadata", msgspec.to_builtins(params))
+
+    async def metadata(self, execution_id: int, *, all_attempts: bool = False,
+                       max_points: int | None = None) -> list[MetadataPoint]:
+        """Every point of the current attempt (or of all), page by page; with ``max_points``, the
+        downsampled points a chart draws."""
+        points: list[MetadataPoint] = []
+        offset = 0
+        while True:
+            page = await self.metadata_page(execution_id, offset=offset, limit=METADATA_PAGE_MAX,
+                                            max_points=max_points, all_attempts=all_attempts)
+            points += page.points
+            if page.next is None or page.next <= offset:
+                return points
+            offset = page.next
 
     async def outputs(self, execution_id: int) -> list[OutputView]:
         return await self._typed(list[OutputView], "outputs.list", {"id": execution_id})
@@ -296,6 +318,8 @@ class Client:
                 if item is None:
                     raise ConnectionLost("connection to the daemon was lost while following logs")
                 if isinstance(item, LogEnd):
+                    if item.error is not None:
+                        raise RemoteError(item.code or ErrorCode.INTERNAL, item.error)
                     return
                 yield item
         finally:

@@ -14,9 +14,9 @@ from typing import Any, Final
 import msgspec
 
 PROTOCOL_MAJOR: Final = 1
-PROTOCOL_MINOR: Final = 0
+PROTOCOL_MINOR: Final = 1  # 1: executions.metadata pages; log-end says why a follow ended early
 
-CAPABILITIES: Final = ("events", "log-follow", "snapshots", "hosts")
+CAPABILITIES: Final = ("events", "log-follow", "snapshots", "hosts", "metadata-pages")
 
 
 class ErrorCode:
@@ -99,11 +99,14 @@ class LogData(msgspec.Struct, tag="log-data", tag_field="type"):
 
 
 class LogEnd(msgspec.Struct, tag="log-end", tag_field="type"):
-    """The execution has ended and every record up to ``offset`` was sent."""
+    """The execution has ended and every record up to ``offset`` was sent; or, with ``error``,
+    the follow ended early (the execution was deleted, the daemon failed) and that says why."""
 
     sub: int
     execution_id: int
     offset: int
+    error: str | None = None
+    code: str | None = None  # an ErrorCode, with error
 
 
 Message = Hello | Welcome | Request | Response | Error | Event | Resync | LogData | LogEnd

@@ -52,9 +52,35 @@ class OutputView(msgspec.Struct):
 
 
 class MetadataPoint(msgspec.Struct):
-    n: int
+    n: int  # its number among all the execution's points, every attempt counted
     time: str
     values: dict[str, object]
+    attempt: int = 0  # the attempt that printed it (where that attempt's log begins)
+
+
+METADATA_PAGE_MAX: Final = 10_000
+CHART_POINTS_MAX: Final = 10_000
+
+
+class MetadataParams(msgspec.Struct, forbid_unknown_fields=True):
+    """A page of an execution's metadata points: those numbered ``offset`` and on, at most ``limit``.
+
+    By default only the current attempt's points; ``all_attempts`` gives every attempt's. With
+    ``max_points`` (for charts) the daemon keeps every k-th point and the last, at most that many.
+    """
+
+    id: int
+    offset: int = 0  # a reply's ``next``
+    limit: int = 1000  # 1 to METADATA_PAGE_MAX; a page is also cut short to fit a frame
+    max_points: int | None = None  # 2 to CHART_POINTS_MAX
+    all_attempts: bool = False
+
+
+class MetadataPage(msgspec.Struct):
+    points: list[MetadataPoint]
+    next: int | None  # the offset of the next page; None: there is no more
+    total: int  # points in the whole selection (before any downsampling)
+    attempt: int  # the execution's current attempt
 
 
 class SubmitParams(msgspec.Struct, forbid_unknown_fields=True):

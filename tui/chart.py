@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 
 STEP_KEYS = ("step", "epoch", "iteration", "iter")  # what "step" means, in the order looked for
+CHART_POINTS = 2000  # a chart is at most a few hundred columns wide: the daemon sends every k-th point
 
 
 def series(points: list[MetadataPoint], key: str, x_axis: str) -> tuple[list[float], list[float]]:
@@ -71,7 +72,8 @@ class MetadataPane(Vertical, can_focus=True):
         self.compare = compare or [execution_id]
         self.keys: list[str] = []
         self.x_axis = "step"
-        self.points: dict[int, list[MetadataPoint]] = {}
+        self.points: dict[int, list[MetadataPoint]] = {}  # downsampled, the current attempt's
+        self.latest: dict[int, dict[str, object]] = {}  # the current attempt's latest value of every key
 
     @property
     def ry(self) -> RunyardApp:
@@ -101,7 +103,9 @@ class MetadataPane(Vertical, can_focus=True):
         try:
             client = self.ry.link.client
             for i in self.compare:
-                self.points[i] = await client.metadata(i)
+                self.points[i] = await client.metadata(i, max_points=CHART_POINTS)
+                # Every key's latest value, also of keys that the downsampled points leave out.
+                self.latest[i] = dict((await client.get(i)).metadata)
         except (ConnectionLost, RemoteError) as exc:
             self.query_one("#chart-info", Static).update(f"[red]metadata unavailable: {exc}[/red]")
             return
@@ -132,12 +136,7 @@ class MetadataPane(Vertical, can_focus=True):
     def _latest(self) -> None:
         table = self.query_one("#latest", DataTable)
         table.clear()
-        latest: dict[int, dict[str, object]] = {}
-        for i, points in self.points.items():
-            values: dict[str, object] = {}
-            for point in points:
-                values.update(point.values)
-            latest[i] = values
+        latest = self.latest
         keys = sorted({k for values in latest.values() for k in values if k != "_time"})
         for key in keys:
             table.add_row(key, *[value_text(latest.get(i, {}).get(key, "")) for i in self.compare], key=key)

@@ -1,0 +1,141 @@
+"""What one user of a shared daemon can do to others, tried as real local users through the real
+CLI and daemon: restarts, host scans and doctor, the private host sockets, private workspaces,
+and containers or processes that run as the submitting user (run_as = "owner").
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from runyard.cli.main import main as cli_main
+from runyard.daemon.snapshots import snapshot_worktree
+
+from .conftest import Daemon, make_repo, step_yaml
+from .test_users import GROUP, as_user, ensure_users
+
+pytestmark = pytest.mark.slow
+
+
+def cli_as(user: pwd.struct_passwd, daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real `runyard` command line (its main()), run by a child process that has become ``user``.
+
+    A fork of this interpreter, not a new one: the test's Python lives where other users
+    cannot reach it, and everything the CLI needs is imported already.
+    """
+    groups = [g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:  # the child: no return from here
+            code = 70
+            try:
+                # pytest swaps sys.stdout/sys.stderr for its own capture: point them at the files
+                sys.stdout = open(out.fileno(), "w", closefd=False)  # noqa: SIM115
+                sys.stderr = open(err.fileno(), "w", closefd=False)  # noqa: SIM115
+                os.setgroups(groups)
+                os.setgid(user.pw_gid)
+                os.setuid(user.pw_uid)
+                os.environ.update({"RUNYARD_SOCKET": daemon.socket, "NO_COLOR": "1", "HOME": "/tmp"})
+                os.chdir("/")
+                code = cli_main(list(args))
+            except BaseException as exc:
+                os.write(err.fileno(), f"cli crashed: {exc!r}".encode())
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(["runyard", *args], os.waitstatus_to_exitcode(status),
+                                           out.read().decode(), err.read().decode())
+
+
+def shared_daemon(daemon_factory: type[Daemon], *, admins: str = '["ryadmin"]', local_extra: str = "",
+                  extra_config: str = "") -> Daemon:
+    daemon = daemon_factory(daemon_extra=f'socket_group = "{GROUP}"\nsocket_mode = "0660"\nadmins = {admins}\n',
+                            local_extra=local_extra, extra_config=extra_config)
+    daemon.root.chmod(0o711)  # users reach the socket (and workspaces) inside; they cannot list it
+    daemon.start()
+    return daemon
+
+
+def submit_as(user: pwd.struct_passwd, daemon: Daemon, repo: Path, step: str, **params: object) -> int:
+    snap = snapshot_worktree(repo)
+    answers = as_user(user, daemon.socket, [
+        ("snapshots.put", {"id": snap.id, "offset": 0, "data": snap.data, "final": True}),
+        ("executions.submit", {"step": step, "snapshot": snap.id, **params}),
+    ])["answers"]
+    assert "result" in answers[1], answers[1]
+    return int(answers[1]["result"]["id"])
+
+
+def info(user: pwd.struct_passwd, daemon: Daemon, execution_id: int) -> dict[str, object]:
+    done = cli_as(user, daemon, "info", str(execution_id), "--json")
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def restart_as(user: pwd.struct_passwd, daemon: Daemon, execution_id: int) -> subprocess.CompletedProcess[str]:
+    return cli_as(user, daemon, "restart", str(execution_id), "--json")
+
+
+def test_restart_is_a_new_execution_of_the_caller_at_a_priority_they_may_ask_for(
+        daemon_factory: type[Daemon], tmp_path: Path) -> None:
+    users = ensure_users()
+    alice, bob, admin = users["ryalice"], users["rybob"], users["ryadmin"]
+    # bob is an admin for now: he submits at priority 7, then loses the role.
+    daemon = shared_daemon(daemon_factory, admins='["ryadmin", "rybob"]', local_extra='runtime = "process"\n')
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": step_yaml("quick", "echo done")})
+    by_admin = submit_as(admin, daemon, repo, "quick", priority=5)
+    by_alice = submit_as(alice, daemon, repo, "quick", priority=-2)
+    by_bob = submit_as(bob, daemon, repo, "quick", priority=7)
+    daemon.terminate()
+    daemon.daemon_extra = daemon.daemon_extra.replace('["ryadmin", "rybob"]', '["ryadmin"]')
+    daemon.start()
+
+    # Someone else's execution: restarting it would run their code with bob's secrets.
+    for theirs, owner in ((by_admin, "ryadmin"), (by_alice, "ryalice")):
+        refused = restart_as(bob, daemon, theirs)
+        assert refused.returncode == 2, refused.stdout
+        assert f"execution {theirs} belongs to {owner}; only they or an admin may restart it" in refused.stderr
+
+    # His own, submitted when he could raise it: a restart now runs at his allowed priority.
+    mine = restart_as(bob, daemon, by_bob)
+    assert mine.returncode == 0, mine.stderr
+    again = info(bob, daemon, json.loads(mine.stdout)["id"])
+    assert (again["owner"], again["priority"], again["restarted_from"]) == ("rybob", 0, by_bob)
+
+    lowered = json.loads(restart_as(alice, daemon, by_alice).stdout)
+    assert (lowered["owner"], lowered["priority"]) == ("ryalice", -2)
+
+    # An admin may restart anyone's: the new execution is the admin's, at the old priority.
+    for old, priority in ((by_alice, -2), (by_admin, 5)):
+        done = restart_as(admin, daemon, old)
+        assert done.returncode == 0, done.stderr
+        view = info(admin, daemon, json.loads(done.stdout)["id"])
+        assert (view["owner"], view["owner_uid"], view["priority"]) == ("ryadmin", admin.pw_uid, priority)
+
+
+def test_host_scan_and_doctor_are_for_admins(daemon_factory: type[Daemon]) -> None:
+    users = ensure_users()
+    bob, admin = users["rybob"], users["ryadmin"]
+    daemon = shared_daemon(daemon_factory, local_extra='runtime = "process"\n')
+    for args, what in ((("hosts", "scan"), "scan hosts"), (("hosts", "scan", "local"), "scan hosts"),
+                       (("doctor", "local"), "run doctor on a host")):
+        refused = cli_as(bob, daemon, *args)
+        assert refused.returncode == 2, refused.stdout
+        assert f"only root and daemon.admins may {what} (you are rybob)" in refused.stderr
+        allowed = cli_as(admin, daemon, *args)
+        assert allowed.returncode in (0, 1), allowed.stderr  # doctor exits 1 when a check fails
+        assert "daemon.admins" not in allowed.stderr
+    assert cli_as(bob, daemon, "hosts").returncode == 0  # reading stays open to everyone

@@ -22,6 +22,7 @@ import asyncssh
 
 from .config import Config, HostSection, LocalHostSection, SshSection
 from .inventory import INVENTORY_COMMAND, Gpu, Inventory, InventoryError, declared_gpus, parse_inventory
+from .private import private_dir
 from .runtime import EngineError, Runtime, attempt_name
 from .runtime_docker import DockerRuntime
 from .runtime_process import ProcessRuntime
@@ -329,10 +330,12 @@ class Host:
         else:
             socket = s.docker_socket
             if self._conn is not None:
-                self.sockets_dir.mkdir(parents=True, exist_ok=True)
+                # Whoever can connect to this socket is root on the host: only the daemon's user may.
+                private_dir(self.sockets_dir)
                 local = self.sockets_dir / f"{self.name}.sock"
                 local.unlink(missing_ok=True)
                 await self._conn.forward_local_path(str(local), s.docker_socket)
+                os.chmod(local, 0o600)  # made under the umask; the 0700 directory already shuts others out
                 socket = str(local)
             where = s.docker_socket if self._conn is None else f"{s.docker_socket} on {self.name}"
             runtime = DockerRuntime(socket, self.daemon_id, host=self.name, pull=s.pull, where=where,
@@ -373,7 +376,7 @@ class Host:
         ProxyJump hops are opened by asyncssh from the config alone; in ssh config the
         first value wins, so this line makes every hop verify against the same file.
         """
-        self.sockets_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.sockets_dir)
         path = self.sockets_dir / f"{self.name}.ssh_config"
         text = f'UserKnownHostsFile "{known_hosts}"\n'
         user_config = os.path.expanduser(self.ssh.config)

@@ -5,21 +5,26 @@ and containers or processes that run as the submitting user (run_as = "owner").
 
 from __future__ import annotations
 
+import asyncio
 import grp
 import json
 import os
 import pwd
+import stat
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from runyard.cli.main import main as cli_main
 from runyard.daemon.snapshots import snapshot_worktree
+from runyard.protocol import Client
 
 from .conftest import Daemon, make_repo, step_yaml
+from .pool import start_lone_host, wait_for_host
 from .test_users import GROUP, as_user, ensure_users
 
 pytestmark = pytest.mark.slow
@@ -66,6 +71,19 @@ def shared_daemon(daemon_factory: type[Daemon], *, admins: str = '["ryadmin"]', 
     daemon.root.chmod(0o711)  # users reach the socket (and workspaces) inside; they cannot list it
     daemon.start()
     return daemon
+
+
+async def host_error(client: Client, name: str, text: str, timeout: float = 60) -> None:
+    """Wait on host events (not by polling) until host ``name`` reports an error containing ``text``."""
+
+    async def wait() -> None:
+        async for event in client.events(since=0):
+            if getattr(event, "kind", "host") == "host" and any(
+                    h.name == name and text in h.error for h in await client.hosts()):
+                return
+        raise AssertionError("event stream ended")
+
+    await asyncio.wait_for(wait(), timeout)
 
 
 def submit_as(user: pwd.struct_passwd, daemon: Daemon, repo: Path, step: str, **params: object) -> int:
@@ -139,3 +157,48 @@ def test_host_scan_and_doctor_are_for_admins(daemon_factory: type[Daemon]) -> No
         assert allowed.returncode in (0, 1), allowed.stderr  # doctor exits 1 when a check fails
         assert "daemon.admins" not in allowed.stderr
     assert cli_as(bob, daemon, "hosts").returncode == 0  # reading stays open to everyone
+
+
+async def test_a_hosts_docker_socket_is_reachable_only_by_the_daemons_user(
+        daemon_factory: type[Daemon], tmp_path: Path) -> None:
+    users = ensure_users()
+    host, _, known = start_lone_host(tmp_path)
+    daemon = daemon_factory(local_extra="enabled = false", extra_config=textwrap.dedent(f"""\
+        [ssh]
+        known_hosts = "{known}"
+        reconnect_min_seconds = 0.2
+        reconnect_max_seconds = 1.0
+        """) + host.config(pool="gpu"))
+    # Made first by another user, open to all: whoever owns it could reach root on every host.
+    sockets = daemon.data_dir / "hosts"
+    sockets.mkdir(parents=True)
+    sockets.chmod(0o777)
+    os.chown(sockets, users["rybob"].pw_uid, users["rybob"].pw_gid)
+    daemon.start()
+    client = await Client.connect(daemon.socket, client_name="tests")
+    try:
+        refused = await wait_for_host(client, host.name, {"unreachable"})
+        assert f"{sockets} belongs to uid {users['rybob'].pw_uid}, not to the daemon's user (uid 0)" \
+            in str(refused["error"])
+        assert "refusing to use it" in daemon.log_text()
+        assert not (sockets / f"{host.name}.sock").exists()
+
+        # Taken back by root but still open: tightened, with a warning, and used.
+        os.chown(sockets, 0, 0)
+        sockets.chmod(0o755)
+        await wait_for_host(client, host.name, {"ready"})
+        assert f"{sockets} had mode 0755: made 0700" in daemon.log_text()
+        folder, sock = os.lstat(sockets), os.lstat(sockets / f"{host.name}.sock")
+        assert stat.S_ISDIR(folder.st_mode) and stat.S_IMODE(folder.st_mode) == 0o700 and folder.st_uid == 0
+        assert stat.S_ISSOCK(sock.st_mode) and stat.S_IMODE(sock.st_mode) == 0o600 and sock.st_uid == 0
+
+        # A link in its place is refused too, on the next connection.
+        (tmp_path / "elsewhere").mkdir()
+        sockets.rename(tmp_path / "moved")
+        sockets.symlink_to(tmp_path / "elsewhere")
+        host.kill()
+        host.start()
+        await host_error(client, host.name, f"{sockets} is a symbolic link: refusing to use it")
+    finally:
+        await client.close()
+        host.kill()

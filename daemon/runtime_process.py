@@ -75,6 +75,7 @@ class ProcessRuntime:
         wrapper = (
             "#!/bin/sh\n"
             "# Written by runyard: runs the execution detached and records how it ended.\n"
+            "umask 077\n"  # its logs and status files are the execution's alone
             f"r={q(r)}\n"
             f"cd {q(d)}/repository || {{ echo 127 > \"$r/exit_code\"; exit 1; }}\n"
             f"{exports}"
@@ -83,14 +84,16 @@ class ProcessRuntime:
             "wait $!\n"
             'echo $? > "$r/exit_code.tmp" && mv "$r/exit_code.tmp" "$r/exit_code"\n'
         )
-        await self._run(f"mkdir -p {q(r)} && cat > {q(r)}/command.sh", input=spec.command.encode())
-        await self._run(f"cat > {q(r)}/run.sh", input=wrapper.encode())
+        # run.sh holds the secrets: the directory is 0700 and every file 0600, whatever the host's umask.
+        await self._run(f"umask 077 && mkdir -p {q(r)} && chmod 0700 {q(d)} {q(r)} && cat > {q(r)}/command.sh",
+                        input=spec.command.encode())
+        await self._run(f"umask 077 && cat > {q(r)}/run.sh", input=wrapper.encode())
         return d
 
     async def start(self, container_id: str) -> None:
         r = f"{container_id}/{CONTROL}"
         await self._run(
-            f"[ -e {q(r)}/wrapper.pid ] && exit 0; "
+            f"umask 077; [ -e {q(r)}/wrapper.pid ] && exit 0; "
             f"setsid sh {q(r)}/run.sh </dev/null >/dev/null 2>&1 & echo $! > {q(r)}/wrapper.pid"
         )
 

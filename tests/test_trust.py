@@ -23,8 +23,9 @@ from runyard.cli.main import main as cli_main
 from runyard.daemon.snapshots import snapshot_worktree
 from runyard.protocol import Client
 
-from .conftest import Daemon, make_repo, step_yaml
+from .conftest import Daemon, make_repo, step_yaml, submit_repo, wait_for_status
 from .pool import start_lone_host, wait_for_host
+from .test_pool import first_line
 from .test_users import GROUP, as_user, ensure_users
 
 pytestmark = pytest.mark.slow
@@ -202,3 +203,71 @@ async def test_a_hosts_docker_socket_is_reachable_only_by_the_daemons_user(
     finally:
         await client.close()
         host.kill()
+
+
+def can_read(user: pwd.struct_passwd, path: Path) -> bool:
+    """Whether ``user`` can open ``path`` for reading: asked by a child process that became them."""
+    pid = os.fork()
+    if pid == 0:  # the child: no return from here
+        ok = False
+        try:
+            os.setgroups([g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            with open(path, "rb") as fh:
+                fh.read(1)
+            ok = True
+        except OSError:
+            pass
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+SECRET = "s3cr3t-token-value"
+HOLD = ['echo "started"', 'while [ ! -e "$VH_OUTPUTS_DIR/go" ]; do sleep 0.05; done']
+
+
+@pytest.mark.parametrize("where", ["local", "ssh"])
+async def test_a_process_executions_files_are_private_on_its_host(
+        daemon_factory: type[Daemon], tmp_path: Path, where: str) -> None:
+    users = ensure_users()
+    secrets = f'[secrets]\nAPI_TOKEN = "{SECRET}"\n'
+    host = None
+    if where == "local":
+        daemon = shared_daemon(daemon_factory, local_extra='runtime = "process"\n', extra_config=secrets)
+        work_root = daemon.data_dir / "work"
+    else:
+        host, _, known = start_lone_host(tmp_path)
+        daemon = daemon_factory(local_extra="enabled = false\n")
+        # The host's work directory where other users could get to it, were it not private.
+        work_dir = daemon.root / "hostwork"
+        daemon.extra_config = (f'[ssh]\nknown_hosts = "{known}"\n'
+                               + host.config(pool="default", extra='runtime = "process"\n').replace(
+                                   f'work_dir = "{host.root / "work"}"', f'work_dir = "{work_dir}"')
+                               + secrets)
+        daemon.root.chmod(0o711)
+        daemon.start()
+        work_root = work_dir / daemon.daemon_id
+    client = await Client.connect(daemon.socket, client_name="tests")
+    try:
+        repo = make_repo(tmp_path / "repo", {"valohai.yaml": step_yaml("hold", HOLD)})
+        e = await submit_repo(client, repo, "hold")
+        await asyncio.wait_for(first_line(client, e.id, "started"), 120)  # its command runs
+        work = work_root / str(e.id)
+        run_sh = work / ".runyard" / "run.sh"
+        assert SECRET in run_sh.read_text()  # the wrapper exports it: it must stay root's
+        for path in (run_sh, work / "config" / "parameters.json", work / ".runyard" / "stdout"):
+            assert not can_read(users["rybob"], path), path
+        assert stat.S_IMODE(os.stat(work).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(work / ".runyard").st_mode) == 0o700
+        for private in (".runyard/run.sh", ".runyard/command.sh", ".runyard/stdout"):
+            assert stat.S_IMODE(os.stat(work / private).st_mode) == 0o600, private
+        (work / "outputs" / "go").touch()
+        done = await wait_for_status(client, e.id)
+        assert done.status == "complete"
+    finally:
+        await client.close()
+        if host is not None:
+            host.kill()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ class HostSettings:
     ssh: HostSection | None  # None for this machine
     capabilities: tuple[str, ...] = ()
     pids_limit: int = 0
+    run_as: Literal["image", "owner"] = "image"
 
     @classmethod
     def of_local(cls, section: LocalHostSection, work_dir: Path) -> HostSettings:
@@ -73,7 +75,7 @@ class HostSettings:
             max_concurrent=c.max_concurrent, pull=c.pull, pull_timeout=c.pull_timeout_seconds,
             gpus=_declared(c.gpus), cpus=_declared(c.cpus), memory_mb=_declared(c.memory_mb),
             gpu_device_requests=c.gpu_mode == "device-request", enabled=c.enabled, ssh=ssh,
-            capabilities=tuple(c.capabilities), pids_limit=c.pids_limit,
+            capabilities=tuple(c.capabilities), pids_limit=c.pids_limit, run_as=c.run_as,
         )
 
 
@@ -148,6 +150,19 @@ class Host:
     @property
     def remote(self) -> bool:
         return self.settings.ssh is not None
+
+    def run_as_user(self, owner_uid: int) -> str | None:
+        """The "uid:gid" an execution's command runs as on this host, or None for the image's user.
+
+        The gid is the owner's primary group on the daemon's machine, where the kernel told us the uid.
+        """
+        if self.settings.run_as != "owner":
+            return None
+        try:
+            return f"{int(owner_uid)}:{pwd.getpwuid(owner_uid).pw_gid}"
+        except KeyError:
+            raise EngineError(f"run_as = \"owner\": uid {owner_uid} has no account on the daemon's machine "
+                              "any more, so there is no group to run its execution with") from None
 
     def work_dir(self, execution_id: int, attempt: int = 0) -> str:
         # A later attempt (re-queued after a lost host) never shares a directory with one left running.
@@ -326,7 +341,8 @@ class Host:
         assert self.transport is not None
         runtime: Runtime
         if s.runtime == "process":
-            runtime = ProcessRuntime(self.transport, self.work_root, host=self.name)
+            runtime = ProcessRuntime(self.transport, self.work_root, host=self.name,
+                                     run_as_owner=s.run_as == "owner")
         else:
             socket = s.docker_socket
             if self._conn is not None:
@@ -340,7 +356,8 @@ class Host:
             where = s.docker_socket if self._conn is None else f"{s.docker_socket} on {self.name}"
             runtime = DockerRuntime(socket, self.daemon_id, host=self.name, pull=s.pull, where=where,
                                     pull_timeout=s.pull_timeout, gpu_device_requests=s.gpu_device_requests,
-                                    capabilities=s.capabilities, pids_limit=s.pids_limit)
+                                    capabilities=s.capabilities, pids_limit=s.pids_limit,
+                                    owner_files=self.transport if s.run_as == "owner" else None)
         try:
             await runtime.ping()
         except Exception:

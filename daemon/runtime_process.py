@@ -21,7 +21,7 @@ from runyard.protocol.logformat import format_record
 
 from .logfile import LogFile
 from .logstream import Decoded, collapse_carriage_returns, timestamp_now
-from .runtime import ContainerGone, ContainerSpec, ContainerState, EngineError, attempt_name
+from .runtime import NEEDS_ROOT, ContainerGone, ContainerSpec, ContainerState, EngineError, attempt_name, owner_ids
 from .transport import LinkError, Transport, q
 
 CONTROL: Final = ".runyard"  # inside the execution's directory, beside repository/ and outputs/
@@ -42,10 +42,11 @@ class ProcessRuntime:
     kind = "process"
     in_container = False
 
-    def __init__(self, transport: Transport, work_root: str, *, host: str) -> None:
+    def __init__(self, transport: Transport, work_root: str, *, host: str, run_as_owner: bool = False) -> None:
         self.transport = transport
         self.work_root = work_root
         self.host = host
+        self.run_as_owner = run_as_owner
 
     def _dir(self, execution_id: int, attempt: int = 0) -> str:
         # The same directory Host.work_dir gives the runner for this attempt.
@@ -58,7 +59,12 @@ class ProcessRuntime:
         return result.stdout.decode("utf-8", "replace")
 
     async def ping(self) -> str:
-        out = await self._run("command -v setsid >/dev/null && command -v tail >/dev/null && uname -sr")
+        owner = ""
+        if self.run_as_owner:
+            # The wrapper (root) hands the workspace over and starts the command as its owner.
+            owner = (f"{NEEDS_ROOT}; command -v setpriv >/dev/null || {{ echo 'run_as = \"owner\" needs setpriv "
+                     "(util-linux) on the host' >&2; exit 1; }; ")
+        out = await self._run(f"{owner}command -v setsid >/dev/null && command -v tail >/dev/null && uname -sr")
         return f"process runtime on {out.strip()}"
 
     async def ensure_image(self, image: str) -> None:
@@ -72,14 +78,27 @@ class ProcessRuntime:
         r = f"{d}/{CONTROL}"
         exports = "".join(f"export {name}={q(value)}\n" for name, value in spec.environment.items()
                           if name.isidentifier())
+        handover, command = "", 'sh "$r/command.sh"'
+        if spec.user:
+            # The wrapper stays root, and so do its control files (.runyard): the daemon kills the
+            # process group they name. The owner gets the workspace, and the directory's group lets
+            # them reach it. command.sh stays root's, so the command is passed as an argument.
+            uid, gid = owner_ids(spec.user)
+            handover = (f'chown -R -h -P -- {uid}:{gid} "$d/repository" "$d/inputs" "$d/outputs" "$d/config" '
+                        f'&& chgrp -h -- {gid} "$d" && chmod 0710 "$d" '
+                        f'|| {{ echo "runyard: cannot hand the workspace to {uid}:{gid}" >> "$r/stderr"; '
+                        'echo 126 > "$r/exit_code"; exit 1; }\n')
+            command = f'setpriv --reuid={uid} --regid={gid} --clear-groups sh -c "$(cat "$r/command.sh")"'
         wrapper = (
             "#!/bin/sh\n"
             "# Written by runyard: runs the execution detached and records how it ended.\n"
             "umask 077\n"  # its logs and status files are the execution's alone
             f"r={q(r)}\n"
-            f"cd {q(d)}/repository || {{ echo 127 > \"$r/exit_code\"; exit 1; }}\n"
+            f"d={q(d)}\n"
+            f"{handover}"
+            'cd "$d/repository" || { echo 127 > "$r/exit_code"; exit 1; }\n'
             f"{exports}"
-            'setsid sh "$r/command.sh" > "$r/stdout" 2> "$r/stderr" < /dev/null &\n'
+            f'setsid {command} > "$r/stdout" 2> "$r/stderr" < /dev/null &\n'
             'echo $! > "$r/child.pid"\n'
             "wait $!\n"
             'echo $? > "$r/exit_code.tmp" && mv "$r/exit_code.tmp" "$r/exit_code"\n'

@@ -271,3 +271,36 @@ async def test_a_process_executions_files_are_private_on_its_host(
         await client.close()
         if host is not None:
             host.kill()
+
+
+# The line comes after the files: once it is in the log, they are there.
+WRITE_AND_HOLD = ['echo made > "$VH_OUTPUTS_DIR/result.txt"', 'echo more >> "$VH_REPOSITORY_DIR/notes.txt"',
+                  'echo "uid=$(id -u) gid=$(id -g)"', *HOLD[1:]]
+
+
+@pytest.mark.parametrize(("runtime", "run_as"), [("docker", "owner"), ("process", "owner"),
+                                                  ("docker", "image"), ("process", "image")])
+async def test_run_as_owner_runs_the_command_as_the_submitting_user(
+        daemon_factory: type[Daemon], tmp_path: Path, runtime: str, run_as: str) -> None:
+    users = ensure_users()
+    alice = users["ryalice"]
+    setting = "" if run_as == "image" else 'run_as = "owner"\n'  # "image" is the default
+    daemon = shared_daemon(daemon_factory, local_extra=f'runtime = "{runtime}"\n{setting}')
+    client = await Client.connect(daemon.socket, client_name="tests")
+    try:
+        repo = make_repo(tmp_path / "repo", {"valohai.yaml": step_yaml("write", WRITE_AND_HOLD)})
+        eid = submit_as(alice, daemon, repo, "write")
+        said = await asyncio.wait_for(first_line(client, eid, "uid="), 120)
+        uid, gid = (alice.pw_uid, alice.pw_gid) if run_as == "owner" else (0, 0)  # the base image runs as root
+        assert said == f"uid={uid} gid={gid}"
+        work = daemon.data_dir / "work" / str(eid)
+        output = work / "outputs" / "result.txt"
+        assert (os.stat(output).st_uid, os.stat(output).st_gid) == (uid, gid)
+        if run_as == "owner":
+            assert not can_read(users["rybob"], output)  # theirs, and still private to others
+        (work / "outputs" / "go").touch()
+        done = await wait_for_status(client, eid)
+        assert done.status == "complete", done.reason
+        assert "result.txt" in [o.path for o in await client.outputs(eid)]
+    finally:
+        await client.close()

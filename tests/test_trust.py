@@ -6,15 +6,18 @@ and containers or processes that run as the submitting user (run_as = "owner").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import grp
 import json
 import os
 import pwd
+import shutil
 import stat
 import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -229,27 +232,41 @@ SECRET = "s3cr3t-token-value"
 HOLD = ['echo "started"', 'while [ ! -e "$VH_OUTPUTS_DIR/go" ]; do sleep 0.05; done']
 
 
+@contextlib.contextmanager
+def one_host(daemon_factory: type[Daemon], tmp_path: Path, where: str, host_extra: str,
+             extra_config: str = "") -> Iterator[tuple[Daemon, Path]]:
+    """A shared daemon whose one host is ``local`` or a real sshd host, configured with ``host_extra``;
+    and the directory on that host that holds the executions' workspaces."""
+    if where == "local":
+        daemon = shared_daemon(daemon_factory, local_extra=host_extra, extra_config=extra_config)
+        yield daemon, daemon.data_dir / "work"
+        return
+    host, _, known = start_lone_host(tmp_path)
+    # The host's work directory where other users could get to it, were it not private.
+    work_dir = Path(tempfile.mkdtemp(prefix="ry-host-", dir="/tmp"))
+    work_dir.chmod(0o711)
+    try:
+        daemon = shared_daemon(daemon_factory, local_extra="enabled = false\n", extra_config=(
+            f'[ssh]\nknown_hosts = "{known}"\n'
+            + host.config(pool="default", extra=host_extra).replace(
+                f'work_dir = "{host.root / "work"}"', f'work_dir = "{work_dir}"')
+            + extra_config))
+        yield daemon, work_dir / daemon.daemon_id
+    finally:
+        host.kill()
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
 @pytest.mark.parametrize("where", ["local", "ssh"])
 async def test_a_process_executions_files_are_private_on_its_host(
         daemon_factory: type[Daemon], tmp_path: Path, where: str) -> None:
+    with one_host(daemon_factory, tmp_path, where, 'runtime = "process"\n',
+                  f'[secrets]\nAPI_TOKEN = "{SECRET}"\n') as (daemon, work_root):
+        await files_are_private(daemon, work_root, tmp_path)
+
+
+async def files_are_private(daemon: Daemon, work_root: Path, tmp_path: Path) -> None:
     users = ensure_users()
-    secrets = f'[secrets]\nAPI_TOKEN = "{SECRET}"\n'
-    host = None
-    if where == "local":
-        daemon = shared_daemon(daemon_factory, local_extra='runtime = "process"\n', extra_config=secrets)
-        work_root = daemon.data_dir / "work"
-    else:
-        host, _, known = start_lone_host(tmp_path)
-        daemon = daemon_factory(local_extra="enabled = false\n")
-        # The host's work directory where other users could get to it, were it not private.
-        work_dir = daemon.root / "hostwork"
-        daemon.extra_config = (f'[ssh]\nknown_hosts = "{known}"\n'
-                               + host.config(pool="default", extra='runtime = "process"\n').replace(
-                                   f'work_dir = "{host.root / "work"}"', f'work_dir = "{work_dir}"')
-                               + secrets)
-        daemon.root.chmod(0o711)
-        daemon.start()
-        work_root = work_dir / daemon.daemon_id
     client = await Client.connect(daemon.socket, client_name="tests")
     try:
         repo = make_repo(tmp_path / "repo", {"valohai.yaml": step_yaml("hold", HOLD)})
@@ -269,8 +286,6 @@ async def test_a_process_executions_files_are_private_on_its_host(
         assert done.status == "complete"
     finally:
         await client.close()
-        if host is not None:
-            host.kill()
 
 
 # The line comes after the files: once it is in the log, they are there.
@@ -278,14 +293,19 @@ WRITE_AND_HOLD = ['echo made > "$VH_OUTPUTS_DIR/result.txt"', 'echo more >> "$VH
                   'echo "uid=$(id -u) gid=$(id -g)"', *HOLD[1:]]
 
 
-@pytest.mark.parametrize(("runtime", "run_as"), [("docker", "owner"), ("process", "owner"),
-                                                  ("docker", "image"), ("process", "image")])
+@pytest.mark.parametrize(("where", "runtime", "run_as"), [
+    ("local", "docker", "owner"), ("local", "process", "owner"), ("ssh", "docker", "owner"),
+    ("ssh", "process", "owner"), ("local", "docker", "image"), ("local", "process", "image")])
 async def test_run_as_owner_runs_the_command_as_the_submitting_user(
-        daemon_factory: type[Daemon], tmp_path: Path, runtime: str, run_as: str) -> None:
+        daemon_factory: type[Daemon], tmp_path: Path, where: str, runtime: str, run_as: str) -> None:
+    setting = "" if run_as == "image" else 'run_as = "owner"\n'  # "image" is the default
+    with one_host(daemon_factory, tmp_path, where, f'runtime = "{runtime}"\n{setting}') as (daemon, work_root):
+        await runs_as(daemon, work_root, tmp_path, run_as)
+
+
+async def runs_as(daemon: Daemon, work_root: Path, tmp_path: Path, run_as: str) -> None:
     users = ensure_users()
     alice = users["ryalice"]
-    setting = "" if run_as == "image" else 'run_as = "owner"\n'  # "image" is the default
-    daemon = shared_daemon(daemon_factory, local_extra=f'runtime = "{runtime}"\n{setting}')
     client = await Client.connect(daemon.socket, client_name="tests")
     try:
         repo = make_repo(tmp_path / "repo", {"valohai.yaml": step_yaml("write", WRITE_AND_HOLD)})
@@ -293,7 +313,7 @@ async def test_run_as_owner_runs_the_command_as_the_submitting_user(
         said = await asyncio.wait_for(first_line(client, eid, "uid="), 120)
         uid, gid = (alice.pw_uid, alice.pw_gid) if run_as == "owner" else (0, 0)  # the base image runs as root
         assert said == f"uid={uid} gid={gid}"
-        work = daemon.data_dir / "work" / str(eid)
+        work = work_root / str(eid)
         output = work / "outputs" / "result.txt"
         assert (os.stat(output).st_uid, os.stat(output).st_gid) == (uid, gid)
         if run_as == "owner":

@@ -81,11 +81,13 @@ class ProcessRuntime:
         handover, command = "", 'sh "$r/command.sh"'
         if spec.user:
             # The wrapper stays root, and so do its control files (.runyard): the daemon kills the
-            # process group they name. The owner gets the workspace, and the directory's group lets
-            # them reach it. command.sh stays root's, so the command is passed as an argument.
+            # process group they name. The owner gets the workspace's folders, 0700; the directory
+            # stays root's, 0711, so they can reach them and nobody can list it (whatever groups
+            # the host has). command.sh stays root's, so the command is passed as an argument
+            # (at most 128 KiB: Linux's limit on one argument).
             uid, gid = owner_ids(spec.user)
-            handover = (f'chown -R -h -P -- {uid}:{gid} "$d/repository" "$d/inputs" "$d/outputs" "$d/config" '
-                        f'&& chgrp -h -- {gid} "$d" && chmod 0710 "$d" '
+            folders = '"$d/repository" "$d/inputs" "$d/outputs" "$d/config"'
+            handover = (f'chown -R -h -P -- {uid}:{gid} {folders} && chmod 0700 {folders} && chmod 0711 "$d" '
                         f'|| {{ echo "runyard: cannot hand the workspace to {uid}:{gid}" >> "$r/stderr"; '
                         'echo 126 > "$r/exit_code"; exit 1; }\n')
             command = f'setpriv --reuid={uid} --regid={gid} --clear-groups sh -c "$(cat "$r/command.sh")"'

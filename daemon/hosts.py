@@ -399,7 +399,12 @@ class Host:
         user_config = os.path.expanduser(self.ssh.config)
         if os.path.exists(user_config):
             text += f'Include "{os.path.abspath(user_config)}"\n'
-        path.write_text(text)
+        # Made afresh, never written through whatever was there: the directory may have been open
+        # to others before private_dir closed it, and a link left in it must not aim root's write.
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
         return path
 
     async def _drop(self) -> None:

@@ -197,11 +197,17 @@ async def test_a_hosts_docker_socket_is_reachable_only_by_the_daemons_user(
         await logged(daemon, "refusing to use it")
         assert not (sockets / f"{host.name}.sock").exists()
 
-        # Taken back by root but still open: tightened, with a warning, and used.
+        # Taken back by root but still open: tightened, with a warning, and used. What was left in it
+        # while it was open (a link where the daemon writes the host's ssh config) gets no write.
+        victim = tmp_path / "victim"
+        victim.write_text("precious\n")
+        (sockets / f"{host.name}.ssh_config").symlink_to(victim)
         os.chown(sockets, 0, 0)
         sockets.chmod(0o755)
         await wait_for_host(client, host.name, {"ready"})
         await logged(daemon, f"{sockets} had mode 0755: made 0700")
+        assert victim.read_text() == "precious\n"
+        assert stat.S_ISREG(os.lstat(sockets / f"{host.name}.ssh_config").st_mode)
         folder, sock = os.lstat(sockets), os.lstat(sockets / f"{host.name}.sock")
         assert stat.S_ISDIR(folder.st_mode) and stat.S_IMODE(folder.st_mode) == 0o700 and folder.st_uid == 0
         assert stat.S_ISSOCK(sock.st_mode) and stat.S_IMODE(sock.st_mode) == 0o600 and sock.st_uid == 0

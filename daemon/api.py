@@ -105,7 +105,12 @@ async def stop(core: Core, caller: Caller, p: m.StopParams) -> Any:
 
 @method("executions.restart", m.IdParams)
 async def restart(core: Core, caller: Caller, p: m.IdParams) -> Any:
-    return core.view(await core.restart(p.id, caller.user, caller.uid))
+    # A restart is a new execution of the caller: it runs with the caller's secrets, so running
+    # someone else's code that way is for admins, and it gets no priority the caller could not ask for.
+    await _owned(core, caller, p.id, "restart")
+    old = await core.get(p.id)
+    priority = old.priority if caller.admin else min(old.priority, 0)
+    return core.view(await core.restart(p.id, caller.user, caller.uid, priority=priority))
 
 
 @method("executions.rename", m.RenameParams)
@@ -270,11 +275,14 @@ async def hosts_enable(core: Core, caller: Caller, p: m.HostNameParams) -> Any:
 
 @method("hosts.scan", m.HostsScanParams)
 async def hosts_scan(core: Core, caller: Caller, p: m.HostsScanParams) -> Any:
+    # Each scan runs commands on every host at once: not for anyone who can reach the socket.
+    _admin(caller, "scan hosts")
     return await core.scan_hosts(p.name)
 
 
 @method("hosts.doctor", m.HostNameParams)
 async def hosts_doctor(core: Core, caller: Caller, p: m.HostNameParams) -> Any:
+    _admin(caller, "run doctor on a host")
     return await core.doctor(p.name)
 
 
@@ -285,4 +293,5 @@ def _fits_a_frame(core: Core, asked: int) -> int:
 
 def _admin(caller: Caller, action: str) -> None:
     if not caller.admin:
-        raise OperationError(ErrorCode.PERMISSION_DENIED, f"only root and daemon.admins may {action}")
+        raise OperationError(ErrorCode.PERMISSION_DENIED,
+                             f"only root and daemon.admins may {action} (you are {caller.user})")

@@ -50,6 +50,7 @@ Auto = Literal["auto"]
 Runtime = Literal["docker", "process"]
 GpuMode = Literal["device-request", "env"]
 Pull = Literal["missing", "never"]
+RunAs = Literal["image", "owner"]
 
 
 DEFAULT_CAPABILITIES: Final = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
@@ -74,6 +75,9 @@ class _HostCommon(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # chroot or capability changes. "ALL" as the only entry keeps Docker's own default set.
     capabilities: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_CAPABILITIES))
     pids_limit: int = 16384  # processes and threads per container; 0 = no limit
+    # Who the command runs as: "image", the image's own user (often root; a plain process runs as
+    # the SSH user); "owner", the submitting user's uid and gid, who then owns the files it writes.
+    run_as: RunAs = "image"
 
 
 class LocalHostSection(_HostCommon, kw_only=True):

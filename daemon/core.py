@@ -430,8 +430,12 @@ class Core:
         self.publish(event)
         return row
 
-    async def restart(self, execution_id: int, owner: str, owner_uid: int) -> ExecutionRow:
-        """A new execution from the exact snapshot, step, parameters, inputs and image."""
+    async def restart(self, execution_id: int, owner: str, owner_uid: int, *,
+                      priority: int | None = None) -> ExecutionRow:
+        """A new execution from the exact snapshot, step, parameters, inputs and image.
+
+        ``priority`` (default: the old one's) is decided by the caller's permissions, in api.py.
+        """
         old = await self.get(execution_id)
         if not await asyncio.to_thread(self.snapshots.has, old.snapshot):
             raise OperationError("invalid-state", f"snapshot {old.snapshot[:12]} of execution {execution_id} is gone")
@@ -441,7 +445,8 @@ class Core:
                 parameters=old.parameters, inputs=old.inputs, image=old.image, command=old.command,
                 environment=old.environment, snapshot=old.snapshot, commit_ref=old.commit_ref,
                 config_path=old.config_path, restarted_from=old.id, resources=old.resources,
-                priority=old.priority, input_options=old.input_options, retries=old.retries,
+                priority=old.priority if priority is None else priority,
+                input_options=old.input_options, retries=old.retries,
             )
         )
         self.track(row)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import asyncssh
 
 from .config import Config, HostSection, LocalHostSection, SshSection
 from .inventory import INVENTORY_COMMAND, Gpu, Inventory, InventoryError, declared_gpus, parse_inventory
+from .private import private_dir
 from .runtime import EngineError, Runtime, attempt_name
 from .runtime_docker import DockerRuntime
 from .runtime_process import ProcessRuntime
@@ -56,6 +58,7 @@ class HostSettings:
     ssh: HostSection | None  # None for this machine
     capabilities: tuple[str, ...] = ()
     pids_limit: int = 0
+    run_as: Literal["image", "owner"] = "image"
 
     @classmethod
     def of_local(cls, section: LocalHostSection, work_dir: Path) -> HostSettings:
@@ -72,7 +75,7 @@ class HostSettings:
             max_concurrent=c.max_concurrent, pull=c.pull, pull_timeout=c.pull_timeout_seconds,
             gpus=_declared(c.gpus), cpus=_declared(c.cpus), memory_mb=_declared(c.memory_mb),
             gpu_device_requests=c.gpu_mode == "device-request", enabled=c.enabled, ssh=ssh,
-            capabilities=tuple(c.capabilities), pids_limit=c.pids_limit,
+            capabilities=tuple(c.capabilities), pids_limit=c.pids_limit, run_as=c.run_as,
         )
 
 
@@ -147,6 +150,19 @@ class Host:
     @property
     def remote(self) -> bool:
         return self.settings.ssh is not None
+
+    def run_as_user(self, owner_uid: int) -> str | None:
+        """The "uid:gid" an execution's command runs as on this host, or None for the image's user.
+
+        The gid is the owner's primary group on the daemon's machine, where the kernel told us the uid.
+        """
+        if self.settings.run_as != "owner":
+            return None
+        try:
+            return f"{int(owner_uid)}:{pwd.getpwuid(owner_uid).pw_gid}"
+        except KeyError:
+            raise EngineError(f"run_as = \"owner\": uid {owner_uid} has no account on the daemon's machine "
+                              "any more, so there is no group to run its execution with") from None
 
     def work_dir(self, execution_id: int, attempt: int = 0) -> str:
         # A later attempt (re-queued after a lost host) never shares a directory with one left running.
@@ -326,18 +342,23 @@ class Host:
         assert self.transport is not None
         runtime: Runtime
         if s.runtime == "process":
-            runtime = ProcessRuntime(self.transport, self.work_root, host=self.name)
+            runtime = ProcessRuntime(self.transport, self.work_root, host=self.name,
+                                     run_as_owner=s.run_as == "owner")
         else:
             socket = s.docker_socket
             if self._conn is not None:
+                # Whoever can connect to this socket is root on the host: only the daemon's user may.
+                private_dir(self.sockets_dir)
                 local = self.sockets_dir / f"{self.name}.sock"
                 await asyncio.to_thread(_fresh_path, local)
                 await self._conn.forward_local_path(str(local), s.docker_socket)
+                os.chmod(local, 0o600)  # made under the umask; the 0700 directory already shuts others out
                 socket = str(local)
             where = s.docker_socket if self._conn is None else f"{s.docker_socket} on {self.name}"
             runtime = DockerRuntime(socket, self.daemon_id, host=self.name, pull=s.pull, where=where,
                                     pull_timeout=s.pull_timeout, gpu_device_requests=s.gpu_device_requests,
-                                    capabilities=s.capabilities, pids_limit=s.pids_limit)
+                                    capabilities=s.capabilities, pids_limit=s.pids_limit,
+                                    owner_files=self.transport if s.run_as == "owner" else None)
         try:
             await runtime.ping()
         except Exception:
@@ -373,13 +394,18 @@ class Host:
         ProxyJump hops are opened by asyncssh from the config alone; in ssh config the
         first value wins, so this line makes every hop verify against the same file.
         """
-        self.sockets_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.sockets_dir)
         path = self.sockets_dir / f"{self.name}.ssh_config"
         text = f'UserKnownHostsFile "{known_hosts}"\n'
         user_config = os.path.expanduser(self.ssh.config)
         if os.path.exists(user_config):
             text += f'Include "{os.path.abspath(user_config)}"\n'
-        path.write_text(text)
+        # Made afresh, never written through whatever was there: the directory may have been open
+        # to others before private_dir closed it, and a link left in it must not aim root's write.
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
         return path
 
     async def _drop(self) -> None:

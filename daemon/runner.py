@@ -445,6 +445,7 @@ class Runner:
             cpu_limit=self.row.resources.get("cpu_max"),
             memory_limit_mb=self.row.resources.get("memory_max_mb"),
             attempt=self.row.log_base,
+            user=host.run_as_user(self.row.owner_uid),
         )
         if not host.remote:
             return await runtime.create(spec)

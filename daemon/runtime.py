@@ -7,10 +7,11 @@ memory, so a restarted daemon can pick everything up.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Final, Protocol
 
 from .logfile import LogFile
 from .logstream import Decoded
@@ -26,6 +27,22 @@ class ImageMissing(EngineError):
 
 class ContainerGone(EngineError):
     pass
+
+
+_USER = re.compile(r"[0-9]+:[0-9]+")
+
+# Run where the execution's files are handed to the user it runs as (run_as = "owner"):
+# prints nothing and exits 0 there, else says why it cannot.
+NEEDS_ROOT: Final = ('[ "$(id -u)" = 0 ] || { echo "run_as = \\"owner\\" needs root on the host to hand an '
+                     'execution its files (the SSH user is $(id -un))" >&2; exit 1; }')
+
+
+def owner_ids(user: str) -> tuple[int, int]:
+    """uid and gid of a ContainerSpec.user ("uid:gid"); anything else is refused, never put in a command."""
+    if not _USER.fullmatch(user):
+        raise EngineError(f"not a uid:gid pair: {user!r}")
+    uid, gid = user.split(":")
+    return int(uid), int(gid)
 
 
 def attempt_name(execution_id: int, attempt: int = 0) -> str:
@@ -48,6 +65,8 @@ class ContainerSpec:
     # Which attempt: an execution re-queued after losing its host gets a new container, named and
     # labelled apart, so the one left on the lost host is never adopted by mistake.
     attempt: int = 0
+    # "uid:gid" the command runs as (run_as = "owner"); None: the image's user, or the SSH user.
+    user: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

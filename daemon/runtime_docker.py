@@ -19,14 +19,17 @@ from .docker_logs import LogStreamError, container_logs
 from .logfile import LogFile
 from .logstream import Decoded, DockerLogDecoder, split_timestamp
 from .runtime import (
+    NEEDS_ROOT,
     ContainerGone,
     ContainerSpec,
     ContainerState,
     EngineError,
     ImageMissing,
     attempt_name,
+    owner_ids,
     store_time_of_engine,
 )
+from .transport import Transport, q
 
 LABEL_DAEMON: Final = "runyard.daemon"
 LABEL_EXECUTION: Final = "runyard.execution"
@@ -49,7 +52,8 @@ class DockerRuntime:
 
     def __init__(self, docker_socket: str, daemon_id: str, *, host: str = "local", pull: str = "missing",
                  pull_timeout: float = 300, gpu_device_requests: bool = True, where: str = "",
-                 capabilities: tuple[str, ...] = ("ALL",), pids_limit: int = 0) -> None:
+                 capabilities: tuple[str, ...] = ("ALL",), pids_limit: int = 0,
+                 owner_files: Transport | None = None) -> None:
         self.docker_socket = docker_socket
         # How errors name the engine: a forwarded socket's local path would mean nothing to a user.
         self.where = where or docker_socket
@@ -60,6 +64,8 @@ class DockerRuntime:
         self.pull_timeout = pull_timeout
         self.capabilities = capabilities
         self.pids_limit = pids_limit
+        # run_as = "owner": how the workspace is handed to the user a container runs as.
+        self.owner_files = owner_files
         self._docker: aiodocker.Docker | None = None
         self._closed = False
 
@@ -97,6 +103,10 @@ class DockerRuntime:
             version = await self.docker.version()
         except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
             raise EngineError(f"Docker engine at {self.where} is not reachable: {exc}") from None
+        if self.owner_files is not None:
+            result = await self.owner_files.run(NEEDS_ROOT)
+            if result.status != 0:
+                raise EngineError(f"{self.host}: {result.error_text}")
         return str(version.get("Version", "?"))
 
     async def info(self) -> dict[str, Any]:
@@ -169,7 +179,8 @@ class DockerRuntime:
             host_config["NanoCpus"] = int(spec.cpu_limit * 1e9)
         if spec.memory_limit_mb:
             host_config["Memory"] = spec.memory_limit_mb * 1024 * 1024
-        return {
+        config: dict[str, Any] = {"User": spec.user} if spec.user else {}
+        return config | {
             "Image": spec.image,
             "Cmd": ["/bin/sh", "-c", spec.command],
             "WorkingDir": "/valohai/repository",
@@ -187,6 +198,8 @@ class DockerRuntime:
         }
 
     async def start(self, container_id: str) -> None:
+        if self.owner_files is not None:
+            await self._give_to_owner(container_id)
         try:
             with self._talking("cannot start container"):
                 await self.docker.containers.container(container_id).start()
@@ -194,6 +207,34 @@ class DockerRuntime:
             if exc.status == 404:
                 raise ContainerGone(f"container {container_id[:12]} was removed") from None
             raise EngineError(f"cannot start container: {exc.message}") from None
+
+    async def _give_to_owner(self, container_id: str) -> None:
+        """Before it starts, a container that runs as its owner gets its repository and outputs:
+        the command writes there, and what it writes belongs to them on the host.
+
+        Read back from the container (its user and its outputs mount), so it holds for any
+        container of ours, whoever created it. Links are changed themselves, never followed."""
+        assert self.owner_files is not None
+        try:
+            with self._talking("cannot inspect container"):
+                info = await self.docker.containers.container(container_id).show()
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                raise ContainerGone(f"container {container_id[:12]} was removed") from None
+            raise EngineError(f"cannot inspect container: {exc.message}") from None
+        user = str(info.get("Config", {}).get("User") or "")
+        if not user:
+            return  # made to run as the image's user
+        owner_ids(user)
+        suffix = "/outputs:/valohai/outputs"
+        works = [b[: -len(suffix)] for b in info.get("HostConfig", {}).get("Binds") or [] if b.endswith(suffix)]
+        if len(works) != 1:
+            raise EngineError(f"container {container_id[:12]} has no outputs mount to hand to {user}")
+        work = q(works[0])
+        result = await self.owner_files.run(f"chown -R -h -P -- {user} {work}/repository {work}/outputs")
+        if result.status != 0:
+            raise EngineError(f"run_as = \"owner\": cannot hand the workspace on {self.host} to {user}: "
+                              f"{result.error_text}")
 
     async def state(self, container_id: str) -> ContainerState:
         try:

@@ -21,7 +21,16 @@ from runyard.protocol.logformat import format_record
 
 from .logfile import LogFile
 from .logstream import Decoded, collapse_carriage_returns, timestamp_now
-from .runtime import ContainerGone, ContainerSpec, ContainerState, EngineError, attempt_name, store_time_of_epoch
+from .runtime import (
+    NEEDS_ROOT,
+    ContainerGone,
+    ContainerSpec,
+    ContainerState,
+    EngineError,
+    attempt_name,
+    owner_ids,
+    store_time_of_epoch,
+)
 from .transport import LinkError, Transport, q
 
 CONTROL: Final = ".runyard"  # inside the execution's directory, beside repository/ and outputs/
@@ -46,10 +55,11 @@ class ProcessRuntime:
     kind = "process"
     in_container = False
 
-    def __init__(self, transport: Transport, work_root: str, *, host: str) -> None:
+    def __init__(self, transport: Transport, work_root: str, *, host: str, run_as_owner: bool = False) -> None:
         self.transport = transport
         self.work_root = work_root
         self.host = host
+        self.run_as_owner = run_as_owner
 
     def _dir(self, execution_id: int, attempt: int = 0) -> str:
         # The same directory Host.work_dir gives the runner for this attempt.
@@ -62,7 +72,12 @@ class ProcessRuntime:
         return result.stdout.decode("utf-8", "replace")
 
     async def ping(self) -> str:
-        out = await self._run("command -v setsid >/dev/null && command -v tail >/dev/null && uname -sr")
+        owner = ""
+        if self.run_as_owner:
+            # The wrapper (root) hands the workspace over and starts the command as its owner.
+            owner = (f"{NEEDS_ROOT}; command -v setpriv >/dev/null || {{ echo 'run_as = \"owner\" needs setpriv "
+                     "(util-linux) on the host' >&2; exit 1; }; ")
+        out = await self._run(f"{owner}command -v setsid >/dev/null && command -v tail >/dev/null && uname -sr")
         return f"process runtime on {out.strip()}"
 
     async def ensure_image(self, image: str) -> None:
@@ -76,30 +91,48 @@ class ProcessRuntime:
         r = f"{d}/{CONTROL}"
         exports = "".join(f"export {name}={q(value)}\n" for name, value in spec.environment.items()
                           if name.isidentifier())
+        handover, command = "", 'sh "$r/command.sh"'
+        if spec.user:
+            # The wrapper stays root, and so do its control files (.runyard): the daemon kills the
+            # process group they name. The owner gets the workspace's folders, 0700; the directory
+            # stays root's, 0711, so they can reach them and nobody can list it (whatever groups
+            # the host has). command.sh stays root's, so the command is passed as an argument
+            # (at most 128 KiB: Linux's limit on one argument).
+            uid, gid = owner_ids(spec.user)
+            folders = '"$d/repository" "$d/inputs" "$d/outputs" "$d/config"'
+            handover = (f'chown -R -h -P -- {uid}:{gid} {folders} && chmod 0700 {folders} && chmod 0711 "$d" '
+                        f'|| {{ echo "runyard: cannot hand the workspace to {uid}:{gid}" >> "$r/stderr"; '
+                        'echo 126 > "$r/exit_code"; exit 1; }\n')
+            command = f'setpriv --reuid={uid} --regid={gid} --clear-groups sh -c "$(cat "$r/command.sh")"'
         wrapper = (
             "#!/bin/sh\n"
             "# Written by runyard: runs the execution detached and records how it ended.\n"
+            "umask 077\n"  # its logs and status files are the execution's alone
             f"r={q(r)}\n"
-            f"cd {q(d)}/repository || {{ echo 127 > \"$r/exit_code\"; exit 1; }}\n"
+            f"d={q(d)}\n"
+            f"{handover}"
+            'cd "$d/repository" || { echo 127 > "$r/exit_code"; exit 1; }\n'
             f"{exports}"
             # Its own start and end times: the daemon may notice either much later (a daemon
             # restart, a host outage), and the execution's times must be when it really ran.
             'date +%s.%N > "$r/started_at.tmp"; mv "$r/started_at.tmp" "$r/started_at"\n'
-            'setsid sh "$r/command.sh" > "$r/stdout" 2> "$r/stderr" < /dev/null &\n'
+            f'setsid {command} > "$r/stdout" 2> "$r/stderr" < /dev/null &\n'
             'echo $! > "$r/child.pid"\n'
             "wait $!\n"
             "c=$?\n"
             'date +%s.%N > "$r/finished_at.tmp"; mv "$r/finished_at.tmp" "$r/finished_at"\n'
             'echo $c > "$r/exit_code.tmp" && mv "$r/exit_code.tmp" "$r/exit_code"\n'
         )
-        await self._run(f"mkdir -p {q(r)} && cat > {q(r)}/command.sh", input=spec.command.encode())
-        await self._run(f"cat > {q(r)}/run.sh", input=wrapper.encode())
+        # run.sh holds the secrets: the directory is 0700 and every file 0600, whatever the host's umask.
+        await self._run(f"umask 077 && mkdir -p {q(r)} && chmod 0700 {q(d)} {q(r)} && cat > {q(r)}/command.sh",
+                        input=spec.command.encode())
+        await self._run(f"umask 077 && cat > {q(r)}/run.sh", input=wrapper.encode())
         return d
 
     async def start(self, container_id: str) -> None:
         r = f"{container_id}/{CONTROL}"
         await self._run(
-            f"[ -e {q(r)}/wrapper.pid ] && exit 0; "
+            f"umask 077; [ -e {q(r)}/wrapper.pid ] && exit 0; "
             f"setsid sh {q(r)}/run.sh </dev/null >/dev/null 2>&1 & echo $! > {q(r)}/wrapper.pid"
         )
 

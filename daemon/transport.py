@@ -133,6 +133,7 @@ def _copy_back(remote: str, local: Path, names: list[str] | None) -> None:
 def _put_tree(local: Path, remote: str) -> None:
     if os.path.abspath(remote) != str(local.resolve()):
         shutil.copytree(local, remote, symlinks=True, dirs_exist_ok=True)
+        os.chmod(remote, 0o700)  # an execution's directory is private to the host's other users
 
 
 def _entries(local: Path) -> list[str]:
@@ -217,7 +218,9 @@ class SshTransport:
     async def put_tree(self, local: Path, remote: str) -> None:
         sftp = await self._sftp()
         with self._sftp_errors(f"cannot copy files to {remote}"):
-            await sftp.makedirs(remote, exist_ok=True)
+            # Private from the start (the server's umask only narrows it), and again if it existed.
+            await sftp.makedirs(remote, attrs=asyncssh.SFTPAttrs(permissions=0o700), exist_ok=True)
+            await sftp.chmod(remote, 0o700)
             entries = await asyncio.to_thread(_entries, local)
             if entries:
                 # Links are copied as links (follow_symlinks=False), never followed out of the tree.
@@ -342,7 +345,9 @@ class SshTransport:
     async def _put_cached(self, sftp: asyncssh.SFTPClient, items: list[tuple[Path, str, int, str]], cache: str,
                           remote: str, *, link: bool, cache_limit: int) -> None:
         with self._sftp_errors(f"cannot copy inputs to {remote}"):
-            await sftp.makedirs(cache, exist_ok=True)
+            # The host's input cache holds every user's inputs (local files too): for nobody else.
+            await sftp.makedirs(cache, attrs=asyncssh.SFTPAttrs(permissions=0o700), exist_ok=True)
+            await sftp.chmod(cache, 0o700)
             for source, sha, size, rel in items:
                 cached = f"{cache}/{sha}"
                 async with self._cache_locks.hold(cached):

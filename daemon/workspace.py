@@ -7,6 +7,7 @@ written for Valohai find their parameters, inputs and outputs unchanged.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,13 @@ def execution_config(row: ExecutionRow) -> dict[str, Any]:
 
 def prepare(work: Path, row: ExecutionRow, snapshots: SnapshotStore,
             inputs_json: dict[str, Any] | None = None) -> None:
-    """Create (or re-create after a crash) the workspace; safe to call twice."""
+    """Create (or re-create after a crash) the workspace; safe to call twice.
+
+    The directory is 0700: the host's other users must not read an execution's code, parameters
+    and inputs. What is inside keeps ordinary modes, so a container's own user can read it.
+    """
+    work.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(work, 0o700)  # the inputs may have made it first, under the umask
     repository = work / "repository"
     if repository.exists():
         shutil.rmtree(repository)

@@ -20,10 +20,11 @@ from runyard.daemon.config import parse_config
 from runyard.daemon.core import Core
 from runyard.daemon.inputs import InputFetcher
 from runyard.daemon.outputs import LocalOutputStore
+from runyard.daemon.record import ExecutionRow
 from runyard.daemon.runtime import EngineError
 from runyard.daemon.runtime_docker import DockerRuntime
 from runyard.daemon.server import Connection, Server
-from runyard.daemon.store import NewExecution, Store
+from runyard.daemon.store import Store
 from runyard.protocol import Client, RemoteError
 from runyard.protocol.framing import FrameDecoder, encode_frame
 from runyard.protocol.messages import Error, Hello, LogEnd, Message, Request, Response, decode_message, encode_message
@@ -83,8 +84,8 @@ async def test_cancelled_writes_never_wedge_the_store(tmp_path: Path) -> None:
         await reopened.close()
 
 
-def _new(title: str) -> NewExecution:
-    return NewExecution(step="train", title=title, owner="root", owner_uid=0, parameters={}, inputs={},
+def _new(title: str) -> ExecutionRow:
+    return ExecutionRow(step="train", title=title, owner="root", owner_uid=0, parameters={}, inputs={},
                         image="img", command="true", environment={}, snapshot="0" * 64, commit_ref=None,
                         config_path="valohai.yaml")
 
@@ -208,7 +209,7 @@ async def _next_message(reader: asyncio.StreamReader, decoder: FrameDecoder, pen
 
 
 @slow
-async def test_a_follower_of_a_deleted_execution_is_told_and_ends(daemon: Daemon, tmp_path: Path) -> None:
+async def test_a_follower_ends_when_its_execution_is_stopped_and_deleted(daemon: Daemon, tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", FILES)
     async with await Client.connect(daemon.socket) as client:
         await client.host_drain("local")  # it stays queued
@@ -220,11 +221,14 @@ async def test_a_follower_of_a_deleted_execution_is_told_and_ends(daemon: Daemon
         reply = await _next_message(reader, decoder, pending)
         assert isinstance(reply, Response) and reply.id == 1  # following from here on
         await client.stop([e.id])
-        await wait_for_status(client, e.id)
-        await client.delete(e.id)
+        # Stopped before it started: its log is complete, and whoever follows it is told so.
         end = await _next_message(reader, decoder, pending)
-        assert isinstance(end, LogEnd) and end.sub == 7
-        assert end.code == "not-found" and end.error == f"execution {e.id} was deleted while its log was followed"
+        assert isinstance(end, LogEnd) and end.sub == 7 and end.error is None
+        await client.delete(e.id)
+        writer.write(encode_frame(encode_message(Request(id=2, method="logs.follow",
+                                                         params={"id": e.id, "sub": 8}))))
+        refused = await _next_message(reader, decoder, pending)
+        assert isinstance(refused, Error) and refused.code == "not-found", refused
         writer.close()
 
 

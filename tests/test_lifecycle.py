@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -302,3 +303,31 @@ async def test_a_stop_is_never_lost_to_a_requeue(tmp_path: Path, monkeypatch: py
     finally:
         await core.shutdown()
         await store.close()
+
+
+# -- times are the engine's ---------------------------------------------------------------------
+
+
+def _store_form(docker_time: str) -> str:
+    """Docker's RFC 3339 nanoseconds (trailing zeros trimmed) as the store keeps times: microseconds."""
+    whole, _, frac = docker_time.rstrip("Z").partition(".")
+    return f"{whole}.{(frac + '000000')[:6]}Z"
+
+
+@pytest.mark.slow
+async def test_started_and_ended_are_the_engines_times_across_a_daemon_kill(daemon: Daemon, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": step_yaml(
+        "wait", ["echo begun", 'while [ ! -e "$VH_OUTPUTS_DIR/go" ]; do sleep 0.05; done', "echo done"])})
+    async with await Client.connect(daemon.socket) as client:
+        e = await wait_for_status(client, (await submit_repo(client, repo, "wait")).id, {"started"})
+    assert e.container_id is not None
+    daemon.kill9()
+    (daemon.data_dir / "work" / str(e.id) / "outputs" / "go").touch()
+    subprocess.run(["docker", "wait", e.container_id], check=True, capture_output=True, timeout=60)
+    state = json.loads(subprocess.run(["docker", "inspect", "--format", "{{json .State}}", e.container_id],
+                                      check=True, capture_output=True, text=True).stdout)
+    daemon.start()  # it notices the end only now, well after the container finished
+    async with await Client.connect(daemon.socket) as client:
+        ended = await wait_for_status(client, e.id)
+    assert ended.status == "complete"
+    assert (ended.started_at, ended.ended_at) == (_store_form(state["StartedAt"]), _store_form(state["FinishedAt"]))

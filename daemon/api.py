@@ -27,7 +27,9 @@ class Caller:
     admin: bool
 
 
-Handler = Callable[[Core, Caller, Any], Awaitable[Any]]
+# What a method may answer: typed structs (or lists of them), or a plain scalar; never a bare dict.
+Reply = msgspec.Struct | list[Any] | bytes | bool | int | None
+Handler = Callable[[Core, Caller, Any], Awaitable[Reply]]
 METHODS: dict[str, tuple[type[msgspec.Struct], Handler]] = {}
 
 
@@ -50,7 +52,7 @@ async def _owned(core: Core, caller: Caller, execution_id: int, action: str) -> 
 
 
 @method("executions.submit", m.SubmitParams)
-async def submit(core: Core, caller: Caller, p: m.SubmitParams) -> Any:
+async def submit(core: Core, caller: Caller, p: m.SubmitParams) -> m.ExecutionView:
     if p.priority > 0 and not caller.admin:
         raise OperationError(ErrorCode.PERMISSION_DENIED,
                              "only admins may raise priority above 0 (anyone may lower their own)")
@@ -63,13 +65,13 @@ async def submit(core: Core, caller: Caller, p: m.SubmitParams) -> Any:
 
 
 @method("executions.get", m.IdParams)
-async def get(core: Core, caller: Caller, p: m.IdParams) -> Any:
+async def get(core: Core, caller: Caller, p: m.IdParams) -> m.ExecutionView:
     row = await core.get(p.id)
     return core.view(row, await core.store.latest_metadata(p.id))
 
 
 @method("executions.list", m.ListParams)
-async def list_(core: Core, caller: Caller, p: m.ListParams) -> Any:
+async def list_(core: Core, caller: Caller, p: m.ListParams) -> list[m.ExecutionView]:
     unknown = sorted(set(p.status) - set(m.ALL_STATUSES))
     if unknown:
         raise OperationError(ErrorCode.INVALID_PARAMS,
@@ -87,7 +89,7 @@ async def list_(core: Core, caller: Caller, p: m.ListParams) -> Any:
 
 
 @method("executions.stop", m.StopParams)
-async def stop(core: Core, caller: Caller, p: m.StopParams) -> Any:
+async def stop(core: Core, caller: Caller, p: m.StopParams) -> m.StopResult:
     if p.all:
         ids = sorted(r.id for r in core.active.values() if caller.admin or r.owner_uid == caller.uid)
     else:
@@ -104,7 +106,7 @@ async def stop(core: Core, caller: Caller, p: m.StopParams) -> Any:
 
 
 @method("executions.restart", m.IdParams)
-async def restart(core: Core, caller: Caller, p: m.IdParams) -> Any:
+async def restart(core: Core, caller: Caller, p: m.IdParams) -> m.ExecutionView:
     # A restart is a new execution of the caller: it runs with the caller's secrets, so running
     # someone else's code that way is for admins, and it gets no priority the caller could not ask for.
     await _owned(core, caller, p.id, "restart")
@@ -114,7 +116,7 @@ async def restart(core: Core, caller: Caller, p: m.IdParams) -> Any:
 
 
 @method("executions.rename", m.RenameParams)
-async def rename(core: Core, caller: Caller, p: m.RenameParams) -> Any:
+async def rename(core: Core, caller: Caller, p: m.RenameParams) -> m.ExecutionView:
     await _owned(core, caller, p.id, "rename")
     title = p.title.strip()
     if not title or len(title) > 200 or any(ord(c) < 32 for c in title):
@@ -123,14 +125,14 @@ async def rename(core: Core, caller: Caller, p: m.RenameParams) -> Any:
 
 
 @method("executions.delete", m.DeleteParams)
-async def delete(core: Core, caller: Caller, p: m.DeleteParams) -> Any:
+async def delete(core: Core, caller: Caller, p: m.DeleteParams) -> None:
     await _owned(core, caller, p.id, "delete")
     await core.delete(p.id, p.purge_outputs)
     return None
 
 
 @method("executions.metadata", m.MetadataParams)
-async def metadata(core: Core, caller: Caller, p: m.MetadataParams) -> Any:
+async def metadata(core: Core, caller: Caller, p: m.MetadataParams) -> m.MetadataPage:
     """One page of points; a chart asks for ``max_points`` and gets every k-th point and the last."""
     row = await core.get(p.id)
     if not 1 <= p.limit <= m.METADATA_PAGE_MAX:
@@ -146,7 +148,7 @@ async def metadata(core: Core, caller: Caller, p: m.MetadataParams) -> Any:
                                       every=every)
     # Points are up to 256 KiB each: a page stops well before the frame limit, JSON escaping included.
     budget = core.config.daemon.max_frame_bytes // 4
-    points: list[dict[str, Any]] = []
+    points: list[m.MetadataPoint] = []
     used = 0
     next_offset: int | None = None
     for point in found:
@@ -154,14 +156,14 @@ async def metadata(core: Core, caller: Caller, p: m.MetadataParams) -> Any:
             next_offset = point.n
             break
         used += point.size + 64
-        points.append({"n": point.n, "time": point.at, "values": point.values, "attempt": point.attempt})
-    return {"points": points, "next": next_offset, "total": total, "attempt": row.log_base}
+        points.append(m.MetadataPoint(n=point.n, time=point.at, values=point.values, attempt=point.attempt))
+    return m.MetadataPage(points=points, next=next_offset, total=total, attempt=row.log_base)
 
 
 @method("outputs.list", m.IdParams)
-async def outputs(core: Core, caller: Caller, p: m.IdParams) -> Any:
+async def outputs(core: Core, caller: Caller, p: m.IdParams) -> list[m.OutputView]:
     await core.get(p.id)
-    return [{"path": path, "size": size, "sha256": sha, "properties": props}
+    return [m.OutputView(path=path, size=size, sha256=sha, properties=props)
             for path, size, sha, props in await core.store.outputs(p.id)]
 
 
@@ -173,7 +175,7 @@ class OutputReadParams(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @method("outputs.read", OutputReadParams)
-async def output_read(core: Core, caller: Caller, p: OutputReadParams) -> Any:
+async def output_read(core: Core, caller: Caller, p: OutputReadParams) -> bytes:
     await core.get(p.id)
     size = max(0, min(p.size, 2 << 20))
     try:
@@ -183,7 +185,7 @@ async def output_read(core: Core, caller: Caller, p: OutputReadParams) -> Any:
 
 
 @method("logs.read", m.LogsReadParams)
-async def logs_read(core: Core, caller: Caller, p: m.LogsReadParams) -> Any:
+async def logs_read(core: Core, caller: Caller, p: m.LogsReadParams) -> m.LogsReadResult:
     await core.get(p.id)
     if p.stream not in (None, "stdout", "stderr"):
         raise OperationError(ErrorCode.INVALID_PARAMS, "stream is stdout or stderr")
@@ -204,18 +206,18 @@ async def logs_read(core: Core, caller: Caller, p: m.LogsReadParams) -> Any:
     else:
         start = p.offset or 0
         data, end = await asyncio.to_thread(logfile.read_range, start, max_bytes)
-    return {"data": cap_records(data).decode("utf-8", "replace"), "start": start, "end": end,
-            "size": logfile.size, "first_line": first_line}
+    return m.LogsReadResult(data=cap_records(data).decode("utf-8", "replace"), start=start, end=end,
+                            size=logfile.size, first_line=first_line)
 
 
 @method("logs.count", m.IdParams)
-async def logs_count(core: Core, caller: Caller, p: m.IdParams) -> Any:
+async def logs_count(core: Core, caller: Caller, p: m.IdParams) -> int:
     await core.get(p.id)
     return await asyncio.to_thread(core.log_file(p.id).line_count)
 
 
 @method("snapshots.has", m.SnapshotHasParams)
-async def snapshot_has(core: Core, caller: Caller, p: m.SnapshotHasParams) -> Any:
+async def snapshot_has(core: Core, caller: Caller, p: m.SnapshotHasParams) -> bool:
     try:
         return await asyncio.to_thread(core.snapshots.has, p.id)
     except SnapshotError as exc:
@@ -223,7 +225,7 @@ async def snapshot_has(core: Core, caller: Caller, p: m.SnapshotHasParams) -> An
 
 
 @method("snapshots.put", m.SnapshotPutParams)
-async def snapshot_put(core: Core, caller: Caller, p: m.SnapshotPutParams) -> Any:
+async def snapshot_put(core: Core, caller: Caller, p: m.SnapshotPutParams) -> None:
     try:
         await asyncio.to_thread(core.snapshots.put_chunk, p.id, p.offset, p.data, p.final,
                                 core.config.daemon.max_snapshot_mb << 20)
@@ -233,14 +235,14 @@ async def snapshot_put(core: Core, caller: Caller, p: m.SnapshotPutParams) -> An
 
 
 @method("snapshots.files", m.IdParams)
-async def snapshot_files(core: Core, caller: Caller, p: m.IdParams) -> Any:
+async def snapshot_files(core: Core, caller: Caller, p: m.IdParams) -> list[m.SnapshotEntry]:
     row = await core.get(p.id)
     files = await asyncio.to_thread(core.snapshots.list_files, row.snapshot)  # a scan of the whole tar
-    return [{"path": name, "size": size} for name, size in files]
+    return [m.SnapshotEntry(path=name, size=size) for name, size in files]
 
 
 @method("snapshots.read", m.SnapshotFileParams)
-async def snapshot_read(core: Core, caller: Caller, p: m.SnapshotFileParams) -> Any:
+async def snapshot_read(core: Core, caller: Caller, p: m.SnapshotFileParams) -> m.SnapshotFile:
     row = await core.get(p.id)
     if not 1 <= p.max_bytes <= 8 << 20:
         raise OperationError(ErrorCode.INVALID_PARAMS, "max_bytes must be between 1 and 8 MiB")
@@ -252,36 +254,36 @@ async def snapshot_read(core: Core, caller: Caller, p: m.SnapshotFileParams) -> 
         raise OperationError(ErrorCode.NOT_FOUND, f"the snapshot of execution {p.id} has no file {p.path!r}")
     limit = _fits_a_frame(core, p.max_bytes)
     head = data[:limit]
-    return {"path": p.path, "size": len(data), "data": head.decode("utf-8", "replace"),
-            "truncated": len(data) > limit, "binary": b"\0" in head[:8192]}
+    return m.SnapshotFile(path=p.path, size=len(data), data=head.decode("utf-8", "replace"),
+                          truncated=len(data) > limit, binary=b"\0" in head[:8192])
 
 
 @method("hosts.list", m.HostsScanParams)
-async def hosts_list(core: Core, caller: Caller, p: m.HostsScanParams) -> Any:
+async def hosts_list(core: Core, caller: Caller, p: m.HostsScanParams) -> list[m.HostView]:
     return await core.host_views()
 
 
 @method("hosts.drain", m.HostNameParams)
-async def hosts_drain(core: Core, caller: Caller, p: m.HostNameParams) -> Any:
+async def hosts_drain(core: Core, caller: Caller, p: m.HostNameParams) -> m.HostView:
     _admin(caller, "drain a host")
     return await core.set_host_admin(p.name, "draining")
 
 
 @method("hosts.enable", m.HostNameParams)
-async def hosts_enable(core: Core, caller: Caller, p: m.HostNameParams) -> Any:
+async def hosts_enable(core: Core, caller: Caller, p: m.HostNameParams) -> m.HostView:
     _admin(caller, "enable a host")
     return await core.set_host_admin(p.name, "enabled")
 
 
 @method("hosts.scan", m.HostsScanParams)
-async def hosts_scan(core: Core, caller: Caller, p: m.HostsScanParams) -> Any:
+async def hosts_scan(core: Core, caller: Caller, p: m.HostsScanParams) -> list[m.HostView]:
     # Each scan runs commands on every host at once: not for anyone who can reach the socket.
     _admin(caller, "scan hosts")
     return await core.scan_hosts(p.name)
 
 
 @method("hosts.doctor", m.HostNameParams)
-async def hosts_doctor(core: Core, caller: Caller, p: m.HostNameParams) -> Any:
+async def hosts_doctor(core: Core, caller: Caller, p: m.HostNameParams) -> list[m.DoctorCheck]:
     _admin(caller, "run doctor on a host")
     return await core.doctor(p.name)
 

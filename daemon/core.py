@@ -12,7 +12,6 @@ import functools
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import yaml
 
 from runyard.protocol.messages import Event
-from runyard.protocol.methods import ExecutionView
+from runyard.protocol.methods import DoctorCheck, ExecutionView, GpuView, HostView
 
 from . import workspace
 from .config import Config
@@ -518,7 +517,7 @@ class Core:
             raise OperationError("not-found", f"there is no host {name!r} (hosts: {known})")
         return host
 
-    async def host_views(self, names: list[str] | None = None) -> list[dict[str, Any]]:
+    async def host_views(self, names: list[str] | None = None) -> list[HostView]:
         rows = [r for r in self.active.values() if r.host is not None]
         views = []
         for host in self.hosts.values():
@@ -527,25 +526,25 @@ class Core:
             mine = [r for r in rows if r.host == host.name]
             holder = {g: r.id for r in mine for g in r.gpu_ids}
             ssh = host.settings.ssh
-            views.append({
-                "name": host.name, "state": host.state, "error": host.error, "pool": host.settings.pool,
-                "failed_attempts": host.failed_attempts,
-                "retry_in_seconds": max(0.0, host.retry_at - time.time()) if host.retry_at else None,
-                "runtime": host.settings.runtime,
-                "address": (ssh.address or ssh.name) if ssh is not None else "this machine",
-                "gpus": [{"index": g.index, "uuid": g.uuid, "name": g.name, "memory_total_mb": g.memory_total_mb,
-                          "memory_used_mb": g.memory_used_mb, "utilization": g.utilization,
-                          "execution": holder.get(g.uuid)} for g in host.gpus],
-                "cpus": host.cpus, "cpus_used": sum(float(r.resources.get("cpus", 0)) for r in mine),
-                "memory_mb": host.memory_mb,
-                "memory_used_mb": sum(int(r.resources.get("memory_mb", 0)) for r in mine),
-                "executions": sorted(r.id for r in mine), "max_concurrent": host.settings.max_concurrent,
-                "scanned_at": _iso(host.scanned_at),
-                "problems": list(host.inventory.problems) if host.inventory else [],
-            })
+            views.append(HostView(
+                name=host.name, state=host.state, error=host.error, pool=host.settings.pool,
+                failed_attempts=host.failed_attempts,
+                retry_in_seconds=max(0.0, host.retry_at - time.time()) if host.retry_at else None,
+                runtime=host.settings.runtime,
+                address=(ssh.address or ssh.name) if ssh is not None else "this machine",
+                gpus=[GpuView(index=g.index, uuid=g.uuid, name=g.name, memory_total_mb=g.memory_total_mb,
+                              memory_used_mb=g.memory_used_mb, utilization=g.utilization,
+                              execution=holder.get(g.uuid)) for g in host.gpus],
+                cpus=host.cpus, cpus_used=sum(float(r.resources.get("cpus", 0)) for r in mine),
+                memory_mb=host.memory_mb,
+                memory_used_mb=sum(int(r.resources.get("memory_mb", 0)) for r in mine),
+                executions=sorted(r.id for r in mine), max_concurrent=host.settings.max_concurrent,
+                scanned_at=_iso(host.scanned_at),
+                problems=list(host.inventory.problems) if host.inventory else [],
+            ))
         return views
 
-    async def set_host_admin(self, name: str, admin: str) -> dict[str, Any]:
+    async def set_host_admin(self, name: str, admin: str) -> HostView:
         host = self.host(name)
         if host.admin == "disabled":
             raise OperationError("invalid-state", f"host {name} is disabled in the configuration (enabled = false)")
@@ -554,7 +553,7 @@ class Core:
         log.info("host %s: %s", name, host.state)
         return (await self.host_views([name]))[0]
 
-    async def scan_hosts(self, name: str | None) -> list[dict[str, Any]]:
+    async def scan_hosts(self, name: str | None) -> list[HostView]:
         hosts = [self.host(name)] if name is not None else list(self.hosts.values())
         for host in hosts:
             try:
@@ -564,8 +563,8 @@ class Core:
                     raise OperationError("invalid-state", f"cannot scan {host.name}: {exc}") from None
         return await self.host_views([h.name for h in hosts])
 
-    async def doctor(self, name: str) -> list[dict[str, Any]]:
-        return [asdict(check) for check in await diagnose(self.host(name))]
+    async def doctor(self, name: str) -> list[DoctorCheck]:
+        return [DoctorCheck(name=c.name, ok=c.ok, detail=c.detail) for c in await diagnose(self.host(name))]
 
     def view(self, row: ExecutionRow, metadata: dict[str, Any] | None = None) -> ExecutionView:
         path = self.log_path(row.id)

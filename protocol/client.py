@@ -40,6 +40,7 @@ from .methods import (
     MetadataParams,
     MetadataPoint,
     OutputView,
+    SnapshotEntry,
     SnapshotFile,
     StopResult,
 )
@@ -282,8 +283,8 @@ class Client:
         return int(await self.call("logs.count", {"id": execution_id}))
 
     async def snapshot_files(self, execution_id: int) -> list[tuple[str, int]]:
-        files = await self.call("snapshots.files", {"id": execution_id})
-        return [(f["path"], int(f["size"])) for f in files]
+        files = msgspec.convert(await self.call("snapshots.files", {"id": execution_id}), list[SnapshotEntry])
+        return [(f.path, f.size) for f in files]
 
     async def snapshot_file(self, execution_id: int, path: str, max_bytes: int = 1024 * 1024) -> SnapshotFile:
         return await self._typed(SnapshotFile, "snapshots.read", {"id": execution_id, "path": path,

@@ -133,6 +133,13 @@ class SnapshotFileParams(msgspec.Struct, forbid_unknown_fields=True):
     max_bytes: int = 1024 * 1024
 
 
+class SnapshotEntry(msgspec.Struct):
+    """One file of a snapshot, as snapshots.files lists them."""
+
+    path: str
+    size: int
+
+
 class SnapshotFile(msgspec.Struct):
     path: str
     size: int

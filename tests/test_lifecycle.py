@@ -331,3 +331,15 @@ async def test_started_and_ended_are_the_engines_times_across_a_daemon_kill(daem
         ended = await wait_for_status(client, e.id)
     assert ended.status == "complete"
     assert (ended.started_at, ended.ended_at) == (_store_form(state["StartedAt"]), _store_form(state["FinishedAt"]))
+
+
+def test_every_reply_is_typed() -> None:
+    """The daemon answers with the protocol's structs (or plain scalars), never a hand-built dict, so a
+    reply that drifts from what clients decode fails here and in mypy, not in a user's terminal."""
+    import typing
+
+    from runyard.daemon import api
+
+    for name, (_, handler) in api.METHODS.items():
+        reply = typing.get_type_hints(handler)["return"]
+        assert reply is not typing.Any and "dict" not in str(reply), (name, reply)

@@ -38,6 +38,7 @@ from .scheduler import Capacity, Demand, place, refusal
 from .snapshots import SnapshotError, SnapshotStore
 from .steps import StepError, load_config, prepare_step
 from .store import Store, utcnow
+from .tasks import watched
 from .transport import LinkError, q
 
 log = logging.getLogger("runyard.daemon")
@@ -134,11 +135,10 @@ class Core:
         said = (host.state, host.error)
         if self._host_said.get(host.name) != said:
             self._host_said[host.name] = said
-            task = asyncio.create_task(self._host_event(host.name, *said))
-            self._background.add(task)  # kept referenced until done; cancelled on shutdown
-            task.add_done_callback(self._background.discard)
+            # Kept referenced until done; cancelled on shutdown.
+            watched(self._host_event(host.name, *said), f"host {host.name}: recording its state", self._background)
         if host.link == "ready" and host.name not in self._reconciling:
-            task = asyncio.create_task(self._reconcile_host(host, host.generation), name=f"reconcile-{host.name}")
+            task = watched(self._reconcile_host(host, host.generation), f"host {host.name}: reconciling")
             self._reconciling[host.name] = task
             task.add_done_callback(functools.partial(self._reconciled, host.name))
 

@@ -39,6 +39,7 @@ from .record import ExecutionRow
 from .runtime import ContainerGone, ContainerSpec, EngineError, ImageMissing, Runtime, attempt_name
 from .snapshots import SnapshotStore
 from .store import Store
+from .tasks import watched
 from .transport import LinkError, remove_local
 
 log = logging.getLogger("runyard.runner")
@@ -246,9 +247,7 @@ class Runner:
             with contextlib.suppress(EngineError, LinkError, OSError):
                 await runtime.stop(container, self.s.stop_grace)
 
-        task = asyncio.create_task(stop(), name=f"stop-{self.id}")
-        self._side.add(task)
-        task.add_done_callback(self._side.discard)
+        watched(stop(), f"execution {self.id}: stopping its container", self._side)
 
     async def _note(self, text: str) -> None:
         """A line from runyard itself in the execution's log (stream S)."""
@@ -578,9 +577,7 @@ class Runner:
 
     def _spawn_flush(self) -> None:
         self._flush_timer = None
-        task = asyncio.create_task(self._flush_metadata())
-        self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
+        watched(self._flush_metadata(), f"execution {self.id}: recording metadata", self._flushes)
 
     async def _flush_metadata(self) -> None:
         if self._flush_timer is not None:

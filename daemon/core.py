@@ -464,8 +464,9 @@ class Core:
                 answer = await runner.stop()
                 if answer is not None:
                     return answer
-                await runner.finished.wait()
-                await asyncio.sleep(0)  # let its done-callback hand it back to the queue
+                task = self._runner_tasks.get(execution_id)
+                if task is not None:
+                    await asyncio.wait([task])  # its done-callback has handed it on by then
                 continue
             async with self._queue_lock:
                 if execution_id in self._runners:

@@ -47,6 +47,7 @@ log = logging.getLogger("runyard.runner")
 _METADATA_BATCH = 5000
 _METADATA_DELAY = 0.25  # seconds a metadata point may wait to be recorded
 _ENGINE_RETRIES = 5  # runtime errors in a row that are taken for the engine going away
+_RETRY_SECONDS = 5.0  # before a runner whose outcome could not be recorded tries again
 
 Publish = Callable[[Any], None]
 
@@ -152,25 +153,25 @@ class Runner:
     async def run(self) -> None:
         """Own the execution until it ends or goes back to the queue. Cancelling this (daemon
         shutdown) leaves the container running, to be picked up by the next daemon."""
+        opened = False
         try:
-            self.log.open_for_append()
-            self.log.base = self.row.log_base
-            self._work = asyncio.create_task(self._work_guarded(), name=f"work-{self.id}")
             while True:
-                letter = await self._mailbox.get()
-                if isinstance(letter.event, _WorkDone):
-                    letter.answer.set_result(None)
-                    break
                 try:
-                    move = await self._decide(letter)
-                except Exception as exc:
-                    # Recording failed (the disk is full, say): the sender hears of it and decides.
-                    log.exception("execution %s: recording %s failed", self.id, letter.event)
-                    if not letter.answer.done():
-                        letter.answer.set_exception(exc)
-                    continue
-                if not letter.answer.done():
-                    letter.answer.set_result(move)
+                    if not opened:
+                        await asyncio.to_thread(self.log.open_for_append)
+                        opened = True
+                    self.log.base = self.row.log_base
+                    self._work = asyncio.create_task(self._work_guarded(), name=f"work-{self.id}")
+                    await self._serve_mailbox()
+                except OSError as exc:
+                    log.error("execution %s: cannot open its log: %s", self.id, exc)
+                if self._handed_back():
+                    break
+                # The work ended with no outcome recorded (the store refused the write: a full disk,
+                # say). The execution is still this runner's: try again rather than leave it orphaned.
+                log.error("execution %s: its work ended with nothing recorded; trying again in %g s",
+                          self.id, _RETRY_SECONDS)
+                await asyncio.sleep(_RETRY_SECONDS)
         finally:
             self.finished.set()
             for task in [*self._side, *([self._work] if self._work is not None else [])]:
@@ -181,6 +182,28 @@ class Runner:
                 if not letter.answer.done():
                     letter.answer.set_result(None)
             await self.s.release_log(self.id)
+
+    async def _serve_mailbox(self) -> None:
+        """Decide letters one at a time until the work says it is done."""
+        while True:
+            letter = await self._mailbox.get()
+            if isinstance(letter.event, _WorkDone):
+                letter.answer.set_result(None)
+                return
+            try:
+                move = await self._decide(letter)
+            except Exception as exc:
+                # Recording failed (the disk is full, say): the sender hears of it and decides.
+                log.exception("execution %s: recording %s failed", self.id, letter.event)
+                if not letter.answer.done():
+                    letter.answer.set_exception(exc)
+                continue
+            if not letter.answer.done():
+                letter.answer.set_result(move)
+
+    def _handed_back(self) -> bool:
+        """Ended, or back in the scheduler's queue: no longer this runner's."""
+        return self.row.terminal or (self.row.status == "queued" and self.row.host is None)
 
     async def _decide(self, letter: _Letter) -> Move:
         event = letter.event
@@ -262,6 +285,9 @@ class Runner:
             if not self._stopping_work:
                 raise  # daemon shutdown: the container keeps running and is picked up on restart
             await self._clean_up(remove_any=True)
+        except Exception:
+            # Only a failure to record the outcome gets here (every other failure is an outcome).
+            log.exception("execution %s: recording its outcome failed", self.id)
         finally:
             self._mailbox.put_nowait(_Letter(_WorkDone(), {}, asyncio.get_running_loop().create_future()))
 

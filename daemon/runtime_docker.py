@@ -215,13 +215,7 @@ class DockerRuntime:
         Read back from the container (its user and its outputs mount), so it holds for any
         container of ours, whoever created it. Links are changed themselves, never followed."""
         assert self.owner_files is not None
-        try:
-            with self._talking("cannot inspect container"):
-                info = await self.docker.containers.container(container_id).show()
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                raise ContainerGone(f"container {container_id[:12]} was removed") from None
-            raise EngineError(f"cannot inspect container: {exc.message}") from None
+        info = await self._inspect(container_id)
         user = str(info.get("Config", {}).get("User") or "")
         if not user:
             return  # made to run as the image's user
@@ -237,14 +231,16 @@ class DockerRuntime:
                               f"{result.error_text}")
 
     async def state(self, container_id: str) -> ContainerState:
+        return _state_of(await self._inspect(container_id))
+
+    async def _inspect(self, container_id: str) -> dict[str, Any]:
         try:
             with self._talking("cannot inspect container"):
-                info = await self.docker.containers.container(container_id).show()
+                return dict(await self.docker.containers.container(container_id).show())
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 raise ContainerGone(f"container {container_id[:12]} was removed behind runyard's back") from None
             raise EngineError(f"cannot inspect container: {exc.message}") from None
-        return _state_of(info)
 
     async def find(self, execution_id: int, attempt: int = 0) -> ContainerState | None:
         for state in await self._list(execution_id):

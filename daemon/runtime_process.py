@@ -226,13 +226,14 @@ class ProcessRuntime:
 
     async def stop(self, container_id: str, grace_seconds: int) -> None:
         r = f"{container_id}/{CONTROL}"
-        # TERM to the command's whole process group, KILL to what is left after the grace.
+        # TERM to the command's whole process group, KILL to what is left after the grace. Through
+        # `env kill` (procps or util-linux): dash's builtin, /bin/sh on Debian, takes no process group.
         await self._run(
             f"[ -e {q(r)}/child.pid ] || exit 0; g=$(cat {q(r)}/child.pid); "
-            f'kill -TERM -- "-$g" 2>/dev/null || exit 0; i=0; '
-            f'while [ "$i" -lt {int(grace_seconds) * 5} ] && kill -0 -- "-$g" 2>/dev/null; '
+            f'env kill -TERM -- "-$g" 2>/dev/null || exit 0; i=0; '
+            f'while [ "$i" -lt {int(grace_seconds) * 5} ] && env kill -0 -- "-$g" 2>/dev/null; '
             "do sleep 0.2; i=$((i+1)); done; "
-            f'kill -KILL -- "-$g" 2>/dev/null; exit 0'
+            f'env kill -KILL -- "-$g" 2>/dev/null; exit 0'
         )
 
     async def remove(self, container_id: str) -> None:

@@ -40,7 +40,8 @@ from runyard.protocol import Client
 from runyard.protocol.methods import ExecutionView
 
 from .conftest import Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_for_status
-from .pool import free_port, make_client_key, start_hosts, wait_for_host
+from .pool import free_port, make_client_key, wait_for_host
+from .test_host_faults import TwoHosts, two_hosts  # noqa: F401  (the fixture)
 from .test_pool import Pool, connect, make_pool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,29 +198,13 @@ async def test_work_that_vanished_while_the_daemon_was_down_ends_and_frees_its_g
 
 # -- an abandoned attempt on a host that comes back ------------------------------------------
 
-STEPS = (
-    step_yaml("hold", "while true; do echo alive; sleep 0.2; done")
-    + step_yaml("count", "for n in $(seq 0 39); do echo n=$n; sleep 0.1; done")
-)
-
 
 @pytest.mark.slow
 async def test_a_returning_host_loses_the_work_directory_of_an_abandoned_attempt(
-        tmp_path: Path, daemon_factory: type[Daemon]) -> None:
-    hosts, ssh = start_hosts(tmp_path, {"h1": None, "h2": None}, ssh_extra="""\
-        connect_timeout_seconds = 2
-        keepalive_seconds = 1
-        keepalive_count_max = 2
-        """)
-    config = ssh + "[scheduler]\nhost_lost_grace_seconds = 2\n" + "".join(
-        h.config(pool="p", extra="max_concurrent = 1") for h in hosts.values())
-    daemon = daemon_factory(local_extra="enabled = false", extra_config=config, stop_grace=1)
-    daemon.start()
-    repo = make_repo(tmp_path / "repo", {"valohai.yaml": STEPS})
+        two_hosts: TwoHosts) -> None:  # noqa: F811  (the fixture, imported)
+    daemon, hosts, repo = two_hosts.daemon, two_hosts.hosts, two_hosts.repo
     try:
         async with await Client.connect(daemon.socket) as client:
-            for name in hosts:
-                await wait_for_host(client, name, {"ready"})
             e = await submit_repo(client, repo, "count", retries=1)
             first = await wait_for_status(client, e.id, {"started"})
             assert first.host is not None
@@ -343,3 +328,22 @@ def test_every_reply_is_typed() -> None:
     for name, (_, handler) in api.METHODS.items():
         reply = typing.get_type_hints(handler)["return"]
         assert reply is not typing.Any and "dict" not in str(reply), (name, reply)
+
+
+@pytest.mark.slow
+async def test_a_local_process_execution_stops_and_meets_its_time_limit(daemon_factory: type[Daemon],
+                                                                        tmp_path: Path) -> None:
+    """The process runtime on this machine runs its commands through /bin/sh (dash on Debian)."""
+    daemon = daemon_factory(local_extra='runtime = "process"', stop_grace=30)
+    daemon.start()
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": step_yaml("tick", "while true; do echo tick; sleep 0.1; done")
+                                         + step_yaml("limited", "while true; do echo t; sleep 0.1; done",
+                                                     extra="time-limit: 2s")})
+    async with await Client.connect(daemon.socket) as client:
+        ticking = await wait_for_status(client, (await submit_repo(client, repo, "tick")).id, {"started"})
+        limited = await submit_repo(client, repo, "limited")
+        assert run_cli(daemon, "stop", str(ticking.id)).returncode == 0
+        # TERM reaches the command's process group: it ends now, not after the 30 s grace.
+        assert (await wait_for_status(client, ticking.id, timeout=20)).status == "stopped"
+        ended = await wait_for_status(client, limited.id, timeout=30)
+        assert (ended.status, ended.reason) == ("error", "time-limit")

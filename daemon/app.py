@@ -9,6 +9,7 @@ import sys
 
 from .config import Config
 from .core import Core
+from .private import UnsafeDirectory, private_data_dir, private_files
 from .runtime import EngineError
 from .server import Server, ServerError
 from .store import SchemaTooNew, Store
@@ -22,9 +23,16 @@ class StartupError(Exception):
 
 async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM or SIGINT; executions keep running across a restart."""
+    database = config.data_dir / "runyard.sqlite3"
     try:
-        store = await Store.open(config.data_dir / "runyard.sqlite3")
+        await asyncio.to_thread(private_data_dir, config.data_dir, config.outputs_dir)
+        store = await Store.open(database)
+        # SQLite gives its journal files the database's mode: both private from here on.
+        await asyncio.to_thread(private_files, [database, *(database.with_name(database.name + s)
+                                                              for s in ("-wal", "-shm"))])
     except SchemaTooNew as exc:
+        raise StartupError(str(exc)) from None
+    except UnsafeDirectory as exc:
         raise StartupError(str(exc)) from None
     core = Core(config, store)
     server = Server(core, config.daemon.socket, mode=config.socket_mode, group=config.daemon.socket_group,

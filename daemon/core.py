@@ -26,7 +26,7 @@ from .config import Config
 from .doctor import diagnose
 from .events import EventHub
 from .hosts import Host, all_settings
-from .inputs import InputFetcher
+from .inputs import InputFetcher, remove_partial_downloads
 from .lifecycle import TERMINAL, StopAsked, decide
 from .logfile import LogFile, remove_log
 from .mlyaml import STEP_NAME, is_ml_yaml, prepare_ml
@@ -101,6 +101,8 @@ class Core:
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
+        await asyncio.to_thread(self.snapshots.remove_partial_uploads)
+        await asyncio.to_thread(remove_partial_downloads, self.config.data_dir / "cache" / "inputs")
         admin = await self.store.host_admin()
         for settings in all_settings(self.config):
             self.hosts[settings.name] = Host(

@@ -10,6 +10,7 @@ any GPU time is spent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -175,6 +176,11 @@ class InputFetcher:
                     progress(size, expected)
             if writing is not None:
                 await asyncio.shield(writing)
+        except BaseException:
+            ended_early = True
+            raise
+        else:
+            ended_early = False
         finally:
             if writing is not None:
                 # The worker may still hold the file (a cancelled download): it finishes before the close.
@@ -182,7 +188,10 @@ class InputFetcher:
                 if not writing.cancelled():
                     writing.exception()  # raised above already where it mattered
             await asyncio.to_thread(fh.close)
+            if ended_early:  # a stop, a failed transfer: nothing half-downloaded stays in the cache
+                await asyncio.to_thread(_drop_part, part)
         if expected is not None and size != expected:
+            await asyncio.to_thread(_drop_part, part)
             raise InputError(uri, f"transfer cut short ({size} of {expected} bytes)")
         self.fetches += 1
         meta = {**meta, "size": size, "sha256": digest.hexdigest()}
@@ -313,6 +322,17 @@ def _commit_part(entry: Path, part: Path, meta: dict[str, Any]) -> None:
 def _usable(entry: Path) -> dict[str, Any]:
     """A cache entry's meta when its data is there too, else nothing."""
     return _meta(entry) if (entry / "data").exists() else {}
+
+
+def _drop_part(part: Path) -> None:
+    with contextlib.suppress(OSError):
+        part.unlink()
+
+
+def remove_partial_downloads(cache_root: Path) -> None:
+    """Downloads a daemon stopped in the middle of (none can be under way when it starts)."""
+    for part in cache_root.glob("*/data.part"):
+        _drop_part(part)
 
 
 def _meta(entry: Path) -> dict[str, Any]:

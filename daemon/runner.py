@@ -422,11 +422,15 @@ class Runner:
         if self.row.status == "stopping":
             # The stop was asked while the daemon was down or the host unreachable: ask again.
             await runtime.stop(self.container_id, self.s.stop_grace)
+        await self._catch_up_metadata()
+        if not fresh:
+            # What it printed while nobody followed goes into the log before anything the daemon
+            # itself says now (a time limit that passed meanwhile), so the log reads in order.
+            await self._ingest_logs(runtime, follow=False, final=False)
         side = [asyncio.create_task(self._live_outputs(host))] if self.s.live_outputs_every > 0 else []
         if any(self._limits()):
             side.append(asyncio.create_task(self._enforce_limits()))
         try:
-            await self._catch_up_metadata()
             await self._ingest_logs(runtime, follow=True)
             await runtime.wait(self.container_id)
         finally:
@@ -550,10 +554,10 @@ class Runner:
             await self.s.store.add_metadata(self.id, points, end, attempt=self.row.log_base)
             offset = end
 
-    async def _ingest_logs(self, runtime: Runtime, *, follow: bool) -> None:
+    async def _ingest_logs(self, runtime: Runtime, *, follow: bool, final: bool | None = None) -> None:
         assert self.container_id is not None
         try:
-            async for decoded in runtime.read_logs(self.container_id, self.log, follow=follow):
+            async for decoded in runtime.read_logs(self.container_id, self.log, follow=follow, final=final):
                 await self._write_lines(decoded)
         finally:
             await self._flush_metadata()

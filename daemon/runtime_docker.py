@@ -277,11 +277,13 @@ class DockerRuntime:
                 raise ContainerGone(f"container {container_id[:12]} was removed behind runyard's back") from None
             raise EngineError(f"cannot wait for container: {exc.message}") from None
 
-    async def read_logs(self, container_id: str, log: LogFile, *, follow: bool) -> AsyncIterator[Decoded]:
-        """Lines not yet in ``log``: from its exact resume point, until the container ends.
+    async def read_logs(self, container_id: str, log: LogFile, *, follow: bool,
+                        final: bool | None = None) -> AsyncIterator[Decoded]:
+        """Lines not yet in ``log``: from its exact resume point, until the container ends (or, without
+        ``follow``, until what the engine holds now).
 
-        Without ``follow`` this is the last read, after the container ended: a line it left open
-        (no final newline) is stored as it is. A followed stream that ends leaves such a line
+        A ``final`` read (by default one that does not follow) comes after the container ended: a
+        line it left open (no final newline) is stored as it is. Any other read leaves such a line
         pending: the stream may only have broken off (a host outage), and the line goes on.
         """
         resume = await asyncio.to_thread(log.resume_point)
@@ -292,7 +294,7 @@ class DockerRuntime:
             yield decoded
             # Resumed only once the consumer stored these records: a D mark never precedes them.
             log.mark_long_lines("D", decoded.ended)
-        if not follow:
+        if final if final is not None else not follow:
             decoded = decoder.flush()
             yield decoded
             log.mark_long_lines("D", decoded.ended)

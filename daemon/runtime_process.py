@@ -166,12 +166,14 @@ class ProcessRuntime:
             f"d={q(container_id)}; while :; do s=$({_STATE}); case $s in running*) sleep 0.5;; *) break;; esac; done"
         )
 
-    async def read_logs(self, container_id: str, log: LogFile, *, follow: bool) -> AsyncIterator[Decoded]:
+    async def read_logs(self, container_id: str, log: LogFile, *, follow: bool,
+                        final: bool | None = None) -> AsyncIterator[Decoded]:
         counts = await asyncio.to_thread(log.count_by_stream)
         r = f"{container_id}/{CONTROL}"
         queue: asyncio.Queue[tuple[str, str] | BaseException | None] = asyncio.Queue()
         readers = [
-            asyncio.create_task(self._tail(r, name, letter, counts.get(letter, 0), follow, queue))
+            asyncio.create_task(self._tail(r, name, letter, counts.get(letter, 0), follow,
+                                           final if final is not None else not follow, queue))
             for name, letter in (("stdout", "O"), ("stderr", "E"))
         ]
         finished = 0
@@ -202,7 +204,7 @@ class ProcessRuntime:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await reader
 
-    async def _tail(self, r: str, name: str, letter: str, skip: int, follow: bool,
+    async def _tail(self, r: str, name: str, letter: str, skip: int, follow: bool, final: bool,
                     queue: asyncio.Queue[tuple[str, str] | BaseException | None]) -> None:
         path = f"{q(r)}/{name}"
         if follow:
@@ -217,8 +219,9 @@ class ProcessRuntime:
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
                     queue.put_nowait((letter, collapse_carriage_returns(line.decode("utf-8", "replace"))))
-            if pending:
-                # The process ended without a final newline: the last line is still a line.
+            if pending and final:
+                # The process ended without a final newline: the last line is still a line. (Before
+                # the end it is left for the next read, which starts again at its first byte.)
                 queue.put_nowait((letter, collapse_carriage_returns(pending.decode("utf-8", "replace"))))
             queue.put_nowait(None)
         except (LinkError, EngineError) as exc:

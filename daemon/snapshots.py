@@ -150,6 +150,11 @@ class SnapshotStore:
     def has(self, snapshot_id: str) -> bool:
         return self.path(snapshot_id).exists()
 
+    def remove_partial_uploads(self) -> None:
+        """Uploads cut off by a daemon stop (none can be under way when it starts)."""
+        for partial in self.root.glob("*.part"):
+            partial.unlink(missing_ok=True)
+
     def put_chunk(self, snapshot_id: str, offset: int, data: bytes, final: bool,
                   max_bytes: int | None = None) -> None:
         """Append one uploaded chunk; on the last one, verify the content hash. A snapshot that

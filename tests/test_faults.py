@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from runyard.protocol import Client
+from runyard.protocol.logformat import parse_records
 
 from .conftest import Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_for_status
 
@@ -21,6 +22,7 @@ STEPS = (
                 extra="resources:\n  memory:\n    max: 64")
     + step_yaml("long", "echo begun; sleep 120", extra="time-limit: 6s")
     + step_yaml("hold", "echo begun; sleep 120")
+    + step_yaml("ticks", "i=0; while true; do echo t $i; i=$((i+1)); sleep 0.1; done", extra="time-limit: 2s")
 )
 
 
@@ -57,6 +59,29 @@ async def test_time_limit_holds_across_a_daemon_kill(daemon: Daemon, repo: Path)
     async with await Client.connect(daemon.socket) as client:
         ended = await wait_for_status(client, long.id, timeout=60)
     assert (ended.status, ended.reason) == ("error", "time-limit")
+
+
+async def test_a_limit_passed_while_the_daemon_was_down_is_noted_after_what_was_printed(
+        daemon: Daemon, repo: Path) -> None:
+    async with await Client.connect(daemon.socket) as client:
+        e = await wait_for_status(client, (await submit_repo(client, repo, "ticks")).id, {"started"})
+    assert e.container_id is not None
+    daemon.kill9()
+    # Down until the container has printed well past its 2 s limit: its own output says when.
+    with subprocess.Popen(["docker", "logs", "-f", e.container_id], stdout=subprocess.PIPE, text=True) as follow:
+        assert follow.stdout is not None
+        for line in follow.stdout:
+            if line.strip() == "t 30":
+                break
+        follow.kill()
+    daemon.start()
+    async with await Client.connect(daemon.socket) as client:
+        ended = await wait_for_status(client, e.id, timeout=60)
+        records = parse_records((await client.read_logs(e.id, offset=0, max_bytes=8 << 20)).data)
+    assert (ended.status, ended.reason) == ("error", "time-limit")
+    note = next(i for i, r in enumerate(records) if "time-limit of 2 s reached" in r.text)
+    # Every line printed while nobody followed comes before the note, not after it.
+    assert [r.text for r in records[:note] if r.stream == "stdout"][:31] == [f"t {i}" for i in range(31)]
 
 
 async def test_container_deleted_behind_the_daemons_back(client: Client, repo: Path, daemon: Daemon) -> None:

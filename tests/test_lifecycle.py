@@ -347,3 +347,38 @@ async def test_a_local_process_execution_stops_and_meets_its_time_limit(daemon_f
         assert (await wait_for_status(client, ticking.id, timeout=20)).status == "stopped"
         ended = await wait_for_status(client, limited.id, timeout=30)
         assert (ended.status, ended.reason) == ("error", "time-limit")
+
+
+@pytest.mark.slow
+async def test_a_stop_during_an_input_download_ends_it_and_leaves_nothing(daemon: Daemon, tmp_path: Path) -> None:
+    """A server that sends part of a large file, then nothing: the stop must not wait for it."""
+    sent = asyncio.Event()
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n" + b"x" * (1 << 20))
+        await writer.drain()
+        sent.set()
+        await asyncio.Event().wait()  # and then silence, until the test ends
+
+    server = await asyncio.start_server(stall, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": step_yaml("read", "cat $VH_INPUTS_DIR/data/*",
+                                                                   extra="inputs:\n  - name: data")})
+    try:
+        async with await Client.connect(daemon.socket) as client:
+            e = await submit_repo(client, repo, "read", inputs={"data": [f"http://127.0.0.1:{port}/big.bin"]})
+            async for event in client.events(since=0):
+                if getattr(event, "kind", "") == "progress" and event.execution_id == e.id and sent.is_set():
+                    break
+            assert run_cli(daemon, "stop", str(e.id)).returncode == 0
+            ended = await wait_for_status(client, e.id, timeout=20)
+            assert (ended.status, ended.reason) == ("stopped", "stopped-before-start")
+    finally:
+        server.close()
+    cache = daemon.data_dir / "cache" / "inputs"
+    assert list(cache.glob("*/data.part")) == []  # the half download is not kept
+    assert not (daemon.data_dir / "work" / str(e.id)).exists()
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=runyard.execution={e.id}",
+                           "--filter", f"label=runyard.daemon={daemon.daemon_id}"], capture_output=True, text=True)
+    assert left.stdout.split() == []

@@ -340,3 +340,28 @@ async def runs_as(daemon: Daemon, work_root: Path, tmp_path: Path, run_as: str) 
         assert "result.txt" in [o.path for o in await client.outputs(eid)]
     finally:
         await client.close()
+
+
+async def test_the_data_directory_is_the_daemons_alone(daemon_factory: type[Daemon], tmp_path: Path) -> None:
+    """Code, inputs, outputs, logs and the database are read by the daemon and served through the
+    socket to whom it lets in; on disk no other user reads them, in the socket's group or not."""
+    users = ensure_users()
+    daemon = shared_daemon(daemon_factory)
+    data = tmp_path / "in.txt"
+    data.write_text("private input\n")
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": step_yaml(
+        "out", ['cat "$VH_INPUTS_DIR/data/in.txt"', 'echo result > "$VH_OUTPUTS_DIR/r.txt"'],
+        extra="inputs:\n  - name: data")})
+    async with await Client.connect(daemon.socket) as client:
+        e = await submit_repo(client, repo, "out", inputs={"data": [str(data)]})
+        assert (await wait_for_status(client, e.id)).status == "complete"
+    d = daemon.data_dir
+    files = [d / "runyard.sqlite3", d / "runyard.sqlite3-wal", *d.glob("snapshots/*.tar"),
+             *d.glob("cache/inputs/*/data"), d / "outputs" / str(e.id) / "r.txt", d / "logs" / f"{e.id}.log"]
+    assert all(f.is_file() for f in files) and len(files) == 6, files
+    for name in ("ryalice", "ryoutsider"):
+        readable = [str(f.relative_to(d)) for f in files if can_read(users[name], f)]
+        assert readable == [], (name, readable)
+    # ... and the lab's users still reach everything through the socket.
+    answers = as_user(users["ryalice"], daemon.socket, [("outputs.list", {"id": e.id})])
+    assert [o["path"] for o in answers["answers"][0]["result"]] == ["r.txt"], answers

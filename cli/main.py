@@ -484,7 +484,9 @@ async def cmd_stop(client: Client, args: argparse.Namespace) -> int:
         _print_json(result)
         return 0
     for execution_id in result.stopped:
-        print(f"execution {execution_id}: stopping")
+        # One that had not started is stopped at once; a running one has its grace period to end.
+        status = (await client.get(execution_id)).status
+        print(f"execution {execution_id}: {'stopped' if status == 'stopped' else 'stopping'}")
     for execution_id in result.already_ended:
         print(f"execution {execution_id}: had already ended")
     if not result.stopped and not result.already_ended:
@@ -552,4 +554,11 @@ COMMANDS = {
 
 
 def entry() -> None:
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `runyard list | head`: the reader has what it wanted. Quiet, as other commands are.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)

@@ -101,7 +101,7 @@ async def stop(core: Core, caller: Caller, p: m.StopParams) -> m.StopResult:
     stopped: list[int] = []
     ended: list[int] = []
     for execution_id in ids:
-        (stopped if await core.stop(execution_id) else ended).append(execution_id)
+        (stopped if await core.stop(execution_id, caller.user) else ended).append(execution_id)
     return m.StopResult(stopped=stopped, already_ended=ended)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from runyard.protocol.logformat import format_record
 from runyard.protocol.messages import Event
 from runyard.protocol.methods import DoctorCheck, ExecutionView, GpuView, HostView
 
@@ -29,6 +30,7 @@ from .hosts import Host, all_settings
 from .inputs import InputFetcher, remove_partial_downloads
 from .lifecycle import TERMINAL, StopAsked, decide
 from .logfile import LogFile, remove_log
+from .logstream import timestamp_now
 from .mlyaml import STEP_NAME, is_ml_yaml, prepare_ml
 from .outputs import LocalOutputStore, OutputStore, S3OutputStore
 from .record import ExecutionRow, view_fields
@@ -244,6 +246,12 @@ class Core:
             self._open_logs[execution_id] = logfile
         return logfile
 
+    async def _note(self, execution_id: int, text: str) -> None:
+        """A line from runyard in the log of an execution no runner owns (the scheduler's, unplaced)."""
+        logfile = self.live_log(execution_id)
+        await asyncio.to_thread(logfile.open_for_append)
+        await logfile.append(format_record("S", timestamp_now(), text))
+
     async def _release_log(self, execution_id: int) -> None:
         if execution_id in self.active:
             # Back in the queue (its host failed it): the next attempt appends to the same log,
@@ -454,7 +462,7 @@ class Core:
         self.publish(event)
         return row
 
-    async def stop(self, execution_id: int) -> bool:
+    async def stop(self, execution_id: int, by: str = "") -> bool:
         """Ask an execution to stop; True if it was still active. Idempotent.
 
         Sent to whoever owns it now: its runner, or (unplaced in the queue) the scheduler. An
@@ -463,7 +471,7 @@ class Core:
         while True:
             runner = self._runners.get(execution_id)
             if runner is not None:
-                answer = await runner.stop()
+                answer = await runner.stop(by)
                 if answer is not None:
                     return answer
                 task = self._runner_tasks.get(execution_id)
@@ -485,6 +493,8 @@ class Core:
                     return False
                 self.track(result[0])
                 self.publish(result[1])
+                await self._note(execution_id, f"stop asked{f' by {by}' if by else ''}: it had not started; "
+                                 "nothing ran")
             await self._release_log(execution_id)  # a follower of its (empty) log is told it ended
             return True
 

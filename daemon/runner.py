@@ -132,10 +132,11 @@ class Runner:
 
     # -- what others may ask ---------------------------------------------------------------
 
-    async def stop(self) -> bool | None:
-        """Ask the execution to stop. True: it was active (now stopping or stopped); False: it had
-        already ended; None: this runner no longer owns it (ask its new owner)."""
-        move = await self._send(StopAsked())
+    async def stop(self, by: str = "") -> bool | None:
+        """Ask the execution to stop (``by``: who asked, for its log). True: it was active (now
+        stopping or stopped); False: it had already ended; None: this runner no longer owns it (ask
+        its new owner)."""
+        move = await self._send(StopAsked(), why=by)
         if move is None:
             return None
         return move is not STAY or self.row.status == "stopping"
@@ -238,6 +239,10 @@ class Runner:
             # the execution with this reason.
             await self.s.store.update(self.id, reason=move.reason)
             self._set(dataclasses.replace(row, reason=move.reason))
+        if isinstance(event, StopAsked) and move.status is not None:
+            asked = f"stop asked{f' by {letter.why}' if letter.why else ''}"
+            await self._note(f"{asked}: stopping the container ({self.s.stop_grace} s to end before it is "
+                             "killed)" if move.status == "stopping" else f"{asked}: it had not started; nothing ran")
         if move.stop_container:
             self._stop_container()
         if isinstance(event, StopAsked) and move.ends and self._work is not None and not self._work.done():
@@ -441,7 +446,7 @@ class Runner:
         state = await runtime.state(self.container_id)
         await self._collect_outputs()
         move = await self._send(Exited(state.exit_code, state.oom_killed, engine_restarted=self._engine_lost),
-                                why="its engine restarted", exit_code=state.exit_code,
+                                why="restarted its container engine", exit_code=state.exit_code,
                                 **({"ended_at": state.finished_at} if state.finished_at else {}))
         if move is not None and move.reason == "process-lost":
             await self._note("the process vanished without an exit status (host rebooted?)")

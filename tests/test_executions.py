@@ -122,12 +122,16 @@ async def test_stop_queued_execution_stops_at_once(daemon_factory: type[Daemon],
         await wait_for_status(client, first.id, {"started"})
         second = await submit_repo(client, repo, "sleep")
         assert (await client.get(second.id)).status == "queued"
-        await client.stop([second.id])
+        said = run_cli(daemon, "stop", str(second.id))
+        assert said.stdout == f"execution {second.id}: stopped\n"  # not "stopping": it had not started
         stopped = await client.get(second.id)
         assert stopped.status == "stopped" and stopped.reason == "stopped-before-start"
         assert stopped.container_id is None
+        log = run_cli(daemon, "logs", str(second.id)).stdout
+        assert log == "runyard: stop asked by root: it had not started; nothing ran\n"
         await client.stop(all=True)
         assert (await wait_for_status(client, first.id)).status == "stopped"
+        assert "stop asked by root: stopping the container" in run_cli(daemon, "logs", str(first.id)).stdout
 
 
 async def test_restart_reuses_snapshot_parameters_and_image(client: Client, repo: Path) -> None:

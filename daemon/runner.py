@@ -36,7 +36,7 @@ from .logfile import LogFile
 from .logstream import Decoded, metadata_points, split_timestamp, timestamp_now
 from .outputs import OutputError, OutputStore
 from .record import ExecutionRow
-from .runtime import ContainerGone, ContainerSpec, EngineError, ImageMissing, Runtime, attempt_name
+from .runtime import ContainerGone, ContainerSpec, EngineError, ImageMissing, Runtime, attempt_name, runtime_of
 from .snapshots import SnapshotStore
 from .store import Store
 from .tasks import watched
@@ -50,6 +50,10 @@ _ENGINE_RETRIES = 5  # runtime errors in a row that are taken for the engine goi
 _RETRY_SECONDS = 5.0  # before a runner whose outcome could not be recorded tries again
 
 Publish = Callable[[Any], None]
+
+
+class RuntimeChanged(Exception):
+    """The host's runtime is not the one that started this execution (its configuration changed)."""
 
 
 class InputFailed(Exception):
@@ -306,6 +310,10 @@ class Runner:
         except InputFailed as exc:
             await self._note(f"input {exc.name}: {exc.error}")
             await self._fail(f"input-failed {exc.name} {exc.error.url}")
+        except RuntimeChanged as exc:
+            await self._note(str(exc))
+            self._keep_workspace = True  # its container may still be using it
+            await self._send(Failed("runtime-changed"))
         except ContainerGone as exc:
             await self._note(str(exc))
             await self._collect_outputs()
@@ -342,7 +350,7 @@ class Runner:
         try:
             await self._run(host)
             return True
-        except (ImageMissing, ContainerGone, InputFailed):
+        except (ImageMissing, ContainerGone, InputFailed, RuntimeChanged):
             raise
         except Exception as exc:
             if is_disk_full(exc):
@@ -394,6 +402,12 @@ class Runner:
         if runtime is None or transport is None:
             raise LinkError(f"host {host.name} is not connected")
         remote = host.work_dir(self.id, self.row.log_base)
+        if self.container_id is not None and runtime_of(self.container_id) != runtime.kind:
+            raise RuntimeChanged(
+                f"host {host.name} now runs executions with the {runtime.kind} runtime, but this one was "
+                f"started with {runtime_of(self.container_id)} ({self.container_id}): runyard cannot follow "
+                "it any more; it is left as it is on the host. Change the host's runtime only when nothing "
+                "runs there")
         fresh = False
         if self.container_id is None:
             existing = None if self.just_placed else await runtime.find(self.id, self.row.log_base)

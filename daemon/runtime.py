@@ -45,6 +45,12 @@ def owner_ids(user: str) -> tuple[int, int]:
     return int(uid), int(gid)
 
 
+def runtime_of(container_id: str) -> str:
+    """Which runtime made ``container_id``: the process runtime names an attempt by its directory
+    (an absolute path), Docker by a hexadecimal id."""
+    return "process" if container_id.startswith("/") else "docker"
+
+
 def attempt_name(execution_id: int, attempt: int = 0) -> str:
     """How an execution's attempt is named on a host (work directory, container): its id, and after a
     retry also where that attempt's log begins, so no two attempts ever share a name."""

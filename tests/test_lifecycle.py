@@ -382,3 +382,23 @@ async def test_a_stop_during_an_input_download_ends_it_and_leaves_nothing(daemon
     left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=runyard.execution={e.id}",
                            "--filter", f"label=runyard.daemon={daemon.daemon_id}"], capture_output=True, text=True)
     assert left.stdout.split() == []
+
+
+@pytest.mark.slow
+async def test_a_host_whose_runtime_changed_leaves_the_old_work_alone(daemon: Daemon, tmp_path: Path) -> None:
+    tick = step_yaml("tick", "while true; do echo tick; sleep 0.1; done")
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": tick})
+    async with await Client.connect(daemon.socket) as client:
+        e = await wait_for_status(client, (await submit_repo(client, repo, "tick")).id, {"started"})
+    assert e.container_id is not None
+    assert daemon.terminate() == 0
+    daemon.local_extra = 'runtime = "process"'  # the admin switches the machine to plain processes
+    daemon.start()
+    async with await Client.connect(daemon.socket) as client:
+        ended = await wait_for_status(client, e.id, timeout=60)
+    assert (ended.status, ended.reason) == ("error", "runtime-changed")
+    assert "cannot follow it any more; it is left as it is" in run_cli(daemon, "logs", str(e.id)).stdout
+    running = subprocess.run(["docker", "inspect", "--format", "{{.State.Running}}", e.container_id],
+                             capture_output=True, text=True, check=True)
+    assert running.stdout.strip() == "true"  # not taken for gone, nor its workspace removed under it
+    assert (daemon.data_dir / "work" / str(e.id) / "repository").is_dir()

@@ -27,7 +27,17 @@ from runyard.daemon.server import Connection, Server
 from runyard.daemon.store import Store
 from runyard.protocol import Client, RemoteError
 from runyard.protocol.framing import FrameDecoder, encode_frame
-from runyard.protocol.messages import Error, Hello, LogEnd, Message, Request, Response, decode_message, encode_message
+from runyard.protocol.messages import (
+    Error,
+    Hello,
+    LogData,
+    LogEnd,
+    Message,
+    Request,
+    Response,
+    decode_message,
+    encode_message,
+)
 
 from .conftest import Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_for_status
 from .pool import start_lone_host, wait_for_host
@@ -221,7 +231,9 @@ async def test_a_follower_ends_when_its_execution_is_stopped_and_deleted(daemon:
         reply = await _next_message(reader, decoder, pending)
         assert isinstance(reply, Response) and reply.id == 1  # following from here on
         await client.stop([e.id])
-        # Stopped before it started: its log is complete, and whoever follows it is told so.
+        # Stopped before it started: its log (one note) is complete, and whoever follows it is told so.
+        end = await _next_message(reader, decoder, pending)
+        assert isinstance(end, LogData) and "stop asked by root: it had not started" in end.data
         end = await _next_message(reader, decoder, pending)
         assert isinstance(end, LogEnd) and end.sub == 7 and end.error is None
         await client.delete(e.id)

@@ -41,6 +41,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
                     max_requests_in_flight=config.daemon.max_requests_in_flight)
     try:
         try:
+            await server.ensure_free()
             await core.start()
             await server.start()
         except (EngineError, ServerError) as exc:

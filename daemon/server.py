@@ -399,9 +399,15 @@ class Server:
         for connection in self._connections.values():
             connection.deleted(execution_id)
 
+    async def ensure_free(self) -> None:
+        """Refuse early (before any host is reached) when another daemon serves this socket."""
+        if await _someone_listening(self.path):
+            raise ServerError(f"another runyard daemon is already serving {self.path}")
+
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._server is None:
+            return  # never bound: the socket there, if any, is another daemon's
+        self._server.close()
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)

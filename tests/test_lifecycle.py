@@ -402,3 +402,13 @@ async def test_a_host_whose_runtime_changed_leaves_the_old_work_alone(daemon: Da
                              capture_output=True, text=True, check=True)
     assert running.stdout.strip() == "true"  # not taken for gone, nor its workspace removed under it
     assert (daemon.data_dir / "work" / str(e.id) / "repository").is_dir()
+
+
+async def test_a_second_daemon_on_the_same_socket_leaves_the_first_alone(daemon: Daemon) -> None:
+    second = Daemon(root=daemon.root)  # the same configuration: the same socket and data directory
+    second.start()  # returns on its first line that says "serving", here the refusal
+    assert second.process is not None and second.process.wait(timeout=30) == 1
+    said = "".join(second.stderr_lines)
+    assert f"cannot start: another runyard daemon is already serving {daemon.socket}" in said, said
+    async with await Client.connect(daemon.socket) as client:  # the first one still serves
+        assert [h.name for h in await client.hosts()] == ["local"]

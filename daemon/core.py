@@ -210,6 +210,11 @@ class Core:
         if result.status != 0:
             return
         keep = {attempt_name(i, a) for i, a in placed_here}
+        # Uploads into the host's input cache cut off by a daemon kill or a lost link; those of this
+        # connection, which may be under way, carry its tag.
+        tag = getattr(transport, "upload_tag", "")
+        await transport.run(f"find {q(host.work_root)}/.inputs -maxdepth 1 -name '*.part-*' "
+                            f"! -name {q(f'*.part-{tag}-*')} -delete 2>/dev/null; true")
         for name in result.stdout.decode("utf-8", "replace").split():
             execution, _, attempt = name.partition("-")
             if not execution.isdigit() or (attempt and not attempt.isdigit()) or name in keep:

@@ -23,6 +23,7 @@ import itertools
 import logging
 import os
 import posixpath
+import secrets
 import shlex
 import shutil
 import stat
@@ -158,6 +159,9 @@ class SshTransport:
         self._cache_locks = KeyedLocks()
         self._pinned: Counter[str] = Counter()
         self._parts = itertools.count(1)
+        # Names this connection's uploads into the host's input cache: any other partial upload
+        # there was cut off (a daemon kill, a lost link) and may be removed.
+        self.upload_tag = f"{os.getpid()}.{secrets.token_hex(4)}"
         self._gnu_tar: bool | None = None
 
     def _lost(self, exc: BaseException) -> LinkError:
@@ -356,9 +360,16 @@ class SshTransport:
                     except asyncssh.SFTPNoSuchFile:
                         present = False
                     if not present:
-                        part = f"{cached}.part-{os.getpid()}-{next(self._parts)}"
-                        await sftp.put(str(source), part, block_size=_BLOCK, max_requests=_REQUESTS)
-                        await sftp.posix_rename(part, cached)
+                        part = f"{cached}.part-{self.upload_tag}-{next(self._parts)}"
+                        try:
+                            await sftp.put(str(source), part, block_size=_BLOCK, max_requests=_REQUESTS)
+                            await sftp.posix_rename(part, cached)
+                        except BaseException:
+                            # Stopped or failed halfway: no half file stays in the host's cache. (Cut
+                            # off with the link, it is removed when the host is reconciled.)
+                            with contextlib.suppress(asyncssh.Error, OSError):
+                                await asyncio.shield(sftp.remove(part))
+                            raise
                 target = f"{remote}/{rel}"
                 await sftp.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
                 try:

@@ -412,3 +412,30 @@ async def test_a_second_daemon_on_the_same_socket_leaves_the_first_alone(daemon:
     assert f"cannot start: another runyard daemon is already serving {daemon.socket}" in said, said
     async with await Client.connect(daemon.socket) as client:  # the first one still serves
         assert [h.name for h in await client.hosts()] == ["local"]
+
+
+@pytest.mark.slow
+async def test_a_returning_host_loses_uploads_that_were_cut_off(two_hosts: TwoHosts) -> None:  # noqa: F811
+    """A kill of the daemon (or a lost link) in the middle of copying an input to a host leaves a
+    partial file in the host's input cache; the host's next reconcile removes it."""
+    daemon, hosts, repo = two_hosts.daemon, two_hosts.hosts, two_hosts.repo
+    host = hosts["h1"]
+    cache = host.root / "work" / daemon.daemon_id / ".inputs"
+    cache.mkdir(parents=True, exist_ok=True)
+    stale = cache / f"{'ab' * 32}.part-4242.deadbeef-1"
+    stale.write_bytes(b"half an input")
+    try:
+        async with await Client.connect(daemon.socket) as client:
+            host.kill()
+            await wait_for_host(client, "h1", {"unreachable"})
+            busy = await wait_for_status(client, (await submit_repo(client, repo, "hold")).id, {"started"})
+            assert busy.host == "h2"
+            host.start()
+            # Only h1 is free, and it takes nothing before its reconcile is done.
+            probe = await wait_for_status(client, (await submit_repo(client, repo, "count")).id, timeout=60)
+            assert (probe.status, probe.host) == ("complete", "h1")
+            assert not stale.exists()
+            assert run_cli(daemon, "stop", str(busy.id)).returncode == 0
+    finally:
+        for h in hosts.values():
+            h.kill()

@@ -188,8 +188,9 @@ class Core:
             placed_here = {(r.id, r.log_base) for r in self.active.values() if r.host == host.name}
             for leftover in containers:
                 if (leftover.execution_id, leftover.attempt) not in placed_here:
-                    log.info("host %s: removing container %s of execution %s, no longer placed here",
-                             host.name, leftover.id[:12], leftover.execution_id)
+                    log.info("host %s: removing %s of execution %s, no longer placed here", host.name,
+                             f"container {leftover.id[:12]}" if runtime.kind == "docker" else leftover.id,
+                             leftover.execution_id)
                     await runtime.remove(leftover.id)
             await self._remove_stray_work_dirs(host, placed_here)
         except (EngineError, LinkError, OSError) as exc:

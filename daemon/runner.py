@@ -235,6 +235,9 @@ class Runner:
         elif move.status is not None:
             if move.reason == "host-lost":
                 await self._note(f"host {row.host} {letter.why}: giving the execution up")
+            elif isinstance(event, HostLost) and row.status == "stopping":
+                await self._note(f"host {row.host} {letter.why}: recorded as stopped; if anything of it still "
+                                 "runs there, it is removed when the host returns")
             if move.ends:
                 fields.setdefault("metadata_offset", self.log.size)
             await self._record(move.status, move.reason, **fields)
@@ -245,8 +248,9 @@ class Runner:
             self._set(dataclasses.replace(row, reason=move.reason))
         if isinstance(event, StopAsked) and move.status is not None:
             asked = f"stop asked{f' by {letter.why}' if letter.why else ''}"
-            await self._note(f"{asked}: stopping the container ({self.s.stop_grace} s to end before it is "
-                             "killed)" if move.status == "stopping" else f"{asked}: it had not started; nothing ran")
+            what = "the container" if runtime_of(self.container_id or "") == "docker" else "the command"
+            await self._note(f"{asked}: stopping {what} ({self.s.stop_grace} s to end before it is killed)"
+                             if move.status == "stopping" else f"{asked}: it had not started; nothing ran")
         if move.stop_container:
             self._stop_container()
         if isinstance(event, StopAsked) and move.ends and self._work is not None and not self._work.done():

@@ -233,6 +233,7 @@ class ProcessRuntime:
         # `env kill` (procps or util-linux): dash's builtin, /bin/sh on Debian, takes no process group.
         await self._run(
             f"[ -e {q(r)}/child.pid ] || exit 0; g=$(cat {q(r)}/child.pid); "
+            'case "$g" in ""|*[!0-9]*|0|1) exit 0;; esac; '
             f'env kill -TERM -- "-$g" 2>/dev/null || exit 0; i=0; '
             f'while [ "$i" -lt {int(grace_seconds) * 5} ] && env kill -0 -- "-$g" 2>/dev/null; '
             "do sleep 0.2; i=$((i+1)); done; "
@@ -240,8 +241,18 @@ class ProcessRuntime:
         )
 
     async def remove(self, container_id: str) -> None:
+        """Like `docker rm -f`: what still runs there (an attempt abandoned while its host was away,
+        one stopped meanwhile) is killed, then its directory goes."""
+        r = f"{container_id}/{CONTROL}"
+        # Only while its own wrapper still runs (checked by its command line): then neither pid can
+        # have been reused, as the wrapper has not reaped the command yet.
         with contextlib.suppress(LinkError, EngineError):
-            await self._run(f"rm -rf {q(container_id)}")
+            await self._run(
+                f"r={q(r)}; p=$(cat \"$r/wrapper.pid\" 2>/dev/null); c=$(cat \"$r/child.pid\" 2>/dev/null); "
+                'case "$p" in ""|*[!0-9]*|0|1) p="";; esac; case "$c" in ""|*[!0-9]*|0|1) c="";; esac; '
+                'if [ -n "$p" ] && grep -qF "$r/run.sh" "/proc/$p/cmdline" 2>/dev/null; then '
+                '[ -n "$c" ] && env kill -KILL -- "-$c" 2>/dev/null; env kill -KILL -- "-$p" 2>/dev/null; fi; '
+                f"rm -rf {q(container_id)}")
 
 
 def _parse_state(path: str, text: str) -> ContainerState:

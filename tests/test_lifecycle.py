@@ -439,3 +439,39 @@ async def test_a_returning_host_loses_uploads_that_were_cut_off(two_hosts: TwoHo
     finally:
         for h in hosts.values():
             h.kill()
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+async def test_a_plain_process_stopped_while_its_host_was_away_is_killed_when_it_returns(
+        tmp_path: Path, daemon_factory: type[Daemon]) -> None:
+    for pool in make_pool(tmp_path, daemon_factory, host_c='runtime = "process"',
+                          scheduler="[scheduler]\nhost_lost_grace_seconds = 2\n"):
+        client = await connect(pool)
+        try:
+            held = await wait_for_status(client, (await submit_repo(client, pool.repo, "hold", pool="cpu", gpus=0)).id,
+                                         {"started"})
+            control = pool.hosts["cpu-c"].root / "work" / pool.daemon.daemon_id / str(held.id) / ".runyard"
+            command = int((control / "child.pid").read_text())
+            assert _running(command)
+            pool.hosts["cpu-c"].kill()
+            await wait_for_host(client, "cpu-c", {"unreachable"})
+            assert run_cli(pool.daemon, "stop", str(held.id)).returncode == 0
+            ended = await wait_for_status(client, held.id, timeout=60)  # given up after the grace
+            assert ended.status == "stopped"
+            assert _running(command)  # the host was away: nothing could reach it
+            pool.hosts["cpu-c"].start()
+            # cpu-c takes new work only once its reconcile is done.
+            probe = await wait_for_status(client, (await submit_repo(client, pool.repo, "proc", pool="cpu")).id)
+            assert (probe.status, probe.host) == ("complete", "cpu-c")
+            assert not _running(command), "the stopped command still runs on its host"
+            assert not control.parent.exists()
+        finally:
+            await client.close()

@@ -214,7 +214,7 @@ def _tui(args: argparse.Namespace) -> int:
 
 def _daemon(args: argparse.Namespace) -> int:
     from runyard.daemon.app import run
-    from runyard.daemon.config import ConfigError, load_config
+    from runyard.daemon.config import ConfigError, exposed_secrets, load_config
 
     try:
         config = load_config(args.config)
@@ -223,6 +223,9 @@ def _daemon(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.socket:
         config.daemon.socket = os.path.abspath(args.socket)
+    warning = exposed_secrets(args.config, config)
+    if warning is not None:
+        print(f"runyard: warning: {warning}", file=sys.stderr)
     return run(config)
 
 

@@ -273,6 +273,20 @@ def parse_config(text: str, *, source: str = "<config>", base: Path | None = Non
     return config
 
 
+def exposed_secrets(path: str | Path | None, config: Config) -> str | None:
+    """What to tell the admin when a config file holding secrets can be read by other users."""
+    if path is None or not (config.secrets or any(config.user_secrets.values())):
+        return None
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    return (f"{path} holds secrets and is readable by other users (mode {mode:04o}): "
+            f"chmod 600 {path}")
+
+
 def load_config(path: str | Path | None) -> Config:
     if path is None:
         return parse_config("", source="<defaults>")

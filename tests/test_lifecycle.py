@@ -475,3 +475,18 @@ async def test_a_plain_process_stopped_while_its_host_was_away_is_killed_when_it
             assert not control.parent.exists()
         finally:
             await client.close()
+
+
+def test_a_config_holding_secrets_must_be_private(tmp_path: Path) -> None:
+    from runyard.daemon.config import exposed_secrets, load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text('[secrets]\nTOKEN = "s3cr3t"\n')
+    path.chmod(0o644)
+    assert exposed_secrets(path, load_config(path)) == (
+        f"{path} holds secrets and is readable by other users (mode 0644): chmod 600 {path}")
+    path.chmod(0o600)
+    assert exposed_secrets(path, load_config(path)) is None
+    path.write_text("[daemon]\n")
+    path.chmod(0o644)  # nothing secret in it: readable is fine
+    assert exposed_secrets(path, load_config(path)) is None

@@ -327,6 +327,8 @@ def _usable(entry: Path) -> dict[str, Any]:
 def _drop_part(part: Path) -> None:
     with contextlib.suppress(OSError):
         part.unlink()
+    with contextlib.suppress(OSError):
+        part.parent.rmdir()  # the entry, if the download was all it held
 
 
 def remove_partial_downloads(cache_root: Path) -> None:

@@ -115,6 +115,10 @@ class Runner:
         self.container_id: str | None = row.container_id
         self.log = services.open_log(row.id)
         self.host: Host | None = None
+        # Where the attempt being worked on begins in the log, which also names its container and
+        # workspace. Kept apart from the row: a requeue moves the row on to the next attempt while
+        # this one is still being cleaned up.
+        self._base = row.log_base
         self._mailbox: asyncio.Queue[_Letter] = asyncio.Queue()
         self._work: asyncio.Task[None] | None = None
         self._stopping_work = False  # the owner cancelled the work because the execution ended early
@@ -336,6 +340,7 @@ class Runner:
 
     async def _attempt(self) -> bool:
         """One go at the execution on its host; False when the host was lost and it must wait."""
+        self._base = self.row.log_base
         host = self.s.host_of(self.row.host or "")
         if host is None:
             await self._send(HostLost(), why="is no longer configured; its work cannot be followed there")
@@ -399,13 +404,13 @@ class Runner:
         return fetched
 
     def _staging(self) -> Path:
-        return self.s.work_root / attempt_name(self.id, self.row.log_base)
+        return self.s.work_root / attempt_name(self.id, self._base)
 
     async def _run(self, host: Host) -> None:
         runtime, transport = host.runtime, host.transport
         if runtime is None or transport is None:
             raise LinkError(f"host {host.name} is not connected")
-        remote = host.work_dir(self.id, self.row.log_base)
+        remote = host.work_dir(self.id, self._base)
         if self.container_id is not None and runtime_of(self.container_id) != runtime.kind:
             raise RuntimeChanged(
                 f"host {host.name} now runs executions with the {runtime.kind} runtime, but this one was "
@@ -414,7 +419,7 @@ class Runner:
                 "runs there")
         fresh = False
         if self.container_id is None:
-            existing = None if self.just_placed else await runtime.find(self.id, self.row.log_base)
+            existing = None if self.just_placed else await runtime.find(self.id, self._base)
             if existing is not None and existing.status == "created":
                 # Created before a crash but never started: its workspace may be half copied (the
                 # copy overlaps the create), so it is made again rather than started as it is.
@@ -496,7 +501,7 @@ class Runner:
             gpus=tuple(self.row.gpu_ids),
             cpu_limit=self.row.resources.get("cpu_max"),
             memory_limit_mb=self.row.resources.get("memory_max_mb"),
-            attempt=self.row.log_base,
+            attempt=self._base,
             user=host.run_as_user(self.row.owner_uid),
         )
         if not host.remote:
@@ -574,7 +579,7 @@ class Runner:
             data, end = await asyncio.to_thread(self.log.read_range, offset, 4 << 20)
             lines = parse_records(data.decode("utf-8", "replace"))
             points = metadata_points((line.time, line.text) for line in lines if line.stream == "stdout")
-            await self.s.store.add_metadata(self.id, points, end, attempt=self.row.log_base)
+            await self.s.store.add_metadata(self.id, points, end, attempt=self._base)
             offset = end
 
     async def _ingest_logs(self, runtime: Runtime, *, follow: bool, final: bool | None = None) -> None:
@@ -638,12 +643,12 @@ class Runner:
             self._flush_timer = None
         if self._points:
             points, self._points = self._points, []
-            await self.s.store.add_metadata(self.id, points, self._points_end, attempt=self.row.log_base)
+            await self.s.store.add_metadata(self.id, points, self._points_end, attempt=self._base)
 
     async def _live_outputs(self, host: Host) -> None:
         """Store files the command made read-only while it runs (Valohai's live outputs)."""
         local = self._staging() / "outputs"
-        remote = f"{host.work_dir(self.id, self.row.log_base)}/outputs" if host.remote else str(local)
+        remote = f"{host.work_dir(self.id, self._base)}/outputs" if host.remote else str(local)
         while True:
             await asyncio.sleep(self.s.live_outputs_every)
             transport = host.transport
@@ -668,7 +673,7 @@ class Runner:
         source = self._staging() / "outputs"
         host = self.host
         if host is not None and host.remote and host.transport is not None:
-            await host.transport.get_tree(f"{host.work_dir(self.id, self.row.log_base)}/outputs", source)
+            await host.transport.get_tree(f"{host.work_dir(self.id, self._base)}/outputs", source)
         try:
             collected = await self.s.outputs.collect(
                 self.id, source, skip={rel: size for rel, (size, _) in self._live.items()})
@@ -694,7 +699,7 @@ class Runner:
             with contextlib.suppress(EngineError, LinkError, OSError):
                 container = self.container_id
                 if container is None and remove_any:
-                    found = await runtime.find(self.id, self.row.log_base)
+                    found = await runtime.find(self.id, self._base)
                     container = found.id if found is not None else None
                 if container is not None:
                     await runtime.remove(container)
@@ -707,7 +712,7 @@ class Runner:
         host = self.host
         if host is not None and host.remote and host.transport is not None:
             with contextlib.suppress(LinkError):
-                await host.transport.remove_tree(host.work_dir(self.id, self.row.log_base))
+                await host.transport.remove_tree(host.work_dir(self.id, self._base))
         await asyncio.to_thread(workspace.remove, staging)
 
 

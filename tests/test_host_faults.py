@@ -136,8 +136,8 @@ async def test_an_engine_restart_ends_or_retries_what_it_killed(two_hosts: TwoHo
     async with await Client.connect(daemon.socket) as client:
         retried = await submit_repo(client, two_hosts.repo, "count", retries=1)
         given_up = await submit_repo(client, two_hosts.repo, "hold")
-        for e in (retried, given_up):
-            await wait_for_status(client, e.id, {"started"})
+        first, _ = [await wait_for_status(client, e.id, {"started"}) for e in (retried, given_up)]
+        assert first.host is not None
         follow = client.follow_logs(retried.id)
         async for block in follow:
             if "n=5" in block.data:
@@ -155,6 +155,8 @@ async def test_an_engine_restart_ends_or_retries_what_it_killed(two_hosts: TwoHo
     assert [line for line in log[note + 1 :] if line.startswith("n=")] == [f"n={n}" for n in range(40)]
     assert (b.status, b.reason) == ("error", "host-lost"), run_cli(daemon, "logs", str(b.id)).stdout
     assert "restarted and ended the execution" in run_cli(daemon, "logs", str(b.id)).stdout
+    # The attempt the restart ended left nothing on its host: its work directory went with it.
+    assert not (two_hosts.hosts[first.host].root / "work" / daemon.daemon_id / str(retried.id)).exists()
 
 
 def _drop_port(port: int, action: str) -> None:

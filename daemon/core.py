@@ -34,7 +34,7 @@ from .logstream import timestamp_now
 from .mlyaml import STEP_NAME, is_ml_yaml, prepare_ml
 from .outputs import LocalOutputStore, OutputStore, S3OutputStore
 from .record import ExecutionRow, view_fields
-from .runner import Runner, RunnerServices
+from .runner import Runner, RunnerServices, stop_note
 from .runtime import EngineError, attempt_name
 from .scheduler import Capacity, Demand, place, refusal
 from .snapshots import SnapshotError, SnapshotStore
@@ -199,7 +199,8 @@ class Core:
             self._wake.set()
 
     async def _remove_stray_work_dirs(self, host: Host, placed_here: set[tuple[int, int]]) -> None:
-        """Work directories of attempts that no longer run on a pool host (abandoned when it was lost).
+        """Work directories of attempts that no longer run on a pool host (abandoned when it was lost),
+        and uploads into its input cache that were cut off.
 
         Only on pool hosts: this machine's work directory also holds the staging of every runner and
         outputs kept for rescue after a failed upload, which must stay.
@@ -211,11 +212,7 @@ class Core:
         if result.status != 0:
             return
         keep = {attempt_name(i, a) for i, a in placed_here}
-        # Uploads into the host's input cache cut off by a daemon kill or a lost link; those of this
-        # connection, which may be under way, carry its tag.
-        tag = getattr(transport, "upload_tag", "")
-        await transport.run(f"find {q(host.work_root)}/.inputs -maxdepth 1 -name '*.part-*' "
-                            f"! -name {q(f'*.part-{tag}-*')} -delete 2>/dev/null; true")
+        await transport.remove_cut_off_uploads(f"{host.work_root}/.inputs")
         for name in result.stdout.decode("utf-8", "replace").split():
             execution, _, attempt = name.partition("-")
             if not execution.isdigit() or (attempt and not attempt.isdigit()) or name in keep:
@@ -278,12 +275,12 @@ class Core:
             self.active.pop(row.id, None)
         else:
             self.active[row.id] = row
-        if row.status == "queued" and row.host is None and not row.terminal:
+        if row.status == "queued" and row.host is None:
             self._demands[row.id] = _demand(row)
         else:
             self._demands.pop(row.id, None)
 
-    def _spawn(self, row: ExecutionRow, *, just_placed: bool = False) -> Runner:
+    def _spawn(self, row: ExecutionRow, *, just_placed: bool = False) -> None:
         """Hand ``row`` to a new runner, its owner until it ends or goes back to the queue."""
         self.live_log(row.id)
         runner = Runner(self.runner_services, row, just_placed=just_placed)
@@ -300,7 +297,6 @@ class Core:
             self._wake.set()
 
         task.add_done_callback(done)
-        return runner
 
     async def _schedule_forever(self) -> None:
         while True:
@@ -432,7 +428,7 @@ class Core:
             raise OperationError("invalid-params", str(exc)) from None
         chosen_image = image or prepared.image or self.config.defaults.image
         resources = self._resources(prepared.resources, pool, gpus)
-        row, event = await self.store.create_execution(
+        return await self._create(
             ExecutionRow(
                 step=prepared.name, title=title, owner=owner, owner_uid=owner_uid,
                 parameters=prepared.parameters, inputs=prepared.inputs, image=chosen_image,
@@ -441,9 +437,6 @@ class Core:
                 resources=resources, priority=priority, input_options=prepared.input_options, retries=retries,
             )
         )
-        self.track(row)
-        self.publish(event)
-        return row
 
     async def restart(self, execution_id: int, owner: str, owner_uid: int, *,
                       priority: int | None = None) -> ExecutionRow:
@@ -454,7 +447,7 @@ class Core:
         old = await self.get(execution_id)
         if not await asyncio.to_thread(self.snapshots.has, old.snapshot):
             raise OperationError("invalid-state", f"snapshot {old.snapshot[:12]} of execution {execution_id} is gone")
-        row, event = await self.store.create_execution(
+        return await self._create(
             ExecutionRow(
                 step=old.step, title=old.title, owner=owner, owner_uid=owner_uid,
                 parameters=old.parameters, inputs=old.inputs, image=old.image, command=old.command,
@@ -464,6 +457,10 @@ class Core:
                 input_options=old.input_options, retries=old.retries,
             )
         )
+
+    async def _create(self, new: ExecutionRow) -> ExecutionRow:
+        """Record a new execution: in the store, in memory (the scheduler's queue) and to subscribers."""
+        row, event = await self.store.create_execution(new)
         self.track(row)
         self.publish(event)
         return row
@@ -499,8 +496,7 @@ class Core:
                     return False
                 self.track(result[0])
                 self.publish(result[1])
-                await self._note(execution_id, f"stop asked{f' by {by}' if by else ''}: it had not started; "
-                                 "nothing ran")
+                await self._note(execution_id, stop_note(by, stopping=None))
             await self._release_log(execution_id)  # a follower of its (empty) log is told it ended
             return True
 

@@ -85,6 +85,16 @@ class RunnerServices:
     input_progress: Callable[[int, str, int, int | None], None] = lambda *_: None
 
 
+def stop_note(by: str, stopping: tuple[str, int] | None) -> str:
+    """What a stop did, for the execution's log: who asked, and either what is being stopped and its
+    grace (``stopping``: what, seconds) or that it had not started."""
+    asked = f"stop asked{f' by {by}' if by else ''}"
+    if stopping is None:
+        return f"{asked}: it had not started; nothing ran"
+    what, grace = stopping
+    return f"{asked}: stopping {what} ({grace} s to end before it is killed)"
+
+
 def parse_utc(text: str) -> float:
     """Seconds since the epoch of a stored UTC timestamp (microseconds or nanoseconds, with Z)."""
     whole, frac = split_timestamp(text)
@@ -183,9 +193,10 @@ class Runner:
                 await asyncio.sleep(_RETRY_SECONDS)
         finally:
             self.finished.set()
-            for task in [*self._side, *([self._work] if self._work is not None else [])]:
+            tasks = [*self._side, *([self._work] if self._work is not None else [])]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self._side, *([self._work] if self._work else []), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             while not self._mailbox.empty():
                 letter = self._mailbox.get_nowait()
                 if not letter.answer.done():
@@ -251,10 +262,9 @@ class Runner:
             await self.s.store.update(self.id, reason=move.reason)
             self._set(dataclasses.replace(row, reason=move.reason))
         if isinstance(event, StopAsked) and move.status is not None:
-            asked = f"stop asked{f' by {letter.why}' if letter.why else ''}"
             what = "the container" if runtime_of(self.container_id or "") == "docker" else "the command"
-            await self._note(f"{asked}: stopping {what} ({self.s.stop_grace} s to end before it is killed)"
-                             if move.status == "stopping" else f"{asked}: it had not started; nothing ran")
+            await self._note(stop_note(letter.why, stopping=(what, self.s.stop_grace)
+                                       if move.status == "stopping" else None))
         if move.stop_container:
             self._stop_container()
         if isinstance(event, StopAsked) and move.ends and self._work is not None and not self._work.done():

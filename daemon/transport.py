@@ -74,6 +74,7 @@ class Transport(Protocol):
     async def put_cached(self, items: list[tuple[Path, str, int, str]], cache: str, remote: str, *,
                          link: bool = True, cache_limit: int = 100 << 30) -> None: ...
     async def get_files(self, remote: str, names: list[str], local: Path) -> None: ...
+    async def remove_cut_off_uploads(self, cache: str) -> None: ...
 
 
 class LocalTransport:
@@ -121,6 +122,9 @@ class LocalTransport:
                          link: bool = True, cache_limit: int = 100 << 30) -> None:
         for source, _, _, rel in items:
             await asyncio.to_thread(_copy_file, source, Path(remote) / rel)
+
+    async def remove_cut_off_uploads(self, cache: str) -> None:
+        pass  # nothing is uploaded here: inputs are copied straight into the workspace
 
     async def get_files(self, remote: str, names: list[str], local: Path) -> None:
         await asyncio.to_thread(_copy_back, remote, local, names)
@@ -328,6 +332,12 @@ class SshTransport:
         except (asyncssh.Error, OSError) as exc:
             raise self._lost(exc) from None
         return found
+
+    async def remove_cut_off_uploads(self, cache: str) -> None:
+        """Partial files in the host's input cache that a daemon kill or a lost link cut off: any not
+        of this connection, whose own uploads may be under way."""
+        await self.run(f"find {q(cache)} -maxdepth 1 -name '*.part-*' "
+                       f"! -name {q(f'*.part-{self.upload_tag}-*')} -delete 2>/dev/null; true")
 
     async def put_cached(self, items: list[tuple[Path, str, int, str]], cache: str, remote: str, *,
                          link: bool = True, cache_limit: int = 100 << 30) -> None:

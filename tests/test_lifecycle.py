@@ -42,7 +42,7 @@ from runyard.protocol.methods import ExecutionView
 from .conftest import Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_for_status
 from .pool import free_port, make_client_key, wait_for_host
 from .test_host_faults import TwoHosts, two_hosts  # noqa: F401  (the fixture)
-from .test_pool import Pool, connect, make_pool
+from .test_pool import Pool, connect, make_pool, process_pool  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,11 +134,6 @@ def test_the_record_is_declared_once() -> None:
 # -- work that vanished while the daemon was down ---------------------------------------------
 
 
-@pytest.fixture
-def process_pool(tmp_path: Path, daemon_factory: type[Daemon]) -> object:
-    yield from make_pool(tmp_path, daemon_factory, host_c='runtime = "process"')
-
-
 def _remove_containers(execution_id: int) -> None:
     ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=runyard.execution={execution_id}"],
                          capture_output=True, text=True, check=True).stdout.split()
@@ -154,7 +149,8 @@ def _remove_process(work: Path) -> None:
 
 
 @pytest.mark.slow
-async def test_work_that_vanished_while_the_daemon_was_down_ends_and_frees_its_gpus(process_pool: Pool) -> None:
+async def test_work_that_vanished_while_the_daemon_was_down_ends_and_frees_its_gpus(
+        process_pool: Pool) -> None:  # noqa: F811  (the fixture, imported)
     pool = process_pool
     client = await connect(pool)
     try:

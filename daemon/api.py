@@ -119,9 +119,9 @@ async def restart(core: Core, caller: Caller, p: m.IdParams) -> m.ExecutionView:
 async def rename(core: Core, caller: Caller, p: m.RenameParams) -> m.ExecutionView:
     await _owned(core, caller, p.id, "rename")
     title = p.title.strip()
-    if not title or len(title) > 200 or any(ord(c) < 32 for c in title):
-        raise OperationError(ErrorCode.INVALID_PARAMS, "a title is 1 to 200 printable characters")
-    return core.view(await core.rename(p.id, title))
+    if len(title) > 200 or any(ord(c) < 32 for c in title):
+        raise OperationError(ErrorCode.INVALID_PARAMS, "a title is at most 200 printable characters (\"\" clears it)")
+    return core.view(await core.rename(p.id, title or None))
 
 
 @method("executions.delete", m.DeleteParams)

@@ -401,7 +401,7 @@ class Core:
             raise OperationError("invalid-params", reason)
         return resources
 
-    async def submit(self, *, step: str, snapshot: str, parameters: dict[str, str], title: str | None,
+    async def submit(self, *, step: str, snapshot: str, parameters: dict[str, str | list[str]], title: str | None,
                      image: str | None, commit: str | None, inputs: dict[str, list[str]],
                      config_path: str, owner: str, owner_uid: int,
                      restarted_from: int | None = None, pool: str | None = None, gpus: int | None = None,
@@ -500,7 +500,7 @@ class Core:
             await self._release_log(execution_id)  # a follower of its (empty) log is told it ended
             return True
 
-    async def rename(self, execution_id: int, title: str) -> ExecutionRow:
+    async def rename(self, execution_id: int, title: str | None) -> ExecutionRow:
         await self.get(execution_id)
         self.publish(await self.store.rename(execution_id, title))
         return await self.get(execution_id)

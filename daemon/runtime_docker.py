@@ -15,6 +15,7 @@ from typing import Any, Final
 import aiodocker
 import aiohttp
 
+from .command_script import command_argv
 from .docker_logs import LogStreamError, container_logs
 from .logfile import LogFile
 from .logstream import Decoded, DockerLogDecoder, split_timestamp
@@ -182,7 +183,7 @@ class DockerRuntime:
         config: dict[str, Any] = {"User": spec.user} if spec.user else {}
         return config | {
             "Image": spec.image,
-            "Cmd": ["/bin/sh", "-c", spec.command],
+            "Cmd": command_argv(spec.command),  # the shebang's interpreter, else /bin/sh
             "WorkingDir": "/valohai/repository",
             "Env": [f"{k}={v}" for k, v in env.items()],
             "Labels": {

@@ -19,6 +19,7 @@ from typing import Final
 
 from runyard.protocol.logformat import format_record
 
+from .command_script import command_argv, shebang_argv_or_none
 from .logfile import LogFile
 from .logstream import Decoded, collapse_carriage_returns, timestamp_now
 from .runtime import (
@@ -91,7 +92,11 @@ class ProcessRuntime:
         r = f"{d}/{CONTROL}"
         exports = "".join(f"export {name}={q(value)}\n" for name, value in spec.environment.items()
                           if name.isidentifier())
-        handover, command = "", 'sh "$r/command.sh"'
+        # A shebang's interpreter gets the script as -c's argument (as in a container); without one,
+        # sh reads the file, which has no limit on its size.
+        launcher = " ".join(q(a) for a in command_argv(spec.command)[:-1])
+        shebang = shebang_argv_or_none(spec.command) is not None
+        handover, command = "", (f'{launcher} "$(cat "$r/command.sh")"' if shebang else 'sh "$r/command.sh"')
         if spec.user:
             # The wrapper stays root, and so do its control files (.runyard): the daemon kills the
             # process group they name. The owner gets the workspace's folders, 0700; the directory
@@ -103,7 +108,7 @@ class ProcessRuntime:
             handover = (f'chown -R -h -P -- {uid}:{gid} {folders} && chmod 0700 {folders} && chmod 0711 "$d" '
                         f'|| {{ echo "runyard: cannot hand the workspace to {uid}:{gid}" >> "$r/stderr"; '
                         'echo 126 > "$r/exit_code"; exit 1; }\n')
-            command = f'setpriv --reuid={uid} --regid={gid} --clear-groups sh -c "$(cat "$r/command.sh")"'
+            command = f'setpriv --reuid={uid} --regid={gid} --clear-groups {launcher} "$(cat "$r/command.sh")"'
         wrapper = (
             "#!/bin/sh\n"
             "# Written by runyard: runs the execution detached and records how it ended.\n"

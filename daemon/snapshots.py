@@ -14,6 +14,7 @@ import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 SNAPSHOT_ID_LENGTH = 64
 
@@ -35,6 +36,7 @@ class Snapshot:
     data: bytes
     commit: str | None
     files: int
+    size: int = 0  # the files' bytes (the archive is larger: tar pads every file to 512 bytes)
 
 
 def build_archive(entries: list[Entry]) -> bytes:
@@ -59,7 +61,57 @@ def build_archive(entries: list[Entry]) -> bytes:
 
 def snapshot_of(entries: list[Entry], commit: str | None) -> Snapshot:
     data = build_archive(entries)
-    return Snapshot(id=hashlib.sha256(data).hexdigest(), data=data, commit=commit, files=len(entries))
+    size = sum(len(e.data) for e in entries if e.mode != 0o120000)
+    return Snapshot(id=hashlib.sha256(data).hexdigest(), data=data, commit=commit, files=len(entries), size=size)
+
+
+def read_archive_file(data: bytes, name: str) -> bytes | None:
+    """One regular file of a snapshot archive held in memory, or None if it has none by that name."""
+    wanted = str(_safe_member_path(name))
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+        for member in tar:
+            if member.name == wanted and member.isfile():
+                fh = tar.extractfile(member)
+                return fh.read() if fh else None
+    return None
+
+
+def _git_said(exc: Exception) -> str:
+    """git's own words from a failed git command, on one line."""
+    stderr = getattr(exc, "stderr", "") or ""
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode("utf-8", "replace")
+    lines = [line.strip() for line in str(stderr).splitlines() if line.strip()]
+    text = " ".join(lines).removeprefix("stderr: ").strip("' ")
+    return text.removeprefix("fatal: ") or str(exc)
+
+
+def _open_repo(path: Path) -> Any:
+    """The repository around ``path``, or None outside one; SnapshotError if git refuses it.
+
+    GitPython opens a repository git itself refuses (e.g. another user's, to root: `safe.directory`)
+    and then fails in ways that hide why; asking git first relays what git says.
+    """
+    import git
+
+    try:
+        repo = git.Repo(path, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        return None
+    try:
+        repo.git.rev_parse("--git-dir")
+    except git.GitCommandError as exc:
+        where = repo.working_tree_dir or path
+        raise SnapshotError(f"git refuses the repository at {where}: {_git_said(exc)}") from None
+    return repo
+
+
+def uncommitted_changes(path: Path) -> int:
+    """How many files of the working tree differ from HEAD (untracked ones too, ignored ones not)."""
+    repo = _open_repo(path)
+    if repo is None:
+        return 0
+    return len([line for line in repo.git.status("--porcelain").splitlines() if line.strip()])
 
 
 def _normal_mode(mode: int) -> int:
@@ -72,11 +124,11 @@ def snapshot_commit(repo_path: Path, ref: str) -> Snapshot:
     """Archive the tree of a commit exactly as committed."""
     import git
 
+    repo = _open_repo(repo_path)
+    if repo is None:
+        raise SnapshotError(f"{repo_path} is not inside a git repository (use --adhoc)")
     try:
-        repo = git.Repo(repo_path, search_parent_directories=True)
         commit = repo.commit(ref)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        raise SnapshotError(f"{repo_path} is not inside a git repository (use --adhoc)") from None
     except (git.BadName, ValueError):
         raise SnapshotError(f"{ref!r} is not a commit in {repo_path}") from None
     entries: list[Entry] = []
@@ -89,12 +141,7 @@ def snapshot_commit(repo_path: Path, ref: str) -> Snapshot:
 
 def snapshot_worktree(path: Path) -> Snapshot:
     """Archive the working tree as it is: tracked, modified and untracked files, minus ignored ones."""
-    import git
-
-    try:
-        repo = git.Repo(path, search_parent_directories=True)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        repo = None
+    repo = _open_repo(path)
     if repo is None:
         root = path
         names = [

@@ -15,6 +15,8 @@ from valohai_yaml.commands import join_command
 from valohai_yaml.lint import lint
 from valohai_yaml.objs import Config, Step
 
+from .command_script import ScriptError, script_of, shebang_argv
+
 
 class StepError(Exception):
     """A problem with the YAML, a step name or a parameter value; the message says which."""
@@ -37,6 +39,8 @@ class PreparedStep:
     environment: dict[str, str]
     resources: dict[str, Any]
     input_options: dict[str, dict[str, str]] = field(default_factory=dict)
+    # What the step asks that runyard does not do, for the client to tell its user.
+    notes: tuple[str, ...] = ()
 
 
 GPU_DEVICE: Final = "nvidia.com/gpu"
@@ -71,7 +75,8 @@ def resources_of(step: Step) -> dict[str, Any]:
     return resources
 
 
-def _one_segment(name: str) -> bool:
+def one_segment(name: str) -> bool:
+    """A plain file name: one path segment, so it never leaves the folder it is put in."""
     return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
@@ -87,7 +92,9 @@ def lint_text(text: str, source: str = "valohai.yaml") -> list[Problem]:
         return [Problem("error", f"not valid YAML: {problem}", where)]
     result = lint(text, ansi_colors=False)
     for message in result.messages:
-        text_ = " ".join(str(message["message"]).split())
+        # Schema messages come indented and sometimes wrapped: join the lines, but keep the spaces
+        # inside a line, which may be inside a quoted value.
+        text_ = " ".join(line.strip() for line in str(message["message"]).splitlines() if line.strip())
         problems.append(Problem(str(message["type"]), text_, source))
     return problems
 
@@ -105,8 +112,17 @@ def load_config(text: str, source: str = "valohai.yaml") -> Config:
         raise StepError(f"{source} is not valid: {exc}") from None
 
 
-def _coerce(step: Step, name: str, raw: str) -> Any:
+def _coerce(step: Step, name: str, raw: str | list[str]) -> Any:
     parameter = step.parameters[name]
+    if isinstance(raw, list):
+        # -p given more than once: each is one value, as written (a `multiple` parameter only).
+        if parameter.multiple is None:
+            if len(raw) != 1:
+                raise StepError(f"parameter {name!r} takes one value, but was given {len(raw)} "
+                                f"({', '.join(map(repr, raw))}); only a `multiple` parameter takes several")
+            raw = raw[0]
+        else:
+            return _validated(parameter, name, list(raw))
     if parameter.type == "flag":
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -116,7 +132,12 @@ def _coerce(step: Step, name: str, raw: str) -> Any:
         raise StepError(f"parameter {name!r}: {raw!r} is not a flag value (use true or false)")
     value: Any = raw
     if parameter.multiple is not None:
+        # Given once, the value is split at the parameter's separator (`multiple-separator`, ",").
         value = [v for v in raw.split(parameter.multiple_separator)] if raw else []
+    return _validated(parameter, name, value)
+
+
+def _validated(parameter: Any, name: str, value: Any) -> Any:
     try:
         return parameter.validate(value)
     except ValidationErrors as exc:
@@ -124,7 +145,7 @@ def _coerce(step: Step, name: str, raw: str) -> Any:
         raise StepError(f"parameter {name!r}: {reasons}") from None
 
 
-def prepare_step(config: Config, step_name: str, raw_parameters: dict[str, str],
+def prepare_step(config: Config, step_name: str, raw_parameters: dict[str, str | list[str]],
                  inputs: dict[str, list[str]]) -> PreparedStep:
     """Check the user's values against the step and build the exact command to run."""
     step = config.steps.get(step_name)
@@ -156,7 +177,7 @@ def prepare_step(config: Config, step_name: str, raw_parameters: dict[str, str],
     for name, spec in step.inputs.items():
         # Each input is a directory under /valohai/inputs, and `filename` a file in it.
         for what, value in (("input name", name), (f"input {name!r} filename", spec.filename)):
-            if value is not None and not _one_segment(str(value)):
+            if value is not None and not one_segment(str(value)):
                 raise StepError(f"{what} {str(value)!r} of step {step_name!r} must be a plain name: "
                                 "no '/', not '.' or '..'")
         urls = inputs.get(name)
@@ -178,23 +199,35 @@ def prepare_step(config: Config, step_name: str, raw_parameters: dict[str, str],
     return PreparedStep(
         name=step.name,
         image=step.image or None,
-        command=_script(commands),
+        command=_script(step.name, commands),
         parameters=values,
         inputs=resolved_inputs,
         environment=environment,
         resources=resources_of(step),
         input_options=input_options,
+        notes=_ignored(step),
     )
 
 
-def _script(commands: list[str]) -> str:
+def _ignored(step: Step) -> tuple[str, ...]:
+    groups = list(step.environment_variable_groups)
+    if not groups:
+        return ()
+    # Valohai keeps these groups in its project settings, which a repository does not carry.
+    return (f"step {step.name!r}: environment-variable-groups ({', '.join(groups)}) are Valohai project "
+            "settings that runyard does not have; they are ignored: give the variables in the step's "
+            "environment-variables, or ask the admin for [secrets]",)
+
+
+def _script(step_name: str, commands: list[str]) -> str:
     """One line per command under `set -e`: stop at the first failure, as Valohai does.
 
     Joining with `&&` would make a trailing `&` on one command background all the
-    ones before it too.
+    ones before it too. A shebang on the first line chooses the interpreter.
     """
     body = join_command(commands, "\n")
-    if body.startswith("#!"):
-        shebang, _, rest = body.partition("\n")
-        return f"{shebang}\nset -e\n{rest}"
-    return f"set -e\n{body}"
+    try:
+        shebang_argv(body)
+    except ScriptError as exc:
+        raise StepError(f"step {step_name!r}: {exc}") from None
+    return script_of(body)

@@ -213,7 +213,7 @@ class Store:
             await self.db.execute(f"UPDATE executions SET {sets} WHERE id = ?",
                                   (*(encode_field(k, v) for k, v in fields.items()), execution_id))
 
-    async def rename(self, execution_id: int, title: str) -> Event:
+    async def rename(self, execution_id: int, title: str | None) -> Event:
         now = utcnow()
         async with self._tx():
             await self.db.execute("UPDATE executions SET title = ? WHERE id = ?", (title, execution_id))

@@ -86,7 +86,7 @@ class MetadataPage(msgspec.Struct):
 class SubmitParams(msgspec.Struct, forbid_unknown_fields=True):
     step: str
     snapshot: str
-    parameters: dict[str, str] = {}
+    parameters: dict[str, str | list[str]] = {}  # a list: -p repeated, one value each (`multiple`)
     title: str | None = None
     image: str | None = None
     commit: str | None = None

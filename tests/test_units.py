@@ -126,7 +126,7 @@ YAML = """
 def test_prepare_step_validates_and_quotes() -> None:
     config = load_config(YAML)
     prepared = prepare_step(config, "train", {"opt": "sgd", "fast": "true"}, {})
-    assert prepared.command == "set -e\npython train.py --lr=0.1 --opt=sgd --fast\necho done &"
+    assert prepared.command == "set -e\ntrap 'exit $?' TERM\npython train.py --lr=0.1 --opt=sgd --fast\necho done &"
     with pytest.raises(StepError, match="parameter 'lr'"):
         prepare_step(config, "train", {"lr": "-1"}, {})
     with pytest.raises(StepError, match="not among the choices"):

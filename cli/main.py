@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a step of valohai.yaml (or an ml.yaml project) as a new execution")
     p.add_argument("step", nargs="?", default="", help="step name in valohai.yaml (none for an ml.yaml)")
     p.add_argument("-p", "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
-                   help="parameter value (repeatable)")
+                   help="parameter value (repeatable); repeating a `multiple` parameter adds a value each time, "
+                        "as written; given once, its value is split at the separator (`a,b`)")
     p.add_argument("--input", type=_input, action="append", default=[], metavar="NAME=URL",
                    help="input URL, replacing the step's default (repeatable)")
     src = p.add_mutually_exclusive_group()
@@ -143,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rename", help="set an execution's title")
     p.add_argument("id", type=int)
-    p.add_argument("title")
+    p.add_argument("title", help='the new title; "" clears it')
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("delete", help="delete an ended execution and its log")
@@ -176,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "daemon":
         return _daemon(args)
     if args.command == "lint":
-        return _lint(args)
+        from .lint import lint_command
+
+        return lint_command(args.path, args.json)
     try:
         return asyncio.run(_client_command(args))
     except CliError as exc:
@@ -229,29 +232,6 @@ def _daemon(args: argparse.Namespace) -> int:
     return run(config)
 
 
-def _lint(args: argparse.Namespace) -> int:
-    from runyard.daemon.steps import lint_text
-
-    path = Path(args.path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        print(f"runyard: cannot read {path}: {exc.strerror}", file=sys.stderr)
-        return EXIT_USAGE
-    problems = lint_text(text, str(path))
-    if args.json:
-        _print_json([{"severity": p.severity, "message": p.message, "location": p.location} for p in problems])
-    else:
-        for problem in problems:
-            print(f"{problem.location or path}: {problem.severity}: {problem.message}")
-        errors = sum(1 for p in problems if p.severity == "error")
-        if not problems:
-            print(f"{path}: ok")
-        else:
-            print(f"{errors} error(s), {len(problems) - errors} other problem(s)")
-    return EXIT_ERROR if any(p.severity == "error" for p in problems) else 0
-
-
 async def _client_command(args: argparse.Namespace) -> int:
     handler = COMMANDS[args.command]
     client = await Client.connect(args.socket, client_name="runyard-cli")
@@ -262,7 +242,9 @@ async def _client_command(args: argparse.Namespace) -> int:
 
 
 async def cmd_run(client: Client, args: argparse.Namespace) -> int:
-    from runyard.daemon.snapshots import SnapshotError, snapshot_commit, snapshot_worktree
+    from runyard.daemon.snapshots import SnapshotError, snapshot_commit, snapshot_worktree, uncommitted_changes
+
+    from .precheck import Refused, check_request, collect_parameters
 
     directory = await asyncio.to_thread(Path(args.directory).resolve)
     try:
@@ -270,19 +252,31 @@ async def cmd_run(client: Client, args: argparse.Namespace) -> int:
             snap = await asyncio.to_thread(snapshot_worktree, directory)
         else:
             snap = await asyncio.to_thread(snapshot_commit, directory, args.commit or "HEAD")
+        pending = 0 if args.adhoc or args.commit else await asyncio.to_thread(uncommitted_changes, directory)
     except SnapshotError as exc:
         raise CliError(str(exc)) from None
-    if not args.json:
-        kind = "working tree" if args.adhoc else f"commit {(snap.commit or '')[:12]}"
-        print(f"snapshot {snap.id[:12]} of {kind}: {snap.files} files, {human_size(len(snap.data))}",
-              file=sys.stderr)
-    if not await client.snapshot_has(snap.id):
-        await client.snapshot_put(snap.id, snap.data)
     inputs: dict[str, list[str]] = {}
     for name, url in args.input:
         inputs.setdefault(name, []).append(url)
+    parameters = collect_parameters(args.param)
+    try:  # before the upload: a request the daemon would refuse costs no snapshot
+        notes = await asyncio.to_thread(check_request, snap, directory, args.yaml, args.step, parameters, inputs,
+                                        adhoc=args.adhoc)
+    except Refused as exc:
+        raise CliError(str(exc)) from None
+    for note in notes:
+        print(f"runyard: warning: {note}", file=sys.stderr)
+    if pending:
+        changes = "1 uncommitted change" if pending == 1 else f"{pending} uncommitted changes"
+        print(f"runyard: note: this runs commit {(snap.commit or '')[:12]} (HEAD), without the working tree's "
+              f"{changes}; --adhoc runs the working tree as it is", file=sys.stderr)
+    if not args.json:
+        kind = "working tree" if args.adhoc else f"commit {(snap.commit or '')[:12]}"
+        print(f"snapshot {snap.id[:12]} of {kind}: {snap.files} files, {human_size(snap.size)}", file=sys.stderr)
+    if not await client.snapshot_has(snap.id):
+        await client.snapshot_put(snap.id, snap.data)
     execution = await client.submit(
-        step=args.step, snapshot=snap.id, parameters=dict(args.param), title=args.title,
+        step=args.step, snapshot=snap.id, parameters=parameters, title=args.title,
         image=args.image, commit=snap.commit, inputs=inputs, config_path=args.yaml,
         pool=args.pool, gpus=args.gpus, priority=args.priority, retries=args.retries,
     )
@@ -507,7 +501,8 @@ async def cmd_rename(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(execution)
     else:
-        print(f"execution {execution.id} is now titled {execution.title!r}")
+        print(f"execution {execution.id} is now titled {execution.title!r}" if execution.title
+              else f"execution {execution.id} has no title now")
     return 0
 
 
@@ -518,10 +513,14 @@ async def cmd_delete(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_outputs(client: Client, args: argparse.Namespace) -> int:
-    files = await client.outputs(args.id)
+    files = every = await client.outputs(args.id)
     if args.filter:
         # fnmatch's * also crosses "/", so '*.pt' finds checkpoints in sub-folders too
         files = [f for f in files if any(fnmatch.fnmatchcase(f.path, pattern) for pattern in args.filter)]
+    none_match = (f"no output of execution {args.id} matches {' or '.join(map(repr, args.filter))} "
+                  f"(it has {len(every)}: `runyard outputs {args.id}` lists them)") if every and not files else None
+    if none_match and args.download and not args.json:
+        print(none_match, file=sys.stderr)
     if args.download:
         target = Path(args.download)
         for f in files:
@@ -543,7 +542,7 @@ async def cmd_outputs(client: Client, args: argparse.Namespace) -> int:
         _print_json(files)
     elif not args.download:
         if not files:
-            print("no outputs")
+            print(none_match or "no outputs")
         else:
             print(render.table(["SIZE", "PATH"], [[human_size(f.size), f.path] for f in files]))
     return 0

@@ -21,7 +21,7 @@ def is_ml_yaml(data: object) -> bool:
     return isinstance(data, dict) and "dockerImageId" in data
 
 
-def prepare_ml(text: str, images: dict[str, str], raw_parameters: dict[str, str],
+def prepare_ml(text: str, images: dict[str, str], raw_parameters: dict[str, str | list[str]],
                inputs: dict[str, list[str]], source: str = "ml.yaml") -> PreparedStep:
     try:
         data = yaml.safe_load(text)

@@ -105,8 +105,13 @@ def load_config(text: str, source: str = "valohai.yaml") -> Config:
         raise StepError(f"{source} is not valid: {exc}") from None
 
 
-def _coerce(step: Step, name: str, raw: str) -> Any:
+def _coerce(step: Step, name: str, raw: str | list[str]) -> Any:
     parameter = step.parameters[name]
+    if isinstance(raw, list):
+        # Values given one by one (a parameter file's list): no separator to split on or collide with.
+        if parameter.multiple is None:
+            raise StepError(f"parameter {name!r} takes one value, not a list of {len(raw)}")
+        return _validated(parameter, name, list(raw))
     if parameter.type == "flag":
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -117,6 +122,10 @@ def _coerce(step: Step, name: str, raw: str) -> Any:
     value: Any = raw
     if parameter.multiple is not None:
         value = [v for v in raw.split(parameter.multiple_separator)] if raw else []
+    return _validated(parameter, name, value)
+
+
+def _validated(parameter: Any, name: str, value: Any) -> Any:
     try:
         return parameter.validate(value)
     except ValidationErrors as exc:
@@ -124,7 +133,7 @@ def _coerce(step: Step, name: str, raw: str) -> Any:
         raise StepError(f"parameter {name!r}: {reasons}") from None
 
 
-def prepare_step(config: Config, step_name: str, raw_parameters: dict[str, str],
+def prepare_step(config: Config, step_name: str, raw_parameters: dict[str, str | list[str]],
                  inputs: dict[str, list[str]]) -> PreparedStep:
     """Check the user's values against the step and build the exact command to run."""
     step = config.steps.get(step_name)

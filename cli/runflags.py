@@ -48,13 +48,14 @@ def parse_duration(text: str) -> float:
 
 
 def add_flags(p: argparse.ArgumentParser, *, restart: bool = False) -> None:
-    again = " (replacing the old execution's)" if restart else ""
     p.add_argument("--var", type=parse_var, action="append", default=[], metavar="NAME=VALUE",
                    dest="variables",
                    help="an environment variable for this run, over the step's environment-variables "
-                        "(repeatable); shown by info" + (": added to the old execution's" if restart else ""))
+                        "(repeatable; shown by info, so not for secrets)"
+                        + ("; added to the old execution's" if restart else ""))
     p.add_argument("--tag", action="append", default=None, metavar="TAG", dest="tags",
-                   help=f"a tag, shown by list and info and filtered by list --tag (repeatable){again}")
+                   help="a tag, shown by list and info, found by list --tag (repeatable)"
+                        + ("; replaces the old execution's tags" if restart else ""))
     p.add_argument("--parameter-file", metavar="FILE",
                    help="parameter values from a YAML or JSON mapping (name: value; a list for a "
                         "`multiple` parameter); -p wins over it")

@@ -18,7 +18,7 @@ from runyard.protocol.logformat import parse_records
 from runyard.protocol.methods import ExecutionView
 from runyard.protocol.units import human_size
 
-from . import render
+from . import render, runflags
 
 EXIT_ERROR = 1  # the execution failed, or lint found errors
 EXIT_USAGE = 2  # the daemon refused the request
@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry", type=int, default=0, metavar="N", dest="retries",
                    help="if its host is unreachable past scheduler.host_lost_grace_seconds, go back to the "
                         "queue (at most N times) instead of ending as error host-lost (default 0)")
+    runflags.add_flags(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("hosts", help="pool hosts: state, GPUs and who holds them, running executions")
@@ -111,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list executions, newest first")
     p.add_argument("--status", action="append", default=[], help="only this status (repeatable)")
+    p.add_argument("--tag", action="append", default=[], dest="tags", metavar="TAG",
+                   help="only executions with this tag (repeatable: any of them)")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
 
@@ -137,8 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every active execution you may stop")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("restart", help="a new execution with the same snapshot, step, parameters, image")
+    p = sub.add_parser("restart", help="a new execution with the same snapshot, step, parameters, image; "
+                                       "the flags change what they name (Valohai's copy execution)")
     p.add_argument("id", type=int)
+    p.add_argument("-p", "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
+                   help="a parameter value instead of the old one (repeatable)")
+    p.add_argument("--input", type=_input, action="append", default=[], metavar="NAME=URL",
+                   help="an input URL instead of the old one (repeatable)")
+    p.add_argument("--image", help="Docker image instead of the old one")
+    p.add_argument("--title", help="a title instead of the old one")
+    p.add_argument("--gpus", type=int, metavar="N", help="GPUs to grant instead of the old number")
+    p.add_argument("--adhoc", action="store_true",
+                   help="run the working tree as it is now (of --directory) with the old parameters and inputs")
+    p.add_argument("--directory", "-C", default=".", help="repository directory for --adhoc (default: .)")
+    runflags.add_flags(p, restart=True)
     p.add_argument("--watch", "-w", action="store_true")
     p.add_argument("--json", action="store_true")
 
@@ -244,8 +259,9 @@ async def _client_command(args: argparse.Namespace) -> int:
 async def cmd_run(client: Client, args: argparse.Namespace) -> int:
     from runyard.daemon.snapshots import SnapshotError, snapshot_commit, snapshot_worktree, uncommitted_changes
 
-    from .precheck import Refused, check_request, collect_parameters
+    from .precheck import Refused, check_request
 
+    parameters = _run_parameters(args)
     directory = await asyncio.to_thread(Path(args.directory).resolve)
     try:
         if args.adhoc:
@@ -258,7 +274,6 @@ async def cmd_run(client: Client, args: argparse.Namespace) -> int:
     inputs: dict[str, list[str]] = {}
     for name, url in args.input:
         inputs.setdefault(name, []).append(url)
-    parameters = collect_parameters(args.param)
     try:  # before the upload: a request the daemon would refuse costs no snapshot
         notes = await asyncio.to_thread(check_request, snap, directory, args.yaml, args.step, parameters, inputs,
                                         adhoc=args.adhoc)
@@ -279,8 +294,19 @@ async def cmd_run(client: Client, args: argparse.Namespace) -> int:
         step=args.step, snapshot=snap.id, parameters=parameters, title=args.title,
         image=args.image, commit=snap.commit, inputs=inputs, config_path=args.yaml,
         pool=args.pool, gpus=args.gpus, priority=args.priority, retries=args.retries,
+        **runflags.request_fields(args),
     )
     return await _report_new(client, execution, args)
+
+
+def _run_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """-p values (repeated: a list, one value each) over the parameter file's, by name."""
+    from .precheck import collect_parameters
+
+    try:
+        return runflags.parameters(args, collect_parameters(args.param))
+    except runflags.ParameterFileError as exc:
+        raise CliError(str(exc)) from None
 
 
 async def _report_new(client: Client, execution: ExecutionView, args: argparse.Namespace) -> int:
@@ -353,7 +379,7 @@ async def cmd_doctor(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_list(client: Client, args: argparse.Namespace) -> int:
-    executions = await client.list_executions(status=args.status, limit=args.limit)
+    executions = await client.list_executions(status=args.status, limit=args.limit, tags=args.tags)
     if args.json:
         _print_json(executions)
     elif executions:
@@ -373,7 +399,8 @@ async def cmd_info(client: Client, args: argparse.Namespace) -> int:
         ("id", str(e.id)), ("title", e.title or "-"), ("step", e.step),
         ("status", render.status_text(e.status, e.reason, colour)),
         ("owner", e.owner), ("host", e.host or "-"), ("GPUs", ", ".join(e.gpus) or "-"),
-        ("priority", str(e.priority)), ("retries left", str(e.retries)), ("image", e.image),
+        ("priority", str(e.priority)), ("retries left", str(e.retries)), ("tags", ", ".join(e.tags) or "-"),
+        ("image", e.image),
         ("snapshot", e.snapshot[:12] + (f" (commit {e.commit[:12]})" if e.commit else "")),
         ("created", e.created_at), ("started", e.started_at or "-"), ("ended", e.ended_at or "-"),
         ("duration", render.duration(e.started_at, e.ended_at)),
@@ -396,6 +423,10 @@ async def cmd_info(client: Client, args: argparse.Namespace) -> int:
         print("inputs:")
         for key, urls in e.inputs.items():
             print(f"  {key}: {', '.join(urls) or '-'}")
+    if e.variables:
+        print("variables (--var):")
+        for name, value in e.variables.items():
+            print(f"  {name} = {json.dumps(value)}")
     if e.metadata:
         print("metadata (latest):")
         for name, point in e.metadata.items():
@@ -492,7 +523,33 @@ async def cmd_stop(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_restart(client: Client, args: argparse.Namespace) -> int:
-    execution = await client.restart(args.id)
+    changes: dict[str, Any] = runflags.request_fields(args)
+    parameters = _run_parameters(args)
+    if parameters:
+        changes["parameters"] = parameters
+    inputs: dict[str, list[str]] = {}
+    for name, url in args.input:
+        inputs.setdefault(name, []).append(url)
+    if inputs:
+        changes["inputs"] = inputs
+    for key in ("image", "title", "gpus"):
+        if getattr(args, key) is not None:
+            changes[key] = getattr(args, key)
+    if args.adhoc:
+        from runyard.daemon.snapshots import SnapshotError, snapshot_worktree
+
+        try:
+            directory = await asyncio.to_thread(Path(args.directory).resolve)
+            snap = await asyncio.to_thread(snapshot_worktree, directory)
+        except SnapshotError as exc:
+            raise CliError(str(exc)) from None
+        if not args.json:
+            print(f"snapshot {snap.id[:12]} of working tree: {snap.files} files, {human_size(len(snap.data))}",
+                  file=sys.stderr)
+        if not await client.snapshot_has(snap.id):
+            await client.snapshot_put(snap.id, snap.data)
+        changes["snapshot"] = snap.id
+    execution = await client.restart(args.id, **changes)
     return await _report_new(client, execution, args)
 
 

@@ -94,11 +94,12 @@ def table(headers: list[str], rows: list[list[str]], widths_from_plain: list[lis
 
 
 def executions_table(executions: list[ExecutionView], colour: bool) -> str:
-    headers = ["ID", "STATUS", "STEP", "TITLE", "OWNER", "HOST", "DURATION"]
+    tagged = any(e.tags for e in executions)  # the column only when there is something to show
+    headers = ["ID", "STATUS", "STEP", "TITLE", "OWNER", "HOST", "DURATION", *(["TAGS"] if tagged else [])]
     rows, plain = [], []
     for e in executions:
         base = [str(e.id), "", e.step, e.title or "", e.owner, e.host or "-",
-                duration(e.started_at, e.ended_at)]
+                duration(e.started_at, e.ended_at), *([",".join(e.tags)] if tagged else [])]
         plain.append([base[0], status_text(e.status, e.reason, False), *base[2:]])
         rows.append([base[0], status_text(e.status, e.reason, colour), *base[2:]])
     return table(headers, rows, plain)

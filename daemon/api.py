@@ -12,6 +12,7 @@ import msgspec
 from runyard.protocol import methods as m
 from runyard.protocol.messages import ErrorCode
 
+from . import restarts, runoptions
 from .core import Core, OperationError
 from .logfile import cap_records
 from .outputs import OutputError
@@ -56,12 +57,22 @@ async def submit(core: Core, caller: Caller, p: m.SubmitParams) -> m.ExecutionVi
     if p.priority > 0 and not caller.admin:
         raise OperationError(ErrorCode.PERMISSION_DENIED,
                              "only admins may raise priority above 0 (anyone may lower their own)")
+    try:
+        options = runoptions.checked(p.environment, p.tags, p.time_limit, p.no_output_timeout,
+                                     _secret_names(core, caller))
+    except runoptions.RunOptionError as exc:
+        raise OperationError(ErrorCode.INVALID_PARAMS, str(exc)) from None
     row = await core.submit(
         step=p.step, snapshot=p.snapshot, parameters=p.parameters, title=p.title, image=p.image,
         commit=p.commit, inputs=p.inputs, config_path=p.config_path, owner=caller.user,
-        owner_uid=caller.uid, pool=p.pool, gpus=p.gpus, priority=p.priority, retries=p.retries,
+        owner_uid=caller.uid, pool=p.pool, gpus=p.gpus, priority=p.priority, retries=p.retries, options=options,
     )
     return core.view(row)
+
+
+def _secret_names(core: Core, caller: Caller) -> set[str]:
+    """Variables the daemon fills from its secrets for this caller: a --var may not name them."""
+    return set(core.config.secrets) | set(core.config.user_secrets.get(caller.user, {}))
 
 
 @method("executions.get", m.IdParams)
@@ -78,7 +89,9 @@ async def list_(core: Core, caller: Caller, p: m.ListParams) -> list[m.Execution
                              f"unknown status {unknown[0]!r} (one of {', '.join(m.ALL_STATUSES)})")
     if not 1 <= p.limit <= 10_000:
         raise OperationError(ErrorCode.INVALID_PARAMS, "limit must be between 1 and 10000")
-    rows = await core.store.list_executions(statuses=p.status, limit=p.limit, before_id=p.before_id)
+    if len(p.tags) > runoptions.MAX_TAGS:
+        raise OperationError(ErrorCode.INVALID_PARAMS, f"at most {runoptions.MAX_TAGS} tags to list by")
+    rows = await core.store.list_executions(statuses=p.status, limit=p.limit, before_id=p.before_id, tags=p.tags)
     if not p.with_metadata:
         return [core.view(r) for r in rows]
     # SQLite caps bound parameters; pages of up to 10,000 go in slices.
@@ -105,13 +118,16 @@ async def stop(core: Core, caller: Caller, p: m.StopParams) -> m.StopResult:
     return m.StopResult(stopped=stopped, already_ended=ended)
 
 
-@method("executions.restart", m.IdParams)
-async def restart(core: Core, caller: Caller, p: m.IdParams) -> m.ExecutionView:
+@method("executions.restart", m.RestartParams)
+async def restart(core: Core, caller: Caller, p: m.RestartParams) -> m.ExecutionView:
     # A restart is a new execution of the caller: it runs with the caller's secrets, so running
     # someone else's code that way is for admins, and it gets no priority the caller could not ask for.
     await _owned(core, caller, p.id, "restart")
     old = await core.get(p.id)
     priority = old.priority if caller.admin else min(old.priority, 0)
+    if restarts.has_changes(p):
+        return core.view(await restarts.restart_changed(core, old, p, owner=caller.user, owner_uid=caller.uid,
+                                                        priority=priority, secret_names=_secret_names(core, caller)))
     return core.view(await core.restart(p.id, caller.user, caller.uid, priority=priority))
 
 

@@ -22,7 +22,7 @@ from runyard.protocol.logformat import format_record
 from runyard.protocol.messages import Event
 from runyard.protocol.methods import DoctorCheck, ExecutionView, GpuView, HostView
 
-from . import workspace
+from . import runoptions, workspace
 from .config import Config
 from .doctor import diagnose
 from .events import EventHub
@@ -35,6 +35,7 @@ from .mlyaml import STEP_NAME, is_ml_yaml, prepare_ml
 from .outputs import LocalOutputStore, OutputStore, S3OutputStore
 from .record import ExecutionRow, view_fields
 from .runner import Runner, RunnerServices, stop_note
+from .runoptions import RunOptions
 from .runtime import EngineError, attempt_name
 from .scheduler import Capacity, Demand, place, refusal
 from .snapshots import SnapshotError, SnapshotStore
@@ -401,11 +402,11 @@ class Core:
             raise OperationError("invalid-params", reason)
         return resources
 
-    async def submit(self, *, step: str, snapshot: str, parameters: dict[str, str | list[str]], title: str | None,
-                     image: str | None, commit: str | None, inputs: dict[str, list[str]],
+    async def submit(self, *, step: str, snapshot: str, parameters: dict[str, str | list[str]],
+                     title: str | None, image: str | None, commit: str | None, inputs: dict[str, list[str]],
                      config_path: str, owner: str, owner_uid: int,
                      restarted_from: int | None = None, pool: str | None = None, gpus: int | None = None,
-                     priority: int = 0, retries: int = 0) -> ExecutionRow:
+                     priority: int = 0, retries: int = 0, options: RunOptions | None = None) -> ExecutionRow:
         if not 0 <= retries <= 100:
             raise OperationError("invalid-params", f"retries must be between 0 and 100, not {retries}")
         try:
@@ -428,15 +429,14 @@ class Core:
             raise OperationError("invalid-params", str(exc)) from None
         chosen_image = image or prepared.image or self.config.defaults.image
         resources = self._resources(prepared.resources, pool, gpus)
-        return await self._create(
-            ExecutionRow(
-                step=prepared.name, title=title, owner=owner, owner_uid=owner_uid,
-                parameters=prepared.parameters, inputs=prepared.inputs, image=chosen_image,
-                command=prepared.command, environment=prepared.environment, snapshot=snapshot,
-                commit_ref=commit, config_path=config_path, restarted_from=restarted_from,
-                resources=resources, priority=priority, input_options=prepared.input_options, retries=retries,
-            )
+        row = ExecutionRow(
+            step=prepared.name, title=title, owner=owner, owner_uid=owner_uid,
+            parameters=prepared.parameters, inputs=prepared.inputs, image=chosen_image,
+            command=prepared.command, environment=prepared.environment, snapshot=snapshot,
+            commit_ref=commit, config_path=config_path, restarted_from=restarted_from,
+            resources=resources, priority=priority, input_options=prepared.input_options, retries=retries,
         )
+        return await self._create(row if options is None else runoptions.apply(row, options))
 
     async def restart(self, execution_id: int, owner: str, owner_uid: int, *,
                       priority: int | None = None) -> ExecutionRow:
@@ -454,7 +454,7 @@ class Core:
                 environment=old.environment, snapshot=old.snapshot, commit_ref=old.commit_ref,
                 config_path=old.config_path, restarted_from=old.id, resources=old.resources,
                 priority=old.priority if priority is None else priority,
-                input_options=old.input_options, retries=old.retries,
+                input_options=old.input_options, retries=old.retries, variables=old.variables, tags=old.tags,
             )
         )
 

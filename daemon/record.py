@@ -40,6 +40,10 @@ class ExecutionRow:
     # input name -> filename, keep_directories
     input_options: dict[str, dict[str, str]] = field(default_factory=dict, metadata={"json": True, "view": None})
     retries: int = 0  # times it may still go back to the queue after losing its host
+    # `--var NAME=VALUE`: what the submitter chose (already merged into `environment`), shown
+    # so an execution says how it was run; secrets never pass through here.
+    variables: dict[str, str] = field(default_factory=dict, metadata=_JSON_TEXT)
+    tags: list[str] = field(default_factory=list, metadata=_JSON_TEXT)
     # What the daemon keeps.
     id: int = 0
     status: str = "queued"

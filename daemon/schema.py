@@ -92,6 +92,11 @@ MIGRATIONS: Final[list[str]] = [
     ALTER TABLE metadata ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX metadata_attempt ON metadata (execution_id, attempt, n);
     """,
+    # 7: what a run was given on the command line beyond parameters: --var values and --tag labels
+    """
+    ALTER TABLE executions ADD COLUMN variables TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE executions ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';
+    """,
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

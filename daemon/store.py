@@ -152,13 +152,18 @@ class Store:
         return row_of(r) if r else None
 
     async def list_executions(self, *, statuses: Iterable[str] = (), limit: int = 100,
-                   before_id: int | None = None) -> list[ExecutionRow]:
+                   before_id: int | None = None, tags: Iterable[str] = ()) -> list[ExecutionRow]:
         where: list[str] = []
         args: list[Any] = []
         statuses = list(statuses)
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             args += statuses
+        tags = list(tags)
+        if tags:  # any of them
+            marks = ",".join("?" * len(tags))
+            where.append(f"EXISTS (SELECT 1 FROM json_each(executions.tags) WHERE value IN ({marks}))")
+            args += tags
         if before_id is not None:
             where.append("id < ?")
             args.append(before_id)

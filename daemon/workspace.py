@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .snapshots import SnapshotStore
 from .store import ExecutionRow
@@ -39,6 +42,7 @@ def container_environment(row: ExecutionRow, *, root: str = CONTAINER_ROOT,
             "CUDA_VISIBLE_DEVICES": cuda,
             "VH_JOB_ID": f"runyard-{row.id}",
             "VH_EXECUTION_ID": str(row.id),
+            "VH_PROJECT_ID": PROJECT_ID,
             "PYTHONUNBUFFERED": "1",
             # docker-init is tini: signal the whole group so `sh -c` children get SIGTERM too
             "TINI_KILL_PROCESS_GROUP": "1",
@@ -47,7 +51,12 @@ def container_environment(row: ExecutionRow, *, root: str = CONTAINER_ROOT,
     return env
 
 
+# Valohai projects have ids; runyard has one project. A fixed UUID, so code that parses it works.
+PROJECT_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "runyard:project"))
+
+
 def execution_config(row: ExecutionRow) -> dict[str, Any]:
+    """execution.json: every key Valohai documents for it, and a few more it writes."""
     return {
         "valohai.execution-id": str(row.id),
         "valohai.execution-counter": row.id,
@@ -55,12 +64,25 @@ def execution_config(row: ExecutionRow) -> dict[str, Any]:
         "valohai.execution-title": row.title or "",
         "valohai.execution-image": row.image,
         "valohai.execution-command": row.command,
+        "valohai.execution-ctime": row.created_at.replace("Z", "+00:00"),
         "valohai.commit-identifier": row.commit_ref or f"snapshot:{row.snapshot[:12]}",
         "valohai.execution-created-at": row.created_at,
+        "valohai.creator-id": row.owner_uid,
         "valohai.creator-name": row.owner,
+        "valohai.project-id": PROJECT_ID,
         "valohai.project-name": "runyard",
+        # Not part of a task (Valohai's grid searches): null, as Valohai writes them then.
+        "valohai.task-counter": None,
+        "valohai.task-id": None,
         "runyard.snapshot": row.snapshot,
+        "runyard.tags": list(row.tags),
     }
+
+
+def _write_config(config: Path, name: str, data: dict[str, Any]) -> None:
+    """``<name>.json`` and ``<name>.yaml``: Valohai writes both, and scripts read either."""
+    (config / f"{name}.json").write_text(json.dumps(data, indent=2))
+    (config / f"{name}.yaml").write_text(yaml.safe_dump(data, default_flow_style=False, sort_keys=False))
 
 
 def prepare(work: Path, row: ExecutionRow, snapshots: SnapshotStore,
@@ -81,10 +103,10 @@ def prepare(work: Path, row: ExecutionRow, snapshots: SnapshotStore,
     for input_name in row.inputs:
         (work / "inputs" / input_name).mkdir(exist_ok=True)
     config = work / "config"
-    (config / "parameters.json").write_text(json.dumps(row.parameters, indent=2))
+    _write_config(config, "parameters", row.parameters)
     described = {name: {"files": []} for name in row.inputs} | (inputs_json or {})
-    (config / "inputs.json").write_text(json.dumps(described, indent=2))
-    (config / "execution.json").write_text(json.dumps(execution_config(row), indent=2))
+    _write_config(config, "inputs", described)
+    _write_config(config, "execution", execution_config(row))
 
 
 def remove(work: Path) -> None:

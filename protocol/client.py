@@ -214,9 +214,12 @@ class Client:
         return await self._typed(ExecutionView, "executions.get", {"id": execution_id})
 
     async def list_executions(self, *, status: list[str] | None = None, limit: int = 100,
-                   before_id: int | None = None, with_metadata: bool = False) -> list[ExecutionView]:
+                   before_id: int | None = None, with_metadata: bool = False,
+                   tags: list[str] | None = None) -> list[ExecutionView]:
         params: dict[str, Any] = {"status": status or [], "limit": limit, "before_id": before_id,
                                   "with_metadata": with_metadata}
+        if tags:
+            params["tags"] = tags
         return await self._typed(list[ExecutionView], "executions.list", params)
 
     async def stop(self, ids: list[int] | None = None, *, all: bool = False) -> StopResult:
@@ -237,8 +240,9 @@ class Client:
     async def doctor(self, name: str) -> list[DoctorCheck]:
         return await self._typed(list[DoctorCheck], "hosts.doctor", {"name": name})
 
-    async def restart(self, execution_id: int) -> ExecutionView:
-        return await self._typed(ExecutionView, "executions.restart", {"id": execution_id})
+    async def restart(self, execution_id: int, **changes: Any) -> ExecutionView:
+        """A new execution like ``execution_id``; ``changes`` are RestartParams' other fields."""
+        return await self._typed(ExecutionView, "executions.restart", {"id": execution_id, **changes})
 
     async def rename(self, execution_id: int, title: str) -> ExecutionView:
         return await self._typed(ExecutionView, "executions.rename", {"id": execution_id, "title": title})

@@ -42,6 +42,8 @@ class ExecutionView(msgspec.Struct, kw_only=True):
     gpus: list[str] = []
     input_progress: dict[str, object] | None = None  # while inputs are fetched: input, done, total bytes
     retries: int = 0  # host losses it may still survive by going back to the queue
+    tags: list[str] = []
+    variables: dict[str, str] = {}  # the --var values it was given (not secrets: those are never shown)
 
 
 class OutputView(msgspec.Struct):
@@ -83,10 +85,14 @@ class MetadataPage(msgspec.Struct):
     attempt: int  # the execution's current attempt
 
 
+# A parameter's raw value: text as typed, or (for a `multiple` parameter) a list of them.
+RawParameter = str | list[str]
+
+
 class SubmitParams(msgspec.Struct, forbid_unknown_fields=True):
     step: str
     snapshot: str
-    parameters: dict[str, str | list[str]] = {}  # a list: -p repeated, one value each (`multiple`)
+    parameters: dict[str, RawParameter] = {}  # a list: -p repeated or a file's list, one value each (`multiple`)
     title: str | None = None
     image: str | None = None
     commit: str | None = None
@@ -96,6 +102,32 @@ class SubmitParams(msgspec.Struct, forbid_unknown_fields=True):
     gpus: int | None = None
     priority: int = 0
     retries: int = 0  # times it may go back to the queue if its host is lost for longer than the grace
+    environment: dict[str, str] = {}  # --var NAME=VALUE, over the step's environment-variables
+    tags: list[str] = []
+    time_limit: float | None = None  # seconds, over the step's time-limit; 0: none
+    no_output_timeout: float | None = None  # seconds, over the step's no-output-timeout; 0: none
+
+
+class RestartParams(msgspec.Struct, forbid_unknown_fields=True):
+    """A new execution like ``id`` (Valohai's "copy execution"), with what is given here changed.
+
+    ``snapshot`` (with ``commit``) runs other code with the old parameters and inputs: the step is
+    read again from that snapshot. ``parameters`` and ``inputs`` replace the old values by name;
+    ``environment`` adds to or replaces the old --var values; ``tags`` replaces the old tags.
+    """
+
+    id: int
+    parameters: dict[str, RawParameter] = {}
+    inputs: dict[str, list[str]] = {}
+    image: str | None = None
+    title: str | None = None
+    gpus: int | None = None
+    snapshot: str | None = None
+    commit: str | None = None
+    environment: dict[str, str] = {}
+    tags: list[str] | None = None
+    time_limit: float | None = None
+    no_output_timeout: float | None = None
 
 
 class SnapshotHasParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -123,6 +155,7 @@ class ListParams(msgspec.Struct, forbid_unknown_fields=True):
     limit: int = 100
     before_id: int | None = None
     with_metadata: bool = False  # each view carries the latest value of every metadata key
+    tags: list[str] = []  # only executions with any of these tags
 
 
 class SnapshotFileParams(msgspec.Struct, forbid_unknown_fields=True):

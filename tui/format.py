@@ -107,12 +107,12 @@ def now_utc() -> datetime:
 
 # -- filtering ------------------------------------------------------------------
 
-_FIELDS: Final = ("status", "step", "owner", "host", "id", "title")
+_FIELDS: Final = ("status", "step", "owner", "host", "id", "title", "tag")
 
 
 @dataclass
 class Filter:
-    """``/`` text: words match anywhere; ``status:``, ``step:``, ``owner:``, ``host:`` match one field.
+    """``/`` text: words match anywhere; ``status:``, ``step:``, ``owner:``, ``host:``, ``tag:`` match one field.
 
     Several words must all match; a field given twice matches either value.
     """
@@ -139,12 +139,18 @@ class Filter:
             "status": view.status, "step": view.step, "owner": view.owner, "host": view.host or "",
             "id": str(view.id), "title": view.title or "",
         }
+        tags = {t.lower() for t in view.tags}
         for name, wanted in self.fields.items():
+            if name == "tag":
+                if not tags & wanted:
+                    return False
+                continue
             have = values[name].lower()
             if not any(have == w or (name in ("step", "host", "title") and w in have) for w in wanted):
                 return False
         if self.words:
-            haystack = " ".join([*values.values(), view.reason or "", *map(str, view.parameters.values())]).lower()
+            haystack = " ".join([*values.values(), view.reason or "", *view.tags,
+                                 *map(str, view.parameters.values())]).lower()
             return all(word in haystack for word in self.words)
         return True
 

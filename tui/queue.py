@@ -72,7 +72,7 @@ class QueueScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Input(id="queue-filter",
-                    placeholder="filter: words, status: step: owner: host: — Enter keeps, Esc clears")
+                    placeholder="filter: words, status: step: owner: host: tag: — Enter keeps, Esc clears")
         yield VimTable(id="queue-table")
         yield StatusBar(id="status")
         yield Footer()

@@ -111,10 +111,7 @@ async def stop(core: Core, caller: Caller, p: m.StopParams) -> m.StopResult:
             raise OperationError(ErrorCode.INVALID_PARAMS, "name at least one execution id, or all")
         for execution_id in ids:
             await _owned(core, caller, execution_id, "stop")
-    stopped: list[int] = []
-    ended: list[int] = []
-    for execution_id in ids:
-        (stopped if await core.stop(execution_id, caller.user) else ended).append(execution_id)
+    stopped, ended = await core.stop_many(ids, caller.user)
     return m.StopResult(stopped=stopped, already_ended=ended)
 
 

@@ -7,6 +7,7 @@ stopped or finished, or a host changes state, never on a polling timer.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dataclasses
 import functools
 import logging
@@ -29,7 +30,7 @@ from .events import EventHub
 from .hosts import Host, all_settings
 from .inputs import InputFetcher, remove_partial_downloads
 from .lifecycle import TERMINAL, StopAsked, decide
-from .logfile import LogFile, remove_log
+from .logfile import LogFile, append_once, remove_log
 from .logstream import timestamp_now
 from .mlyaml import STEP_NAME, is_ml_yaml, prepare_ml
 from .outputs import LocalOutputStore, OutputStore, S3OutputStore
@@ -45,6 +46,10 @@ from .tasks import watched
 from .transport import LinkError, q
 
 log = logging.getLogger("runyard.daemon")
+
+_PASS_UNPACED = 0.002  # seconds: a pass shorter than this is followed at once by the next
+_PASS_SPACING_MAX = 0.25
+_NOTES_WAIT = 0.5  # seconds a bulk stop's answer waits for its notes in the logs
 
 
 class OperationError(Exception):
@@ -74,6 +79,10 @@ class Core:
         # Every active execution, in memory; SQLite is the record. Written only through track().
         self.active: dict[int, ExecutionRow] = {}
         self._demands: dict[int, Demand] = {}  # the unplaced queue, as the scheduler sees it
+        # The same queue in the scheduler's order, kept sorted as it changes, so that neither a
+        # submit nor a pass pays for sorting a long queue.
+        self._order: list[tuple[int, float, int]] = []
+        self._placed: dict[int, ExecutionRow] = {}  # active executions that hold a host
         # The owner of each placed active execution. An unplaced queued one is the scheduler's:
         # it is placed, or stopped before it is, only under this lock.
         self._runners: dict[int, Runner] = {}
@@ -276,10 +285,19 @@ class Core:
             self.active.pop(row.id, None)
         else:
             self.active[row.id] = row
-        if row.status == "queued" and row.host is None:
-            self._demands[row.id] = _demand(row)
+        if row.host is not None and not row.terminal:
+            self._placed[row.id] = row
         else:
-            self._demands.pop(row.id, None)
+            self._placed.pop(row.id, None)
+        old = self._demands.pop(row.id, None)
+        if old is not None:
+            at = bisect.bisect_left(self._order, _key(old))
+            assert self._order[at] == _key(old), "the queue's order lost an entry"
+            del self._order[at]
+        if row.status == "queued" and row.host is None:
+            demand = _demand(row)
+            self._demands[row.id] = demand
+            bisect.insort(self._order, _key(demand))
 
     def _spawn(self, row: ExecutionRow, *, just_placed: bool = False) -> None:
         """Hand ``row`` to a new runner, its owner until it ends or goes back to the queue."""
@@ -303,10 +321,18 @@ class Core:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            began = time.perf_counter()
             try:
                 await self._place()
             except Exception:
                 log.exception("scheduling pass failed; will retry on the next change")
+            # A pass over a long queue costs milliseconds, and every submit, stop and end wakes
+            # the scheduler: passes are spaced so they take at most a fifth of the loop's time,
+            # and the changes that arrive meanwhile are handled by one pass. A short queue's
+            # pass takes microseconds, so placement stays immediate there.
+            spent = time.perf_counter() - began
+            if spent > _PASS_UNPACED:
+                await asyncio.sleep(min(spent * 4, _PASS_SPACING_MAX))
 
     def capacities(self, rows: Iterable[ExecutionRow]) -> list[Capacity]:
         """Every host with a known inventory, less what the executions placed on it hold."""
@@ -342,12 +368,12 @@ class Core:
             self._prune_pending = False
             await self.store.prune_events(self.config.daemon.events_retained)
         async with self._queue_lock:
-            # An execution back in the queue is placed only once its last runner has finished.
-            queue = [d for i, d in self._demands.items() if i not in self._runners]
-            if not queue:
+            if not self._order:
                 return
-            placements = place(queue, self.capacities(self.active.values()), now=time.time(),
-                               reserve_after=self.config.scheduler.reserve_after_seconds)
+            # An execution back in the queue is placed only once its last runner has finished.
+            queue = (self._demands[i] for _, _, i in self._order if i not in self._runners)
+            placements = place(queue, self.capacities(self._placed.values()), now=time.time(),
+                               reserve_after=self.config.scheduler.reserve_after_seconds, ordered=True)
             if not placements:
                 return
             # One transaction for the pass; each placement is recorded before its runner exists.
@@ -410,16 +436,18 @@ class Core:
         if not 0 <= retries <= 100:
             raise OperationError("invalid-params", f"retries must be between 0 and 100, not {retries}")
         try:
-            if not await asyncio.to_thread(self.snapshots.has, snapshot):
-                raise OperationError("not-found", f"snapshot {snapshot[:12]} was not uploaded")
-            text = await asyncio.to_thread(self.snapshots.read_file, snapshot, config_path)
+            known, text = self.snapshots.cached(snapshot, config_path)
+            if not known:
+                if not await asyncio.to_thread(self.snapshots.has, snapshot):
+                    raise OperationError("not-found", f"snapshot {snapshot[:12]} was not uploaded")
+                text = await asyncio.to_thread(self.snapshots.read_file, snapshot, config_path)
         except SnapshotError as exc:
             raise OperationError("invalid-params", str(exc)) from None
         if text is None:
             raise OperationError("invalid-params", f"the snapshot has no {config_path}")
         document = text.decode("utf-8", "replace")
         try:
-            if is_ml_yaml(_yaml_or_none(document)):
+            if _is_ml(document):
                 if step not in (STEP_NAME, ""):
                     raise StepError(f"{config_path} is an ml.yaml: its one step is {STEP_NAME!r}, not {step!r}")
                 prepared = prepare_ml(document, self.config.mlyaml.images, parameters, inputs, config_path)
@@ -499,6 +527,50 @@ class Core:
                 await self._note(execution_id, stop_note(by, stopping=None))
             await self._release_log(execution_id)  # a follower of its (empty) log is told it ended
             return True
+
+    async def stop_many(self, ids: list[int], by: str = "") -> tuple[list[int], list[int]]:
+        """``stop`` for many executions: (stopped, had already ended), in ``ids``' order.
+
+        The unplaced queued ones, the bulk of a runaway sweep, are stopped together: one
+        transaction and one worker-thread pass over their logs, not one of each per execution.
+        Placed ones are asked through their runners, all at once.
+        """
+        answers: dict[int, bool] = {}
+        async with self._queue_lock:
+            queued = [self.active[i] for i in ids
+                      if i not in self._runners and i in self.active and self.active[i].host is None]
+            moves = []
+            for row in queued:
+                move = decide(row.status, row.reason, row.retries, StopAsked())
+                if move.status is not None:
+                    moves.append((row.id, move.status, move.reason))
+            made = await self.store.transition_many(moves) if moves else []
+            rows = {row.id: row for row in queued}
+            for execution_id, status, reason, at, seq in made:
+                ended_at = at if status in TERMINAL else rows[execution_id].ended_at
+                self.track(dataclasses.replace(rows[execution_id], status=status, reason=reason, ended_at=ended_at))
+                self.publish(Event(seq=seq, execution_id=execution_id, kind="status", status=status,
+                                   reason=reason, at=at))
+                answers[execution_id] = True
+            note = format_record("S", timestamp_now(), stop_note(by, stopping=None))
+            paths = {i: self.log_path(i) for i, *_ in made if i not in self._open_logs}
+            opened = [self.live_log(i) for i, *_ in made if i not in paths]
+        if made:
+            # Creating thousands of log files takes seconds on some file systems: the answer waits
+            # for the notes a little while, and the rest are written after it (the states are
+            # recorded already; a follower of one of these logs is told it ended once its note is in).
+            notes = watched(self._write_notes([i for i, *_ in made], paths, opened, note),
+                            f"writing the stop note of {len(made)} executions", self._background)
+            await asyncio.wait([notes], timeout=_NOTES_WAIT)
+        rest = [i for i in ids if i not in answers]
+        for execution_id, answer in zip(rest, await asyncio.gather(*(self.stop(i, by) for i in rest)), strict=True):
+            answers[execution_id] = answer
+        return [i for i in ids if answers[i]], [i for i in ids if not answers[i]]
+
+    async def _write_notes(self, ids: list[int], paths: dict[int, Path], opened: list[LogFile], note: str) -> None:
+        await asyncio.to_thread(_write_notes, paths, opened, note)
+        for execution_id in ids:
+            await self._release_log(execution_id)
 
     async def rename(self, execution_id: int, title: str | None) -> ExecutionRow:
         await self.get(execution_id)
@@ -589,6 +661,15 @@ class Core:
         )
 
 
+def _write_notes(paths: dict[int, Path], opened: list[LogFile], note: str) -> None:
+    """One runyard line at the end of each log (a worker thread's part of Core.stop_many)."""
+    for logfile in opened:
+        logfile.open_for_append()
+        logfile.write(note)
+    for path in paths.values():
+        append_once(path, note)
+
+
 def _iso(epoch: float | None) -> str | None:
     if epoch is None:
         return None
@@ -607,8 +688,19 @@ def _demand_of(execution_id: int, priority: int, submitted: float, resources: di
     )
 
 
+def _key(d: Demand) -> tuple[int, float, int]:
+    """A demand's place in the queue: scheduler.order's rule."""
+    return (-d.priority, d.submitted, d.execution_id)
+
+
 def _demand(row: ExecutionRow) -> Demand:
     return _demand_of(row.id, row.priority, _epoch(row.created_at), row.resources)
+
+
+@functools.lru_cache(maxsize=64)
+def _is_ml(document: str) -> bool:
+    """Cached by text, as steps.load_config is: a sweep submits the same file many times."""
+    return is_ml_yaml(_yaml_or_none(document))
 
 
 def _yaml_or_none(text: str) -> object:

@@ -203,6 +203,35 @@ class LineIndex:
                 os.close(fd)
 
 
+def _open_whole(path: Path) -> tuple[int, int]:
+    """Open a log for appending, first cutting off a torn last record left by a crash: (fd, size)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o640)
+    size = os.fstat(fd).st_size
+    if size:
+        tail_start = max(0, size - _BLOCK)
+        tail = os.pread(fd, size - tail_start, tail_start)
+        cut = tail.rfind(b"\n")
+        good = tail_start + cut + 1 if cut >= 0 else 0
+        if good != size:
+            # Nothing is lost: a torn record was never acknowledged and is re-read from Docker.
+            os.ftruncate(fd, good)
+            size = good
+    return fd, size
+
+
+def append_once(path: Path, data: str) -> None:
+    """Append whole records to a log nobody has open (a note in the log of a queued execution
+    that is stopped): no LogFile, whose index a batch of thousands would load for nothing."""
+    fd, _ = _open_whole(path)
+    try:
+        view = memoryview(data.encode("utf-8", "surrogateescape"))
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
 class LogFile:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -220,20 +249,7 @@ class LogFile:
 
     def open_for_append(self) -> None:
         """Open for writing, first cutting off a torn last record left by a crash."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
-        size = os.fstat(fd).st_size
-        if size:
-            tail_start = max(0, size - _BLOCK)
-            tail = os.pread(fd, size - tail_start, tail_start)
-            cut = tail.rfind(b"\n")
-            good = tail_start + cut + 1 if cut >= 0 else 0
-            if good != size:
-                # Nothing is lost: a torn record was never acknowledged and is re-read from Docker.
-                os.ftruncate(fd, good)
-                size = good
-        self._fd = fd
-        self.size = size
+        self._fd, self.size = _open_whole(self.path)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -244,6 +260,14 @@ class LogFile:
         """Append whole records (valid UTF-8) and wake followers; returns the new size."""
         if not data:
             return self.size
+        self.write(data)
+        async with self._changed:
+            self._changed.notify_all()
+        return self.size
+
+    def write(self, data: str | bytes) -> None:
+        """Append whole records without waking followers (a worker thread's part of a batch;
+        finish() or the next append wakes them)."""
         assert self._fd is not None, "log not opened for append"
         raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
         view = memoryview(raw)
@@ -257,9 +281,6 @@ class LogFile:
             os.ftruncate(self._fd, self.size)
             raise
         self.size += len(raw)
-        async with self._changed:
-            self._changed.notify_all()
-        return self.size
 
     async def finish(self) -> None:
         self.finished = True

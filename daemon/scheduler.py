@@ -81,17 +81,26 @@ def order(queue: Iterable[Demand]) -> list[Demand]:
     return sorted(queue, key=lambda d: (-d.priority, d.submitted, d.execution_id))
 
 
-def place(queue: Sequence[Demand], hosts: Sequence[Capacity], *, now: float,
-          reserve_after: float) -> list[Placement]:
-    """Decide where queued executions go now; ``hosts`` is updated to what remains free."""
+def place(queue: Iterable[Demand], hosts: Sequence[Capacity], *, now: float,
+          reserve_after: float, ordered: bool = False) -> list[Placement]:
+    """Decide where queued executions go now; ``hosts`` is updated to what remains free.
+
+    ``ordered``: the queue already comes in ``order``'s order (the daemon keeps it sorted).
+    """
     pools: dict[str | None, list[Capacity]] = {None: [h for h in hosts if h.accepting]}
     for h in pools[None]:
         pools.setdefault(h.pool, []).append(h)
     placements: list[Placement] = []
+    # Hosts that can still take an execution at all: once none can, the rest of the queue
+    # (10,000 entries on a busy day) need not be walked. Reservations only hold hosts back,
+    # and are made afresh on every pass.
+    open_hosts = sum(1 for h in pools[None] if h.free_slots is None or h.free_slots >= 1)
     # Per pool, the largest GPU request already found not to fit: any request at least as
     # large cannot fit either in this pass, which keeps a long full queue cheap to walk.
     hopeless: dict[str | None, tuple[int, float, int]] = {}
-    for d in order(queue):
+    for d in queue if ordered else order(queue):
+        if not open_hosts:
+            break
         candidates = pools.get(d.pool, [])
         if not candidates:
             continue
@@ -108,6 +117,8 @@ def place(queue: Sequence[Demand], hosts: Sequence[Capacity], *, now: float,
                 best = h
         if best is not None:
             placements.append(Placement(d.execution_id, best.name, best.take(d)))
+            if best.free_slots == 0:
+                open_hosts -= 1
             continue
         hopeless[d.pool] = (d.gpus, d.cpus, d.memory_mb)
         if now - d.submitted >= reserve_after:

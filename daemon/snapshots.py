@@ -7,11 +7,13 @@ arrive from clients, so extraction trusts nothing in them.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import os
 import stat
 import tarfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -179,12 +181,21 @@ def _safe_member_path(name: str) -> PurePosixPath:
     return path
 
 
+_CACHED_FILES = 256
+_CACHED_FILE_MAX = 256 * 1024
+
+
 class SnapshotStore:
     """Snapshots on disk under ``<data_dir>/snapshots/<id>.tar``."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        # A snapshot is named by its content's hash and never changes once complete, so a file read
+        # from it stays true: a sweep submits the same valohai.yaml thousands of times, and finding
+        # it means walking the archive's headers.
+        self._read: collections.OrderedDict[tuple[str, str], bytes | None] = collections.OrderedDict()
+        self._read_lock = threading.Lock()  # read_file runs in worker threads
 
     def _check_id(self, snapshot_id: str) -> None:
         if len(snapshot_id) != SNAPSHOT_ID_LENGTH or any(c not in "0123456789abcdef" for c in snapshot_id):
@@ -196,6 +207,18 @@ class SnapshotStore:
 
     def has(self, snapshot_id: str) -> bool:
         return self.path(snapshot_id).exists()
+
+    def cached(self, snapshot_id: str, name: str) -> tuple[bool, bytes | None]:
+        """(True, what read_file would return) when it is known without touching the disk.
+
+        A file read once stays true: the snapshot it came from is complete and never removed.
+        """
+        with self._read_lock:
+            key = (snapshot_id, name)
+            if key in self._read:
+                self._read.move_to_end(key)
+                return True, self._read[key]
+        return False, None
 
     def remove_partial_uploads(self) -> None:
         """Uploads cut off by a daemon stop (none can be under way when it starts)."""
@@ -235,6 +258,20 @@ class SnapshotStore:
 
     def read_file(self, snapshot_id: str, name: str) -> bytes | None:
         """One regular file from the snapshot, or None if it has no such file."""
+        key = (snapshot_id, name)
+        with self._read_lock:
+            if key in self._read:
+                self._read.move_to_end(key)
+                return self._read[key]
+        data = self._read_file(snapshot_id, name)
+        if data is None or len(data) <= _CACHED_FILE_MAX:
+            with self._read_lock:
+                self._read[key] = data
+                while len(self._read) > _CACHED_FILES:
+                    self._read.popitem(last=False)
+        return data
+
+    def _read_file(self, snapshot_id: str, name: str) -> bytes | None:
         wanted = str(_safe_member_path(name))
         with tarfile.open(self.path(snapshot_id), mode="r") as tar:
             for member in tar:

@@ -6,6 +6,7 @@ checking parameter values from the command line, and building the command.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -99,7 +100,14 @@ def lint_text(text: str, source: str = "valohai.yaml") -> list[Problem]:
     return problems
 
 
+@functools.lru_cache(maxsize=64)
 def load_config(text: str, source: str = "valohai.yaml") -> Config:
+    """The parsed config of a valohai.yaml, or StepError naming every problem.
+
+    Cached by text: checking it against valohai-yaml's schema costs milliseconds, and a sweep
+    or a script submits the same snapshot's file thousands of times. Callers only read the
+    result (prepare_step builds new values from it), so sharing one parse is safe.
+    """
     problems = [p for p in lint_text(text, source) if p.severity == "error"]
     if problems:
         detail = "; ".join(f"{p.location}: {p.message}" if p.location else p.message for p in problems)

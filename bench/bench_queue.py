@@ -1,0 +1,127 @@
+"""The queue at scale, as a client meets it (issue 17): submit, list and stop with a long queue.
+
+A real `runyard daemon` process on a private socket, plain-process runtime on this
+machine with one slot, held by a sleeping execution, so everything submitted after it
+stays queued. Through the protocol client on one connection:
+
+- submit, one after another, until the queue holds N (100, 1,000, 10,000): the mean
+  round trip and the daemon's CPU time per submit (from /proc), for the last 100 submits;
+- `list` (the newest 100) with the queue at N;
+- `stop --all` of the N queued ones.
+
+The baseline, in the same run, is the same request with the queue nearly empty (the
+first 100 submits), so the figure is the cost's growth with the queue: flat is 1.0x.
+
+Run: .venv/bin/python bench/bench_queue.py [--sizes 100,1000,10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import save  # noqa: E402
+from runyard.daemon.snapshots import snapshot_commit  # noqa: E402
+from runyard.protocol.client import Client  # noqa: E402
+from tests.conftest import Daemon, make_repo, step_yaml  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class QuietDaemon(Daemon):
+    """The tests' daemon, logging what an operator would keep (not every request)."""
+
+    def write_config(self) -> Path:
+        path = super().write_config()
+        path.write_text(path.read_text().replace('log_level = "debug"', 'log_level = "info"'))
+        return path
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+async def submits(client: Client, snap: str, pid: int, count: int) -> dict[str, float]:
+    """``count`` submits; the mean round trip and daemon CPU per submit, in ms."""
+    cpu = cpu_seconds(pid)
+    started = time.perf_counter()
+    for _ in range(count):
+        await client.submit(step="wait", snapshot=snap)
+    wall = time.perf_counter() - started
+    return {"round_trip_ms": wall / count * 1000, "daemon_cpu_ms": (cpu_seconds(pid) - cpu) / count * 1000}
+
+
+async def lists(client: Client, rounds: int = 20) -> float:
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        await client.list_executions(limit=100)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+async def one_size(size: int) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="ryq-", dir="/tmp"))
+    daemon = QuietDaemon(root=root, max_concurrent=1, local_extra='runtime = "process"\n')
+    try:
+        repo = make_repo(root / "repo", {"valohai.yaml": step_yaml("wait", "sleep 100000")})
+        daemon.start()
+        assert daemon.process is not None
+        pid = daemon.process.pid
+        async with await Client.connect(daemon.socket, client_name="bench") as client:
+            snap = snapshot_commit(repo, "HEAD")
+            await client.snapshot_put(snap.id, snap.data)
+            holder = await client.submit(step="wait", snapshot=snap.id)
+            baseline = await submits(client, snap.id, pid, min(100, size))
+            list_base = await lists(client)
+            if size > 200:
+                await submits(client, snap.id, pid, size - 200)
+            at_size = await submits(client, snap.id, pid, 100) if size > 100 else baseline
+            list_at = await lists(client)
+            cpu = cpu_seconds(pid)
+            started = time.perf_counter()
+            result = await client.stop(all=True)
+            stop_s = time.perf_counter() - started
+            stop_cpu = cpu_seconds(pid) - cpu
+            assert holder.id in result.stopped
+        return {
+            "queued": size,
+            "submit_round_trip_ms": {"near_empty": round(baseline["round_trip_ms"], 3),
+                                     "at_size": round(at_size["round_trip_ms"], 3),
+                                     "ratio": round(at_size["round_trip_ms"] / baseline["round_trip_ms"], 2)},
+            "submit_daemon_cpu_ms": {"near_empty": round(baseline["daemon_cpu_ms"], 3),
+                                     "at_size": round(at_size["daemon_cpu_ms"], 3)},
+            "list_ms": {"near_empty": round(list_base, 2), "at_size": round(list_at, 2),
+                        "ratio": round(list_at / list_base, 2)},
+            "stop_all": {"stopped": len(result.stopped), "seconds": round(stop_s, 3),
+                         "daemon_cpu_s": round(stop_cpu, 3)},
+        }
+    finally:
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100,1000,10000")
+    args = parser.parse_args()
+    results = [await one_size(int(s)) for s in args.sizes.split(",")]
+    save("queue", {"sizes": results})
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,138 @@
+"""Searching the whole of a long log: `runyard logs N --grep` and the TUI's / with n/N, against a real daemon.
+
+One daemon (process runtime, no containers) runs one tiny execution; its finished log is then
+replaced by a generated long one, written straight into the daemon's data directory as the
+daemon itself writes records: the honest way to get 120,000 lines without printing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from runyard.protocol import Client
+
+from .conftest import Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_for_status
+
+LINES = 120_000
+NEEDLES = (30_001, 60_001, 90_001)  # lines whose text ends " needle"
+EVERY_ERR = 1000  # every 1000th line goes to stderr as "warn N"
+CATASTROPHIC_LINE = 100_001  # a long run of a's that (a|aa)+$ backtracks on for ever
+
+
+def record(n: int) -> str:
+    ts = f"2026-11-21T00:00:{n % 60:02d}.000000000Z"
+    if n % EVERY_ERR == 0:
+        return f"E {ts} warn {n}\n"
+    if n == CATASTROPHIC_LINE:
+        return f"O {ts} {'a' * 3000}b\n"
+    return f"O {ts} line {n} of the long one{' needle' if n in NEEDLES else ''}\n"
+
+
+@pytest.fixture(scope="module")
+def searched() -> Iterator[tuple[Daemon, int]]:
+    root = Path(tempfile.mkdtemp(prefix="ry-", dir="/tmp"))
+    daemon = Daemon(root=root, local_extra='runtime = "process"\n', daemon_extra="search_seconds = 0.5\n")
+    daemon.start()
+    try:
+        repo = make_repo(root / "repo", {"valohai.yaml": step_yaml("tiny", "echo hi")})
+
+        async def run_one() -> int:
+            async with await Client.connect(daemon.socket, client_name="tests") as client:
+                e = await submit_repo(client, repo, "tiny")
+                assert (await wait_for_status(client, e.id)).status == "complete"
+                return e.id
+
+        execution = asyncio.run(run_one())
+        log = daemon.data_dir / "logs" / f"{execution}.log"
+        fresh = log.with_name("new.tmp")
+        with fresh.open("w") as fh:
+            for first in range(1, LINES + 1, 10_000):
+                fh.write("".join(record(n) for n in range(first, min(LINES, first + 9_999) + 1)))
+        os.replace(fresh, log)
+        yield daemon, execution
+    finally:
+        assert daemon.process is not None
+        daemon.process.kill()
+        daemon.process.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_grep_prints_matching_lines_of_the_whole_log_with_numbers_and_context(searched: tuple[Daemon, int]) -> None:
+    daemon, execution = searched
+    found = run_cli(daemon, "logs", str(execution), "--grep", "needle$")
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.splitlines() == [f"{n}:line {n} of the long one needle" for n in NEEDLES]
+    # context, grep -n style, groups apart; -i and -F
+    found = run_cli(daemon, "logs", str(execution), "--grep", "LINE 60001 OF", "-i", "-F", "-C", "1")
+    assert found.stdout.splitlines() == ["60000-warn 60000", "60001:line 60001 of the long one needle",
+                                         "60002-line 60002 of the long one"], found.stderr
+    found = run_cli(daemon, "logs", str(execution), "--grep", r"^line (5|7) of", "-C", "1")
+    assert found.stdout.splitlines() == ["4-line 4 of the long one", "5:line 5 of the long one",
+                                         "6-line 6 of the long one", "7:line 7 of the long one",
+                                         "8-line 8 of the long one"], found.stderr
+    found = run_cli(daemon, "logs", str(execution), "--grep", r"line 1[01] of", "-C", "1")
+    assert found.stdout.splitlines() == ["9-line 9 of the long one", "10:line 10 of the long one",
+                                         "11:line 11 of the long one", "12-line 12 of the long one"]
+    # the stream filter and the stored time are not searched: "warn" lines are stderr
+    found = run_cli(daemon, "logs", str(execution), "--grep", "warn 110000?$", "--stream", "stderr")
+    assert found.stdout.splitlines() == ["11000:warn 11000", "110000:warn 110000"]
+    assert run_cli(daemon, "logs", str(execution), "--grep", "warn", "--stream", "stdout").returncode == 1
+    assert run_cli(daemon, "logs", str(execution), "--grep", "2026-11-21").returncode == 1
+    # --json for scripts
+    found = run_cli(daemon, "logs", str(execution), "--grep", "needle", "--json", "-C", "1")
+    items = json.loads(found.stdout)
+    assert [i["line"] for i in items] == list(NEEDLES)
+    assert items[0]["text"] == "line 30001 of the long one needle" and items[0]["stream"] == "stdout"
+    assert items[0]["before"][0] == {"line": 30_000, "offset": items[0]["offset"] - len(record(30_000)),
+                                     "stream": "stderr", "time": "2026-11-21T00:00:00.000000000Z",
+                                     "text": "warn 30000"}
+    assert items[0]["after"][0]["text"] == "line 30002 of the long one"
+    # nothing found: exit 1, as grep
+    none = run_cli(daemon, "logs", str(execution), "--grep", "no such text")
+    assert none.returncode == 1 and none.stdout == ""
+
+
+def test_bad_and_runaway_patterns_are_refused_and_the_daemon_keeps_serving(searched: tuple[Daemon, int]) -> None:
+    daemon, execution = searched
+    bad = run_cli(daemon, "logs", str(execution), "--grep", "line (")
+    assert bad.returncode == 2 and "bad regular expression 'line ('" in bad.stderr, bad.stderr
+    huge = run_cli(daemon, "logs", str(execution), "--grep", "(?:a{1000}){1000}")
+    assert huge.returncode == 2 and "counted repeats" in huge.stderr, huge.stderr
+    # (a|aa)+$ backtracks without end on the line of a's: refused after daemon.search_seconds,
+    # while the daemon answers others meanwhile
+    started = time.monotonic()
+    runaway = run_cli(daemon, "logs", str(execution), "--grep", "(a|aa)+$")
+    assert runaway.returncode == 2 and "backtrack" in runaway.stderr, runaway.stderr
+    assert time.monotonic() - started < 30
+    assert run_cli(daemon, "info", str(execution)).returncode == 0
+    assert run_cli(daemon, "logs", str(execution), "--grep", "needle").returncode == 0
+    mixed = run_cli(daemon, "logs", str(execution), "--grep", "x", "--head", "3")
+    assert mixed.returncode == 2 and "does not combine" in mixed.stderr
+
+
+@pytest.fixture
+async def client(searched: tuple[Daemon, int]) -> AsyncIterator[Client]:
+    async with await Client.connect(searched[0].socket, client_name="tests") as c:
+        yield c
+
+
+async def test_search_goes_on_from_where_it_stopped_in_both_directions(searched: tuple[Daemon, int],
+                                                                       client: Client) -> None:
+    _, execution = searched
+    first = await client.search_logs(execution, "needle")
+    assert [m.line for m in first.matches] == [30_001] and not first.done
+    second = await client.search_logs(execution, "needle", offset=first.next)
+    assert [m.line for m in second.matches] == [60_001]
+    back = await client.search_logs(execution, "needle", offset=second.matches[0].offset, backward=True)
+    assert [m.line for m in back.matches] == [30_001]
+    last = await client.search_logs(execution, "needle", backward=True, limit=5)
+    assert [m.line for m in last.matches] == [90_001, 60_001, 30_001] and last.done

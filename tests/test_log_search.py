@@ -136,3 +136,62 @@ async def test_search_goes_on_from_where_it_stopped_in_both_directions(searched:
     assert [m.line for m in back.matches] == [30_001]
     last = await client.search_logs(execution, "needle", backward=True, limit=5)
     assert [m.line for m in last.matches] == [90_001, 60_001, 30_001] and last.done
+
+
+async def test_tui_search_jumps_to_matches_anywhere_in_the_log_and_n_N_move_between_them(
+        searched: tuple[Daemon, int]) -> None:
+    from textual.widgets import Static
+
+    from runyard.tui.app import RunyardApp
+    from runyard.tui.detail import DetailScreen
+    from runyard.tui.dialogs import PromptScreen
+    from runyard.tui.logview import LogView
+
+    from .test_tui import log_text, until
+
+    daemon, execution = searched
+    app = RunyardApp(daemon.socket)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, app.loaded.is_set, "the queue")
+        await pilot.press("colon", *str(execution), "enter")
+        await until(pilot, lambda: isinstance(app.screen, DetailScreen), "the detail screen")
+        view = app.screen.query_one(LogView)
+        await until(pilot, lambda: view.opened and view.model.gap is not None, "the log, its middle skipped")
+
+        def shown() -> list[str]:
+            return log_text(app).splitlines()
+
+        def status() -> str:
+            return str(app.screen.query_one("#log-status", Static).render())
+
+        async def search(typed: str) -> None:
+            await pilot.press("slash")
+            await until(pilot, lambda: isinstance(app.screen, PromptScreen), "the search prompt")
+            await pilot.press(*typed, "enter")
+
+        # From the end of the log, / goes round to the first match, in the skipped middle
+        await search("NEEDLE")  # a capital: case counts, and nothing matches
+        await until(pilot, lambda: any("no match for 'NEEDLE'" in n.message for n in app._notifications),
+                    "no match, said")
+        await search("needle")
+        await until(pilot, lambda: "line 30001 of the long one needle" in shown(), "the first match on screen")
+        assert "lines 29,998–" in status() and "of 120,000" in status(), status()
+        await pilot.press("n")
+        await until(pilot, lambda: "line 60001 of the long one needle" in shown(), "the next match")
+        await pilot.press("n")
+        await until(pilot, lambda: "line 90001 of the long one needle" in shown(), "the third match")
+        await pilot.press("N", "N")
+        await until(pilot, lambda: "line 30001 of the long one needle" in shown(), "back to the first")
+        assert "line 60001 of the long one needle" not in shown()
+        # the lines around a match are the log's own, in order, and scrolling on reads on
+        at = shown().index("line 30001 of the long one needle")
+        assert shown()[at - 1] == "warn 30000" and shown()[at + 1] == "line 30002 of the long one"
+        assert view.model.total_lines == 120_000
+        # a regular expression, and the stream filter: only stderr is searched
+        await pilot.press("e", "e")  # all → stdout → stderr
+        await until(pilot, lambda: view.stream == "stderr", "the stderr filter")
+        await search(r"/warn 7\d000$/")
+        await until(pilot, lambda: "warn 70000" in shown(), "a stderr match")
+        assert all(line.startswith(("warn", "···")) for line in shown()), shown()
+        await pilot.press("n")
+        await until(pilot, lambda: shown()[:5] and "warn 71000" in shown(), "the next stderr match")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from runyard.protocol import Client
+from runyard.protocol import Client, RemoteError
 
 from .conftest import Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_for_status
 
@@ -40,7 +40,7 @@ def record(n: int) -> str:
 @pytest.fixture(scope="module")
 def searched() -> Iterator[tuple[Daemon, int]]:
     root = Path(tempfile.mkdtemp(prefix="ry-", dir="/tmp"))
-    daemon = Daemon(root=root, local_extra='runtime = "process"\n', daemon_extra="search_seconds = 0.5\n")
+    daemon = Daemon(root=root, local_extra='runtime = "process"\n', daemon_extra="search_seconds = 1.0\n")
     daemon.start()
     try:
         repo = make_repo(root / "repo", {"valohai.yaml": step_yaml("tiny", "echo hi")})
@@ -136,6 +136,16 @@ async def test_search_goes_on_from_where_it_stopped_in_both_directions(searched:
     assert [m.line for m in back.matches] == [30_001]
     last = await client.search_logs(execution, "needle", backward=True, limit=5)
     assert [m.line for m in last.matches] == [90_001, 60_001, 30_001] and last.done
+    # A runaway pattern holds one search thread for daemon.search_seconds, not the daemon: another
+    # client is answered, and searches, while it runs.
+    line_of_as = (await client.search_logs(execution, "a" * 100)).matches[0]
+    runaway = asyncio.create_task(client.search_logs(execution, "(a|aa)+$", regex=True, offset=line_of_as.offset))
+    async with await Client.connect(searched[0].socket, client_name="tests") as other:
+        assert (await other.get(execution)).status == "complete"
+        assert [m.line for m in (await other.search_logs(execution, "needle")).matches] == [30_001]
+        assert not runaway.done()
+    with pytest.raises(RemoteError, match=r"took over 1 s .* backtrack"):
+        await runaway
 
 
 async def test_tui_search_jumps_to_matches_anywhere_in_the_log_and_n_N_move_between_them(
@@ -194,4 +204,18 @@ async def test_tui_search_jumps_to_matches_anywhere_in_the_log_and_n_N_move_betw
         await until(pilot, lambda: "warn 70000" in shown(), "a stderr match")
         assert all(line.startswith(("warn", "···")) for line in shown()), shown()
         await pilot.press("n")
-        await until(pilot, lambda: shown()[:5] and "warn 71000" in shown(), "the next stderr match")
+        await until(pilot, lambda: "warn 71000" in shown(), "the next stderr match")
+        # the filtered view reads across skipped parts too, a stream's lines one after another
+        await pilot.press("g")
+        await until(pilot, lambda: shown()[:5] == [f"warn {n * 1000}" for n in range(1, 6)], "stderr from the top")
+        await pilot.press("G")
+        await until(pilot, lambda: shown()[-3:] == ["warn 118000", "warn 119000", "warn 120000"],
+                    "stderr at the end")
+        view.scroll_to_row(view.top - 40)
+
+        def consecutive() -> bool:
+            numbers = [int(line.split()[1]) for line in shown() if line.startswith("warn ")]
+            return len(numbers) == len(shown()) and numbers == list(range(numbers[0], numbers[-1] + 1, 1000))
+
+        await until(pilot, consecutive, "the stderr lines above, one after another")
+        assert int(shown()[0].split()[1]) < 100_000

@@ -33,6 +33,8 @@ class Gap:
     start: int
     end: int
     lines: int  # records between start and end
+    # Streams known to have no record here (a stream-filtered view skips such a gap unseen).
+    without: frozenset[str] = frozenset()
 
 
 GAP: Final = object()  # what ``row`` returns for the gap's one row
@@ -194,10 +196,12 @@ class LogModel:
         self._gap_filled(gap, len(records))
         return len(records)
 
-    def place_window(self, data: str, start: int, end: int, exact_start: bool, anchor: int, anchor_line: int) -> bool:
+    def place_window(self, data: str, start: int, end: int, exact_start: bool, anchor: int, anchor_line: int,
+                     left_without: frozenset[str] = frozenset(), right_without: frozenset[str] = frozenset()) -> bool:
         """Records read from inside a gap, around the record at byte ``anchor``, which is line
-        ``anchor_line`` (from 1): they split the gap in two. Unless the read began on a record
-        boundary its first partial record is dropped. Returns whether the anchor is now loaded."""
+        ``anchor_line`` (from 1): they split the gap in two, known to lack the streams named in
+        ``left_without`` and ``right_without``. Unless the read began on a record boundary its
+        first partial record is dropped. Returns whether the anchor is now loaded."""
         at = self._gap_where(lambda g: g.start <= start and end <= g.end)
         if at is None or not start <= anchor < end:
             return False
@@ -225,13 +229,18 @@ class LogModel:
             return False
         parts: list[Chunk | Gap] = []
         if start > gap.start and left_lines > 0:
-            parts.append(Gap(gap.start, start, left_lines))
+            parts.append(Gap(gap.start, start, left_lines, gap.without | left_without))
         parts.append(Chunk(start, end, records))
         if gap.end > end and right_lines > 0:
-            parts.append(Gap(end, gap.end, right_lines))
+            parts.append(Gap(end, gap.end, right_lines, gap.without | right_without))
         self._blocks[at : at + 1] = parts
         self._index()
         return True
+
+    def mark_without(self, gap: Gap, streams: frozenset[str]) -> None:
+        """The gap holds no record of these streams."""
+        gap.without |= streams
+        self.revision += 1  # what a filtered view shows changed
 
     def _gap_filled(self, gap: Gap, lines: int) -> None:
         """``lines`` of the gap were read in; a gap with no bytes or lines left is gone."""
@@ -258,6 +267,7 @@ class LogModel:
             if isinstance(before, Gap):
                 before.end = chunk.end
                 before.lines += len(chunk.lines)
+                before.without = frozenset()  # the chunk's lines may be of any stream
             else:
                 self._blocks.insert(first, Gap(before.end, chunk.end, len(chunk.lines)))
                 first += 1

@@ -94,16 +94,23 @@ class LogView(Widget, can_focus=True):
             return None
         model = self.model
         if self._filtered is None or self._filtered_revision != model.revision:
-            self._filtered = [i for i in range(model.rows) if self._passes(model.row(i))]
+            self._filtered = [i for i in range(model.rows) if self._passes(i)]
             self._filtered_revision = model.revision
             self._filtered_rows = model.rows
         elif self._filtered_rows < model.rows:
-            self._filtered += [i for i in range(self._filtered_rows, model.rows) if self._passes(model.row(i))]
+            self._filtered += [i for i in range(self._filtered_rows, model.rows) if self._passes(i)]
             self._filtered_rows = model.rows
         return self._filtered
 
-    def _passes(self, record: str | object) -> bool:
-        return record is GAP or (isinstance(record, str) and stream_of(record) in (self.stream, "system"))
+    def _passes(self, row: int) -> bool:
+        record = self.model.row(row)
+        if record is GAP:  # shown unless known to hold none of what the filter shows
+            gap = self.model.gap_at(row)
+            return gap is None or not self._shown_streams() <= gap.without
+        return isinstance(record, str) and stream_of(record) in (self.stream, "system")
+
+    def _shown_streams(self) -> frozenset[str]:
+        return frozenset((self.stream, "system")) if self.stream else frozenset()
 
     @property
     def count(self) -> int:
@@ -183,7 +190,9 @@ class LogView(Widget, can_focus=True):
             client = self.ry.link.client
             rows_before, gap_row = model.rows, model.row_of(gap) or 0
             anchor = self.model_row(min(self.top, self.count - 1)) if self.count else 0
-            if from_head:
+            if self.stream:
+                await self._fill_filtered(client, gap, from_head)
+            elif from_head:
                 size = min(FILL_BYTES, gap.end - gap.start)
                 part = await client.read_logs(self.execution_id, offset=gap.start, max_bytes=size)
                 model.fill_from_head(part.data, part.start, part.end)
@@ -207,6 +216,32 @@ class LogView(Widget, can_focus=True):
             self._filling = False
         self.refresh()
         self._status()
+
+    async def _fill_filtered(self, client: Client, gap: Gap, from_head: bool) -> None:
+        """With one stream shown, read the gap's next record of that stream (the daemon finds it
+        by searching, however far) and the lines after it, or (from below) the last one and the
+        lines before it; what lies between is known to hold none and is skipped unseen."""
+        shown = self._shown_streams()
+        offset = gap.start if from_head else gap.end
+        while True:
+            result = await client.search_logs(self.execution_id, "", offset=offset, backward=not from_head,
+                                              streams=sorted(shown))
+            if result.matches or result.done or not gap.start <= result.next <= gap.end:
+                break
+            offset = result.next
+        match = result.matches[0] if result.matches else None
+        if match is None or not gap.start <= match.offset < gap.end:
+            self.model.mark_without(gap, shown)
+        elif from_head:
+            part = await client.read_logs(self.execution_id, offset=match.offset,
+                                          max_bytes=max(1, min(FILL_BYTES, gap.end - match.offset)))
+            self.model.place_window(part.data, part.start, part.end, True, match.offset, match.line,
+                                    left_without=shown)
+        else:
+            start = min(match.offset, max(gap.start, match.end - FILL_BYTES))
+            part = await client.read_logs(self.execution_id, offset=start, max_bytes=max(1, match.end - start))
+            self.model.place_window(part.data, part.start, part.end, start in (gap.start, match.offset),
+                                    match.offset, match.line, right_without=shown)
 
     # -- scrolling --------------------------------------------------------------
 
@@ -418,7 +453,7 @@ class LogView(Widget, can_focus=True):
         if gap_seen is not None and self.opened and not self._filling:
             # The reader sees the gap: fill it from the side they are coming from.
             # Head lines above it on screen mean the reader came down from the head.
-            from_head = gap_seen[0] > 0
+            from_head = gap_seen[0] > 0 or self.top == 0
             self.run_worker(self._fill(gap_seen[1], from_head), group=f"fill-{self.execution_id}")
         self._status()  # the line count shown depends on the height just laid out
         if self.opened and out:

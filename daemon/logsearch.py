@@ -209,8 +209,9 @@ def _matching_records(text: str, query: Query, clock: _Clock) -> Iterator[tuple[
             hit = query.chunk.search(text, pos, concurrent=True, timeout=clock.left())
             if hit is None:
                 return
-            start = text.rfind("\n", 0, hit.start()) + 1
-            start = max(start, pos)
+            start = max(text.rfind("\n", 0, hit.start()) + 1, pos)
+            if start >= size:
+                return  # an empty match after the last newline: no record is there
         end = text.find("\n", start)
         if end < 0:
             end = size

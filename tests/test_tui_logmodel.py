@@ -121,7 +121,7 @@ def test_windows_placed_in_the_gap_keep_counts_exact_and_filling_yields_the_whol
         assert model.place_window(raw[start:end].decode(), start, end, start in offsets, anchor, line)
         row = model.row_at_offset(anchor)
         assert row is not None and model.row(row) == data.splitlines()[line - 1]
-        assert model.line_number(row) == line
+        assert model.line_number(row) == line and model.row_of_line(line) == row
         assert model.total_lines == total
     steps = 0
     while model.gap is not None:
@@ -139,3 +139,4 @@ def test_windows_placed_in_the_gap_keep_counts_exact_and_filling_yields_the_whol
         assert steps < 10_000
     assert shown(model) == [f"n={n}" for n in range(1, total + 1)]
     assert [model.line_number(i) for i in range(model.rows)] == list(range(1, total + 1))
+    assert [model.row_of_line(n) for n in range(1, total + 1)] == list(range(total))

@@ -345,6 +345,16 @@ class LogModel:
                 return None
         return None
 
+    def row_of_line(self, line: int) -> int | None:
+        """The row of line ``line`` (from 1) of the log, if it is loaded."""
+        at = bisect.bisect_right(self._lines, line - 1) - 1
+        if at < 0:
+            return None
+        block = self._blocks[at]
+        if isinstance(block, Gap) or line - 1 - self._lines[at] >= len(block.lines):
+            return None
+        return self._starts[at] + line - 1 - self._lines[at]
+
     def gap_holding(self, offset: int) -> Gap | None:
         return next((b for b in self._blocks if isinstance(b, Gap) and b.start <= offset < b.end), None)
 

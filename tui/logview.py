@@ -397,7 +397,9 @@ class LogView(Widget, can_focus=True):
 
     async def _show_match(self, client: Client, offset: int, line: int) -> bool:
         model = self.model
-        row = model.row_at_offset(offset)
+        # By line number: exact however the daemon's text was decoded (offsets are not, past a
+        # line of invalid UTF-8, whose replacement characters are longer).
+        row = model.row_of_line(line)
         if row is None:
             gap = model.gap_holding(offset)
             if gap is None:
@@ -413,7 +415,7 @@ class LogView(Widget, can_focus=True):
             if anchor > gap_row:
                 anchor += model.rows - rows_before
             self._place(anchor)
-            row = model.row_at_offset(offset)
+            row = model.row_of_line(line)
             if row is None:
                 return False
         self._match_offset = offset

@@ -15,7 +15,7 @@ import msgspec
 
 from runyard.protocol import Client
 from runyard.protocol.logformat import parse_records
-from runyard.protocol.logsearch import SEARCH_CONTEXT_MAX, LogRecord
+from runyard.protocol.logsearch import SEARCH_CONTEXT_MAX, SEARCH_LIMIT_MAX, LogRecord
 
 from . import render
 
@@ -68,7 +68,7 @@ async def grep(client: Client, args: argparse.Namespace) -> int:
     while True:
         result = await client.search_logs(args.id, args.grep, regex=not args.fixed_strings,
                                           ignore_case=args.ignore_case, offset=offset, streams=streams,
-                                          limit=200, context=args.context)
+                                          limit=SEARCH_LIMIT_MAX, context=args.context)
         chunk: list[str] = []
         matched = {m.line for m in result.matches}
         for match in result.matches:

@@ -40,6 +40,8 @@ from runyard.protocol.logsearch import (
 from .logfile import RECORD_SHOWN_MAX, LineIndex, _open_regular, cap_records
 
 CHUNK: Final = 4 << 20
+# A request's first chunk: a pattern that matches densely (a page of matches wanted) reads little.
+FIRST_CHUNK: Final = 256 << 10
 SCAN_MAX: Final = 256 << 20  # bytes one request reads at most
 SOFT_SECONDS: Final = 0.5  # no new chunk is started after this; the reply says where to go on
 REPEAT_PRODUCT_MAX: Final = 10_000  # counted repeats multiplied together, as if all were nested
@@ -199,34 +201,38 @@ def _body(record: str) -> tuple[str, str]:
 
 def _matching_records(text: str, query: Query, clock: _Clock) -> Iterator[tuple[int, int]]:
     """(start, end) in ``text`` of each record that matches, in order; ``text`` is whole records."""
-    pattern, letters = query.pattern, query.letters
+    pattern, letters, chunk = query.pattern, query.letters, query.chunk
     pos = 0
     size = len(text)
     while pos < size:
-        if query.chunk is None:
+        left = clock.left()
+        hit = None if chunk is None else chunk.search(text, pos, concurrent=True, timeout=left)
+        if chunk is None:
             start = pos
+        elif hit is None:
+            return
         else:
-            hit = query.chunk.search(text, pos, concurrent=True, timeout=clock.left())
-            if hit is None:
-                return
             start = max(text.rfind("\n", 0, hit.start()) + 1, pos)
             if start >= size:
                 return  # an empty match after the last newline: no record is there
         end = text.find("\n", start)
         if end < 0:
             end = size
-        letter, body = _body(text[start:end])
-        if (letters is None or letter in letters) and pattern.search(
-                body, concurrent=True, timeout=clock.left()) is not None:
+        record = text[start:end]
+        letter, body = _body(record)
+        # A hit that lies within the text is a match of the text alone (the chunk pattern sees the
+        # same characters and assertions there); one that touches the header is checked again.
+        inside = hit is not None and hit.start() >= end - len(body) and hit.end() <= end
+        if (letters is None or letter in letters) and (
+                inside or pattern.search(body, concurrent=True, timeout=left) is not None):
             yield start, end
         pos = end + 1
 
 
-def _read_whole(fd: int, start: int, end: int, forward: bool) -> tuple[bytes, int, int]:
+def _read_whole(fd: int, start: int, end: int, forward: bool, size: int) -> tuple[bytes, int, int]:
     """Whole records within [start, end) near one side: forward, those from ``start`` (at least
     one, however long); backward, those ending at ``end`` (at least one). ``start``/``end`` are
     record boundaries. Returns the bytes and where they start and end."""
-    size = CHUNK
     while True:
         if forward:
             data = os.pread(fd, min(size, end - start), start)
@@ -291,6 +297,7 @@ def search_log(path: Path, p: LogsSearchParams, query: Query, reply_budget: int,
         out.size = size = _whole_size(fd, os.fstat(fd).st_size)
         index = LineIndex.of(path)
         limit = max(1, min(p.limit, SEARCH_LIMIT_MAX))
+        chunk_size = min(FIRST_CHUNK, CHUNK)
         used = 0
         found: list[tuple[int, int, int, str]] = []  # offset, end, line, record
 
@@ -309,7 +316,8 @@ def search_log(path: Path, p: LogsSearchParams, query: Query, reply_budget: int,
                     break
                 if out.scanned and (out.scanned >= SCAN_MAX or clock.soft_passed()):
                     break
-                data, _, end = _read_whole(fd, pos, size, forward=True)
+                data, _, end = _read_whole(fd, pos, size, True, chunk_size)
+                chunk_size = min(CHUNK, chunk_size * 2)
                 if not data:
                     out.done = True
                     break
@@ -322,7 +330,7 @@ def search_log(path: Path, p: LogsSearchParams, query: Query, reply_budget: int,
                         if len(found) + len(spans) >= limit:
                             break
                 except TimeoutError:
-                    _too_slow(out.scanned, p.pattern, hard_seconds)
+                    _too_slow(out.scanned, p.pattern, hard_seconds, len(data))
                     break
                 take(chunk, positions, spans)
                 out.scanned += len(data)
@@ -340,13 +348,14 @@ def search_log(path: Path, p: LogsSearchParams, query: Query, reply_budget: int,
                     break
                 if out.scanned and (out.scanned >= SCAN_MAX or clock.soft_passed()):
                     break
-                data, start, _ = _read_whole(fd, 0, end, forward=False)
+                data, start, _ = _read_whole(fd, 0, end, False, chunk_size)
+                chunk_size = min(CHUNK, chunk_size * 2)
                 chunk = data.decode("utf-8", "surrogateescape")
                 positions = _Positions(chunk, start, index.count(start))
                 try:
                     spans = list(_matching_records(chunk, query, clock))
                 except TimeoutError:
-                    _too_slow(out.scanned, p.pattern, hard_seconds)
+                    _too_slow(out.scanned, p.pattern, hard_seconds, len(data))
                     break
                 out.scanned += len(data)
                 before = len(found)
@@ -377,10 +386,10 @@ def search_log(path: Path, p: LogsSearchParams, query: Query, reply_budget: int,
         os.close(fd)
 
 
-def _too_slow(scanned: int, pattern: str, seconds: float) -> None:
+def _too_slow(scanned: int, pattern: str, seconds: float, chunk: int) -> None:
     if scanned == 0:
         raise SearchError(
-            f"the pattern {pattern!r} took over {seconds:g} s on {CHUNK >> 20} MiB of the log and was "
+            f"the pattern {pattern!r} took over {seconds:g} s on {chunk:,} bytes of the log and was "
             "stopped; nested repeats such as (a+)+ backtrack without end: simplify it")
 
 

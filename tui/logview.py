@@ -72,6 +72,7 @@ class LogView(Widget, can_focus=True):
         self._search: LogSearch | None = None
         self._highlight: regex.Pattern[str] | None = None
         self._match_offset: int | None = None  # byte offset of the match last shown
+        self._match_line = 0
         self.opened = False
         self.ended = False
         self._filtered: list[int] | None = None
@@ -363,7 +364,7 @@ class LogView(Widget, can_focus=True):
         client = self.ry.link.client
         top_offset = self.model.offset_of(self.model_row(min(self.top, self.count - 1)))
         offset: int | None
-        if self._match_offset is not None and not from_current:
+        if self._match_offset is not None and not from_current and self._match_on_screen():
             offset = self._match_offset if direction < 0 else self._match_offset + 1
         else:
             offset = top_offset
@@ -395,6 +396,15 @@ class LogView(Widget, can_focus=True):
         except (ConnectionLost, OSError) as exc:
             self.ry.notify(f"could not search the log: {exc}", severity="warning")
 
+    def _match_on_screen(self) -> bool:
+        """Whether the match last shown is still in view: n/N go on from it, else from the screen."""
+        row = self.model.row_of_line(self._match_line)
+        if row is None:
+            return False
+        rows = self._rows()
+        index = row if rows is None else bisect.bisect_left(rows, row)
+        return self.top <= index < self.top + self.page_size
+
     async def _show_match(self, client: Client, offset: int, line: int) -> bool:
         model = self.model
         # By line number: exact however the daemon's text was decoded (offsets are not, past a
@@ -418,7 +428,7 @@ class LogView(Widget, can_focus=True):
             row = model.row_of_line(line)
             if row is None:
                 return False
-        self._match_offset = offset
+        self._match_offset, self._match_line = offset, line
         rows = self._rows()
         index = row if rows is None else bisect.bisect_left(rows, row)
         self.scroll_to_row(index - min(3, self.page_size // 3))

@@ -341,8 +341,9 @@ class LogView(Widget, can_focus=True):
                 self._highlight = None
                 self.refresh()
 
-        self.app.push_screen(PromptScreen("Search the whole log: text, or /regex/; any case unless it has a "
-                                          "capital; n/N next/previous", self.search_text or ""), apply)
+        self.app.push_screen(PromptScreen("Search the whole log: text, or /regex/ (empty: clear)\n"
+                                          "a capital letter makes case count · n/N next/previous",
+                                          self.search_text or ""), apply)
 
     def action_next_match(self, direction: int) -> None:
         from textual.actions import SkipAction

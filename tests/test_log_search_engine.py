@@ -47,7 +47,7 @@ def reference(records: list[str], pattern: str, ignore_case: bool, letters: set[
     return out
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(records=logs(), pattern=st.sampled_from(PATTERNS), ignore_case=st.booleans(),
        streams=st.sampled_from([[], ["stderr"], ["stdout", "system"]]), chunk=st.sampled_from([64, 1 << 20]),
        backward=st.booleans())

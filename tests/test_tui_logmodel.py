@@ -99,7 +99,7 @@ def test_an_append_that_does_not_continue_the_log_is_ignored() -> None:
     assert model.total_lines == 50
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(total=st.integers(60, 400), jumps=st.lists(st.integers(0, 10_000), min_size=1, max_size=6),
        window=st.integers(1, 600), from_head=st.lists(st.booleans(), min_size=1, max_size=20))
 def test_windows_placed_in_the_gap_keep_counts_exact_and_filling_yields_the_whole_log(

@@ -73,6 +73,7 @@ class LogView(Widget, can_focus=True):
         self._highlight: regex.Pattern[str] | None = None
         self._match_offset: int | None = None  # byte offset of the match last shown
         self._match_line = 0
+        self._searching = ""  # what the status line says while a search is on its way
         self.opened = False
         self.ended = False
         self._filtered: list[int] | None = None
@@ -381,6 +382,9 @@ class LogView(Widget, can_focus=True):
                     break
                 if not result.done:
                     offset = result.next
+                    # a long way to the next match: say how far the search has come
+                    self._searching = f"searching… {100 * offset // max(1, result.size)}%"
+                    self._status()
                     continue
                 if wrapped:
                     self.ry.notify(f"no match for {self.search_text!r} in the whole log", severity="warning")
@@ -396,6 +400,9 @@ class LogView(Widget, can_focus=True):
             self.ry.notify(exc.message, severity="error")
         except (ConnectionLost, OSError) as exc:
             self.ry.notify(f"could not search the log: {exc}", severity="warning")
+        finally:
+            self._searching = ""
+            self._status()
 
     def _match_on_screen(self) -> bool:
         """Whether the match last shown is still in view: n/N go on from it, else from the screen."""
@@ -515,7 +522,7 @@ class LogView(Widget, can_focus=True):
         if self.wrap:
             parts.append("wrap")
         if self.search_text:
-            parts.append(f"search: {self.search_text!r}")
+            parts.append(self._searching or f"search: {self.search_text!r}")
         text = " · ".join(parts)
         if text != self._last_status:  # every update costs the screen a repaint
             self._last_status = text

@@ -18,7 +18,7 @@ from runyard.protocol.logformat import parse_records
 from runyard.protocol.methods import ExecutionView
 from runyard.protocol.units import human_size
 
-from . import render, runflags
+from . import grep, render, runflags
 
 EXIT_ERROR = 1  # the execution failed, or lint found errors
 EXIT_USAGE = 2  # the daemon refused the request
@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail", type=int, metavar="N", help="the last N lines")
     p.add_argument("--stream", choices=["stdout", "stderr"], help="only this stream")
     p.add_argument("--timestamps", "-t", action="store_true", help="prefix each line with its time")
+    grep.add_arguments(p)
 
     p = sub.add_parser("metadata", help="metadata points and the latest value of each key")
     p.add_argument("id", type=int)
@@ -435,6 +436,12 @@ async def cmd_info(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_logs(client: Client, args: argparse.Namespace) -> int:
+    try:
+        grep.check(args)
+    except grep.GrepUsageError as exc:
+        raise CliError(str(exc)) from None
+    if args.grep is not None:
+        return await grep.grep(client, args)
     if (args.head is not None and args.head < 0) or (args.tail is not None and args.tail < 0):
         raise CliError("--head and --tail take a number of lines, 0 or more")
     end = 0

@@ -10,11 +10,13 @@ from typing import Any
 import msgspec
 
 from runyard.protocol import methods as m
+from runyard.protocol.logsearch import SEARCH_CONTEXT_MAX, SEARCH_LIMIT_MAX, LogsSearchParams, LogsSearchResult
 from runyard.protocol.messages import ErrorCode
 
 from . import restarts, runoptions
 from .core import Core, OperationError
 from .logfile import cap_records
+from .logsearch import SEARCHER, SearchError
 from .outputs import OutputError
 from .snapshots import SnapshotError
 
@@ -227,6 +229,19 @@ async def logs_read(core: Core, caller: Caller, p: m.LogsReadParams) -> m.LogsRe
 async def logs_count(core: Core, caller: Caller, p: m.IdParams) -> int:
     await core.get(p.id)
     return await asyncio.to_thread(core.log_file(p.id).line_count)
+
+
+@method("logs.search", LogsSearchParams)
+async def logs_search(core: Core, caller: Caller, p: LogsSearchParams) -> LogsSearchResult:
+    await core.get(p.id)  # whoever may read a log may search it
+    if not 1 <= p.limit <= SEARCH_LIMIT_MAX or not 0 <= p.context <= SEARCH_CONTEXT_MAX:
+        raise OperationError(ErrorCode.INVALID_PARAMS, f"limit must be between 1 and {SEARCH_LIMIT_MAX}, "
+                             f"context between 0 and {SEARCH_CONTEXT_MAX}")
+    try:
+        return await SEARCHER.run(core.log_file(p.id).path, p, core.config.daemon.max_frame_bytes // 4,
+                                  core.config.daemon.search_seconds)
+    except SearchError as exc:
+        raise OperationError(ErrorCode.INVALID_PARAMS, str(exc)) from None
 
 
 @method("snapshots.has", m.SnapshotHasParams)

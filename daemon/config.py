@@ -36,6 +36,8 @@ class DaemonSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_requests_in_flight: int = 64
     # Largest code snapshot a client may upload (the tar of its repository), in MiB.
     max_snapshot_mb: int = 2048
+    # Time one logs.search request may spend in a user's regular expression before it is refused.
+    search_seconds: float = 5.0
 
 
 class DefaultsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -228,6 +230,8 @@ def _check(config: Config) -> None:
         raise ConfigError('store.bucket: kind = "s3" needs a bucket')
     if config.daemon.max_frame_bytes < 64 * 1024:
         raise ConfigError("daemon.max_frame_bytes: must be at least 65536")
+    if not 0 < config.daemon.search_seconds <= 60:
+        raise ConfigError("daemon.search_seconds: must be more than 0 and at most 60")
     if config.daemon.max_requests_in_flight < 1:
         raise ConfigError("daemon.max_requests_in_flight: must be at least 1")
     if config.daemon.max_snapshot_mb < 1:

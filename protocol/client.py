@@ -13,6 +13,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from .framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from .logsearch import LogsSearchResult
 from .messages import (
     PROTOCOL_MAJOR,
     PROTOCOL_MINOR,
@@ -282,6 +283,10 @@ class Client:
 
     async def read_logs(self, execution_id: int, **params: Any) -> LogsReadResult:
         return await self._typed(LogsReadResult, "logs.read", {"id": execution_id, **params})
+
+    async def search_logs(self, execution_id: int, pattern: str, **params: Any) -> LogsSearchResult:
+        """One request of a search (see LogsSearchParams); go on from the reply's ``next``."""
+        return await self._typed(LogsSearchResult, "logs.search", {"id": execution_id, "pattern": pattern, **params})
 
     async def log_count(self, execution_id: int) -> int:
         return int(await self.call("logs.count", {"id": execution_id}))

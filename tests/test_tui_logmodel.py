@@ -97,3 +97,46 @@ def test_an_append_that_does_not_continue_the_log_is_ignored() -> None:
     model, _, offsets = opened(50, 5, 5)
     assert model.append(records(51, 51), offsets[50] + 7, offsets[50] + 50) == 0
     assert model.total_lines == 50
+
+
+@settings(max_examples=80, deadline=None)
+@given(total=st.integers(60, 400), jumps=st.lists(st.integers(0, 10_000), min_size=1, max_size=6),
+       window=st.integers(1, 600), from_head=st.lists(st.booleans(), min_size=1, max_size=20))
+def test_windows_placed_in_the_gap_keep_counts_exact_and_filling_yields_the_whole_log(
+        total: int, jumps: list[int], window: int, from_head: list[bool]) -> None:
+    """A search that lands in a skipped part reads a window around its match: the gap splits in
+    two, line numbers stay exact, and filling every gap still gives the whole log once."""
+    model, data, offsets = opened(total, 10, 10)
+    raw = data.encode()
+    for jump in jumps:
+        line = 11 + jump % (total - 20)  # a line (from 1) in the first gap's range
+        gap = model.gap_holding(offsets[line - 1])
+        if gap is None:
+            continue
+        anchor = offsets[line - 1]
+        start = max(gap.start, anchor - window)
+        end = raw.rfind(b"\n", start, min(gap.end, start + 2 * window)) + 1
+        if end <= anchor:
+            end = raw.index(b"\n", anchor) + 1
+        assert model.place_window(raw[start:end].decode(), start, end, start in offsets, anchor, line)
+        row = model.row_at_offset(anchor)
+        assert row is not None and model.row(row) == data.splitlines()[line - 1]
+        assert model.line_number(row) == line and model.row_of_line(line) == row
+        assert model.total_lines == total
+    steps = 0
+    while model.gap is not None:
+        gap = model.gap
+        steps += 1
+        if from_head[steps % len(from_head)]:
+            end = raw.rfind(b"\n", gap.start, min(gap.end, gap.start + 50)) + 1
+            if end <= gap.start:
+                end = raw.index(b"\n", gap.start) + 1
+            assert model.fill_from_head(raw[gap.start : end].decode(), gap.start, end)
+        else:
+            start = max(gap.start, gap.end - 50)
+            while not model.fill_from_tail(raw[start : gap.end].decode(), start, gap.end, start in offsets):
+                start = max(gap.start, start - 50)
+        assert steps < 10_000
+    assert shown(model) == [f"n={n}" for n in range(1, total + 1)]
+    assert [model.line_number(i) for i in range(model.rows)] == list(range(1, total + 1))
+    assert [model.row_of_line(n) for n in range(1, total + 1)] == list(range(total))

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+import regex
 from rich.text import Text
 from textual import events
 from textual.binding import Binding
 from textual.widget import Widget
 
-from runyard.protocol import ConnectionLost, RemoteError
+from runyard.protocol import Client, ConnectionLost, RemoteError
 
-from .logmodel import GAP, LogModel, stream_of, text_of, time_of
+from .logmodel import GAP, Gap, LogModel, stream_of, text_of, time_of
+from .logsearch import LogSearch
 
 if TYPE_CHECKING:
     from .app import RunyardApp
@@ -30,6 +31,7 @@ HEAD_LINES: Final = 200
 TAIL_LINES: Final = 2000
 WHOLE_BELOW: Final = 1 << 20  # logs smaller than this are read whole
 FILL_BYTES: Final = 256 * 1024
+WINDOW_BYTES: Final = 128 * 1024  # read around a match found in a skipped part
 KEEP_FOLLOWED: Final = 100_000  # lines kept in memory while following; older ones go back to the gap
 STREAMS: Final = (None, "stdout", "stderr")
 
@@ -67,6 +69,11 @@ class LogView(Widget, can_focus=True):
         self.show_times = False
         self.wrap = False
         self.search_text: str | None = None
+        self._search: LogSearch | None = None
+        self._highlight: regex.Pattern[str] | None = None
+        self._match_offset: int | None = None  # byte offset of the match last shown
+        self._match_line = 0
+        self._searching = ""  # what the status line says while a search is on its way
         self.opened = False
         self.ended = False
         self._filtered: list[int] | None = None
@@ -89,16 +96,23 @@ class LogView(Widget, can_focus=True):
             return None
         model = self.model
         if self._filtered is None or self._filtered_revision != model.revision:
-            self._filtered = [i for i in range(model.rows) if self._passes(model.row(i))]
+            self._filtered = [i for i in range(model.rows) if self._passes(i)]
             self._filtered_revision = model.revision
             self._filtered_rows = model.rows
         elif self._filtered_rows < model.rows:
-            self._filtered += [i for i in range(self._filtered_rows, model.rows) if self._passes(model.row(i))]
+            self._filtered += [i for i in range(self._filtered_rows, model.rows) if self._passes(i)]
             self._filtered_rows = model.rows
         return self._filtered
 
-    def _passes(self, record: str | object) -> bool:
-        return record is GAP or (isinstance(record, str) and stream_of(record) in (self.stream, "system"))
+    def _passes(self, row: int) -> bool:
+        record = self.model.row(row)
+        if record is GAP:  # shown unless known to hold none of what the filter shows
+            gap = self.model.gap_at(row)
+            return gap is None or not self._shown_streams() <= gap.without
+        return isinstance(record, str) and stream_of(record) in (self.stream, "system")
+
+    def _shown_streams(self) -> frozenset[str]:
+        return frozenset((self.stream, "system")) if self.stream else frozenset()
 
     @property
     def count(self) -> int:
@@ -139,8 +153,6 @@ class LogView(Widget, can_focus=True):
                 await asyncio.sleep(0.2)  # the link reconnects; wait for it at the top of the loop
 
     async def _open(self, client: object) -> None:
-        from runyard.protocol import Client
-
         assert isinstance(client, Client)
         head = await client.read_logs(self.execution_id, head=HEAD_LINES)
         model = self.model
@@ -171,17 +183,18 @@ class LogView(Widget, can_focus=True):
             self.waiting += self.count - before
             self._status()
 
-    async def _fill(self, from_head: bool) -> None:
+    async def _fill(self, gap: Gap, from_head: bool) -> None:
         model = self.model
-        gap = model.gap
-        if gap is None or self._filling:
+        if self._filling or model.row_of(gap) is None:
             return
         self._filling = True
         try:
             client = self.ry.link.client
-            rows_before, gap_row = model.rows, model.gap_row or 0
+            rows_before, gap_row = model.rows, model.row_of(gap) or 0
             anchor = self.model_row(min(self.top, self.count - 1)) if self.count else 0
-            if from_head:
+            if self.stream:
+                await self._fill_filtered(client, gap, from_head)
+            elif from_head:
                 size = min(FILL_BYTES, gap.end - gap.start)
                 part = await client.read_logs(self.execution_id, offset=gap.start, max_bytes=size)
                 model.fill_from_head(part.data, part.start, part.end)
@@ -205,6 +218,32 @@ class LogView(Widget, can_focus=True):
             self._filling = False
         self.refresh()
         self._status()
+
+    async def _fill_filtered(self, client: Client, gap: Gap, from_head: bool) -> None:
+        """With one stream shown, read the gap's next record of that stream (the daemon finds it
+        by searching, however far) and the lines after it, or (from below) the last one and the
+        lines before it; what lies between is known to hold none and is skipped unseen."""
+        shown = self._shown_streams()
+        offset = gap.start if from_head else gap.end
+        while True:
+            result = await client.search_logs(self.execution_id, "", offset=offset, backward=not from_head,
+                                              streams=sorted(shown))
+            if result.matches or result.done or not gap.start <= result.next <= gap.end:
+                break
+            offset = result.next
+        match = result.matches[0] if result.matches else None
+        if match is None or not gap.start <= match.offset < gap.end:
+            self.model.mark_without(gap, shown)
+        elif from_head:
+            part = await client.read_logs(self.execution_id, offset=match.offset,
+                                          max_bytes=max(1, min(FILL_BYTES, gap.end - match.offset)))
+            self.model.place_window(part.data, part.start, part.end, True, match.offset, match.line,
+                                    left_without=shown)
+        else:
+            start = min(match.offset, max(gap.start, match.end - FILL_BYTES))
+            part = await client.read_logs(self.execution_id, offset=start, max_bytes=max(1, match.end - start))
+            self.model.place_window(part.data, part.start, part.end, start in (gap.start, match.offset),
+                                    match.offset, match.line, right_without=shown)
 
     # -- scrolling --------------------------------------------------------------
 
@@ -287,33 +326,122 @@ class LogView(Widget, can_focus=True):
 
         def apply(text: str | None) -> None:
             if text:
+                try:
+                    search = LogSearch.parse(text)
+                except regex.error as exc:
+                    self.ry.notify(f"bad regular expression {text!r}: {exc}", severity="error")
+                    return
                 self.search_text = text
-                self.action_next_match(1, from_current=True)
+                self._search = search
+                self._highlight = search.highlight
+                self._match_offset = None
+                self._start_search(1, from_current=True)
             elif text == "":
                 self.search_text = None
+                self._search = None
+                self._highlight = None
                 self.refresh()
 
-        self.app.push_screen(PromptScreen("Search the log (case-insensitive; n/N next/previous)",
+        self.app.push_screen(PromptScreen("Search the whole log: text, or /regex/ (empty: clear)\n"
+                                          "a capital letter makes case count · n/N next/previous",
                                           self.search_text or ""), apply)
 
-    def action_next_match(self, direction: int, from_current: bool = False) -> None:
+    def action_next_match(self, direction: int) -> None:
         from textual.actions import SkipAction
 
         if not self.search_text:
             raise SkipAction()  # n is rename when no search is active
-        needle = self.search_text.lower()
-        count = self.count
-        start = self.top if from_current else self.top + direction
-        i = start
-        while 0 <= i < count:
-            record = self.model.row(self.model_row(i))
-            if isinstance(record, str) and needle in text_of(record).lower():
-                self.scroll_to_row(i - min(3, self.page_size // 3))
+        self._start_search(direction)
+
+    def _start_search(self, direction: int, from_current: bool = False) -> None:
+        self.run_worker(self._find(direction, from_current), group=f"search-{self.execution_id}", exclusive=True)
+
+    async def _find(self, direction: int, from_current: bool) -> None:
+        """Ask the daemon for the next match in ``direction`` from the current match (or, first,
+        from the top line on screen), anywhere in the log; load the lines around it if they lie in
+        a skipped part; put it on screen. At the log's end the search goes round once."""
+        search = self._search
+        if search is None or not self.count:
+            return
+        client = self.ry.link.client
+        top_offset = self.model.offset_of(self.model_row(min(self.top, self.count - 1)))
+        offset: int | None
+        if self._match_offset is not None and not from_current and self._match_on_screen():
+            offset = self._match_offset if direction < 0 else self._match_offset + 1
+        else:
+            offset = top_offset
+        streams = [self.stream, "system"] if self.stream else []
+        wrapped = False
+        try:
+            while True:
+                result = await client.search_logs(self.execution_id, search.pattern, regex=search.regex,
+                                                  ignore_case=search.ignore_case, offset=offset,
+                                                  backward=direction < 0, streams=streams)
+                if result.matches:
+                    match = result.matches[0]
+                    break
+                if not result.done:
+                    offset = result.next
+                    # a long way to the next match: say how far the search has come
+                    self._searching = f"searching… {100 * offset // max(1, result.size)}%"
+                    self._status()
+                    continue
+                if wrapped:
+                    self.ry.notify(f"no match for {self.search_text!r} in the whole log", severity="warning")
+                    return
+                wrapped = True
+                offset = None
+            if not await self._show_match(client, match.offset, match.line):
+                self.ry.notify(f"could not load the lines around line {match.line:,}", severity="warning")
                 return
-            i += direction
-        where = "below" if direction > 0 else "above"
-        skipped = f"; {self.model.gap.lines:,} skipped lines not loaded" if self.model.gap else ""
-        self.ry.notify(f"no more matches for {self.search_text!r} {where}{skipped}", severity="warning")
+            if wrapped:
+                self.ry.notify("search went round to the " + ("top" if direction > 0 else "bottom"))
+        except RemoteError as exc:
+            self.ry.notify(exc.message, severity="error")
+        except (ConnectionLost, OSError) as exc:
+            self.ry.notify(f"could not search the log: {exc}", severity="warning")
+        finally:
+            self._searching = ""
+            self._status()
+
+    def _match_on_screen(self) -> bool:
+        """Whether the match last shown is still in view: n/N go on from it, else from the screen."""
+        row = self.model.row_of_line(self._match_line)
+        if row is None:
+            return False
+        rows = self._rows()
+        index = row if rows is None else bisect.bisect_left(rows, row)
+        return self.top <= index < self.top + self.page_size
+
+    async def _show_match(self, client: Client, offset: int, line: int) -> bool:
+        model = self.model
+        # By line number: exact however the daemon's text was decoded (offsets are not, past a
+        # line of invalid UTF-8, whose replacement characters are longer).
+        row = model.row_of_line(line)
+        if row is None:
+            gap = model.gap_holding(offset)
+            if gap is None:
+                return False
+            start = max(gap.start, offset - WINDOW_BYTES // 2)
+            part = await client.read_logs(self.execution_id, offset=start,
+                                          max_bytes=max(1, min(WINDOW_BYTES, gap.end - start)))
+            anchor = self.model_row(min(self.top, self.count - 1)) if self.count else 0
+            gap_row = model.row_of(gap) or 0
+            rows_before = model.rows
+            if not model.place_window(part.data, part.start, part.end, start == gap.start, offset, line):
+                return False
+            if anchor > gap_row:
+                anchor += model.rows - rows_before
+            self._place(anchor)
+            row = model.row_of_line(line)
+            if row is None:
+                return False
+        self._match_offset, self._match_line = offset, line
+        rows = self._rows()
+        index = row if rows is None else bisect.bisect_left(rows, row)
+        self.scroll_to_row(index - min(3, self.page_size // 3))
+        self.refresh()
+        return True
 
     # -- drawing ----------------------------------------------------------------
 
@@ -323,19 +451,19 @@ class LogView(Widget, can_focus=True):
         console = self.app.console
         i = self.top
         count = self.count
-        gap_seen: int | None = None
-        pattern = re.compile(re.escape(self.search_text), re.IGNORECASE) if self.search_text else None
+        gap_seen: tuple[int, Gap] | None = None
         while len(out) < height and i < count:
             row = self.model_row(i)
             record = self.model.row(row)
             if record is GAP:
-                gap = self.model.gap
+                gap = self.model.gap_at(row)
                 n = gap.lines if gap else 0
                 line = Text(f"··· {n:,} lines skipped (scroll here to load them) ···", style="reverse")
-                gap_seen = len(out)
+                if gap is not None and gap_seen is None:
+                    gap_seen = (len(out), gap)
             else:
                 assert isinstance(record, str)
-                line = self._line(record, row, pattern)
+                line = self._line(record, row, self._highlight)
             if self.wrap:
                 out.extend(line.wrap(console, width))
             else:
@@ -345,8 +473,8 @@ class LogView(Widget, can_focus=True):
         if gap_seen is not None and self.opened and not self._filling:
             # The reader sees the gap: fill it from the side they are coming from.
             # Head lines above it on screen mean the reader came down from the head.
-            from_head = gap_seen > 0
-            self.run_worker(self._fill(from_head), group=f"fill-{self.execution_id}")
+            from_head = gap_seen[0] > 0 or self.top == 0
+            self.run_worker(self._fill(gap_seen[1], from_head), group=f"fill-{self.execution_id}")
         self._status()  # the line count shown depends on the height just laid out
         if self.opened and out:
             self.shown.set()
@@ -354,14 +482,19 @@ class LogView(Widget, can_focus=True):
             return Text("(no log lines yet)" if self.opened else "loading…", style="dim")
         return Text("\n").join(out[:height])
 
-    def _line(self, record: str, row: int, pattern: re.Pattern[str] | None) -> Text:
+    def _line(self, record: str, row: int, pattern: regex.Pattern[str] | None) -> Text:
         stream = stream_of(record)
         line = Text(no_wrap=not self.wrap)
         if self.show_times:
             line.append(time_of(record)[:23] + " ", style="dim")
         body = Text(text_of(record), style=_STYLES.get(stream, ""))
         if pattern is not None:
-            body.highlight_regex(pattern, style="black on yellow")
+            try:  # the user's pattern: a time limit, so that one that backtracks cannot hang the screen
+                for hit in pattern.finditer(body.plain, timeout=0.02):
+                    if hit.end() > hit.start():
+                        body.stylize("black on yellow", hit.start(), hit.end())
+            except TimeoutError:
+                pass
         line.append_text(body)
         return line
 
@@ -389,7 +522,7 @@ class LogView(Widget, can_focus=True):
         if self.wrap:
             parts.append("wrap")
         if self.search_text:
-            parts.append(f"search: {self.search_text!r}")
+            parts.append(self._searching or f"search: {self.search_text!r}")
         text = " · ".join(parts)
         if text != self._last_status:  # every update costs the screen a repaint
             self._last_status = text

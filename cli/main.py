@@ -160,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lint", help="check a valohai.yaml and print every problem")
     p.add_argument("path", nargs="?", default="valohai.yaml")
     p.add_argument("--json", action="store_true")
+
+    from . import yamlstep
+
+    yamlstep.add_parser(sub)
     return parser
 
 
@@ -177,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         return _daemon(args)
     if args.command == "lint":
         return _lint(args)
+    if args.command == "yaml":
+        from . import yamlstep
+
+        return yamlstep.run(args)
     try:
         return asyncio.run(_client_command(args))
     except CliError as exc:

@@ -7,7 +7,7 @@ import base64
 import contextlib
 import itertools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -329,12 +329,18 @@ class Client:
                 with contextlib.suppress(RemoteError, ConnectionLost, ConnectionError):
                     await self.call("logs.unfollow", {"sub": sub})
 
-    async def events(self, since: int | None = None) -> AsyncIterator[Event | Resync]:
-        """Yield state events after ``since`` (or only new ones), then live ones."""
+    async def events(self, since: int | None = None, *,
+                     subscribed: Callable[[], None] | None = None) -> AsyncIterator[Event | Resync]:
+        """Yield state events after ``since`` (or only new ones), then live ones.
+
+        ``subscribed`` is called once the daemon has the subscription: a caller that reads some
+        state after that and then applies events misses none (ephemeral events are never replayed)."""
         queue: asyncio.Queue[Event | Resync | None] = asyncio.Queue()
         self._event_queues.append(queue)
         try:
             await self.call("events.subscribe", {"since": since})
+            if subscribed is not None:
+                subscribed()
             while True:
                 item = await queue.get()
                 if item is None:

@@ -240,6 +240,10 @@ def _daemon(args: argparse.Namespace) -> int:
     warning = exposed_secrets(args.config, config)
     if warning is not None:
         print(f"runyard: warning: {warning}", file=sys.stderr)
+    from runyard.daemon.registries import exposed_password_files
+
+    for loose in exposed_password_files(config.registries):
+        print(f"runyard: warning: {loose}", file=sys.stderr)
     return run(config)
 
 

@@ -167,9 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", default="valohai.yaml")
     p.add_argument("--json", action="store_true")
 
-    from . import yamlstep
+    from . import shell, yamlstep
 
     yamlstep.add_parser(sub)
+    shell.add_parser(sub)
     return parser
 
 
@@ -271,6 +272,10 @@ def _lint(args: argparse.Namespace) -> int:
 
 
 async def _client_command(args: argparse.Namespace) -> int:
+    if args.command == "shell":
+        from .shell import cmd_shell
+
+        COMMANDS["shell"] = cmd_shell
     handler = COMMANDS[args.command]
     client = await Client.connect(args.socket, client_name="runyard-cli")
     try:

@@ -17,6 +17,7 @@ from .conftest import Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_f
 from .pool import start_lone_host
 from .test_pool import first_line
 from .test_trust import HOLD, cli_as, shared_daemon, submit_as
+from .test_tui_terminal import Tmux
 from .test_users import ensure_users
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -72,6 +73,22 @@ async def test_a_shell_in_a_running_container(daemon_factory: type[Daemon], tmp_
         assert f"execution {e.id} belongs to root; only they or an admin may open a shell" in bob.stderr
         admin = cli_as(users["ryadmin"], daemon, "shell", str(e.id), "--", "echo", "admin here")
         assert (admin.returncode, admin.stdout) == (0, "admin here\n"), admin.stderr
+
+        # The TUI's key: it steps aside for the same shell, and comes back when it exits.
+        tmux = Tmux(tmp_path)
+        try:
+            tmux("new-session", "-d", "-s", "ry", "-x", "100", "-y", "30", "-e", f"RUNYARD_SOCKET={daemon.socket}",
+                 "-e", "TERM=xterm-256color", "-e", f"RUNYARD_TUI_CONFIG={tmp_path / 'none.toml'}",
+                 f"env -u COLUMNS -u LINES {sys.executable} -m runyard.cli tui")
+            await tmux.wait_for("started")
+            tmux("send-keys", "-t", "ry", "-l", "!")
+            await tmux.wait_for("/valohai/repository")  # the shell's prompt
+            tmux("send-keys", "-t", "ry", "-l", "echo from-the-tui-$((6*7))\r")
+            await tmux.wait_for("from-the-tui-42")
+            tmux("send-keys", "-t", "ry", "-l", "exit\r")
+            await tmux.wait_for("STATUS")  # the queue again
+        finally:
+            subprocess.run(["tmux", "-S", tmux.socket, "kill-server"], capture_output=True)
 
         # The shell is how one pokes a running job: here it lets it finish. Then there is no shell.
         assert run_cli(daemon, "shell", str(e.id), "--", "touch", "/valohai/outputs/go").returncode == 0

@@ -86,7 +86,14 @@ class Shells:
         # although each request is handled in a task of its own.
         if name == "shell.input":
             p = msgspec.convert(params, m.ShellInputParams)
-            self._session(p.sub).inbox.put_nowait(None if p.eof else p.data)
+            session = self._session(p.sub)
+            if session.input_done:
+                return None  # its input side has ended; what is sent now goes nowhere
+            written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            session.inbox.put_nowait((None if p.eof else p.data, written))
+            # Answered once written: a client sending faster than the command reads waits, and
+            # the daemon holds no more of its input than the requests it has in flight.
+            await written
             return None
         if name == "shell.resize":
             r = msgspec.convert(params, m.ShellResizeParams)
@@ -94,9 +101,9 @@ class Shells:
             return None
         if name == "shell.close":
             c = msgspec.convert(params, m.ShellCloseParams)
-            session = self.sessions.get(c.sub)
-            if session is not None:
-                await session.end()
+            closing = self.sessions.get(c.sub)
+            if closing is not None:
+                await closing.end()
             return None
         if name == "shell.open":
             await self._open(msgspec.convert(params, m.ShellOpenParams))
@@ -158,10 +165,11 @@ class Session:
         self.sub = sub
         self.execution_id = execution_id
         self.backend = backend
-        self.inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.inbox: asyncio.Queue[tuple[bytes | None, asyncio.Future[None]]] = asyncio.Queue()
         self.tasks: list[asyncio.Task[None]] = []
         self.ended = False
         self.note: str | None = None  # why the daemon ended it, if it did
+        self.input_done = False
 
     def start(self) -> None:
         self.tasks = [asyncio.create_task(self._pump()), asyncio.create_task(self._feed()),
@@ -189,15 +197,24 @@ class Session:
             await self.shells.send(msg.ShellExit(sub=self.sub, code=code, error=error or self.note))
 
     async def _feed(self) -> None:
-        while True:
-            data = await self.inbox.get()
-            try:
-                if data is None:
-                    await self.backend.write_eof()
-                else:
-                    await self.backend.write(data)
-            except (OSError, asyncssh.Error, aiohttp.ClientError, RuntimeError):
-                return  # it has ended; the pump reports how
+        try:
+            while True:
+                data, written = await self.inbox.get()
+                try:
+                    if data is None:
+                        await self.backend.write_eof()
+                    else:
+                        await self.backend.write(data)
+                except (OSError, asyncssh.Error, aiohttp.ClientError, RuntimeError):
+                    written.set_result(None)
+                    return  # it has ended; the pump reports how
+                written.set_result(None)
+        finally:
+            self.input_done = True
+            while not self.inbox.empty():  # nobody waits forever on input that will never be written
+                _, left = self.inbox.get_nowait()
+                if not left.done():
+                    left.set_result(None)
 
     async def _watch(self) -> None:
         """A plain process would outlive its execution: the shell ends with it."""

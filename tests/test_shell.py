@@ -168,6 +168,7 @@ async def test_shells_on_a_pool_host_go_over_its_ssh_connection(daemon_factory: 
             assert where[plain.id] == f"{plain.id} {host.root / 'plain'}/{daemon.daemon_id}/{plain.id}/repository"
             for e in (in_docker, plain):
                 run_cli(daemon, "shell", str(e.id), "--", "sh", "-c", 'touch "$VH_OUTPUTS_DIR/go"')
+            for e in (in_docker, plain):
                 assert (await wait_for_status(client, e.id)).status == "complete"
     finally:
         host.kill()

@@ -309,6 +309,9 @@ class DockerShell:
         except aiodocker.DockerError as exc:
             raise OperationError(ErrorCode.INVALID_STATE,
                                  f"execution {row.id}: the engine refused the shell: {exc.message}") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise OperationError(ErrorCode.INVALID_STATE, f"execution {row.id}: the engine on its host cannot be "
+                                                          f"reached now ({type(exc).__name__})") from None
         return cls(execution, stream)
 
     async def read(self) -> tuple[int, bytes] | None:

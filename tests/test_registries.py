@@ -148,3 +148,15 @@ def test_private_images_are_pulled_with_their_login_on_every_host_and_the_secret
             assert PASSWORD not in text and WRONG not in text
     finally:
         host.kill()
+
+
+@pytest.mark.parametrize(("image", "registry"), [
+    ("python:3.11", "docker.io"), ("lab/private:1", "docker.io"), ("docker.io/lab/x", "docker.io"),
+    ("index.docker.io/lab/x", "docker.io"), ("ghcr.io/org/img:2", "ghcr.io"),
+    ("localhost:5000/x", "localhost:5000"), ("Registry.Example.org:5000/a/b@sha256:00", "registry.example.org:5000"),
+])
+def test_an_images_registry_is_named_as_docker_names_it(image: str, registry: str) -> None:
+    from runyard.daemon.registries import normal, registry_of
+
+    assert registry_of(image) == registry
+    assert normal("https://index.docker.io/v1/") == "docker.io"  # how config.json keys Docker Hub

@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yaml", "--config-file", dest="yaml", default="valohai.yaml",
                    help="valohai.yaml or ml.yaml path inside the repository (default valohai.yaml)")
     p.add_argument("--watch", "-w", action="store_true", help="follow the logs until it ends")
+    p.add_argument("--sync", metavar="DIR",
+                   help="copy its outputs into DIR as they are stored (live outputs) and when it ends; "
+                        "waits for the end, exit code as with --watch")
     p.add_argument("--gpus", type=int, metavar="N", help="GPUs to grant (default: the step's resources.devices)")
     p.add_argument("--pool", help="run on a host of this pool (default: the step's environment, if a pool)")
     p.add_argument("--priority", type=int, default=0,
@@ -170,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("outputs", help="list (or download) an execution's outputs")
     p.add_argument("id", type=int)
     p.add_argument("--download", metavar="DIR", help="copy every output into DIR")
+    p.add_argument("--sync", metavar="DIR",
+                   help="copy outputs into DIR as they are stored (live outputs) until the execution ends; "
+                        "a file DIR already holds with the same checksum is not fetched again")
     p.add_argument("--filter", action="append", default=[], metavar="GLOB",
                    help="only outputs whose path matches, e.g. '*.pt' (repeatable)")
     p.add_argument("--json", action="store_true")
@@ -177,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lint", help="check a valohai.yaml and print every problem")
     p.add_argument("path", nargs="?", default="valohai.yaml")
     p.add_argument("--json", action="store_true")
+
+    from . import shell, yamlstep
+
+    yamlstep.add_parser(sub)
+    shell.add_parser(sub)
     return parser
 
 
@@ -196,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         from .lint import lint_command
 
         return lint_command(args.path, args.json)
+    if args.command == "yaml":
+        from . import yamlstep
+
+        return yamlstep.run(args)
     try:
         return asyncio.run(_client_command(args))
     except CliError as exc:
@@ -245,10 +260,18 @@ def _daemon(args: argparse.Namespace) -> int:
     warning = exposed_secrets(args.config, config)
     if warning is not None:
         print(f"runyard: warning: {warning}", file=sys.stderr)
+    from runyard.daemon.registries import exposed_password_files
+
+    for loose in exposed_password_files(config.registries):
+        print(f"runyard: warning: {loose}", file=sys.stderr)
     return run(config)
 
 
 async def _client_command(args: argparse.Namespace) -> int:
+    if args.command == "shell":
+        from .shell import cmd_shell
+
+        COMMANDS["shell"] = cmd_shell
     handler = COMMANDS[args.command]
     client = await Client.connect(args.socket, client_name="runyard-cli")
     try:
@@ -316,10 +339,21 @@ async def _report_new(client: Client, execution: ExecutionView, args: argparse.N
         return 0
     print(f"execution {execution.id} ({execution.step}) {execution.status}; "
           f"follow it with: runyard logs {execution.id} -f", file=sys.stderr)
-    if not args.watch:
+    sync_dir = getattr(args, "sync", None)
+    if not args.watch and not sync_dir:
         print(execution.id)
         return 0
-    await _follow(client, execution.id, 0, None, False)
+    if sync_dir:
+        from .sync import Syncer, SyncError, stderr
+
+        syncer = Syncer(client, execution.id, sync_dir, [], say=stderr)
+        follow = [_follow(client, execution.id, 0, None, False)] if args.watch else []
+        try:
+            await asyncio.gather(syncer.run(), *follow)
+        except (SyncError, OSError) as exc:
+            raise CliError(str(exc)) from None
+    else:
+        await _follow(client, execution.id, 0, None, False)
     final = await client.get(execution.id)
     if args.json:
         _print_json(final)
@@ -577,6 +611,19 @@ async def cmd_delete(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_outputs(client: Client, args: argparse.Namespace) -> int:
+    if args.sync:
+        from .sync import Syncer, SyncError, stderr
+
+        if args.download:
+            raise CliError("--download and --sync both name a directory: give one")
+        syncer = Syncer(client, args.id, args.sync, args.filter, say=stderr)
+        try:
+            synced = await syncer.run()
+        except (SyncError, OSError) as exc:
+            raise CliError(str(exc)) from None
+        if args.json:
+            _print_json(synced)
+        return EXIT_ERROR if syncer.refused else 0
     files = every = await client.outputs(args.id)
     if args.filter:
         # fnmatch's * also crosses "/", so '*.pt' finds checkpoints in sub-folders too

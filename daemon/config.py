@@ -10,6 +10,9 @@ from typing import Final, Literal
 
 import msgspec
 
+from .registries import RegistrySection
+from .registries import check as check_registries
+
 
 class ConfigError(Exception):
     pass
@@ -167,6 +170,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Per user: only the executions that user owns get these (so one user's keys never reach
     # another user's code on a shared daemon); they win over [secrets] of the same name.
     user_secrets: dict[str, dict[str, str]] = {}
+    # Registry host -> the login to pull its images with (see daemon/registries.py)
+    registries: dict[str, RegistrySection] = {}
 
     @property
     def data_dir(self) -> Path:
@@ -236,6 +241,10 @@ def _check(config: Config) -> None:
         raise ConfigError("daemon.max_requests_in_flight: must be at least 1")
     if config.daemon.max_snapshot_mb < 1:
         raise ConfigError("daemon.max_snapshot_mb: must be at least 1")
+    try:
+        check_registries(config.registries)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _resolve_paths(config: Config, base: Path) -> None:
@@ -253,6 +262,8 @@ def _resolve_paths(config: Config, base: Path) -> None:
     config.local.docker_socket = resolve(config.local.docker_socket)
     config.ssh.config = resolve(config.ssh.config)
     config.ssh.known_hosts = resolve(config.ssh.known_hosts)
+    for registry in config.registries.values():
+        registry.password_file = resolve(registry.password_file)
     for host in config.hosts:
         # identity and known_hosts live on this machine; docker_socket and work_dir on the host
         host.identity = resolve(host.identity)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import pwd
@@ -24,6 +25,7 @@ import asyncssh
 from .config import Config, HostSection, LocalHostSection, SshSection
 from .inventory import INVENTORY_COMMAND, Gpu, Inventory, InventoryError, declared_gpus, parse_inventory
 from .private import private_dir
+from .registries import Registries
 from .runtime import EngineError, Runtime, attempt_name
 from .runtime_docker import DockerRuntime
 from .runtime_process import ProcessRuntime
@@ -59,6 +61,7 @@ class HostSettings:
     capabilities: tuple[str, ...] = ()
     pids_limit: int = 0
     run_as: Literal["image", "owner"] = "image"
+    registries: Registries | None = None  # logins for pulling images
 
     @classmethod
     def of_local(cls, section: LocalHostSection, work_dir: Path) -> HostSettings:
@@ -85,7 +88,9 @@ def _declared(value: str | int) -> int | None:
 
 def all_settings(config: Config) -> list[HostSettings]:
     hosts = [HostSettings.of_local(config.local, config.data_dir / "work")] if config.local.enabled else []
-    return hosts + [HostSettings.of_host(h) for h in config.hosts]
+    registries = Registries(config.registries)
+    return [dataclasses.replace(h, registries=registries)
+            for h in hosts + [HostSettings.of_host(h) for h in config.hosts]]
 
 
 class Host:
@@ -358,7 +363,8 @@ class Host:
             runtime = DockerRuntime(socket, self.daemon_id, host=self.name, pull=s.pull, where=where,
                                     pull_timeout=s.pull_timeout, gpu_device_requests=s.gpu_device_requests,
                                     capabilities=s.capabilities, pids_limit=s.pids_limit,
-                                    owner_files=self.transport if s.run_as == "owner" else None)
+                                    owner_files=self.transport if s.run_as == "owner" else None,
+                                    registries=s.registries)
         try:
             await runtime.ping()
         except Exception:

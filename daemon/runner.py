@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from runyard.protocol.logformat import format_record, parse_records
+from runyard.protocol.messages import Event as OutputsEvent
 
 from . import inputs, workspace
 from .diskspace import is_disk_full, wait_for_space
@@ -38,7 +39,7 @@ from .outputs import OutputError, OutputStore
 from .record import ExecutionRow
 from .runtime import ContainerGone, ContainerSpec, EngineError, ImageMissing, Runtime, attempt_name, runtime_of
 from .snapshots import SnapshotStore
-from .store import Store
+from .store import Store, utcnow
 from .tasks import watched
 from .transport import LinkError, remove_local
 
@@ -676,6 +677,9 @@ class Runner:
                 for rel, size, sha in collected.files:
                     self._live[rel] = (size, sha)
                     await self._note(f"live output stored: {rel}")
+                if collected.files:  # `outputs --sync` fetches them now (seq 0: never stored or replayed)
+                    self.s.publish(OutputsEvent(seq=0, execution_id=self.id, kind="outputs", status=self.row.status,
+                                                reason=None, at=utcnow()))
             except (LinkError, OutputError, OSError) as exc:
                 log.warning("execution %s: live outputs: %s", self.id, exc)
 

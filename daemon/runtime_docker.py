@@ -19,6 +19,7 @@ from .command_script import command_argv
 from .docker_logs import LogStreamError, container_logs
 from .logfile import LogFile
 from .logstream import Decoded, DockerLogDecoder, split_timestamp
+from .registries import Registries, RegistryError, pullable
 from .runtime import (
     NEEDS_ROOT,
     ContainerGone,
@@ -54,7 +55,7 @@ class DockerRuntime:
     def __init__(self, docker_socket: str, daemon_id: str, *, host: str = "local", pull: str = "missing",
                  pull_timeout: float = 300, gpu_device_requests: bool = True, where: str = "",
                  capabilities: tuple[str, ...] = ("ALL",), pids_limit: int = 0,
-                 owner_files: Transport | None = None) -> None:
+                 owner_files: Transport | None = None, registries: Registries | None = None) -> None:
         self.docker_socket = docker_socket
         # How errors name the engine: a forwarded socket's local path would mean nothing to a user.
         self.where = where or docker_socket
@@ -67,6 +68,7 @@ class DockerRuntime:
         self.pids_limit = pids_limit
         # run_as = "owner": how the workspace is handed to the user a container runs as.
         self.owner_files = owner_files
+        self.registries = registries
         self._docker: aiodocker.Docker | None = None
         self._closed = False
 
@@ -124,7 +126,16 @@ class DockerRuntime:
         if self.pull == "never":
             raise ImageMissing(f"image {image!r} is not on this host and pulling is disabled (local.pull = \"never\")")
         try:
-            await asyncio.wait_for(self.docker.images.pull(image), self.pull_timeout)
+            login = self.registries.login_for(image) if self.registries is not None else None
+        except RegistryError as exc:
+            raise ImageMissing(f"image {image!r} is not on this host and cannot be pulled: {exc}") from None
+        try:
+            if login is None:
+                await asyncio.wait_for(self.docker.images.pull(image), self.pull_timeout)
+            else:
+                # Only the header carries the secret; nothing here logs or returns it.
+                await asyncio.wait_for(self.docker.images.pull(pullable(image), auth=login.header_auth()),
+                                       self.pull_timeout)  # docker.io/x/y is the engine's name for x/y
         except (aiodocker.DockerError, TimeoutError, aiohttp.ClientError) as exc:
             detail = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             raise ImageMissing(f"image {image!r} is not on this host and could not be pulled: {detail}") from None

@@ -31,6 +31,7 @@ from . import api
 from .core import Core, OperationError
 from .diskspace import is_disk_full
 from .logfile import cap_records
+from .shell import Shells
 
 log = logging.getLogger("runyard.server")
 
@@ -83,6 +84,7 @@ class Connection:
         self.log_tasks: dict[int, asyncio.Task[None]] = {}
         self.followed: dict[int, tuple[int, asyncio.Event]] = {}  # sub -> (execution id, set when it is deleted)
         self.event_task: asyncio.Task[None] | None = None
+        self.shells = Shells(self.core, self.caller, self.send)  # `runyard shell`, see daemon/shell.py
         self.write_lock = asyncio.Lock()
         # Requests handled at once; past the cap no more is read until one is answered.
         self.slots = asyncio.Semaphore(server.max_requests_in_flight)
@@ -160,6 +162,8 @@ class Connection:
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
+            with contextlib.suppress(Exception):
+                await self.shells.close()  # a client that went away leaves no shell behind
             tasks = [*self.tasks, *self.log_tasks.values(), *([self.event_task] if self.event_task else [])]
             for task in tasks:
                 task.cancel()
@@ -228,6 +232,8 @@ class Connection:
             if task is not None:
                 task.cancel()
             return None
+        if name.startswith("shell."):
+            return await self.shells.handle(name, request.params)
         entry = api.METHODS.get(name)
         if entry is None:
             raise OperationError(ErrorCode.UNKNOWN_METHOD, f"no method named {name!r}")

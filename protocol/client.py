@@ -7,7 +7,7 @@ import base64
 import contextlib
 import itertools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -27,6 +27,8 @@ from .messages import (
     Request,
     Response,
     Resync,
+    ShellData,
+    ShellExit,
     Welcome,
     decode_message,
     encode_message,
@@ -77,6 +79,7 @@ class Client:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._log_subs: dict[int, asyncio.Queue[LogData | LogEnd | None]] = {}
         self._event_queues: list[asyncio.Queue[Event | Resync | None]] = []
+        self._shell_subs: dict[int, asyncio.Queue[ShellData | ShellExit | None]] = {}
         self._decoder = FrameDecoder(DEFAULT_MAX_FRAME)
         self._reader_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -161,6 +164,10 @@ class Client:
             sub = self._log_subs.get(message.sub)
             if sub is not None:
                 sub.put_nowait(message)
+        elif isinstance(message, (ShellData, ShellExit)):
+            shell = self._shell_subs.get(message.sub)
+            if shell is not None:
+                shell.put_nowait(message)
 
     def _fail_all(self) -> None:
         self._closed = True
@@ -172,6 +179,8 @@ class Client:
             queue.put_nowait(None)
         for sub in self._log_subs.values():
             sub.put_nowait(None)
+        for shell in self._shell_subs.values():
+            shell.put_nowait(None)
 
     @property
     def closed(self) -> bool:
@@ -338,12 +347,25 @@ class Client:
                 with contextlib.suppress(RemoteError, ConnectionLost, ConnectionError):
                     await self.call("logs.unfollow", {"sub": sub})
 
-    async def events(self, since: int | None = None) -> AsyncIterator[Event | Resync]:
-        """Yield state events after ``since`` (or only new ones), then live ones."""
+    def shell_channel(self) -> tuple[int, asyncio.Queue[ShellData | ShellExit | None]]:
+        """A subscription id for ``shell.open`` and the queue its frames arrive on (None: connection lost)."""
+        sub = next(self._ids)
+        queue: asyncio.Queue[ShellData | ShellExit | None] = asyncio.Queue()
+        self._shell_subs[sub] = queue
+        return sub, queue
+
+    async def events(self, since: int | None = None, *,
+                     subscribed: Callable[[], None] | None = None) -> AsyncIterator[Event | Resync]:
+        """Yield state events after ``since`` (or only new ones), then live ones.
+
+        ``subscribed`` is called once the daemon has the subscription: a caller that reads some
+        state after that and then applies events misses none (ephemeral events are never replayed)."""
         queue: asyncio.Queue[Event | Resync | None] = asyncio.Queue()
         self._event_queues.append(queue)
         try:
             await self.call("events.subscribe", {"since": since})
+            if subscribed is not None:
+                subscribed()
             while True:
                 item = await queue.get()
                 if item is None:

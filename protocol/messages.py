@@ -16,7 +16,7 @@ import msgspec
 PROTOCOL_MAJOR: Final = 1
 PROTOCOL_MINOR: Final = 1  # 1: executions.metadata pages; log-end says why a follow ended early
 
-CAPABILITIES: Final = ("events", "log-follow", "snapshots", "hosts", "metadata-pages")
+CAPABILITIES: Final = ("events", "log-follow", "snapshots", "hosts", "metadata-pages", "shell")
 
 
 class ErrorCode:
@@ -109,7 +109,23 @@ class LogEnd(msgspec.Struct, tag="log-end", tag_field="type"):
     code: str | None = None  # an ErrorCode, with error
 
 
-Message = Hello | Welcome | Request | Response | Error | Event | Resync | LogData | LogEnd
+class ShellData(msgspec.Struct, tag="shell-data", tag_field="type"):
+    """Output of a shell opened with ``shell.open``: ``stream`` 1 is stdout (and a terminal), 2 stderr."""
+
+    sub: int
+    data: bytes
+    stream: int = 1
+
+
+class ShellExit(msgspec.Struct, tag="shell-exit", tag_field="type"):
+    """The shell ended: with the command's exit code, or ``error`` saying why it could not go on."""
+
+    sub: int
+    code: int | None = None
+    error: str | None = None
+
+
+Message = Hello | Welcome | Request | Response | Error | Event | Resync | LogData | LogEnd | ShellData | ShellExit
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)

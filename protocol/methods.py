@@ -271,6 +271,35 @@ class HostsScanParams(msgspec.Struct, forbid_unknown_fields=True):
     name: str | None = None
 
 
+class ShellOpenParams(msgspec.Struct, forbid_unknown_fields=True):
+    """A shell (or ``command``, an argv) inside a running execution; output comes as shell-data frames
+    for ``sub`` (chosen by the client), and one shell-exit ends it."""
+
+    id: int
+    sub: int
+    command: list[str] = []  # empty: an interactive shell
+    tty: bool = False
+    rows: int = 24
+    cols: int = 80
+    term: str = "xterm"
+
+
+class ShellInputParams(msgspec.Struct, forbid_unknown_fields=True):
+    sub: int
+    data: bytes = b""
+    eof: bool = False  # no more input (ignored with a terminal: send ^D as data instead)
+
+
+class ShellResizeParams(msgspec.Struct, forbid_unknown_fields=True):
+    sub: int
+    rows: int
+    cols: int
+
+
+class ShellCloseParams(msgspec.Struct, forbid_unknown_fields=True):
+    sub: int
+
+
 class DoctorCheck(msgspec.Struct):
     name: str
     ok: bool

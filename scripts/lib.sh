@@ -19,6 +19,9 @@ ensure_packages() {
     command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
     command -v git >/dev/null || missing+=(git)
     command -v tmux >/dev/null || missing+=(tmux)
+    # the private-registry tests: a real registry (registry:2's code) with htpasswd basic auth
+    command -v docker-registry >/dev/null || missing+=(docker-registry)
+    command -v htpasswd >/dev/null || missing+=(apache2-utils)
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
     if [ ${#missing[@]} -gt 0 ]; then
         say "installing ${missing[*]} from Debian's packages"

@@ -51,6 +51,7 @@ class DetailScreen(Screen[None]):
         Binding("r", "restart", "restart", id="detail.restart"),
         Binding("ctrl+d", "delete", "delete", id="detail.delete"),
         Binding("n", "rename", "rename", id="detail.rename"),
+        Binding("exclamation_mark", "shell", "shell", show=False, id="detail.shell"),
     ]
 
     def __init__(self, execution_id: int, tab: str = "logs", compare: list[int] | None = None) -> None:
@@ -103,7 +104,7 @@ class DetailScreen(Screen[None]):
         self.dismiss()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        return not (action in ("stop", "restart", "delete", "rename") and self.ry.readonly)
+        return not (action in ("stop", "restart", "delete", "rename", "shell") and self.ry.readonly)
 
     def view(self) -> ExecutionView | None:
         return self.ry.cache.views.get(self.execution_id)
@@ -242,6 +243,11 @@ class DetailScreen(Screen[None]):
 
     def action_rename(self) -> None:
         self.run_worker(self.ry.rename(self.execution_id), group="action")
+
+    def action_shell(self) -> None:
+        from .shellkey import open_shell
+
+        self.run_worker(open_shell(self.app, self.ry.socket_path, self.execution_id, self.view()), group="action")
 
 
 def info_text(v: ExecutionView, outputs: list[OutputView]) -> str:

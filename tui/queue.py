@@ -29,7 +29,7 @@ from .widgets import StatusBar, VimTable
 if TYPE_CHECKING:
     from .app import RunyardApp
 
-ACTION_BINDINGS = ("stop", "restart", "delete", "rename")
+ACTION_BINDINGS = ("stop", "restart", "delete", "rename", "shell")
 
 
 class QueueScreen(Screen[None]):
@@ -48,6 +48,7 @@ class QueueScreen(Screen[None]):
         Binding("r", "restart", "restart", id="queue.restart"),
         Binding("ctrl+d", "delete", "delete", id="queue.delete"),
         Binding("n", "rename", "rename", id="queue.rename"),
+        Binding("exclamation_mark", "shell", "shell", show=False, id="queue.shell"),
         Binding("o", "sort_next", "sort", id="queue.sort"),
         Binding("O", "sort_reverse", "reverse", show=False, id="queue.sort_reverse"),
         Binding("c", "columns", "metadata cols", id="queue.columns"),
@@ -304,3 +305,11 @@ class QueueScreen(Screen[None]):
         current = self.cursor_id()
         if current is not None:
             self.run_worker(self.ry.rename(current), group="action")
+
+    def action_shell(self) -> None:
+        from .shellkey import open_shell
+
+        current = self.cursor_id()
+        if current is not None:
+            self.run_worker(open_shell(self.app, self.ry.socket_path, current, self.ry.cache.views.get(current)),
+                            group="action")

@@ -102,3 +102,12 @@ def test_keys_lists_remappable_bindings_and_bad_settings_are_named(tmp_path: Pat
                          env={**os.environ, "RUNYARD_TUI_CONFIG": str(bad)})
     assert run.returncode == 2
     assert str(bad) in run.stderr and "[keys]" in run.stderr
+
+
+def test_tui_without_a_terminal_refuses_at_once(tmp_path: Path) -> None:
+    for stdin, stdout in ((subprocess.DEVNULL, subprocess.PIPE), (None, subprocess.PIPE)):
+        run = subprocess.run([sys.executable, "-m", "runyard.cli", "tui", "--socket", str(tmp_path / "s")],
+                             stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=30,
+                             env={**os.environ, "RUNYARD_TUI_CONFIG": str(tmp_path / "none.toml")})
+        assert run.returncode == 2
+        assert "the TUI needs a terminal" in run.stderr and run.stdout == ""

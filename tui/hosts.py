@@ -9,11 +9,12 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from runyard.protocol.methods import HostView
 
 from .format import HOST_STATE_STYLES, bar
+from .keys import KeyFooter
 from .widgets import StatusBar, VimTable
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class HostsScreen(Screen[None]):
         yield Static("", id="host-summary")
         yield VimTable(id="gpu-table")
         yield StatusBar(id="status")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         hosts = self.query_one("#hosts-table", VimTable)

@@ -31,7 +31,7 @@ from runyard.tui.dialogs import ConfirmScreen, HelpScreen, PromptScreen
 from runyard.tui.hosts import HostsScreen
 from runyard.tui.format import BASE_COLUMNS
 from runyard.tui.logview import LogView
-from runyard.tui.queue import QueueScreen, fit_columns
+from runyard.tui.queue import QueueScreen
 
 from .conftest import Daemon, make_repo, step_yaml, submit_repo, wait_for_status
 from .pool import gpu_rows, start_lone_host
@@ -323,6 +323,8 @@ async def test_chosen_metadata_columns_stay_on_screen(screens: Daemon) -> None:
         await pilot.press("l", "l", "l", "l", "l", "l")
         await settle(pilot, lambda p: "another-long-key" in screen_lines(app)[0])
     # a long owner name gives way too, before any chosen column
+    from runyard.tui.queue import fit_columns
+
     names = [*BASE_COLUMNS, "loss", "acc"]
     row = ["4", "held", "hold", "stopped", "local", "", "a-rather-long-owner-name", "56m00s", "2m30s", "0.1", "0.5"]
     shown = [names[i] for i in fit_columns(names, [n.upper() for n in names], [row], 80)[0]]

@@ -28,8 +28,8 @@ from runyard.tui.app import RunyardApp
 from runyard.tui.chart import MetadataPane
 from runyard.tui.detail import DetailScreen
 from runyard.tui.dialogs import ConfirmScreen, HelpScreen, PromptScreen
-from runyard.tui.hosts import HostsScreen
 from runyard.tui.format import BASE_COLUMNS
+from runyard.tui.hosts import HostsScreen
 from runyard.tui.logview import LogView
 from runyard.tui.queue import QueueScreen
 
@@ -264,7 +264,8 @@ async def test_help_lists_every_key_first_the_screens_own_and_scrolls(screens: D
     async with app.run_test(size=NARROW) as pilot:
         places: list[tuple[str, Callable[[Pilot[None]], bool]]] = [
             ("Queue", on_queue), ("Hosts", on_hosts), ("Logs", on_detail("logs", logs_ended)),
-            ("Metadata", on_detail("metadata", charted, compare=[1, 2])), ("Execution #1", on_detail("info", info_shown)),
+            ("Metadata", on_detail("metadata", charted, compare=[1, 2])),
+            ("Execution #1", on_detail("info", info_shown)),
             ("Execution #1", on_detail("code", code_shown)),
         ]
         for first_section, ready in places:

@@ -58,7 +58,8 @@ def integer_ticks(xs: list[float], most: int) -> list[int]:
     low, high = int(min(xs)), int(max(xs))
     if high == low:
         return [low]
-    step = next(base * 10**power for power in range(20) for base in (1, 2, 5) if (high - low) / (base * 10**power) <= most)
+    steps = (base * 10**power for power in range(20) for base in (1, 2, 5))
+    step = next(s for s in steps if (high - low) / s <= most)
     first = (low + step - 1) // step * step
     return list(range(first, high + 1, step))
 
@@ -159,7 +160,7 @@ class MetadataPane(Vertical, can_focus=True):
                 drawn += 1
         ticks = integer_ticks(all_xs, max(2, plot.size.width // 10))
         if ticks:
-            plt.xticks(ticks, [str(t) for t in ticks])
+            plt.xticks([float(t) for t in ticks], [str(t) for t in ticks])
         plt.xlabel("seconds since start" if self.x_axis == "_time" else "step")
         plot.refresh()
         info = self.query_one("#chart-info", Static)

@@ -21,8 +21,8 @@ from runyard.protocol.units import human_size as size_text
 
 from .chart import MetadataPane
 from .format import STATUS_STYLES, duration, resources_text, status_text
-from .logview import LogView
 from .keys import KeyFooter
+from .logview import LogView
 from .widgets import CodeView, StatusBar, VimTree
 
 if TYPE_CHECKING:
@@ -201,7 +201,9 @@ class DetailScreen(Screen[None]):
             self.query_one("#code-text", Static).update(f"[red]{escape(str(exc))}[/red]")
             return
         v = self.view()
-        where = f"snapshot {v.snapshot[:12]}" + (f" · commit {v.commit[:10]}" if v.commit else " · ad-hoc tree") if v else ""
+        where = ""
+        if v is not None:
+            where = f"snapshot {v.snapshot[:12]}" + (f" · commit {v.commit[:10]}" if v.commit else " · ad-hoc tree")
         self.query_one("#code-header", Static).update(f"{where} · {len(files)} files")
         folders: dict[PurePosixPath, Any] = {PurePosixPath("."): tree.root}
         for path, size in sorted(files):

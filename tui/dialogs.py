@@ -86,10 +86,12 @@ class HelpScreen(ModalScreen[None]):
     AUTO_FOCUS = "#help-scroll"
     BINDINGS = [
         Binding("q,escape,question_mark,enter", "close", "close", id="help.close"),
-        Binding("j", "scroll('down')", "scroll down", show=False, id="help.down"),
-        Binding("k", "scroll('up')", "scroll up", show=False, id="help.up"),
-        Binding("g", "scroll('home')", "top", show=False, id="help.top"),
-        Binding("G", "scroll('end')", "end", show=False, id="help.end"),
+        Binding("j,down", "scroll('down')", "scroll down", show=False, id="help.down"),
+        Binding("k,up", "scroll('up')", "scroll up", show=False, id="help.up"),
+        Binding("pagedown,space", "scroll('page_down')", "page down", show=False, id="help.page_down"),
+        Binding("pageup", "scroll('page_up')", "page up", show=False, id="help.page_up"),
+        Binding("g,home", "scroll('home')", "top", show=False, id="help.top"),
+        Binding("G,end", "scroll('end')", "end", show=False, id="help.end"),
     ]
 
     def __init__(self, origin: Screen[object]) -> None:
@@ -119,8 +121,8 @@ class HelpScreen(ModalScreen[None]):
 
     def action_scroll(self, where: str) -> None:
         scroll = self.query_one("#help-scroll", VerticalScroll)
-        {"down": scroll.scroll_down, "up": scroll.scroll_up, "home": scroll.scroll_home,
-         "end": scroll.scroll_end}[where](animate=False)
+        {"down": scroll.scroll_down, "up": scroll.scroll_up, "home": scroll.scroll_home, "end": scroll.scroll_end,
+         "page_down": scroll.scroll_page_down, "page_up": scroll.scroll_page_up}[where](animate=False)
 
     def action_close(self) -> None:
         self.dismiss(None)

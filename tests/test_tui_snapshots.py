@@ -4,6 +4,11 @@ The daemon is real and so are its executions; afterwards their times, owner and
 snapshot ids are pinned in its SQLite file (with the daemon stopped), and the app's
 clock is pinned, so the screens are the same on every machine and every run.
 Update after reviewing a change: `pytest tests/test_tui_snapshots.py --snapshot-update`.
+Review them as a terminal shows them: in a browser, or with
+`sed 's/<svg /<svg xml:space="preserve" /' X.svg | rsvg-convert -o X.png` (without it librsvg and
+ImageMagick drop a text run's leading no-break space, so a coloured cell seems a column off and
+`gpu-x 127.0.0.1` reads `gpu-x127.0.0.1`). The tests after the screenshots check, at 80x24, what
+a person reading them would: every key reachable, nothing that matters cut off.
 """
 
 from __future__ import annotations

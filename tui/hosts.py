@@ -21,6 +21,18 @@ if TYPE_CHECKING:
     from .app import RunyardApp
 
 
+HOST_COLUMNS = ("HOST", "STATE", "POOL", "GPUS FREE", "CPU", "MEMORY", "RUNNING")
+GPU_COLUMNS = ("GPU", "MODEL", "MEMORY", "UTIL", "HELD BY")
+
+
+def _columns(table: VimTable, names: tuple[str, ...]) -> None:
+    """Empty the table, columns too: a column sized to what it once held (``connecting``, a GPU
+    still being scanned) would keep that width, or cut what it holds now."""
+    table.clear(columns=True)
+    for name in names:
+        table.add_column(name, key=name.lower())
+
+
 class HostsScreen(Screen[None]):
     TITLE = "Hosts"
     AUTO_FOCUS = "#hosts-table"
@@ -54,12 +66,6 @@ class HostsScreen(Screen[None]):
         yield KeyFooter()
 
     def on_mount(self) -> None:
-        hosts = self.query_one("#hosts-table", VimTable)
-        for name in ("HOST", "STATE", "POOL", "GPUS FREE", "CPU", "MEMORY", "RUNNING"):
-            hosts.add_column(name, key=name.lower())
-        gpus = self.query_one("#gpu-table", VimTable)
-        for name in ("GPU", "MODEL", "MEMORY", "UTIL", "HELD BY"):
-            gpus.add_column(name, key=name.lower())
         self.ry.host_listeners.append(self.show)
         self.show(self.ry.hosts)  # what is known now; on_screen_resume (also on first show) asks again
 
@@ -77,7 +83,7 @@ class HostsScreen(Screen[None]):
         self.hosts = hosts
         table = self.query_one("#hosts-table", VimTable)
         current = self.current_host()
-        table.clear()
+        _columns(table, HOST_COLUMNS)
         for h in hosts:
             free = sum(1 for g in h.gpus if g.execution is None)
             cpu = f"{h.cpus_used:g}/{h.cpus}" if h.cpus else f"{h.cpus_used:g}/?"
@@ -105,7 +111,7 @@ class HostsScreen(Screen[None]):
 
     def _show_gpus(self) -> None:
         gpus = self.query_one("#gpu-table", VimTable)
-        gpus.clear()
+        _columns(gpus, GPU_COLUMNS)
         h = self.host()
         summary = self.query_one("#host-summary", Static)
         if h is None:

@@ -70,11 +70,22 @@ async def test_tui_in_tmux(daemon: Daemon, tmux: Tmux, tmp_path: Path) -> None:
     # COLUMNS/LINES in the environment would override the terminal's real size
     # plain `runyard` in a terminal opens the TUI
     command = f"env -u COLUMNS -u LINES {sys.executable} -m runyard.cli"
-    tmux("new-session", "-d", "-s", "ry", "-x", "100", "-y", "30",
+    # 80x24: the size the README promises, and a tmux window split in two
+    tmux("new-session", "-d", "-s", "ry", "-x", "80", "-y", "24",
          *[a for k, v in env.items() if k.startswith(("RUNYARD", "TERM", "PATH", "HOME")) for a in ("-e", f"{k}={v}")],
          command)
     shown = await tmux.wait_for("tmux-run")
     assert "STATUS" in shown and "complete" in shown
+    footer = shown.rstrip().splitlines()[-1]
+    assert footer.rstrip().endswith("? help") and "q quit" in footer, shown
+    # ? shows every key; the list scrolls to its end, where the dialog's closing line stays in view
+    tmux("send-keys", "-t", "ry", "?")
+    await tmux.wait_for("Keys: Queue")
+    tmux("send-keys", "-t", "ry", "End")
+    shown = await tmux.wait_for("freeze")  # the last key, below what fits at first
+    assert "everywhere" in shown and "close" in shown
+    tmux("send-keys", "-t", "ry", "q")
+    await tmux.wait_for("STATUS")
     tmux("send-keys", "-t", "ry", "Enter")
     await tmux.wait_for("counted-30")
     shown = await tmux.wait_for("ended")  # the log status line: the execution ended and all was read
@@ -102,3 +113,12 @@ def test_keys_lists_remappable_bindings_and_bad_settings_are_named(tmp_path: Pat
                          env={**os.environ, "RUNYARD_TUI_CONFIG": str(bad)})
     assert run.returncode == 2
     assert str(bad) in run.stderr and "[keys]" in run.stderr
+
+
+def test_tui_without_a_terminal_refuses_at_once(tmp_path: Path) -> None:
+    for stdin, stdout in ((subprocess.DEVNULL, subprocess.PIPE), (None, subprocess.PIPE)):
+        run = subprocess.run([sys.executable, "-m", "runyard.cli", "tui", "--socket", str(tmp_path / "s")],
+                             stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=30,
+                             env={**os.environ, "RUNYARD_TUI_CONFIG": str(tmp_path / "none.toml")})
+        assert run.returncode == 2
+        assert "the TUI needs a terminal" in run.stderr and run.stdout == ""

@@ -15,6 +15,13 @@ def run_tui(socket_path: str | None, *, readonly: bool = False) -> int:
     except SettingsError as exc:
         print(f"runyard: {exc}", file=sys.stderr)
         return 2
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        # Without a terminal Textual has no keys to read and would spin waiting for them.
+        which = "stdin" if not sys.stdin.isatty() else "stdout"
+        print(f"runyard: the TUI needs a terminal, and {which} is not one (in a script use the CLI, "
+              "e.g. `runyard list`; over ssh or su, ask for a terminal: `ssh -t`, `su -P` or `sudo -u`)",
+              file=sys.stderr)
+        return 2
     app = RunyardApp(socket_path, readonly=readonly, metadata_columns=settings.columns, keymap=settings.keys)
     app.run()
     return 0

@@ -38,6 +38,7 @@ class RunyardApp(App[None]):
     ENABLE_COMMAND_PALETTE = False  # ":" is the command line here, as in k9s
     CSS = """
     Screen { layers: base overlay; }
+    ToastRack { margin-bottom: 2; }
     """
     MODES: ClassVar[dict[str, Any]] = {"queue": QueueScreen, "hosts": HostsScreen}
     DEFAULT_MODE = "queue"
@@ -69,6 +70,7 @@ class RunyardApp(App[None]):
         self.host_listeners: list[Callable[[list[HostView]], None]] = []
         self.link = DaemonLink(self.socket_path, on_event=self._on_event, on_connected=self._on_connected,
                                on_state=self._on_state)
+        self.link_text = ""
         self.loaded = asyncio.Event()  # the first page is on screen; benchmarks and tests wait on it
         self._pending_keymap = keymap or {}
 
@@ -84,6 +86,7 @@ class RunyardApp(App[None]):
     def _on_state(self, text: str, online: bool) -> None:
         who = f"{self.link.user}@" if online and self.link.user else ""
         self.online = online
+        self.link_text = text  # the status bar words it to fit its width
         self.connection = f"[green]●[/green] {who}{self.socket_path} {text}" if online else f"[red]●[/red] {text}"
         if online and text.startswith("reconnected"):
             self.notify("reconnected to the daemon; views resynced")
@@ -170,6 +173,12 @@ class RunyardApp(App[None]):
     def open_execution(self, execution_id: int, tab: str = "logs", compare: list[int] | None = None) -> None:
         self.push_screen(DetailScreen(execution_id, tab, compare))
 
+    def _close_details(self) -> None:
+        """Going somewhere by ``:`` replaces the open execution instead of stacking another on it."""
+        while len(self.screen_stack) > 1 and isinstance(self.screen, DetailScreen):
+            self.screen.detach()
+            self.pop_screen()
+
     def action_mode(self, mode: str) -> None:
         self.switch_mode(mode)
 
@@ -197,12 +206,15 @@ class RunyardApp(App[None]):
         rest = rest.strip()
         word = word.lower()
         if word.lstrip("#").isdigit():
+            self._close_details()
             self.open_execution(int(word.lstrip("#")))
         elif word in ("q", "quit"):
             self.exit()
         elif word in ("queue", "executions", "hosts"):
+            self._close_details()
             self.switch_mode("hosts" if word == "hosts" else "queue")
         elif word in ("sort", "cols", "columns", "filter"):
+            self._close_details()
             self.switch_mode("queue")
             queue = self.screen
             if not isinstance(queue, QueueScreen):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
 
 
 STEP_KEYS = ("step", "epoch", "iteration", "iter")  # what "step" means, in the order looked for
+# Each series' mark and colour (plotext's ANSI number, and Rich's name of it for the legend).
+MARKERS = ("•", "x", "+", "o", "*", "#", "=", "%")
+PALETTE = ((14, "bright_cyan"), (11, "bright_yellow"), (13, "bright_magenta"), (10, "bright_green"),
+           (9, "bright_red"), (12, "bright_blue"))
 CHART_POINTS = 2000  # a chart is at most a few hundred columns wide: the daemon sends every k-th point
 
 
@@ -46,6 +51,19 @@ def series(points: list[MetadataPoint], key: str, x_axis: str) -> tuple[list[flo
     return xs, ys
 
 
+def integer_ticks(xs: list[float], most: int) -> list[int]:
+    """Whole-number ticks (1, 2 or 5 times a power of ten apart) when every x is whole; else none."""
+    if not xs or any(x != int(x) for x in xs):
+        return []
+    low, high = int(min(xs)), int(max(xs))
+    if high == low:
+        return [low]
+    steps = (base * 10**power for power in range(20) for base in (1, 2, 5))
+    step = next(s for s in steps if (high - low) / s <= most)
+    first = (low + step - 1) // step * step
+    return list(range(first, high + 1, step))
+
+
 def numeric_keys(points: list[MetadataPoint]) -> list[str]:
     keys: dict[str, None] = {}
     for point in points:
@@ -59,12 +77,14 @@ class MetadataPane(Vertical, can_focus=True):
     DEFAULT_CSS = """
     MetadataPane PlotextPlot { height: 2fr; min-height: 8; }
     MetadataPane #latest { height: 1fr; min-height: 3; }
-    MetadataPane #chart-info { height: 1; color: $text-muted; }
+    MetadataPane #chart-info { height: auto; max-height: 2; padding: 0 1; }
     """
     BINDINGS = [
         Binding("a", "choose_keys", "keys", id="metadata.keys"),
-        Binding("x", "toggle_x", "x: step/_time", id="metadata.x_axis"),
+        Binding("x", "toggle_x", "x axis", id="metadata.x_axis"),
     ]
+    HELP_TITLE = "Metadata"
+    HELP_FIRST = True
 
     def __init__(self, execution_id: int, compare: list[int] | None = None) -> None:
         super().__init__(id="metadata-pane")
@@ -118,19 +138,36 @@ class MetadataPane(Vertical, can_focus=True):
         plt = plot.plt
         plt.clear_data()
         plt.clear_figure()
-        drawn: list[str] = []
+        legend = Text()
+        all_xs: list[float] = []
+        drawn = 0
         for i in self.compare:
             for key in self.keys:
                 xs, ys = series(self.points.get(i, []), key, self.x_axis)
-                if xs:
-                    label = f"#{i} {key}" if len(self.compare) > 1 else key
-                    plt.plot(xs, ys, label=label, marker="braille")
-                    drawn.append(label)
+                if not xs:
+                    continue
+                color, rich_color = PALETTE[drawn % len(PALETTE)]
+                marker = MARKERS[drawn % len(MARKERS)]
+                # A fine braille line, and each point drawn with the series' own mark: series apart
+                # by shape, not by colour alone. The legend sits above the chart, not on the lines.
+                plt.plot(xs, ys, marker="braille", color=color)
+                plt.scatter(xs, ys, marker=marker, color=color)
+                if legend:
+                    legend.append("  ")
+                legend.append(f"{marker} ", style=f"bold {rich_color}")
+                legend.append(f"#{i} {key}" if len(self.compare) > 1 else key, style=rich_color)
+                all_xs += xs
+                drawn += 1
+        ticks = integer_ticks(all_xs, max(2, plot.size.width // 10))
+        if ticks:
+            plt.xticks([float(t) for t in ticks], [str(t) for t in ticks])
         plt.xlabel("seconds since start" if self.x_axis == "_time" else "step")
         plot.refresh()
         info = self.query_one("#chart-info", Static)
-        shown = ", ".join(drawn) or "no numeric metadata yet"
-        info.update(f"{shown} · x: {self.x_axis} · a: choose keys · x: toggle axis")
+        if not drawn:
+            legend = Text("no numeric metadata yet")
+        legend.append(f"  · x: {'time' if self.x_axis == '_time' else 'step'}", style="dim")
+        info.update(legend)
         self._latest()
 
     def _latest(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -12,16 +13,17 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Static, TabbedContent, TabPane, Tree
+from textual.widgets import Static, TabbedContent, TabPane, Tree
 
 from runyard.protocol import ConnectionLost, RemoteError
 from runyard.protocol.methods import ExecutionView, OutputView
 from runyard.protocol.units import human_size as size_text
 
 from .chart import MetadataPane
-from .format import STATUS_STYLES, duration, status_text
+from .format import STATUS_STYLES, duration, resources_text, status_text
+from .keys import KeyFooter
 from .logview import LogView
-from .widgets import StatusBar
+from .widgets import CodeView, StatusBar, VimTree
 
 if TYPE_CHECKING:
     from .app import RunyardApp
@@ -33,8 +35,10 @@ class DetailScreen(Screen[None]):
     DEFAULT_CSS = """
     DetailScreen #detail-header { height: 1; padding: 0 1; background: $boost; }
     DetailScreen #log-status { height: 1; padding: 0 1; color: $text-muted; }
-    DetailScreen #code-tree { width: 32; max-width: 40%; }
-    DetailScreen #code-view { width: 1fr; }
+    DetailScreen #code-header { height: 1; padding: 0 1; color: $text-muted; }
+    DetailScreen #code-tree { width: 32; max-width: 40%; border-right: vkey $primary-muted; }
+    DetailScreen #code-view { width: 1fr; padding: 0 0 0 1; }
+    DetailScreen #code-text { width: auto; }
     DetailScreen #tabs { height: 1fr; }
     DetailScreen ContentSwitcher { height: 1fr; }
     DetailScreen TabPane { padding: 0; height: 1fr; }
@@ -77,12 +81,14 @@ class DetailScreen(Screen[None]):
                 yield MetadataPane(self.execution_id, self.compare)
             with TabPane("3 Info", id="info"), VerticalScroll():
                 yield Static("loading…", id="info-text")
-            with TabPane("4 Code", id="code"), Horizontal():
-                yield Tree("snapshot", id="code-tree")
-                with VerticalScroll(id="code-view"):
-                    yield Static("choose a file on the left (Enter)", id="code-text")
+            with TabPane("4 Code", id="code"):
+                yield Static("snapshot", id="code-header")
+                with Horizontal():
+                    yield VimTree("files", id="code-tree")
+                    with CodeView(id="code-view"):
+                        yield Static("choose a file on the left (Enter)", id="code-text")
         yield StatusBar(id="status")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.ry.listeners.append(self.data_changed)
@@ -97,10 +103,16 @@ class DetailScreen(Screen[None]):
         if self.data_changed in self.ry.listeners:
             self.ry.listeners.remove(self.data_changed)
 
-    def _leave(self) -> None:
-        # Unsubscribed before leaving, not on unmount: Textual removes a screen's widgets
-        # before the screen itself, and an update arriving in between would find them gone.
+    def detach(self) -> None:
+        """Stop taking updates: called before this screen is removed.
+
+        Unsubscribed before leaving, not on unmount: Textual removes a screen's widgets
+        before the screen itself, and an update arriving in between would find them gone.
+        """
         self._stop_listening()
+
+    def _leave(self) -> None:
+        self.detach()
         self.dismiss()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -190,7 +202,10 @@ class DetailScreen(Screen[None]):
             self.query_one("#code-text", Static).update(f"[red]{escape(str(exc))}[/red]")
             return
         v = self.view()
-        tree.root.label = f"snapshot {v.snapshot[:12] if v else ''}" + (f" @ {v.commit[:10]}" if v and v.commit else "")
+        where = ""
+        if v is not None:
+            where = f"snapshot {v.snapshot[:12]}" + (f" · commit {v.commit[:10]}" if v.commit else " · ad-hoc tree")
+        self.query_one("#code-header", Static).update(f"{where} · {len(files)} files")
         folders: dict[PurePosixPath, Any] = {PurePosixPath("."): tree.root}
         for path, size in sorted(files):
             p = PurePosixPath(path)
@@ -221,6 +236,9 @@ class DetailScreen(Screen[None]):
         lexer = Syntax.guess_lexer(path, f.data)
         note = f"\n… cut at {size_text(len(f.data))} of {size_text(f.size)}" if f.truncated else ""
         view.update(Syntax(f.data + note, lexer, line_numbers=True, word_wrap=False, theme="ansi_dark"))
+        code = self.query_one(CodeView)
+        code.scroll_home(animate=False)
+        code.focus()  # long lines scroll sideways there; f goes back to the files
 
     # -- actions ----------------------------------------------------------------
 
@@ -265,10 +283,10 @@ def info_text(v: ExecutionView, outputs: list[OutputView]) -> str:
     if v.restarted_from:
         lines.append(f"restarted from #{v.restarted_from}")
     if v.resources:
-        lines.append(f"resources {e(str(v.resources))}")
+        lines.append(f"resources {e(resources_text(v.resources))}")
     lines.append("")
     lines.append("[b]Parameters[/b]" if v.parameters else "[b]Parameters[/b] none")
-    lines += [f"  {e(k)} = {e(str(val))}" for k, val in v.parameters.items()]
+    lines += [f"  {e(k)} = {e(val if isinstance(val, str) else json.dumps(val))}" for k, val in v.parameters.items()]
     lines.append("[b]Inputs[/b]" if v.inputs else "[b]Inputs[/b] none")
     for name, urls in v.inputs.items():
         lines.append(f"  {e(name)}: {e(', '.join(urls))}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Input, Label, Static
 
@@ -77,34 +77,52 @@ class PromptScreen(ModalScreen[str | None]):
 
 
 class HelpScreen(ModalScreen[None]):
-    """The keys of the screen it was opened from, with what each does."""
+    """Every key of the screen it was opened from, that screen's own first; it scrolls when it does not fit."""
 
     DEFAULT_CSS = _MODAL_CSS.format(name="HelpScreen") + """
-    HelpScreen #keys-table { height: auto; max-height: 30; overflow-y: auto; }
+    HelpScreen #help-scroll { height: auto; }
+    HelpScreen #help-scroll:focus { background: $surface; }
     """
-    BINDINGS = [Binding("q,escape,question_mark,enter", "close", "close", id="help.close")]
+    AUTO_FOCUS = "#help-scroll"
+    BINDINGS = [
+        Binding("q,escape,question_mark,enter", "close", "close", id="help.close"),
+        Binding("j,down", "scroll('down')", "scroll down", show=False, id="help.down"),
+        Binding("k,up", "scroll('up')", "scroll up", show=False, id="help.up"),
+        Binding("pagedown,space", "scroll('page_down')", "page down", show=False, id="help.page_down"),
+        Binding("pageup", "scroll('page_up')", "page up", show=False, id="help.page_up"),
+        Binding("g,home", "scroll('home')", "top", show=False, id="help.top"),
+        Binding("G,end", "scroll('end')", "end", show=False, id="help.end"),
+    ]
 
     def __init__(self, origin: Screen[object]) -> None:
         super().__init__()
         self.origin = origin
 
     def compose(self) -> ComposeResult:
-        rows: list[str] = []
-        seen: set[str] = set()
-        for _key, active in self.origin.active_bindings.items():
-            binding = active.binding
-            if not binding.description or binding.action in seen:
-                continue
-            seen.add(binding.action)
-            keys = self.app.get_key_display(binding)
-            for other in self.origin.active_bindings.values():
-                if other.binding.action == binding.action and other.binding.key != binding.key:
-                    keys += " " + self.app.get_key_display(other.binding)
-            rows.append(f"[b]{keys:>14}[/b]  {binding.description}")
+        from .keys import help_text
+
         with Vertical():
             yield Label(f"[b]Keys: {self.origin.title or type(self.origin).__name__}[/b]")
-            yield Static("\n".join(rows), id="keys-table")
-            yield Label("q / Esc / ? closes · keys can be remapped in ~/.config/runyard/tui.toml [keys]")
+            with VerticalScroll(id="help-scroll"):
+                yield Static(help_text(self.origin), id="keys-table")
+            yield Label("[b]q[/b] Esc [b]?[/b] close · [b]j k[/b] PgUp PgDn scroll · "
+                        "remap: runyard tui --keys", id="help-closing")
+
+    def on_resize(self) -> None:
+        self._fit()
+
+    def on_mount(self) -> None:
+        self._fit()
+
+    def _fit(self) -> None:
+        # The list scrolls inside the dialog: whatever the terminal's height, the title and the
+        # closing line stay in view (border 2, title 1, closing line up to 2, margin 2).
+        self.query_one("#help-scroll").styles.max_height = max(3, self.size.height - 7)
+
+    def action_scroll(self, where: str) -> None:
+        scroll = self.query_one("#help-scroll", VerticalScroll)
+        {"down": scroll.scroll_down, "up": scroll.scroll_up, "home": scroll.scroll_home, "end": scroll.scroll_end,
+         "page_down": scroll.scroll_page_down, "page_up": scroll.scroll_page_up}[where](animate=False)
 
     def action_close(self) -> None:
         self.dismiss(None)

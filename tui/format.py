@@ -92,6 +92,37 @@ def value_text(value: object) -> str:
     return str(value)
 
 
+def memory_text(mb: float) -> str:
+    return f"{mb / 1024:g} GiB" if mb >= 1024 else f"{mb:g} MiB"
+
+
+def resources_text(resources: dict[str, object]) -> str:
+    """What an execution asked of its host, in words: "1 GPU · 4 CPUs (at most 8) · 16 GiB · pool h100"."""
+    def number(key: str) -> float:
+        value = resources.get(key)
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+    gpus, cpus, memory = number("gpus"), number("cpus"), number("memory_mb")
+    parts = [f"{gpus:g} GPU{'s' * (gpus != 1)}" if gpus else "no GPUs"]
+    cpu = f"{cpus:g} CPU{'s' * (cpus != 1)}" if cpus else "any CPUs"
+    if number("cpu_max"):
+        cpu += f" (at most {number('cpu_max'):g})"
+    parts.append(cpu)
+    mem = f"{memory_text(memory)} memory" if memory else "any memory"
+    if number("memory_max_mb"):
+        mem += f" (at most {memory_text(number('memory_max_mb'))})"
+    parts.append(mem)
+    if resources.get("environment"):
+        parts.append(f"pool {resources['environment']}")
+    for key, words in (("time_limit_seconds", "time limit"), ("no_output_timeout_seconds", "no-output timeout")):
+        if number(key):
+            parts.append(f"{words} {span(number(key))}")
+    known = {"gpus", "cpus", "memory_mb", "cpu_max", "memory_max_mb", "environment", "time_limit_seconds",
+             "no_output_timeout_seconds"}
+    parts += [f"{key} {value}" for key, value in resources.items() if key not in known]
+    return " · ".join(parts)
+
+
 def bar(fraction: float | None, width: int = 10) -> str:
     """A text bar for utilisation; unknown shows as dots."""
     if fraction is None:

@@ -9,15 +9,28 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from runyard.protocol.methods import HostView
 
 from .format import HOST_STATE_STYLES, bar
+from .keys import KeyFooter
 from .widgets import StatusBar, VimTable
 
 if TYPE_CHECKING:
     from .app import RunyardApp
+
+
+HOST_COLUMNS = ("HOST", "STATE", "POOL", "GPUS FREE", "CPU", "MEMORY", "RUNNING")
+GPU_COLUMNS = ("GPU", "MODEL", "MEMORY", "UTIL", "HELD BY")
+
+
+def _columns(table: VimTable, names: tuple[str, ...]) -> None:
+    """Empty the table, columns too: a column sized to what it once held (``connecting``, a GPU
+    still being scanned) would keep that width, or cut what it holds now."""
+    table.clear(columns=True)
+    for name in names:
+        table.add_column(name, key=name.lower())
 
 
 class HostsScreen(Screen[None]):
@@ -50,15 +63,9 @@ class HostsScreen(Screen[None]):
         yield Static("", id="host-summary")
         yield VimTable(id="gpu-table")
         yield StatusBar(id="status")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
-        hosts = self.query_one("#hosts-table", VimTable)
-        for name in ("HOST", "STATE", "POOL", "GPUS FREE", "CPU", "MEMORY", "RUNNING"):
-            hosts.add_column(name, key=name.lower())
-        gpus = self.query_one("#gpu-table", VimTable)
-        for name in ("GPU", "MODEL", "MEMORY", "UTIL", "HELD BY"):
-            gpus.add_column(name, key=name.lower())
         self.ry.host_listeners.append(self.show)
         self.show(self.ry.hosts)  # what is known now; on_screen_resume (also on first show) asks again
 
@@ -76,7 +83,7 @@ class HostsScreen(Screen[None]):
         self.hosts = hosts
         table = self.query_one("#hosts-table", VimTable)
         current = self.current_host()
-        table.clear()
+        _columns(table, HOST_COLUMNS)
         for h in hosts:
             free = sum(1 for g in h.gpus if g.execution is None)
             cpu = f"{h.cpus_used:g}/{h.cpus}" if h.cpus else f"{h.cpus_used:g}/?"
@@ -104,7 +111,7 @@ class HostsScreen(Screen[None]):
 
     def _show_gpus(self) -> None:
         gpus = self.query_one("#gpu-table", VimTable)
-        gpus.clear()
+        _columns(gpus, GPU_COLUMNS)
         h = self.host()
         summary = self.query_one("#host-summary", Static)
         if h is None:

@@ -57,6 +57,8 @@ class LogView(Widget, can_focus=True):
         Binding("t", "toggle_times", "timestamps", id="logs.times"),
         Binding("w", "toggle_wrap", "wrap", id="logs.wrap"),
     ]
+    HELP_TITLE = "Logs"
+    HELP_FIRST = True  # its keys are what the Logs tab is for: listed before the screen's
 
     def __init__(self, execution_id: int, on_status: Callable[[str], None] | None = None, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -447,6 +449,10 @@ class LogView(Widget, can_focus=True):
 
     def render(self) -> Text:
         height, width = self.size.height, max(1, self.size.width - 1)
+        # Where the view starts follows from the height it is drawn at, not from the height some
+        # earlier resize event saw: a resize seen in between (a hidden tab, a pane being laid out)
+        # would otherwise leave a following view showing only the last line.
+        self.top = self._max_top() if self.following else min(self.top, self._max_top())
         out: list[Text] = []
         console = self.app.console
         i = self.top

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input
+from textual.widgets import DataTable, Input
 
 from runyard.protocol.methods import ExecutionView
 
@@ -24,6 +25,7 @@ from .format import (
     status_text,
     value_text,
 )
+from .keys import KeyFooter
 from .widgets import StatusBar, VimTable
 
 if TYPE_CHECKING:
@@ -64,7 +66,8 @@ class QueueScreen(Screen[None]):
         self.sort_column: str | None = None
         self.sort_reverse = False
         self.marked: set[int] = set()
-        self._columns: list[str] = []
+        self._columns: object = None  # the columns' layout last built; None: build again
+        self.hidden_columns: list[str] = []  # what gave way to a narrow terminal
         self._paging = False
 
     @property
@@ -76,10 +79,11 @@ class QueueScreen(Screen[None]):
                     placeholder="filter: words, status: step: owner: host: tag: — Enter keeps, Esc clears")
         yield VimTable(id="queue-table")
         yield StatusBar(id="status")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.ry.listeners.append(self.data_changed)
+        self.watch(self.table, "scroll_x", self._table_scrolled, init=False)
         self.rebuild()
 
     def on_unmount(self) -> None:
@@ -111,24 +115,48 @@ class QueueScreen(Screen[None]):
     def rebuild(self) -> None:
         table = self.table
         metadata_columns = list(self.ry.metadata_columns)
-        columns = [*BASE_COLUMNS, *metadata_columns]
-        if columns != self._columns:
-            table.clear(columns=True)
-            for name in columns:
-                label = name.upper() if name in BASE_COLUMNS else name
-                if name == self.sort_column:
-                    label += " ▼" if self.sort_reverse else " ▲"
-                table.add_column(label, key=name)
-            self._columns = columns
-        cursor_key = self.cursor_id()
-        table.clear()
         now = self.ry.clock()
         views = self.shown_views()
-        for view in views:
-            table.add_row(*self._cells(view, metadata_columns, now), key=str(view.id))
+        rows = [self._cells(view, metadata_columns, now) for view in views]
+        all_columns = [*BASE_COLUMNS, *metadata_columns]
+        labels = [self._label(name) for name in all_columns]
+        keep, title_width = fit_columns(all_columns, labels, rows, self._room(len(rows)))
+        layout = (keep, title_width, labels)
+        if layout != self._columns:
+            table.clear(columns=True)
+            for i in keep:
+                # a metadata key may be named like a column ("step"): keys of its own keep them apart
+                key = all_columns[i] if i < len(BASE_COLUMNS) else f"metadata:{all_columns[i]}"
+                table.add_column(labels[i], key=key, width=title_width if all_columns[i] == "title" else None)
+            self._columns = layout
+        cursor_key = self.cursor_id()
+        table.clear()
+        for view, cells in zip(views, rows, strict=True):
+            table.add_row(*[cells[i] for i in keep], key=str(view.id))
         if cursor_key is not None and str(cursor_key) in table.rows:
             table.move_cursor(row=table.get_row_index(str(cursor_key)))
+        self.hidden_columns = [name for i, name in enumerate(all_columns) if i not in keep]
         self._say(views)
+        # whether columns are left over to scroll to is known once the table is laid out again
+        self.call_after_refresh(self._say, views)
+
+    def _label(self, name: str) -> str:
+        label = name.upper() if name in BASE_COLUMNS else name
+        if name == self.sort_column:
+            label += " ▼" if self.sort_reverse else " ▲"
+        return label
+
+    def _room(self, rows: int) -> int:
+        """Cells the table has for its columns: the screen's width, less the scrollbar when rows overflow."""
+        width = self.size.width or self.app.size.width
+        visible = max(1, (self.size.height or self.app.size.height) - 4)
+        return width - (2 if rows > visible else 0)
+
+    def on_resize(self) -> None:
+        self.rebuild()
+
+    def _table_scrolled(self, _: float) -> None:
+        self._say(self.shown_views())
 
     def _cells(self, v: ExecutionView, metadata_columns: list[str], now: Any) -> list[Any]:
         mark = "●" if v.id in self.marked else " "
@@ -154,8 +182,13 @@ class QueueScreen(Screen[None]):
             parts.append(f"filter: {self.filter_text}")
         if self.sort_column:
             parts.append(f"sort: {self.sort_column} {'▼' if self.sort_reverse else '▲'}")
-        if not self.ry.cache.exhausted:
+        if not self.ry.loaded.is_set():
+            parts = ["waiting for the daemon"]
+        elif not self.ry.cache.exhausted:
             parts.append("older: scroll down")
+        table = self.table
+        if table.max_scroll_x > 0:
+            parts.insert(0, "← more columns" if table.scroll_x >= table.max_scroll_x else "more columns →")
         self.query_one(StatusBar).say(" · ".join(parts))
 
     def cursor_id(self) -> int | None:
@@ -246,19 +279,19 @@ class QueueScreen(Screen[None]):
         else:
             at = columns.index(self.sort_column) if self.sort_column in columns else -1
             self.sort_column = columns[at + 1] if at + 1 < len(columns) else None
-        self._columns = []  # relabel the headers
+        self._columns = None  # relabel the headers
         self.rebuild()
         self.app.notify(f"sorted by {self.sort_column}" if self.sort_column else "default order: active first")
 
     def action_sort_reverse(self) -> None:
         self.sort_reverse = not self.sort_reverse
-        self._columns = []
+        self._columns = None
         self.rebuild()
 
     def sort_by(self, column: str, reverse: bool = False) -> None:
         self.sort_column = column
         self.sort_reverse = reverse
-        self._columns = []
+        self._columns = None
         self.rebuild()
 
     def action_columns(self) -> None:
@@ -268,7 +301,7 @@ class QueueScreen(Screen[None]):
             if text is None:
                 return
             self.ry.metadata_columns = [c.strip() for c in text.replace(",", " ").split() if c.strip()]
-            self._columns = []
+            self._columns = None
             self.rebuild()
 
         from .dialogs import PromptScreen
@@ -313,3 +346,38 @@ class QueueScreen(Screen[None]):
         if current is not None:
             self.run_worker(open_shell(self.app, self.ry.socket_path, current, self.ry.cache.views.get(current)),
                             group="action")
+
+# Given up first, in this order, when the columns do not fit: what a narrow pane can do without.
+GIVE_WAY = ("owner", "age")
+TITLE_MIN = 12
+
+
+def fit_columns(names: list[str], labels: list[str], rows: list[list[Any]], room: int) -> tuple[list[int], int | None]:
+    """Which columns (by index) fit in ``room`` cells, and the title's width (None: as wide as it needs).
+
+    Chosen metadata columns are why a user widened the table, so they stay: first an empty GPUs
+    column goes, then the least useful ones, then long titles are cut. What still does not fit
+    scrolls sideways, and the status bar says so.
+    """
+    widths = []
+    for i, label in enumerate(labels):
+        content = max((cell_len(row[i].plain if isinstance(row[i], Text) else str(row[i])) for row in rows), default=0)
+        widths.append(max(cell_len(label), content) + 2)  # DataTable pads each cell by one each side
+    shown = list(range(len(names)))
+    base = {name: i for i, name in enumerate(BASE_COLUMNS)}
+
+    def total() -> int:
+        return sum(widths[i] for i in shown)
+
+    if total() > room and not any(row[base["gpus"]] for row in rows):
+        shown.remove(base["gpus"])
+    for name in GIVE_WAY:
+        if total() <= room:
+            break
+        shown.remove(base[name])
+    title_width = None
+    over = total() - room
+    title = widths[base["title"]] - 2
+    if over > 0 and title > TITLE_MIN:
+        title_width = max(TITLE_MIN, title - over)
+    return shown, title_width

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.text import Text
 from textual.binding import Binding
-from textual.widgets import DataTable, Static
+from textual.containers import ScrollableContainer
+from textual.widgets import DataTable, Static, Tree
 
 
 class StatusBar(Static):
-    """One line at the bottom: what the screen shows, then the daemon connection's state."""
+    """What the screen shows, then the daemon connection's state; never cut off where it matters.
+
+    Online, the screen's part gives way (cut with …) and the socket path is dropped before the
+    state is. Offline, the connection's message is all there is to say, and it wraps onto as many
+    lines as it needs: its hint (start the daemon, ask for the group) is the part a user needs.
+    """
 
     DEFAULT_CSS = """
-    StatusBar { height: 1; background: $panel; color: $text; padding: 0 1; }
+    StatusBar { height: auto; max-height: 4; background: $panel; color: $text; padding: 0 1; }
     StatusBar.-down { background: $error; }
     """
 
@@ -24,27 +31,49 @@ class StatusBar(Static):
         self.watch(self.app, "connection", self._show, init=True)
         self.watch(self.app, "frozen", self._show, init=False)
 
+    def on_resize(self) -> None:
+        self._show()
+        # Toasts sit above the status bar, not on it: it is where the connection's state is read.
+        for rack in self.screen.query("#textual-toastrack"):
+            rack.styles.margin = (0, 0, self.size.height + 1, 0)
+
     def say(self, text: str) -> None:
         self.left = text
         self._show()
 
     def _show(self, *_: object) -> None:
         app: Any = self.app
-        connection = app.connection
         self.set_class(not app.online, "-down")
-        frozen = " · [b]FROZEN[/b] (Z)" if app.frozen else ""
-        self.update(f"{self.left}{frozen}  [dim]│[/dim] {connection}")
+        state = str(getattr(app, "link_text", "") or "")
+        if not app.online:
+            self.update(Text.assemble(("● ", "bold"), state or "connecting…"))
+            return
+        width = max(20, (self.size.width or app.size.width) - 2)
+        user = f"{app.link.user}@" if app.link.user else ""
+        left = Text.from_markup(self.left)
+        if app.frozen:
+            left.append_text(Text.from_markup(" · [b]FROZEN[/b] (Z)"))
+        right = Text.assemble(("●", "green"), f" {user}{app.socket_path} {state}")
+        if left.cell_len + 3 + right.cell_len > width:
+            right = Text.assemble(("●", "green"), f" {user.rstrip('@')} {state}".replace("  ", " "))
+        room = width - right.cell_len - 3
+        if left.cell_len > room:
+            left.truncate(max(1, room), overflow="ellipsis")
+        self.update(Text.assemble(left, ("  │ ", "dim"), right))
 
 
 class VimTable(DataTable[Any]):
-    """A row-cursor table with j/k, g/G and PgUp/PgDn."""
+    """A row-cursor table with j/k, g/G, PgUp/PgDn, and h/l to scroll columns that do not fit."""
 
     BINDINGS = [
         Binding("j", "cursor_down", "down", show=False, id="table.down"),
         Binding("k", "cursor_up", "up", show=False, id="table.up"),
         Binding("g", "scroll_top", "first", show=False, id="table.first"),
         Binding("G", "scroll_bottom", "last", show=False, id="table.last"),
+        Binding("h,left", "scroll_columns(-1)", "columns left", show=False, id="table.left"),
+        Binding("l,right", "scroll_columns(1)", "columns right", show=False, id="table.right"),
     ]
+    HELP_TITLE = "moving"
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
@@ -56,3 +85,46 @@ class VimTable(DataTable[Any]):
     def action_scroll_bottom(self) -> None:
         if self.row_count:
             self.move_cursor(row=self.row_count - 1)
+
+    def action_scroll_columns(self, direction: int) -> None:
+        """Scroll sideways by a whole column: a cell at a time takes a dozen presses to show one."""
+        starts, x = [], 0
+        for column in self.ordered_columns:
+            starts.append(x)
+            x += column.get_render_width(self)
+        if direction > 0:
+            target = next((s for s in starts if s > self.scroll_x), self.max_scroll_x)
+        else:
+            target = max((s for s in starts if s < self.scroll_x), default=0)
+        self.scroll_to(x=min(target, self.max_scroll_x), animate=False)
+
+
+class VimTree(Tree[Any]):
+    """A tree that moves like vim too: j/k, g/G."""
+
+    BINDINGS = [
+        Binding("j", "cursor_down", "down", show=False, id="tree.down"),
+        Binding("k", "cursor_up", "up", show=False, id="tree.up"),
+        Binding("g", "scroll_home", "first", show=False, id="tree.first"),
+        Binding("G", "scroll_end", "last", show=False, id="tree.last"),
+        Binding("enter", "select_cursor", "show file", show=False, id="tree.open"),
+    ]
+    HELP_TITLE = "files"
+
+
+class CodeView(ScrollableContainer, can_focus=True):
+    """A file's code: it scrolls both ways, since code lines are not wrapped."""
+
+    BINDINGS = [
+        Binding("j,down", "scroll_down", "down", show=False, id="code.down"),
+        Binding("k,up", "scroll_up", "up", show=False, id="code.up"),
+        Binding("h,left", "scroll_left", "scroll left", show=False, id="code.left"),
+        Binding("l,right", "scroll_right", "scroll right", show=False, id="code.right"),
+        Binding("g,home", "scroll_home", "top", show=False, id="code.top"),
+        Binding("G,end", "scroll_end", "end", show=False, id="code.end"),
+        Binding("f", "files", "files", id="code.files"),
+    ]
+    HELP_TITLE = "code"
+
+    def action_files(self) -> None:
+        self.screen.query_one(VimTree).focus()

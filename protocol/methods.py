@@ -44,6 +44,7 @@ class ExecutionView(msgspec.Struct, kw_only=True):
     retries: int = 0  # host losses it may still survive by going back to the queue
     tags: list[str] = []
     variables: dict[str, str] = {}  # the --var values it was given (not secrets: those are never shown)
+    task: int | None = None  # the task it is a child of
 
 
 class OutputView(msgspec.Struct):

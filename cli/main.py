@@ -18,7 +18,7 @@ from runyard.protocol.logformat import parse_records
 from runyard.protocol.methods import ExecutionView
 from runyard.protocol.units import human_size
 
-from . import render, runflags
+from . import render, runflags, summarize, tasks
 
 EXIT_ERROR = 1  # the execution failed, or lint found errors
 EXIT_USAGE = 2  # the daemon refused the request
@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", action="append", default=[], metavar="GLOB",
                    help="only outputs whose path matches, e.g. '*.pt' (repeatable)")
     p.add_argument("--json", action="store_true")
+
+    tasks.add_parsers(sub)
+    summarize.add_parser(sub)
 
     p = sub.add_parser("lint", help="check a valohai.yaml and print every problem")
     p.add_argument("path", nargs="?", default="valohai.yaml")
@@ -609,6 +612,7 @@ COMMANDS = {
     "run": cmd_run, "list": cmd_list, "info": cmd_info, "logs": cmd_logs, "metadata": cmd_metadata,
     "stop": cmd_stop, "restart": cmd_restart, "rename": cmd_rename, "delete": cmd_delete,
     "outputs": cmd_outputs, "hosts": cmd_hosts, "doctor": cmd_doctor,
+    **tasks.COMMANDS, **summarize.COMMANDS,
 }
 
 

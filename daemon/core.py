@@ -41,6 +41,7 @@ from .scheduler import Capacity, Demand, place, refusal
 from .snapshots import SnapshotError, SnapshotStore
 from .steps import StepError, load_config, prepare_step
 from .store import Store, utcnow
+from .taskengine import TaskEngine
 from .tasks import watched
 from .transport import LinkError, q
 
@@ -100,6 +101,8 @@ class Core:
                 data / "cache" / "inputs", self.outputs, s3_options=config.s3.options,
                 max_bytes=config.cache.inputs_max_mb << 20),
         )
+        self.tasks = TaskEngine(self)  # tasks: their children are ordinary executions of this core
+        self.runner_services.metadata_added = self.tasks.metadata_added
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -120,6 +123,7 @@ class Core:
                 # Placed before the daemon stopped: its runner finds the container again (or creates
                 # it, or ends it as host-lost if the host is gone from the configuration).
                 self._spawn(row)
+        await self.tasks.start()
         for host in self.hosts.values():
             host.start()
         self._scheduler_task = asyncio.create_task(self._schedule_forever())
@@ -225,6 +229,7 @@ class Core:
 
     def publish(self, event: Event) -> None:
         self.hub.publish(event)
+        self.tasks.noticed(event)
         if event.status in TERMINAL or event.status == "queued":
             self._wake.set()
         if event.seq % 1000 == 0:
@@ -435,6 +440,7 @@ class Core:
             command=prepared.command, environment=prepared.environment, snapshot=snapshot,
             commit_ref=commit, config_path=config_path, restarted_from=restarted_from,
             resources=resources, priority=priority, input_options=prepared.input_options, retries=retries,
+            stop_condition=prepared.stop_condition,
         )
         return await self._create(row if options is None else runoptions.apply(row, options))
 
@@ -465,7 +471,7 @@ class Core:
         self.publish(event)
         return row
 
-    async def stop(self, execution_id: int, by: str = "") -> bool:
+    async def stop(self, execution_id: int, by: str = "", reason: str | None = None) -> bool:
         """Ask an execution to stop; True if it was still active. Idempotent.
 
         Sent to whoever owns it now: its runner, or (unplaced in the queue) the scheduler. An
@@ -474,7 +480,7 @@ class Core:
         while True:
             runner = self._runners.get(execution_id)
             if runner is not None:
-                answer = await runner.stop(by)
+                answer = await runner.stop(by, reason)
                 if answer is not None:
                     return answer
                 task = self._runner_tasks.get(execution_id)
@@ -499,6 +505,19 @@ class Core:
                 await self._note(execution_id, stop_note(by, stopping=None))
             await self._release_log(execution_id)  # a follower of its (empty) log is told it ended
             return True
+
+    async def release(self, execution_ids: list[int]) -> None:
+        """Queue executions waiting as created (a task's children beyond its maximum-queued-executions):
+        unplaced, they are the scheduler's, so they move under its lock."""
+        async with self._queue_lock:
+            for execution_id in execution_ids:
+                row = self.active.get(execution_id)
+                if row is None or row.status != "created":
+                    continue
+                result = await self.store.transition(execution_id, "queued")
+                if result is not None:
+                    self.track(result[0])
+                    self.publish(result[1])
 
     async def rename(self, execution_id: int, title: str | None) -> ExecutionRow:
         await self.get(execution_id)

@@ -41,6 +41,7 @@ class PreparedStep:
     input_options: dict[str, dict[str, str]] = field(default_factory=dict)
     # What the step asks that runyard does not do, for the client to tell its user.
     notes: tuple[str, ...] = ()
+    stop_condition: str | None = None  # the step's, a leval expression over its metadata
 
 
 GPU_DEVICE: Final = "nvidia.com/gpu"
@@ -206,6 +207,7 @@ def prepare_step(config: Config, step_name: str, raw_parameters: dict[str, str |
         resources=resources_of(step),
         input_options=input_options,
         notes=_ignored(step),
+        stop_condition=step.stop_condition or None,
     )
 
 

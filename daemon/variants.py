@@ -165,8 +165,11 @@ def expand(kind: str, variants: Iterable[Variant], *, parameter_sets: Iterable[M
             raise VariantError(f"execution-count must be between 1 and {MAX_CHILDREN}, not {n}")
         if not variants:
             raise VariantError("a random_search needs at least one variant parameter")
-        # One generator per parameter, seeded by the task's seed (or the rule's) and its name: a
-        # parameter's draws do not change when another parameter is added.
+        # One generator per parameter, seeded by its rule's seed (else the task's, else the first
+        # seed any rule gives: a blueprint that seeds one parameter is reproducible as a whole) and
+        # its name: a parameter's draws do not change when another parameter is added.
+        if seed is None:
+            seed = next((v.rules["seed"] for v in variants if v.rules.get("seed") is not None), None)
         columns: list[list[Any]] = []
         for v in variants:
             own = v.rules.get("seed", seed)

@@ -45,6 +45,7 @@ class ExecutionView(msgspec.Struct, kw_only=True):
     tags: list[str] = []
     variables: dict[str, str] = {}  # the --var values it was given (not secrets: those are never shown)
     task: int | None = None  # the task it is a child of
+    stop_condition: str | None = None  # the step's: it is stopped when its metadata meets this
 
 
 class OutputView(msgspec.Struct):

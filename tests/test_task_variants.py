@@ -84,3 +84,13 @@ def test_stop_conditions_evaluate_as_valohai_lints_them() -> None:
     check("acc > 0.9 and epoch >= 2")
     with pytest.raises(StopConditionError, match="not a valid expression"):
         check("__import__('os').system('id')")
+
+
+def test_a_stop_conditions_reason_is_kept_until_stopped() -> None:
+    from runyard.daemon.lifecycle import Exited, Move, StopAsked
+    from runyard.daemon.lifecycle import decide as move
+
+    asked = move("started", None, 0, StopAsked("stop-condition"))
+    assert (asked.status, asked.reason, asked.stop_container) == ("stopping", "stop-condition", True)
+    assert move("stopping", "stop-condition", 0, Exited(143)) == Move("stopped", "stop-condition")
+    assert move("queued", None, 0, StopAsked("stop-condition")) == Move("stopped", "stopped-before-start")

@@ -26,7 +26,7 @@ from .lifecycle import TERMINAL
 from .record import SELECT, ExecutionRow, row_of
 from .runoptions import RunOptions
 from .snapshots import SnapshotError
-from .steps import StepError, load_config, prepare_step
+from .steps import StepError, load_config, parameters_and_command, prepare_step
 from .store import utcnow
 from .task_lifecycle import (
     DEFAULT_ON_CHILD_ERROR,
@@ -193,23 +193,27 @@ class TaskEngine:
             config = load_config(text.decode("utf-8", "replace"), p.config_path)
             spec, children = _plan(config, p)
             fixed: dict[str, Any] = dict(p.parameters)
-            prepared = [prepare_step(config, spec["step"], fixed | {k: variants.raw(v) for k, v in kid.items()},
-                                     p.inputs) for kid in children]
+            raws = [fixed | {k: variants.raw(v) for k, v in kid.items()} for kid in children]
+            # The first child is checked in full (inputs, resources ...); the others differ only in
+            # their parameters, so only those are checked again and their command built.
+            first = prepare_step(config, spec["step"], raws[0], p.inputs)
+            commands = [(first.parameters, first.command)] + [
+                parameters_and_command(config, first.name, raw) for raw in raws[1:]]
         except (StepError, variants.VariantError, stopcondition.StopConditionError) as exc:
             raise OperationError(ErrorCode.INVALID_PARAMS, str(exc)) from None
-        first = prepared[0]
         resources = core._resources(first.resources, p.pool, p.gpus)
         image = p.image or first.image or core.config.defaults.image
-        rows = []
-        for step in prepared:
-            row = ExecutionRow(
-                step=step.name, title=p.title, owner=owner, owner_uid=owner_uid, parameters=step.parameters,
-                inputs=step.inputs, image=image, command=step.command, environment=step.environment,
-                snapshot=p.snapshot, commit_ref=p.commit, config_path=p.config_path, resources=resources,
-                priority=p.priority, input_options=step.input_options, retries=p.retries,
-                stop_condition=step.stop_condition,
-            )
-            rows.append(runoptions.apply(row, options))
+        base = runoptions.apply(ExecutionRow(
+            step=first.name, title=p.title, owner=owner, owner_uid=owner_uid, parameters=first.parameters,
+            inputs=first.inputs, image=image, command=first.command, environment=first.environment,
+            snapshot=p.snapshot, commit_ref=p.commit, config_path=p.config_path, resources=resources,
+            priority=p.priority, input_options=first.input_options, retries=p.retries,
+            stop_condition=first.stop_condition,
+        ), options)
+        # Children differ only in their parameters and the command built from them (the step, its
+        # inputs and environment are the same): they share the rest, which is stored once encoded.
+        shared = {f.name: getattr(base, f.name) for f in dataclasses.fields(ExecutionRow)}
+        rows = [ExecutionRow(**{**shared, "parameters": values, "command": command}) for values, command in commands]
         limit = spec.get("maximum_queued_executions")
         queued = len(rows) if limit is None else min(len(rows), limit)
         for row in rows[queued:]:
@@ -218,7 +222,8 @@ class TaskEngine:
             id=0, name=p.blueprint, title=p.title, type=spec["type"], step=spec["step"], status="created",
             reason=None, owner=owner, owner_uid=owner_uid, spec=spec)
         async with self._lock:
-            record, rows, events = await taskstore.create(self.store, record, rows, queued)
+            record, rows, events = await taskstore.create(self.store, record, rows, queued,
+                                                          varying=("parameters", "command"))
             self._tasks[record.id] = record
             for row in rows:
                 self._task_of[row.id] = record.id

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from runyard.protocol.messages import Event
 
-from .record import COLUMNS, ExecutionRow, column_values
+from .record import COLUMNS, ExecutionRow, column_values, encode_field
 from .store import Store, utcnow
 from .task_lifecycle import TASK_ACTIVE, TASK_TERMINAL
 
@@ -47,10 +47,13 @@ def _task(r: Sequence[Any]) -> TaskRecord:
                       owner=r[7], owner_uid=r[8], spec=json.loads(r[9]), created_at=r[10], ended_at=r[11])
 
 
-async def create(store: Store, task: TaskRecord, children: list[ExecutionRow],
-                 queued: int) -> tuple[TaskRecord, list[ExecutionRow], list[Event]]:
+async def create(store: Store, task: TaskRecord, children: list[ExecutionRow], queued: int,
+                 varying: Sequence[str] | None = None) -> tuple[TaskRecord, list[ExecutionRow], list[Event]]:
     """Record ``task`` and its children: the first ``queued`` queued, the others created (waiting
-    for the task's maximum-queued-executions). One transaction; ids and times are assigned here."""
+    for the task's maximum-queued-executions). One transaction; ids and times are assigned here.
+
+    ``varying``: the only fields in which the children differ (besides status and reason), so the
+    rest is encoded once; None: every field of every child is encoded."""
     now = utcnow()
     for i, child in enumerate(children):
         child.status = "queued" if i < queued else "created"
@@ -67,7 +70,7 @@ async def create(store: Store, task: TaskRecord, children: list[ExecutionRow],
             child.task_id = task.id
         await store.db.executemany(
             f"INSERT INTO executions ({', '.join(_NAMES)}) VALUES ({','.join('?' * len(_NAMES))})",
-            [column_values(c, _NAMES) for c in children])
+            _encoded(children, varying))
         async with store.db.execute("SELECT id FROM executions WHERE task_id = ? ORDER BY id", (task.id,)) as c:
             ids = [int(r[0]) for r in await c.fetchall()]
         assert len(ids) == len(children)
@@ -86,6 +89,21 @@ async def create(store: Store, task: TaskRecord, children: list[ExecutionRow],
             events = [Event(seq=r[0], execution_id=r[1], kind="created", status=r[2], reason=None, at=now)
                       for r in await c.fetchall()]
     return task, children, events
+
+
+def _encoded(children: list[ExecutionRow], varying: Sequence[str] | None) -> list[list[Any]]:
+    """Each child's column values."""
+    if varying is None or not children:
+        return [column_values(c, _NAMES) for c in children]
+    base = column_values(children[0], _NAMES)
+    slots = [(_NAMES.index(n), n) for n in ("status", "reason", *varying)]
+    out = []
+    for child in children:
+        values = base.copy()
+        for i, name in slots:
+            values[i] = encode_field(name, getattr(child, name))
+        out.append(values)
+    return out
 
 
 async def get(store: Store, task_id: int) -> TaskRecord | None:

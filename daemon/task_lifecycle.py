@@ -26,6 +26,7 @@ DEFAULT_ON_CHILD_ERROR: Final = "continue-and-complete"
 STOPPED_BY_USER: Final = "stopped"
 STOP_CONDITION: Final = "stop-condition"
 CHILD_ERROR: Final = "child-error"
+CHILDREN_STOPPED: Final = "children-stopped"
 
 _CHILD_ACTIVE: Final = frozenset({"created", "queued", "started", "stopping"})
 _CHILD_RAN: Final = frozenset({"started", "stopping", "complete", "error", "stopped"})
@@ -69,6 +70,8 @@ def decide(current: TaskState, children: Mapping[str, int], *, on_child_error: s
         return TaskState("stopped", stop)
     if errors and on_child_error == "continue-and-error":
         return TaskState("error", f"{errors} child{'ren' if errors != 1 else ''} failed")
+    if children and children.get("stopped", 0) == sum(children.values()):
+        return TaskState("stopped", CHILDREN_STOPPED)  # each stopped on its own: nothing completed
     return TaskState("complete")
 
 

@@ -73,6 +73,7 @@ def test_task_state_follows_its_children() -> None:
     assert decide(TaskState("stopping", "stop-condition"), {"stopped": 1, "complete": 1}) == \
         TaskState("stopped", "stop-condition")
     assert decide(TaskState("complete"), {"started": 1}, stop="stopped") == TaskState("complete")
+    assert decide(started, {"stopped": 2}) == TaskState("stopped", "children-stopped")
 
 
 def test_stop_conditions_evaluate_as_valohai_lints_them() -> None:

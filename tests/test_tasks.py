@@ -157,7 +157,13 @@ async def test_grid_task_runs_every_combination_within_its_queue_limit_and_summa
     assert csv_text.splitlines()[0] == "id,status,lr,steps,x,loss" and len(csv_text.splitlines()) == 7
     listed = cli(plain, "task", "list")
     assert f"{done.id}" in listed and "6/6 done" in listed
-    assert "executions:" in cli(plain, "task", "info", str(done.id))
+    assert f"executions:     {first}-{last}" in cli(plain, "task", "info", str(done.id))
+    # Ranges work in info, logs and delete as in summarize.
+    assert [e["id"] for e in json.loads(cli(plain, "info", f"{first}-{last}", "--json"))] == done.execution_ids
+    assert cli(plain, "logs", f"{first},{first + 1}").count("==> execution ") == 2
+    assert json.loads(cli(plain, "info", "latest", "--json"))["id"] == last
+    assert cli(plain, "delete", f"{last - 1}-{last}").count("deleted") == 2
+    assert json.loads(cli(plain, "task", "info", str(done.id), "--json"))["total"] == 4
 
 
 async def test_blueprint_random_search_is_reproducible_and_manual_sets_run_as_given(plain: Daemon, repo: Path,
@@ -220,8 +226,10 @@ async def test_stop_restart_and_delete_act_on_the_whole_task(plain: Daemon, repo
     assert again["total"] == 3 and again["title"] == "slow sweep" and again["id"] != done.id
     assert [info(plain, i)["parameters"]["x"] for i in again["execution_ids"]] == [1, 2, 3]
     assert "stop it before deleting it" in cli(plain, "task", "delete", str(again["id"]), code=2)
-    cli(plain, "task", "stop", str(again["id"]))
-    await follow(plain, again["id"])
+    first, last = again["execution_ids"][0], again["execution_ids"][-1]
+    assert cli(plain, "stop", f"{first}-{last}").count("execution ") == 3  # each child on its own
+    by_hand = await follow(plain, again["id"])
+    assert (by_hand.status, by_hand.reason) == ("stopped", "children-stopped")
     assert "with its 3 children" in cli(plain, "task", "delete", str(done.id))
     assert "there is no execution" in cli(plain, "info", str(done.execution_ids[0]), code=2)
     assert "there is no task" in cli(plain, "task", "info", str(done.id), code=2)

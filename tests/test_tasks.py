@@ -247,3 +247,22 @@ async def test_a_3x2_grid_runs_6_containers_with_exactly_those_parameters(daemon
         assert (line["task_env"], line["task_id"]) == (str(done.id), str(done.id))
         seen.append((line["params"]["lr"], line["params"]["x"]))
     assert sorted(seen) == sorted((lr, x) for lr in (0.5, 0.25, 0.125) for x in (3, 4))
+
+
+async def test_a_daemon_killed_while_children_run_finishes_the_task(daemon_factory: type[Daemon], repo: Path) -> None:
+    daemon = daemon_factory(local_extra='runtime = "process"\n', stop_grace=2)
+    daemon.start()
+    made = new_task(daemon, repo, "train", "--grid", "x=1,2,3,4", "-p", "steps=30", "--max-queued", "2")
+    client = await Client.connect(daemon.socket, client_name="tests")
+    try:  # kill it once the first child runs, two more waiting
+        async for _event in client.events(since=0):
+            task = msgspec.convert(await client.call("tasks.get", {"id": made["id"]}), TaskView)
+            if task.children.get("started"):
+                break
+    finally:
+        await client.close()
+    daemon.kill9()
+    daemon.start()
+    done = await follow(daemon, made["id"], limit=2)
+    assert (done.status, done.children, done.execution_ids) == ("complete", {"complete": 4}, made["execution_ids"])
+    assert sorted(info(daemon, i)["parameters"]["x"] for i in done.execution_ids) == [1, 2, 3, 4]

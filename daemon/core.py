@@ -461,6 +461,7 @@ class Core:
                 config_path=old.config_path, restarted_from=old.id, resources=old.resources,
                 priority=old.priority if priority is None else priority,
                 input_options=old.input_options, retries=old.retries, variables=old.variables, tags=old.tags,
+                stop_condition=old.stop_condition,
             )
         )
 

@@ -214,6 +214,9 @@ async def test_stop_conditions_of_a_task_and_of_a_step(plain: Daemon, repo: Path
     run = json.loads(next(t for t in watched.splitlines() if t.startswith("{\"id\"")))
     assert (run["status"], run["reason"], run["stop_condition"]) == ("stopped", "stop-condition", "loss < 0.02")
     assert 0 < run["metadata"]["loss"] < 0.02
+    again = cli(plain, "restart", str(run["id"]), "--watch", "--json", code=1)  # a restart keeps it
+    rerun = json.loads(next(t for t in again.splitlines() if t.startswith("{\"id\"")))
+    assert (rerun["status"], rerun["reason"], rerun["restarted_from"]) == ("stopped", "stop-condition", run["id"])
 
 
 async def test_stop_restart_and_delete_act_on_the_whole_task(plain: Daemon, repo: Path) -> None:

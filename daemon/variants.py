@@ -71,10 +71,6 @@ def _number(variant: Variant, key: str, default: float | None = None) -> float:
     return value
 
 
-def _whole(value: float) -> float | int:
-    return int(value) if float(value).is_integer() else value
-
-
 def values(variant: Variant) -> list[Any]:
     """The values a non-random style gives, in order."""
     rules = variant.rules
@@ -106,8 +102,10 @@ def values(variant: Variant) -> list[Any]:
                 raise VariantError(f"parameter {variant.name} (logspace): count must be at least 1")
             _check_count(variant, count)
             if count == 1:
-                return [_whole(base ** start)]
-            return [float(f"{base ** (start + i * (end - start) / (count - 1)):.12g}") for i in range(count)]
+                out = [float(base ** start)]
+            else:
+                out = [float(f"{base ** (start + i * (end - start) / (count - 1)):.12g}") for i in range(count)]
+            return [round(v) for v in out] if rules.get("integerify") else out
         case "random":
             raise VariantError(f"parameter {variant.name} is random: only a random_search draws it")
     raise VariantError(f"unknown parameter style {variant.style!r}")
@@ -145,22 +143,25 @@ def expand(kind: str, variants: Iterable[Variant], *, parameter_sets: Iterable[M
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise VariantError(f"parameter {next(n for n in names if names.count(n) > 1)} is given twice")
-    if kind == "manual_search":
-        sets = [dict(s) for s in parameter_sets if s]
-        if not sets:
-            raise VariantError("a manual_search needs parameter-sets: one mapping of parameters per child")
+    sets = [dict(s) for s in parameter_sets if s]
+    if kind == "manual_search" and sets:
         fixed = {v.name: values(v)[0] for v in variants if v.style == "single"}
         children = [fixed | s for s in sets]
-    elif kind == "grid_search":
+    elif kind in ("grid_search", "manual_search"):  # a manual search given variants, not sets: each combination
         if not variants:
-            raise VariantError("a grid_search needs at least one variant parameter")
+            raise VariantError(f"a {kind} needs at least one variant parameter"
+                               + (" or parameter-sets: one mapping of parameters per child"
+                                  if kind == "manual_search" else ""))
         total = math.prod(len(values(v)) for v in variants)
         if total > MAX_CHILDREN:
             raise VariantError(f"the grid makes {total} children, more than {MAX_CHILDREN}")
         children = [dict(zip(names, combo, strict=True))
                     for combo in itertools.product(*(values(v) for v in variants))]
     elif kind == "random_search":
-        n = DEFAULT_RANDOM_COUNT if count is None else count
+        # execution-count, else the largest `count` a random rule gives, else Valohai's default
+        counts = [int(v.rules["count"]) for v in variants if v.style == "random"
+                  and isinstance(v.rules.get("count"), int)]
+        n = count if count is not None else max(counts, default=DEFAULT_RANDOM_COUNT)
         if not 1 <= n <= MAX_CHILDREN:
             raise VariantError(f"execution-count must be between 1 and {MAX_CHILDREN}, not {n}")
         if not variants:

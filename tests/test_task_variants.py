@@ -19,6 +19,7 @@ def test_styles_follow_their_rules() -> None:
     assert v.values(v.parse_linear("x=0:1:0.25")) == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert v.values(v.parse_logspace("lr=-5:-1:5")) == [1e-05, 1e-04, 1e-03, 1e-02, 1e-01]
     assert v.values(v.parse_logspace("n=1:3:3:2")) == [2.0, 4.0, 8.0]
+    assert v.values(v.Variant("n", "logspace", {"start": 0, "end": 2, "count": 3, "integerify": True})) == [1, 10, 100]
     assert v.values(v.Variant("a", "single", {"value": "x"})) == ["x"]
     with pytest.raises(v.VariantError, match="step"):
         v.values(v.parse_linear("e=10:1:3"))
@@ -42,6 +43,10 @@ def test_manual_sets_and_limits() -> None:
     sets = [{"lr": 0.1}, {"lr": 0.2, "epochs": 3}]
     assert v.expand("manual_search", [v.Variant("epochs", "single", {"value": 1})], parameter_sets=sets) == [
         {"epochs": 1, "lr": 0.1}, {"epochs": 3, "lr": 0.2}]
+    # A manual search given variants rather than sets runs each combination of them.
+    assert v.expand("manual_search", [v.parse_linear("a=25:25:1")]) == [{"a": 25}]
+    # A random search's size: execution-count, else the largest count a random rule gives.
+    assert len(v.expand("random_search", [v.Variant("a", "random", {"min": 1, "max": 25, "count": 10})])) == 10
     with pytest.raises(v.VariantError, match="more than"):
         v.expand("grid_search", [v.parse_linear("a=1:200:1"), v.parse_linear("b=1:200:1")])
     with pytest.raises(v.VariantError, match="not run by runyard"):

@@ -217,6 +217,8 @@ async def test_stop_conditions_of_a_task_and_of_a_step(plain: Daemon, repo: Path
     done = await follow(plain, task["id"])
     assert (done.status, done.reason) == ("stopped", "stop-condition")
     assert {e["status"] for e in infos(plain, done.execution_ids)} == {"stopped"}
+    peaks = json.loads(cli(plain, "summarize", "--task", str(done.id), "--key", "loss", "--agg", "max", "--json"))
+    assert sorted(r["metadata"]["loss"] for r in peaks) == [1.0, 2.0]  # each child's first, largest loss
     # The step's own: `runyard run` of a step with a stop-condition.
     watched = cli(plain, "run", "early", "--watch", "--json", cwd=repo, code=1)  # it did not complete
     run = json.loads(next(t for t in watched.splitlines() if t.startswith("{\"id\"")))

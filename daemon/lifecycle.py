@@ -117,7 +117,7 @@ def decide(status: str, reason: str | None, retries: int, event: Event) -> Move:
                 return Move("stopped", "stopped-before-start")
             if status == "started":
                 return Move("stopping", why, stop_container=True)
-            return Move(None, reason, stop_container=True)  # stopping: ask the engine again
+            return Move(None, stop_container=True)  # stopping: ask the engine again
         case LimitReached(reason=why):
             return Move(None, why, stop_container=True) if status == "started" else STAY
         case Exited(code=code, oom_killed=oom, engine_restarted=engine):

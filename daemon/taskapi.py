@@ -52,7 +52,7 @@ async def list_(core: Core, caller: Caller, p: t.TaskListParams) -> list[t.TaskV
 @method("tasks.stop", t.TaskIdParams)
 async def stop(core: Core, caller: Caller, p: t.TaskIdParams) -> t.TaskStopResult:
     await _owned(core, caller, p.id, "stop")
-    return t.TaskStopResult(task=p.id, stopped=await core.tasks.stop(p.id))
+    return t.TaskStopResult(task=p.id, stopped=await core.tasks.stop(p.id, caller.user))
 
 
 @method("tasks.restart", t.TaskIdParams)

@@ -54,6 +54,7 @@ class TaskEngine:
         self._tasks: dict[int, taskstore.TaskRecord] = {}  # active tasks
         self._task_of: dict[int, int] = {}  # active child -> its task
         self._asked: dict[int, str] = {}  # task -> why it was asked to stop, until settled
+        self._stopped_by: dict[int, str] = {}  # task -> who asked it to stop, for its children's logs
         self._dirty: set[int] = set()
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one settle (or create, stop) at a time: the task's one writer
@@ -86,8 +87,8 @@ class TaskEngine:
     def metadata_added(self, execution_id: int) -> None:
         """New metadata of an execution: check its step's and its task's stop-condition."""
         row = self.core.active.get(execution_id)
-        if row is None or execution_id in self._checking:
-            return
+        if row is None or row.status != "started" or execution_id in self._checking:
+            return  # a stopping one was asked already
         task = self._tasks.get(row.task_id) if row.task_id is not None else None
         task_condition = task.spec.get("stop_condition") if task is not None and task.status != "stopping" else None
         if not row.stop_condition and not task_condition:
@@ -146,6 +147,7 @@ class TaskEngine:
                 await self._queue_waiting(task, counts)
             if after.terminal:
                 self._tasks.pop(task_id, None)
+                self._stopped_by.pop(task_id, None)
             return stopped
 
     async def _queue_waiting(self, task: taskstore.TaskRecord, counts: dict[str, int]) -> None:
@@ -165,7 +167,9 @@ class TaskEngine:
 
     async def _stop_children(self, task: taskstore.TaskRecord) -> list[int]:
         reason = STOP_CONDITION if task.reason == STOP_CONDITION else None
-        by = f"task {task.id}" + (f" ({task.reason})" if task.reason and task.reason != STOPPED_BY_USER else "")
+        who = self._stopped_by.get(task.id)
+        by = (f"{who} (task {task.id})" if who and task.reason == STOPPED_BY_USER
+              else f"task {task.id}" + (f" ({task.reason})" if task.reason else ""))
         ids = await taskstore.children(self.store, task.id, ["created", "queued", "started"])
         stopped = []
         for execution_id in ids:
@@ -243,11 +247,13 @@ class TaskEngine:
             raise OperationError(ErrorCode.NOT_FOUND, f"there is no task {task_id}")
         return task
 
-    async def stop(self, task_id: int) -> list[int]:
+    async def stop(self, task_id: int, by: str = "") -> list[int]:
         task = await self.get(task_id)
         if task.terminal:
             return []
         self._asked[task_id] = STOPPED_BY_USER
+        if by:
+            self._stopped_by[task_id] = by
         return await self.settle(task_id)
 
     async def restart(self, task_id: int, *, owner: str, owner_uid: int) -> TaskView:

@@ -235,6 +235,7 @@ async def test_stop_restart_and_delete_act_on_the_whole_task(plain: Daemon, repo
     assert "task " in cli(plain, "task", "stop", str(task["id"]))
     done = await follow(plain, task["id"])
     assert (done.status, done.reason, done.children) == ("stopped", "stopped", {"stopped": 3})
+    assert "stop asked by root (task " in cli(plain, "logs", str(done.execution_ids[0]))
     again = json.loads(cli(plain, "task", "restart", str(done.id), "--json"))
     assert again["total"] == 3 and again["title"] == "slow sweep" and again["id"] != done.id
     assert [e["parameters"]["x"] for e in infos(plain, again["execution_ids"])] == [1, 2, 3]

@@ -280,3 +280,21 @@ async def test_a_daemon_killed_while_children_run_finishes_the_task(daemon_facto
     done = await follow(daemon, made["id"], limit=2)
     assert (done.status, done.children, done.execution_ids) == ("complete", {"complete": 4}, made["execution_ids"])
     assert sorted(e["parameters"]["x"] for e in infos(daemon, done.execution_ids)) == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_only_its_owner_or_an_admin_may_stop_restart_or_delete_a_task(daemon_factory: type[Daemon],
+                                                                      repo: Path) -> None:
+    from .test_trust import cli_as, shared_daemon
+    from .test_users import ensure_users
+
+    users = ensure_users()
+    daemon = shared_daemon(daemon_factory, local_extra='runtime = "process"\n')
+    made = new_task(daemon, repo, "train", "--grid", "x=1,2", "-p", "steps=400", "--max-queued", "1")
+    for action in ("stop", "restart", "delete"):
+        refused = cli_as(users["rybob"], daemon, "task", action, str(made["id"]))
+        assert refused.returncode == 2 and f"task {made['id']} belongs to root" in refused.stderr, refused
+    listed = cli_as(users["rybob"], daemon, "task", "list", "--json")  # anyone may look, as at executions
+    assert [t["id"] for t in json.loads(listed.stdout)] == [made["id"]]
+    stopped = cli_as(users["ryadmin"], daemon, "task", "stop", str(made["id"]), "--json")
+    assert json.loads(stopped.stdout)["stopped"] == made["execution_ids"]

@@ -18,7 +18,7 @@ from runyard.protocol.logformat import parse_records
 from runyard.protocol.methods import ExecutionView
 from runyard.protocol.units import human_size
 
-from . import grep, render, runflags
+from . import grep, render, runflags, summarize, tasks
 
 EXIT_ERROR = 1  # the execution failed, or lint found errors
 EXIT_USAGE = 2  # the daemon refused the request
@@ -27,6 +27,16 @@ EXIT_UNREACHABLE = 3
 
 class CliError(Exception):
     pass
+
+
+RANGE_HELP = "an execution id, a range like 10-40 or 1,3,5-7, or latest (the newest)"
+
+
+async def _ids(client: Client, *texts: str) -> list[int]:
+    try:
+        return await summarize.resolve(client, list(texts))
+    except summarize.RangeError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _print_json(value: Any) -> None:
@@ -120,12 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("info", help="everything about one execution")
-    p.add_argument("id", type=int)
+    p = sub.add_parser("info", help="everything about one execution (or each of a range)")
+    p.add_argument("id", metavar="ID", help=RANGE_HELP)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("logs", help="print an execution's log")
-    p.add_argument("id", type=int)
+    p = sub.add_parser("logs", help="print an execution's log (or each of a range's, one after another)")
+    p.add_argument("id", metavar="ID", help=RANGE_HELP)
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until it ends")
     p.add_argument("--head", type=int, metavar="N", help="the first N lines")
     p.add_argument("--tail", type=int, metavar="N", help="the last N lines")
@@ -140,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("stop", help="stop executions (SIGTERM, then SIGKILL after the grace period)")
-    p.add_argument("ids", type=int, nargs="*")
+    p.add_argument("ids", nargs="*", metavar="ID", help=RANGE_HELP)
     p.add_argument("--all", action="store_true", help="every active execution you may stop")
     p.add_argument("--json", action="store_true")
 
@@ -166,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("title", help='the new title; "" clears it')
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("delete", help="delete an ended execution and its log")
-    p.add_argument("id", type=int)
+    p = sub.add_parser("delete", help="delete an ended execution and its log (or each of a range)")
+    p.add_argument("id", metavar="ID", help=RANGE_HELP)
     p.add_argument("--purge-outputs", action="store_true", help="remove its stored outputs too")
 
     p = sub.add_parser("outputs", help="list (or download) an execution's outputs")
@@ -179,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", action="append", default=[], metavar="GLOB",
                    help="only outputs whose path matches, e.g. '*.pt' (repeatable)")
     p.add_argument("--json", action="store_true")
+
+    tasks.add_parsers(sub)
+    summarize.add_parser(sub)
 
     p = sub.add_parser("lint", help="check a valohai.yaml and print every problem")
     p.add_argument("path", nargs="?", default="valohai.yaml")
@@ -425,13 +438,23 @@ async def cmd_list(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_info(client: Client, args: argparse.Namespace) -> int:
-    e = await client.get(args.id)
+    ids = await _ids(client, args.id)
+    if len(ids) > 1:
+        if args.json:
+            _print_json([await client.get(i) for i in ids])
+            return 0
+        for n, execution_id in enumerate(ids):
+            if n:
+                print()
+            await cmd_info(client, argparse.Namespace(**{**vars(args), "id": str(execution_id)}))
+        return 0
+    e = await client.get(ids[0])
     if args.json:
         _print_json(e)
         return 0
     colour = render.use_colour()
     fields = [
-        ("id", str(e.id)), ("title", e.title or "-"), ("step", e.step),
+        ("id", str(e.id)), ("title", e.title or "-"), ("step", e.step), ("task", str(e.task) if e.task else "-"),
         ("status", render.status_text(e.status, e.reason, colour)),
         ("owner", e.owner), ("host", e.host or "-"), ("GPUs", ", ".join(e.gpus) or "-"),
         ("priority", str(e.priority)), ("retries left", str(e.retries)), ("tags", ", ".join(e.tags) or "-"),
@@ -478,6 +501,15 @@ async def cmd_logs(client: Client, args: argparse.Namespace) -> int:
         return await grep.grep(client, args)
     if (args.head is not None and args.head < 0) or (args.tail is not None and args.tail < 0):
         raise CliError("--head and --tail take a number of lines, 0 or more")
+    ids = await _ids(client, str(args.id))
+    if len(ids) > 1:
+        if args.follow:
+            raise CliError("-f follows one execution; name one, not a range")
+        for execution_id in ids:
+            print(f"==> execution {execution_id} <==", flush=True)
+            await cmd_logs(client, argparse.Namespace(**{**vars(args), "id": str(execution_id)}))
+        return 0
+    args.id = ids[0]
     end = 0
     if args.head is not None or args.tail is not None:
         head_end = 0
@@ -548,7 +580,7 @@ def _cell(value: Any) -> str:
 async def cmd_stop(client: Client, args: argparse.Namespace) -> int:
     if not args.ids and not args.all:
         raise CliError("name the executions to stop, or --all")
-    result = await client.stop(args.ids, all=args.all)
+    result = await client.stop(await _ids(client, *args.ids) if args.ids else [], all=args.all)
     if args.json:
         _print_json(result)
         return 0
@@ -605,8 +637,9 @@ async def cmd_rename(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_delete(client: Client, args: argparse.Namespace) -> int:
-    await client.delete(args.id, purge_outputs=args.purge_outputs)
-    print(f"execution {args.id} deleted" + (" with its outputs" if args.purge_outputs else ""))
+    for execution_id in await _ids(client, args.id):
+        await client.delete(execution_id, purge_outputs=args.purge_outputs)
+        print(f"execution {execution_id} deleted" + (" with its outputs" if args.purge_outputs else ""))
     return 0
 
 
@@ -663,6 +696,7 @@ COMMANDS = {
     "run": cmd_run, "list": cmd_list, "info": cmd_info, "logs": cmd_logs, "metadata": cmd_metadata,
     "stop": cmd_stop, "restart": cmd_restart, "rename": cmd_rename, "delete": cmd_delete,
     "outputs": cmd_outputs, "hosts": cmd_hosts, "doctor": cmd_doctor,
+    **tasks.COMMANDS, **summarize.COMMANDS,
 }
 
 

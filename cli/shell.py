@@ -15,9 +15,7 @@ import contextlib
 import os
 import signal
 import sys
-import termios
 import threading
-import tty
 from typing import Any
 
 from runyard.protocol import Client, ConnectionLost
@@ -51,6 +49,10 @@ async def cmd_shell(client: Client, args: argparse.Namespace) -> int:
     sub, frames = client.shell_channel()
     await client.call("shell.open", {"id": args.id, "sub": sub, "command": argv, "tty": use_tty,
                                      "rows": rows, "cols": cols, "term": os.environ.get("TERM", "xterm")})
+    # Imported here: every other command of the CLI starts without them.
+    import termios
+    import tty
+
     loop = asyncio.get_running_loop()
     keys: asyncio.Queue[bytes] = asyncio.Queue()
     saved = termios.tcgetattr(stdin) if use_tty else None

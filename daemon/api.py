@@ -325,3 +325,6 @@ def _admin(caller: Caller, action: str) -> None:
     if not caller.admin:
         raise OperationError(ErrorCode.PERMISSION_DENIED,
                              f"only root and daemon.admins may {action} (you are {caller.user})")
+
+
+from . import taskapi  # noqa: E402,F401  registers the tasks.* methods

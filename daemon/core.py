@@ -42,6 +42,7 @@ from .scheduler import Capacity, Demand, place, refusal
 from .snapshots import SnapshotError, SnapshotStore
 from .steps import StepError, load_config, prepare_step
 from .store import Store, utcnow
+from .taskengine import TaskEngine
 from .tasks import watched
 from .transport import LinkError, q
 
@@ -109,6 +110,8 @@ class Core:
                 data / "cache" / "inputs", self.outputs, s3_options=config.s3.options,
                 max_bytes=config.cache.inputs_max_mb << 20),
         )
+        self.tasks = TaskEngine(self)  # tasks: their children are ordinary executions of this core
+        self.runner_services.metadata_added = self.tasks.metadata_added
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -129,6 +132,7 @@ class Core:
                 # Placed before the daemon stopped: its runner finds the container again (or creates
                 # it, or ends it as host-lost if the host is gone from the configuration).
                 self._spawn(row)
+        await self.tasks.start()
         for host in self.hosts.values():
             host.start()
         self._scheduler_task = asyncio.create_task(self._schedule_forever())
@@ -234,6 +238,7 @@ class Core:
 
     def publish(self, event: Event) -> None:
         self.hub.publish(event)
+        self.tasks.noticed(event)
         if event.status in TERMINAL or event.status == "queued":
             self._wake.set()
         if event.seq % 1000 == 0:
@@ -463,6 +468,7 @@ class Core:
             command=prepared.command, environment=prepared.environment, snapshot=snapshot,
             commit_ref=commit, config_path=config_path, restarted_from=restarted_from,
             resources=resources, priority=priority, input_options=prepared.input_options, retries=retries,
+            stop_condition=prepared.stop_condition,
         )
         return await self._create(row if options is None else runoptions.apply(row, options))
 
@@ -483,6 +489,7 @@ class Core:
                 config_path=old.config_path, restarted_from=old.id, resources=old.resources,
                 priority=old.priority if priority is None else priority,
                 input_options=old.input_options, retries=old.retries, variables=old.variables, tags=old.tags,
+                stop_condition=old.stop_condition,
             )
         )
 
@@ -493,7 +500,7 @@ class Core:
         self.publish(event)
         return row
 
-    async def stop(self, execution_id: int, by: str = "") -> bool:
+    async def stop(self, execution_id: int, by: str = "", reason: str | None = None) -> bool:
         """Ask an execution to stop; True if it was still active. Idempotent.
 
         Sent to whoever owns it now: its runner, or (unplaced in the queue) the scheduler. An
@@ -502,7 +509,7 @@ class Core:
         while True:
             runner = self._runners.get(execution_id)
             if runner is not None:
-                answer = await runner.stop(by)
+                answer = await runner.stop(by, reason)
                 if answer is not None:
                     return answer
                 task = self._runner_tasks.get(execution_id)
@@ -528,7 +535,8 @@ class Core:
             await self._release_log(execution_id)  # a follower of its (empty) log is told it ended
             return True
 
-    async def stop_many(self, ids: list[int], by: str = "") -> tuple[list[int], list[int]]:
+    async def stop_many(self, ids: list[int], by: str = "",
+                        reason: str | None = None) -> tuple[list[int], list[int]]:
         """``stop`` for many executions: (stopped, had already ended), in ``ids``' order.
 
         The unplaced queued ones, the bulk of a runaway sweep, are stopped together: one
@@ -541,7 +549,7 @@ class Core:
                       if i not in self._runners and i in self.active and self.active[i].host is None]
             moves = []
             for row in queued:
-                move = decide(row.status, row.reason, row.retries, StopAsked())
+                move = decide(row.status, row.reason, row.retries, StopAsked(reason))
                 if move.status is not None:
                     moves.append((row.id, move.status, move.reason))
             made = await self.store.transition_many(moves) if moves else []
@@ -563,14 +571,27 @@ class Core:
                             f"writing the stop note of {len(made)} executions", self._background)
             await asyncio.wait([notes], timeout=_NOTES_WAIT)
         rest = [i for i in ids if i not in answers]
-        for execution_id, answer in zip(rest, await asyncio.gather(*(self.stop(i, by) for i in rest)), strict=True):
-            answers[execution_id] = answer
+        placed = await asyncio.gather(*(self.stop(i, by, reason) for i in rest))
+        answers.update(zip(rest, placed, strict=True))
         return [i for i in ids if answers[i]], [i for i in ids if not answers[i]]
 
     async def _write_notes(self, ids: list[int], paths: dict[int, Path], opened: list[LogFile], note: str) -> None:
         await asyncio.to_thread(_write_notes, paths, opened, note)
         for execution_id in ids:
             await self._release_log(execution_id)
+
+    async def release(self, execution_ids: list[int]) -> None:
+        """Queue executions waiting as created (a task's children beyond its maximum-queued-executions):
+        unplaced, they are the scheduler's, so they move under its lock."""
+        async with self._queue_lock:
+            for execution_id in execution_ids:
+                row = self.active.get(execution_id)
+                if row is None or row.status != "created":
+                    continue
+                result = await self.store.transition(execution_id, "queued")
+                if result is not None:
+                    self.track(result[0])
+                    self.publish(result[1])
 
     async def rename(self, execution_id: int, title: str | None) -> ExecutionRow:
         await self.get(execution_id)

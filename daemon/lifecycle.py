@@ -46,7 +46,9 @@ class Exited:
 
 @dataclass(frozen=True, slots=True)
 class StopAsked:
-    pass
+    # Why, when not a user's stop: "stop-condition" (its metadata met the step's or its task's
+    # stop-condition); kept through stopping to the stopped status.
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,17 +112,17 @@ def decide(status: str, reason: str | None, retries: int, event: Event) -> Move:
     match event:
         case Started():
             return Move("started") if status == "queued" else STAY
-        case StopAsked():
+        case StopAsked(reason=why):
             if status in ("created", "queued"):
                 return Move("stopped", "stopped-before-start")
             if status == "started":
-                return Move("stopping", stop_container=True)
+                return Move("stopping", why, stop_container=True)
             return Move(None, stop_container=True)  # stopping: ask the engine again
         case LimitReached(reason=why):
             return Move(None, why, stop_container=True) if status == "started" else STAY
         case Exited(code=code, oom_killed=oom, engine_restarted=engine):
             if status == "stopping":
-                return Move("stopped")
+                return Move("stopped", reason)
             if status != "started":
                 return STAY
             if reason in LIMIT_REASONS:
@@ -136,17 +138,17 @@ def decide(status: str, reason: str | None, retries: int, event: Event) -> Move:
             return Move("complete")
         case HostLost():
             if status == "stopping":
-                return Move("stopped")
+                return Move("stopped", reason)
             if status == "started":
                 return _host_failed(retries)
             return Move(None, unplace=True)  # placed, never created there
         case Vanished():
             if status == "stopping":
-                return Move("stopped")
+                return Move("stopped", reason)
             return Move("error", "container-removed")
         case Failed(reason=why):
             if status == "stopping":
-                return Move("stopped")
+                return Move("stopped", reason)
             return Move("error", why)
     raise AssertionError(f"unknown event {event!r}")
 

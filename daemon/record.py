@@ -44,6 +44,8 @@ class ExecutionRow:
     # so an execution says how it was run; secrets never pass through here.
     variables: dict[str, str] = field(default_factory=dict, metadata=_JSON_TEXT)
     tags: list[str] = field(default_factory=list, metadata=_JSON_TEXT)
+    task_id: int | None = field(default=None, metadata={"view": "task"})  # the task it is a child of
+    stop_condition: str | None = None  # the step's: a leval expression over its latest metadata
     # What the daemon keeps.
     id: int = 0
     status: str = "queued"

@@ -84,6 +84,7 @@ class RunnerServices:
     live_outputs_every: float = 0.0
     host_cache_bytes: int = 100 << 30
     input_progress: Callable[[int, str, int, int | None], None] = lambda *_: None
+    metadata_added: Callable[[int], None] = lambda _: None  # an execution recorded new metadata points
 
 
 def stop_note(by: str, stopping: tuple[str, int] | None) -> str:
@@ -151,11 +152,11 @@ class Runner:
 
     # -- what others may ask ---------------------------------------------------------------
 
-    async def stop(self, by: str = "") -> bool | None:
+    async def stop(self, by: str = "", reason: str | None = None) -> bool | None:
         """Ask the execution to stop (``by``: who asked, for its log). True: it was active (now
         stopping or stopped); False: it had already ended; None: this runner no longer owns it (ask
         its new owner)."""
-        move = await self._send(StopAsked(), why=by)
+        move = await self._send(StopAsked(reason), why=by)
         if move is None:
             return None
         return move is not STAY or self.row.status == "stopping"
@@ -655,6 +656,7 @@ class Runner:
         if self._points:
             points, self._points = self._points, []
             await self.s.store.add_metadata(self.id, points, self._points_end, attempt=self._base)
+            self.s.metadata_added(self.id)  # stop-conditions are checked against the new latest values
 
     async def _live_outputs(self, host: Host) -> None:
         """Store files the command made read-only while it runs (Valohai's live outputs)."""

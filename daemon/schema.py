@@ -97,6 +97,29 @@ MIGRATIONS: Final[list[str]] = [
     ALTER TABLE executions ADD COLUMN variables TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE executions ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';
     """,
+    # 8: tasks (Valohai's grid/random/manual searches): the task record, and each child's task;
+    # a step's stop-condition, kept with the execution it stops.
+    # `spec` holds what the task was asked (type, variants, limits, stop-condition) as JSON.
+    """
+    CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT,
+        title TEXT,
+        type TEXT NOT NULL,
+        step TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT,
+        owner TEXT NOT NULL,
+        owner_uid INTEGER NOT NULL,
+        spec TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        ended_at TEXT
+    );
+    CREATE INDEX tasks_status ON tasks (status, id);
+    ALTER TABLE executions ADD COLUMN task_id INTEGER;
+    ALTER TABLE executions ADD COLUMN stop_condition TEXT;
+    CREATE INDEX executions_task ON executions (task_id, status) WHERE task_id IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -42,6 +42,7 @@ class PreparedStep:
     input_options: dict[str, dict[str, str]] = field(default_factory=dict)
     # What the step asks that runyard does not do, for the client to tell its user.
     notes: tuple[str, ...] = ()
+    stop_condition: str | None = None  # the step's, a leval expression over its metadata
 
 
 GPU_DEVICE: Final = "nvidia.com/gpu"
@@ -162,20 +163,7 @@ def prepare_step(config: Config, step_name: str, raw_parameters: dict[str, str |
     if step is None:
         known = ", ".join(sorted(config.steps)) or "none"
         raise StepError(f"no step named {step_name!r} (steps: {known})")
-    unknown = sorted(set(raw_parameters) - set(step.parameters))
-    if unknown:
-        known = ", ".join(sorted(step.parameters)) or "none"
-        raise StepError(f"step {step_name!r} has no parameter {unknown[0]!r} (parameters: {known})")
-    values: dict[str, Any] = {}
-    for name, parameter in step.parameters.items():
-        if name in raw_parameters:
-            values[name] = _coerce(step, name, raw_parameters[name])
-        elif parameter.default is not None:
-            values[name] = parameter.default
-        elif parameter.type == "flag":
-            values[name] = False
-        elif not parameter.optional:
-            raise StepError(f"parameter {name!r} of step {step_name!r} has no default: give it with -p {name}=VALUE")
+    values = _values(step, step_name, raw_parameters)
     unknown_inputs = sorted(set(inputs) - set(step.inputs))
     if unknown_inputs:
         known = ", ".join(sorted(step.inputs)) or "none"
@@ -199,22 +187,53 @@ def prepare_step(config: Config, step_name: str, raw_parameters: dict[str, str |
         if spec.filename:
             options["filename"] = str(spec.filename)
         input_options[name] = options
-    # valohai-yaml shell-quotes each interpolated value, so values reach the shell literally.
-    commands = step.build_command(values)
     environment = {
         name: str(var.default) for name, var in step.environment_variables.items() if var.default is not None
     }
     return PreparedStep(
         name=step.name,
         image=step.image or None,
-        command=_script(step.name, commands),
+        command=_command(step, values),
         parameters=values,
         inputs=resolved_inputs,
         environment=environment,
         resources=resources_of(step),
         input_options=input_options,
         notes=_ignored(step),
+        stop_condition=step.stop_condition or None,
     )
+
+
+def parameters_and_command(config: Config, step_name: str,
+                           raw_parameters: dict[str, str | list[str]]) -> tuple[dict[str, Any], str]:
+    """What prepare_step gives that depends on the parameters: their checked values and the command
+    (for a task's further children, once its first passed prepare_step)."""
+    step = config.steps[step_name]
+    values = _values(step, step_name, raw_parameters)
+    return values, _command(step, values)
+
+
+def _values(step: Step, step_name: str, raw_parameters: dict[str, str | list[str]]) -> dict[str, Any]:
+    unknown = sorted(set(raw_parameters) - set(step.parameters))
+    if unknown:
+        known = ", ".join(sorted(step.parameters)) or "none"
+        raise StepError(f"step {step_name!r} has no parameter {unknown[0]!r} (parameters: {known})")
+    values: dict[str, Any] = {}
+    for name, parameter in step.parameters.items():
+        if name in raw_parameters:
+            values[name] = _coerce(step, name, raw_parameters[name])
+        elif parameter.default is not None:
+            values[name] = parameter.default
+        elif parameter.type == "flag":
+            values[name] = False
+        elif not parameter.optional:
+            raise StepError(f"parameter {name!r} of step {step_name!r} has no default: give it with -p {name}=VALUE")
+    return values
+
+
+def _command(step: Step, values: dict[str, Any]) -> str:
+    # valohai-yaml shell-quotes each interpolated value, so values reach the shell literally.
+    return _script(step.name, step.build_command(values))
 
 
 def _ignored(step: Step) -> tuple[str, ...]:

@@ -48,6 +48,8 @@ def container_environment(row: ExecutionRow, *, root: str = CONTAINER_ROOT,
             "TINI_KILL_PROCESS_GROUP": "1",
         }
     )
+    if row.task_id is not None:
+        env["VH_TASK_ID"] = str(row.task_id)
     return env
 
 
@@ -71,9 +73,9 @@ def execution_config(row: ExecutionRow) -> dict[str, Any]:
         "valohai.creator-name": row.owner,
         "valohai.project-id": PROJECT_ID,
         "valohai.project-name": "runyard",
-        # Not part of a task (Valohai's grid searches): null, as Valohai writes them then.
-        "valohai.task-counter": None,
-        "valohai.task-id": None,
+        # Its task (Valohai's grid searches); null when not part of one, as Valohai writes them then.
+        "valohai.task-counter": row.task_id,
+        "valohai.task-id": None if row.task_id is None else str(row.task_id),
         "runyard.snapshot": row.snapshot,
         "runyard.tags": list(row.tags),
     }

@@ -79,6 +79,8 @@ class Event(msgspec.Struct, tag="event", tag_field="type"):
     # kind "progress" (seq 0, never replayed): bytes of the inputs fetched so far, and in all
     done: int | None = None
     total: int | None = None
+    # kind "task" (seq 0, never replayed; execution_id 0): task ``task`` is now ``status``
+    task: int | None = None
 
 
 class Resync(msgspec.Struct, tag="resync", tag_field="type"):

@@ -44,6 +44,8 @@ class ExecutionView(msgspec.Struct, kw_only=True):
     retries: int = 0  # host losses it may still survive by going back to the queue
     tags: list[str] = []
     variables: dict[str, str] = {}  # the --var values it was given (not secrets: those are never shown)
+    task: int | None = None  # the task it is a child of
+    stop_condition: str | None = None  # the step's: it is stopped when its metadata meets this
 
 
 class OutputView(msgspec.Struct):

@@ -40,6 +40,8 @@ class ExecutionCache:
         if event.kind == "host":
             self.hosts_dirty = True
             return False
+        if event.kind == "task":  # a task's own state: its children's events say what changed here
+            return False
         view = self.views.get(event.execution_id)
         if event.kind == "deleted":
             self.dirty.discard(event.execution_id)

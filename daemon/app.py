@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -12,6 +13,7 @@ from .core import Core
 from .private import UnsafeDirectory, private_data_dir, private_files
 from .runtime import EngineError
 from .server import Server, ServerError
+from .service import notify
 from .store import SchemaTooNew, Store
 
 log = logging.getLogger("runyard.daemon")
@@ -54,7 +56,9 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
             loop.add_signal_handler(sig, stopping.set)
         if ready is not None:
             ready.set()
+        notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {config.daemon.socket}")  # Type=notify
         await stopping.wait()
+        notify("STOPPING=1")
         log.info("shutting down; running executions keep running")
     finally:
         await server.close()

@@ -186,6 +186,19 @@ class Host:
                 await self._task
         await self._drop()
 
+    async def connect_once(self) -> None:
+        """One attempt to connect and read the inventory, no keeper: `daemon --check-config`."""
+        try:
+            await asyncio.wait_for(self._connect(), self.ssh.connect_timeout_seconds + 30)
+            await self._scan()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._drop()
+            self.link, self.error = "unreachable", _describe(exc)
+            return
+        self._set_link("ready")
+
     async def wait_ready(self) -> int:
         """Block while the host is unreachable; returns the generation of the link now up."""
         while True:

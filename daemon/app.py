@@ -10,6 +10,7 @@ import sys
 
 from .config import Config
 from .core import Core
+from .metrics import Metrics
 from .private import UnsafeDirectory, private_data_dir, private_files
 from .runtime import EngineError
 from .server import Server, ServerError
@@ -41,6 +42,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
                     admins=config.daemon.admins, max_frame=config.daemon.max_frame_bytes,
                     slow_client_seconds=config.daemon.slow_client_seconds,
                     max_requests_in_flight=config.daemon.max_requests_in_flight)
+    metrics: Metrics | None = None
     try:
         try:
             await server.ensure_free()
@@ -48,6 +50,13 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
             await server.start()
         except (EngineError, ServerError) as exc:
             raise StartupError(str(exc)) from None
+        if config.metrics.listen:
+            metrics = Metrics(core)
+            try:
+                await metrics.start(config.metrics.listen)
+            except OSError as exc:
+                await metrics.close()
+                raise StartupError(f"metrics.listen {config.metrics.listen}: {exc.strerror or exc}") from None
         log.info("runyard daemon %s serving %s (data in %s)", store.daemon_id, config.daemon.socket,
                  config.data_dir)
         stopping = asyncio.Event()
@@ -61,6 +70,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         notify("STOPPING=1")
         log.info("shutting down; running executions keep running")
     finally:
+        if metrics is not None:
+            await metrics.close()
         await server.close()
         await core.shutdown()
         await store.close()

@@ -40,8 +40,16 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace, config: Config) -> int:
+    from runyard.daemon.notify import NotifyError, read_secret
     from runyard.daemon.service import check_hosts
 
+    for hook in config.notify:
+        try:
+            if hook.secret_file:
+                read_secret(hook.secret_file)
+        except NotifyError as exc:
+            print(f"runyard: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     reports = asyncio.run(check_hosts(config))
     if args.json:
         print(json.dumps({"config": "valid", "ok": all(r.ok for r in reports), "hosts": [

@@ -11,6 +11,7 @@ import sys
 from .config import Config
 from .core import Core
 from .metrics import Metrics
+from .notify import Notifier, NotifyError
 from .private import UnsafeDirectory, private_data_dir, private_files
 from .runtime import EngineError
 from .server import Server, ServerError
@@ -38,6 +39,11 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     except UnsafeDirectory as exc:
         raise StartupError(str(exc)) from None
     core = Core(config, store)
+    try:
+        notifier = Notifier(core, config.notify) if config.notify else None  # reads the webhook keys
+    except NotifyError as exc:
+        await store.close()
+        raise StartupError(str(exc)) from None
     server = Server(core, config.daemon.socket, mode=config.socket_mode, group=config.daemon.socket_group,
                     admins=config.daemon.admins, max_frame=config.daemon.max_frame_bytes,
                     slow_client_seconds=config.daemon.slow_client_seconds,
@@ -57,6 +63,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
             except OSError as exc:
                 await metrics.close()
                 raise StartupError(f"metrics.listen {config.metrics.listen}: {exc.strerror or exc}") from None
+        if notifier is not None:
+            notifier.start()
         log.info("runyard daemon %s serving %s (data in %s)", store.daemon_id, config.daemon.socket,
                  config.data_dir)
         stopping = asyncio.Event()
@@ -72,6 +80,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     finally:
         if metrics is not None:
             await metrics.close()
+        if notifier is not None:
+            await notifier.close()
         await server.close()
         await core.shutdown()
         await store.close()

@@ -474,6 +474,12 @@ async def cmd_info(client: Client, args: argparse.Namespace) -> int:
         print("variables (--var):")
         for name, value in e.variables.items():
             print(f"  {name} = {json.dumps(value)}")
+    if e.gpu_use:
+        from runyard.protocol.gpuuse import gpu_use_lines
+
+        print("GPU use:")
+        for line in gpu_use_lines(e.gpus, e.gpu_use):
+            print(f"  {line}")
     if e.metadata:
         print("metadata (latest):")
         for name, point in e.metadata.items():

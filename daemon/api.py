@@ -80,7 +80,9 @@ def _secret_names(core: Core, caller: Caller) -> set[str]:
 @method("executions.get", m.IdParams)
 async def get(core: Core, caller: Caller, p: m.IdParams) -> m.ExecutionView:
     row = await core.get(p.id)
-    return core.view(row, await core.store.latest_metadata(p.id))
+    view = core.view(row, await core.store.latest_metadata(p.id))
+    view.gpu_use = await core.gpu_use.of(row)
+    return view
 
 
 @method("executions.list", m.ListParams)

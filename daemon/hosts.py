@@ -114,6 +114,7 @@ class Host:
         # Reconnecting: failed attempts in a row, and when the next one starts (the backoff, shown)
         self.failed_attempts = 0
         self.retry_at: float | None = None
+        self.on_scan: Callable[[Host], None] | None = None  # after every inventory read (GPU use samples)
         self._engine_gone = asyncio.Event()  # set when the container engine stopped answering
         self._ready = asyncio.Event()
         self._down = asyncio.Event()  # set whenever the link is not ready
@@ -241,6 +242,8 @@ class Host:
         changed = self.inventory != inventory
         self.inventory = inventory
         self.scanned_at = time.time()
+        if self.on_scan is not None:
+            self.on_scan(self)
         for problem in inventory.problems:
             log.warning("host %s: %s", self.name, problem)
         if changed:

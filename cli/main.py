@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unit-dir", default="/etc/systemd/system", help="where --install-systemd writes the unit")
     p.add_argument("--json", action="store_true", help="--check-config: the report as JSON")
 
+    from .retention import add_parser as add_retention
+
+    add_retention(sub)
+
     p = sub.add_parser("run", help="run a step of valohai.yaml (or an ml.yaml project) as a new execution")
     p.add_argument("step", nargs="?", default="", help="step name in valohai.yaml (none for an ml.yaml)")
     p.add_argument("-p", "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
@@ -284,6 +288,10 @@ async def _client_command(args: argparse.Namespace) -> int:
         from .shell import cmd_shell
 
         COMMANDS["shell"] = cmd_shell
+    if args.command == "retention":
+        from .retention import cmd_retention
+
+        COMMANDS["retention"] = cmd_retention
     handler = COMMANDS[args.command]
     client = await Client.connect(args.socket, client_name="runyard-cli")
     try:

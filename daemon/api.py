@@ -12,6 +12,7 @@ import msgspec
 from runyard.protocol import methods as m
 from runyard.protocol.logsearch import SEARCH_CONTEXT_MAX, SEARCH_LIMIT_MAX, LogsSearchParams, LogsSearchResult
 from runyard.protocol.messages import ErrorCode
+from runyard.protocol.retention import RetentionParams, RetentionPlan
 
 from . import restarts, runoptions
 from .core import Core, OperationError
@@ -327,3 +328,9 @@ def _admin(caller: Caller, action: str) -> None:
     if not caller.admin:
         raise OperationError(ErrorCode.PERMISSION_DENIED,
                              f"only root and daemon.admins may {action} (you are {caller.user})")
+
+
+@method("retention.run", RetentionParams)
+async def retention_run(core: Core, caller: Caller, p: RetentionParams) -> RetentionPlan:
+    _admin(caller, "run retention" + (" (even as a dry run: it lists everyone's executions)" if p.dry_run else ""))
+    return await core.retention.run(dry_run=p.dry_run)

@@ -65,6 +65,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
                 raise StartupError(f"metrics.listen {config.metrics.listen}: {exc.strerror or exc}") from None
         if notifier is not None:
             notifier.start()
+        core.retention.start()
         log.info("runyard daemon %s serving %s (data in %s)", store.daemon_id, config.daemon.socket,
                  config.data_dir)
         stopping = asyncio.Event()
@@ -82,6 +83,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
             await metrics.close()
         if notifier is not None:
             await notifier.close()
+        await core.retention.close()
         await server.close()
         await core.shutdown()
         await store.close()

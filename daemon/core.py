@@ -36,6 +36,7 @@ from .logstream import timestamp_now
 from .mlyaml import STEP_NAME, is_ml_yaml, prepare_ml
 from .outputs import LocalOutputStore, OutputStore, S3OutputStore
 from .record import ExecutionRow, view_fields
+from .retention import Retention
 from .runner import Runner, RunnerServices, stop_note
 from .runoptions import RunOptions
 from .runtime import EngineError, attempt_name
@@ -85,6 +86,7 @@ class Core:
         self._order: list[tuple[int, float, int]] = []
         self._placed: dict[int, ExecutionRow] = {}  # active executions that hold a host
         self.gpu_use = GpuUse(data / "gpu-use", self._placed)  # sampled at each inventory read
+        self.retention = Retention(self)  # [retention]: ended executions' files, oldest first
         # The owner of each placed active execution. An unplaced queued one is the scheduler's:
         # it is placed, or stopped before it is, only under this lock.
         self._runners: dict[int, Runner] = {}

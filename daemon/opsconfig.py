@@ -41,8 +41,9 @@ class RetentionSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     days: float = 0
     # ... or, oldest ended first, while logs, work and outputs together take more than this; 0 = no budget.
     max_disk_gb: float = 0
-    # Executions carrying any of these tags are kept whatever their age ("pinned").
-    keep_tags: list[str] = msgspec.field(default_factory=lambda: ["pinned", "keep"])
+    # Pinned: executions carrying any of these tags are kept whatever their age or size; "*" (the
+    # default) pins every tagged execution, as a tag is how a user marks a run worth keeping.
+    keep_tags: list[str] = msgspec.field(default_factory=lambda: ["*"])
     # How often the daemon applies the policy; it also runs once at start.
     every_hours: float = 6.0
 

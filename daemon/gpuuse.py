@@ -110,7 +110,7 @@ class GpuUse:
             return []
 
     def _write(self, dirty: dict[int, list[GpuUseSample]]) -> None:
-        private_dir(self.directory)
+        private_dir(self.directory, "GPU use records")
         for execution_id, series in dirty.items():
             data = json.dumps([{"at": s.at, "utilization": s.utilization, "memory_used_mb": s.memory_used_mb}
                                for s in series]).encode()

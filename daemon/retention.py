@@ -109,20 +109,24 @@ class Retention:
         keep = self.section.keep_tags
         return bool(tags) and ("*" in keep or any(t in keep for t in tags))
 
-    async def _ended(self) -> list[_Ended]:
+    async def _ended(self, done: set[int]) -> list[_Ended]:
+        """Ended executions not yet handled, oldest first; the handled ones are skipped as read,
+        so a long history is not held in memory."""
         marks = ",".join("?" * len(TERMINAL))
+        left: list[_Ended] = []
         async with self.core.store.db.execute(
             f"SELECT id, owner, ended_at, tags FROM executions WHERE status IN ({marks}) "
             "AND ended_at IS NOT NULL ORDER BY ended_at, id", tuple(sorted(TERMINAL)),
         ) as cur:
-            rows = await cur.fetchall()
-        return [_Ended(int(r[0]), str(r[1]), str(r[2]), tuple(json.loads(r[3] or "[]"))) for r in rows]
+            async for r in cur:
+                if int(r[0]) not in done and int(r[0]) not in self.core.active:
+                    left.append(_Ended(int(r[0]), str(r[1]), str(r[2]), tuple(json.loads(r[3] or "[]"))))
+        return left
 
     async def run(self, *, dry_run: bool) -> RetentionPlan:
         async with self._lock:  # one pass at a time: a dry run never races a real one
-            ended = await self._ended()
             done = await asyncio.to_thread(self._done)
-            left = [e for e in ended if e.id not in done and e.id not in self.core.active]
+            left = await self._ended(done)
             sizes = await asyncio.to_thread(lambda: {e.id: self._bytes(e.id) for e in left})
             plan = self._plan(left, sizes, dry_run)
             if not dry_run:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from textual.widgets import Static
+
 from runyard.protocol import Client
-from runyard.tui.detail import info_text
+from runyard.tui.app import RunyardApp
+from runyard.tui.detail import DetailScreen
 from tests.conftest import Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_for_status
 from tests.pool import gpu_rows, start_hosts, wait_for_host
+from tests.test_tui import SIZE, move_to, rows, text_of, until
 
 
 async def test_gpu_use_over_time_shows_an_idle_job_and_survives_a_restart(tmp_path: Path,
@@ -56,8 +60,16 @@ async def test_gpu_use_over_time_shows_an_idle_job_and_survives_a_restart(tmp_pa
             before = len(as_json["gpu_use"])
             assert [s.utilization for s in view.gpu_use[:before]] == [s["utilization"] for s in as_json["gpu_use"]]
             assert len(view.gpu_use) > before
-            tui = info_text(view, [])  # what the TUI's Info tab shows
-            assert "GPU use" in tui and f"{gpu1}: now   0%, mean   3%" in tui
+            app = RunyardApp(daemon.socket)  # the TUI's Info tab shows the same
+            async with app.run_test(size=SIZE) as pilot:
+                await until(pilot, lambda: held.id in rows(app), "the execution in the queue")
+                await move_to(pilot, app, held.id)
+                await pilot.press("enter")
+                await until(pilot, lambda: isinstance(app.screen, DetailScreen), "the detail screen")
+                await pilot.press("3")
+                info = app.screen.query_one("#info-text", Static)
+                await until(pilot, lambda: "GPU use" in text_of(info), "the info tab's GPU use")
+                assert f"{gpu1}: now   0%, mean   3%" in text_of(info)
             assert run_cli(daemon, "stop", str(held.id)).returncode == 0
             await wait_for_status(client, held.id)
         finally:

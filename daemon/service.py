@@ -39,7 +39,9 @@ Type=notify
 NotifyAccess=main
 ExecStart={exec_start}
 # SIGTERM stops managing, not running: executions go on and are reattached at the next start.
-KillMode=mixed
+# Only the daemon is signalled: plain processes it started on this machine (the process runtime)
+# live in this unit's cgroup, and KillMode=mixed or control-group would kill them with it.
+KillMode=process
 KillSignal=SIGTERM
 TimeoutStartSec=120
 TimeoutStopSec=90

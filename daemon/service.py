@@ -27,7 +27,9 @@ UNIT_NAME: Final = "runyard.service"
 # The unit shipped in contrib/systemd/runyard.service; ExecStart is filled in when installed.
 # The daemon is root by design (it runs containers and processes as their owners, reads SSH keys
 # and the Docker socket), so the hardening keeps what that needs and shuts off the rest: no new
-# kernel modules, clock or hostname changes, a read-only /usr and /boot, a private /tmp.
+# kernel modules, clock or hostname changes, a read-only /usr, /boot and /etc. It keeps the users'
+# view of /home and /tmp (no ProtectHome, no PrivateTmp): local-path inputs are read there, as
+# their submitter could.
 UNIT_TEMPLATE: Final = """\
 [Unit]
 Description=runyard: Valohai-style executions on the lab's own machines
@@ -62,7 +64,6 @@ ProtectKernelLogs=yes
 ProtectControlGroups=yes
 ProtectClock=yes
 ProtectHostname=yes
-PrivateTmp=yes
 LockPersonality=yes
 RestrictRealtime=yes
 RestrictSUIDSGID=no

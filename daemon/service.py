@@ -54,7 +54,6 @@ RuntimeDirectoryMode=0755
 RuntimeDirectoryPreserve=yes
 StateDirectory=runyard
 StateDirectoryMode=0700
-UMask=0077
 LimitNOFILE=1048576
 # Hardening that leaves what a root daemon with the Docker socket and SSH keys needs.
 ProtectSystem=full

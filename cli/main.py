@@ -78,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("daemon", help="run the daemon in the foreground (logs to stderr)")
     p.add_argument("--config", help="TOML config file (see config.example.toml)")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the config and reach every host (ssh, runtime, GPUs) without starting "
+                        "the daemon; exit 0 if all is well, 1 if a host failed, 2 if the config is invalid")
+    p.add_argument("--install-systemd", action="store_true",
+                   help="write the systemd unit (Type=notify) that runs this daemon with --config, "
+                        "and reload systemd")
+    p.add_argument("--unit-dir", default="/etc/systemd/system", help="where --install-systemd writes the unit")
+    p.add_argument("--json", action="store_true", help="--check-config: the report as JSON")
+
+    from .retention import add_parser as add_retention
+
+    add_retention(sub)
 
     p = sub.add_parser("run", help="run a step of valohai.yaml (or an ml.yaml project) as a new execution")
     p.add_argument("step", nargs="?", default="", help="step name in valohai.yaml (none for an ml.yaml)")
@@ -277,6 +289,10 @@ def _daemon(args: argparse.Namespace) -> int:
 
     for loose in exposed_password_files(config.registries):
         print(f"runyard: warning: {loose}", file=sys.stderr)
+    if args.check_config or args.install_systemd:
+        from .service import service_command
+
+        return service_command(args, config)
     return run(config)
 
 
@@ -285,6 +301,10 @@ async def _client_command(args: argparse.Namespace) -> int:
         from .shell import cmd_shell
 
         COMMANDS["shell"] = cmd_shell
+    if args.command == "retention":
+        from .retention import cmd_retention
+
+        COMMANDS["retention"] = cmd_retention
     handler = COMMANDS[args.command]
     client = await Client.connect(args.socket, client_name="runyard-cli")
     try:
@@ -485,6 +505,12 @@ async def cmd_info(client: Client, args: argparse.Namespace) -> int:
         print("variables (--var):")
         for name, value in e.variables.items():
             print(f"  {name} = {json.dumps(value)}")
+    if e.gpu_use:
+        from runyard.protocol.gpuuse import gpu_use_lines
+
+        print("GPU use:")
+        for line in gpu_use_lines(e.gpus, e.gpu_use):
+            print(f"  {line}")
     if e.metadata:
         print("metadata (latest):")
         for name, point in e.metadata.items():

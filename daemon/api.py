@@ -12,6 +12,7 @@ import msgspec
 from runyard.protocol import methods as m
 from runyard.protocol.logsearch import SEARCH_CONTEXT_MAX, SEARCH_LIMIT_MAX, LogsSearchParams, LogsSearchResult
 from runyard.protocol.messages import ErrorCode
+from runyard.protocol.retention import RetentionParams, RetentionPlan
 
 from . import restarts, runoptions
 from .core import Core, OperationError
@@ -80,7 +81,9 @@ def _secret_names(core: Core, caller: Caller) -> set[str]:
 @method("executions.get", m.IdParams)
 async def get(core: Core, caller: Caller, p: m.IdParams) -> m.ExecutionView:
     row = await core.get(p.id)
-    return core.view(row, await core.store.latest_metadata(p.id))
+    view = core.view(row, await core.store.latest_metadata(p.id))
+    view.gpu_use = await core.gpu_use.of(row)
+    return view
 
 
 @method("executions.list", m.ListParams)
@@ -325,6 +328,12 @@ def _admin(caller: Caller, action: str) -> None:
     if not caller.admin:
         raise OperationError(ErrorCode.PERMISSION_DENIED,
                              f"only root and daemon.admins may {action} (you are {caller.user})")
+
+
+@method("retention.run", RetentionParams)
+async def retention_run(core: Core, caller: Caller, p: RetentionParams) -> RetentionPlan:
+    _admin(caller, "run retention" + (" (even as a dry run: it lists everyone's executions)" if p.dry_run else ""))
+    return await core.retention.run(dry_run=p.dry_run)
 
 
 from . import taskapi  # noqa: E402,F401  registers the tasks.* methods

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
 from .config import Config
 from .core import Core
+from .metrics import Metrics
+from .notify import Notifier, NotifyError
 from .private import UnsafeDirectory, private_data_dir, private_files
 from .runtime import EngineError
 from .server import Server, ServerError
+from .service import notify
 from .store import SchemaTooNew, Store
 
 log = logging.getLogger("runyard.daemon")
@@ -35,10 +39,16 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     except UnsafeDirectory as exc:
         raise StartupError(str(exc)) from None
     core = Core(config, store)
+    try:
+        notifier = Notifier(core, config.notify) if config.notify else None  # reads the webhook keys
+    except NotifyError as exc:
+        await store.close()
+        raise StartupError(str(exc)) from None
     server = Server(core, config.daemon.socket, mode=config.socket_mode, group=config.daemon.socket_group,
                     admins=config.daemon.admins, max_frame=config.daemon.max_frame_bytes,
                     slow_client_seconds=config.daemon.slow_client_seconds,
                     max_requests_in_flight=config.daemon.max_requests_in_flight)
+    metrics: Metrics | None = None
     try:
         try:
             await server.ensure_free()
@@ -46,6 +56,16 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
             await server.start()
         except (EngineError, ServerError) as exc:
             raise StartupError(str(exc)) from None
+        if config.metrics.listen:
+            metrics = Metrics(core)
+            try:
+                await metrics.start(config.metrics.listen)
+            except OSError as exc:
+                await metrics.close()
+                raise StartupError(f"metrics.listen {config.metrics.listen}: {exc.strerror or exc}") from None
+        if notifier is not None:
+            notifier.start()
+        core.retention.start()
         log.info("runyard daemon %s serving %s (data in %s)", store.daemon_id, config.daemon.socket,
                  config.data_dir)
         stopping = asyncio.Event()
@@ -54,9 +74,16 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
             loop.add_signal_handler(sig, stopping.set)
         if ready is not None:
             ready.set()
+        notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {config.daemon.socket}")  # Type=notify
         await stopping.wait()
+        notify("STOPPING=1")
         log.info("shutting down; running executions keep running")
     finally:
+        if metrics is not None:
+            await metrics.close()
+        if notifier is not None:
+            await notifier.close()
+        await core.retention.close()
         await server.close()
         await core.shutdown()
         await store.close()

@@ -10,6 +10,7 @@ from typing import Final, Literal
 
 import msgspec
 
+from .opsconfig import MetricsSection, NotifySection, RetentionSection, check_ops
 from .registries import RegistrySection
 from .registries import check as check_registries
 
@@ -172,6 +173,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     user_secrets: dict[str, dict[str, str]] = {}
     # Registry host -> the login to pull its images with (see daemon/registries.py)
     registries: dict[str, RegistrySection] = {}
+    # Operations (see daemon/opsconfig.py): a Prometheus endpoint, webhooks, housekeeping.
+    metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
+    notify: list[NotifySection] = []
+    retention: RetentionSection = msgspec.field(default_factory=RetentionSection)
 
     @property
     def data_dir(self) -> Path:
@@ -245,6 +250,10 @@ def _check(config: Config) -> None:
         check_registries(config.registries)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    try:
+        check_ops(config.metrics, config.notify, config.retention)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _resolve_paths(config: Config, base: Path) -> None:
@@ -262,6 +271,8 @@ def _resolve_paths(config: Config, base: Path) -> None:
     config.local.docker_socket = resolve(config.local.docker_socket)
     config.ssh.config = resolve(config.ssh.config)
     config.ssh.known_hosts = resolve(config.ssh.known_hosts)
+    for hook in config.notify:
+        hook.secret_file = resolve(hook.secret_file)
     for registry in config.registries.values():
         registry.password_file = resolve(registry.password_file)
     for host in config.hosts:

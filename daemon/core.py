@@ -27,6 +27,7 @@ from . import runoptions, workspace
 from .config import Config
 from .doctor import diagnose
 from .events import EventHub
+from .gpuuse import GpuUse
 from .hosts import Host, all_settings
 from .inputs import InputFetcher, remove_partial_downloads
 from .lifecycle import TERMINAL, StopAsked, decide
@@ -35,6 +36,7 @@ from .logstream import timestamp_now
 from .mlyaml import STEP_NAME, is_ml_yaml, prepare_ml
 from .outputs import LocalOutputStore, OutputStore, S3OutputStore
 from .record import ExecutionRow, view_fields
+from .retention import Retention
 from .runner import Runner, RunnerServices, stop_note
 from .runoptions import RunOptions
 from .runtime import EngineError, attempt_name
@@ -84,6 +86,8 @@ class Core:
         # submit nor a pass pays for sorting a long queue.
         self._order: list[tuple[int, float, int]] = []
         self._placed: dict[int, ExecutionRow] = {}  # active executions that hold a host
+        self.gpu_use = GpuUse(data / "gpu-use", self._placed)  # sampled at each inventory read
+        self.retention = Retention(self)  # [retention]: ended executions' files, oldest first
         # The owner of each placed active execution. An unplaced queued one is the scheduler's:
         # it is placed, or stopped before it is, only under this lock.
         self._runners: dict[int, Runner] = {}
@@ -125,6 +129,7 @@ class Core:
                 sockets_dir=self.config.data_dir / "hosts", on_change=self._host_changed,
                 admin="draining" if admin.get(settings.name) == "draining" else "enabled",
             )
+            self.hosts[settings.name].on_scan = self.gpu_use.sample
         for row in await self.store.active():
             self.track(row)
         for row in list(self.active.values()):

@@ -24,6 +24,10 @@ class EventHub:
         self._subs.add(sub)
         return sub
 
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
+
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)
 

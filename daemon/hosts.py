@@ -114,6 +114,7 @@ class Host:
         # Reconnecting: failed attempts in a row, and when the next one starts (the backoff, shown)
         self.failed_attempts = 0
         self.retry_at: float | None = None
+        self.on_scan: Callable[[Host], None] | None = None  # after every inventory read (GPU use samples)
         self._engine_gone = asyncio.Event()  # set when the container engine stopped answering
         self._ready = asyncio.Event()
         self._down = asyncio.Event()  # set whenever the link is not ready
@@ -186,6 +187,19 @@ class Host:
                 await self._task
         await self._drop()
 
+    async def connect_once(self) -> None:
+        """One attempt to connect and read the inventory, no keeper: `daemon --check-config`."""
+        try:
+            await asyncio.wait_for(self._connect(), self.ssh.connect_timeout_seconds + 30)
+            await self._scan()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._drop()
+            self.link, self.error = "unreachable", _describe(exc)
+            return
+        self._set_link("ready")
+
     async def wait_ready(self) -> int:
         """Block while the host is unreachable; returns the generation of the link now up."""
         while True:
@@ -228,6 +242,8 @@ class Host:
         changed = self.inventory != inventory
         self.inventory = inventory
         self.scanned_at = time.time()
+        if self.on_scan is not None:
+            self.on_scan(self)
         for problem in inventory.problems:
             log.warning("host %s: %s", self.name, problem)
         if changed:

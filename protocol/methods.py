@@ -14,6 +14,14 @@ TERMINAL_STATUSES: Final = frozenset({"complete", "error", "stopped"})
 ALL_STATUSES: Final = ("created", "queued", "started", "stopping", "complete", "error", "stopped")
 
 
+class GpuUseSample(msgspec.Struct):
+    """One inventory reading of an execution's GPUs, in the order of its ``gpus``."""
+
+    at: str
+    utilization: list[int | None]  # percent; None where nvidia-smi had no value
+    memory_used_mb: list[int | None]
+
+
 class ExecutionView(msgspec.Struct, kw_only=True):
     id: int
     step: str
@@ -46,6 +54,7 @@ class ExecutionView(msgspec.Struct, kw_only=True):
     variables: dict[str, str] = {}  # the --var values it was given (not secrets: those are never shown)
     task: int | None = None  # the task it is a child of
     stop_condition: str | None = None  # the step's: it is stopped when its metadata meets this
+    gpu_use: list[GpuUseSample] = []  # executions.get only: its GPUs' readings over time, oldest first
 
 
 class OutputView(msgspec.Struct):

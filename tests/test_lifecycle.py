@@ -121,7 +121,7 @@ def test_only_owners_write_an_executions_state() -> None:
 
 def test_the_record_is_declared_once() -> None:
     """Every field a client sees comes from the row declaration, except the few worked out per view."""
-    computed = {"log_size", "metadata", "input_progress"}
+    computed = {"log_size", "metadata", "input_progress", "gpu_use"}
     shown = {name for name in VIEW_NAMES.values() if name is not None}
     assert shown | computed == set(ExecutionView.__struct_fields__)
     row = ExecutionRow(step="s", owner="o", owner_uid=1, image="i", command="c", snapshot="x" * 64,

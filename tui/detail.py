@@ -16,6 +16,7 @@ from textual.screen import Screen
 from textual.widgets import Static, TabbedContent, TabPane, Tree
 
 from runyard.protocol import ConnectionLost, RemoteError
+from runyard.protocol.gpuuse import gpu_use_lines
 from runyard.protocol.methods import ExecutionView, OutputView
 from runyard.protocol.units import human_size as size_text
 
@@ -294,6 +295,9 @@ def info_text(v: ExecutionView, outputs: list[OutputView]) -> str:
     if progress and progress.get("total"):
         done, total = int(str(progress.get("done", 0))), int(str(progress["total"]))
         lines.append(f"  fetching: {size_text(done)} of {size_text(total)} ({100 * done // max(1, total)}%)")
+    if v.gpu_use:
+        lines.append("[b]GPU use[/b]")
+        lines += [f"  {e(line)}" for line in gpu_use_lines(v.gpus, v.gpu_use)]
     lines.append("[b]Outputs[/b]" if outputs else "[b]Outputs[/b] none")
     lines += [f"  {e(o.path)}  {size_text(o.size)}  sha256 {o.sha256[:12]}" for o in outputs]
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 
+from . import taskstore
 from .lifecycle import TERMINAL
 from .opsconfig import NotifySection
 from .store import utcnow
@@ -120,6 +121,13 @@ def payload(events: list[str], view: dict[str, Any]) -> bytes:
                        "execution": {k: view.get(k) for k in shown}}).encode()
 
 
+def task_payload(events: list[str], task: taskstore.TaskRecord) -> bytes:
+    shown = {"id": task.id, "name": task.name, "title": task.title, "type": task.type, "step": task.step,
+             "status": task.status, "reason": task.reason, "owner": task.owner,
+             "created_at": task.created_at, "ended_at": task.ended_at}
+    return json.dumps({"events": events, "at": utcnow(), "task": shown}).encode()
+
+
 class Notifier:
     def __init__(self, core: Core, hooks: list[NotifySection]) -> None:
         self.core = core
@@ -154,16 +162,22 @@ class Notifier:
                     log.warning("notify: fell behind the daemon's events; some ends were not notified")
                     hub.unsubscribe(sub)
                     sub = hub.subscribe()
-                if event.kind != "status" or event.status not in TERMINAL:
+                if event.kind == "task" and event.task is not None and event.status in _STATUS_EVENT:
+                    task = await taskstore.get(self.core.store, event.task)
+                    if task is None:
+                        continue
+                    names = {"task-ended", f"task-{_STATUS_EVENT[event.status]}"}
+                    wanted = [e for e in self.endpoints if e.wants(names, task.owner)]
+                    body = task_payload(sorted(names), task)
+                elif event.kind == "status" and event.status in TERMINAL:
+                    names = {"ended", _STATUS_EVENT[event.status]}
+                    row = await self.core.store.get(event.execution_id)
+                    if row is None:
+                        continue
+                    wanted = [e for e in self.endpoints if e.wants(names, row.owner)]
+                    body = payload(sorted(names), view_fields(row))
+                else:
                     continue
-                names = {"ended", _STATUS_EVENT[event.status]}
-                row = await self.core.store.get(event.execution_id)
-                if row is None:
-                    continue
-                wanted = [e for e in self.endpoints if e.wants(names, row.owner)]
-                if not wanted:
-                    continue
-                body = payload(sorted(names), view_fields(row))
                 for endpoint in wanted:
                     endpoint.offer(body)
         finally:

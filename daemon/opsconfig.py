@@ -11,8 +11,10 @@ from typing import Final, Literal
 
 import msgspec
 
-NotifyEvent = Literal["ended", "complete", "failed", "stopped"]
-NOTIFY_EVENTS: Final = ("ended", "complete", "failed", "stopped")
+NotifyEvent = Literal["ended", "complete", "failed", "stopped",
+                      "task-ended", "task-complete", "task-failed", "task-stopped"]
+NOTIFY_EVENTS: Final = ("ended", "complete", "failed", "stopped",
+                        "task-ended", "task-complete", "task-failed", "task-stopped")
 
 
 class MetricsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -68,11 +68,15 @@ async def test_webhooks_are_signed_retried_filtered_and_a_hung_endpoint_delays_n
         [[notify]]
         url = "{base}/d"
         events = ["complete", "stopped"]
+        [[notify]]
+        url = "{base}/t"
+        events = ["task-failed"]
         """
     daemon = daemon_factory(local_extra='runtime = "process"\n', extra_config=hooks.replace("\n        ", "\n"))
     try:
         daemon.start()
         repo = make_repo(tmp_path / "repo", {"valohai.yaml": step_yaml("fail", "exit 3")
+                                             + step_yaml("failx", "exit 3", "- name: x\n  type: integer\n  default: 1")
                                              + step_yaml("ok", "echo done") + step_yaml("hold", "sleep 600")})
         client = await Client.connect(daemon.socket, client_name="tests")
         try:
@@ -100,6 +104,19 @@ async def test_webhooks_are_signed_retried_filtered_and_a_hung_endpoint_delays_n
             assert json.loads(seen[1][2])["events"] == ["ended", "stopped"]
             assert "X-Runyard-Signature" not in seen[0][1]  # no secret_file, no signature
             assert got.empty()  # /b's user filter matched no one
+
+            # A task's end: /t hears of the task as a whole (its children go to /a as executions).
+            made = json.loads(run_cli(daemon, "task", "run", "failx", "--grid", "x=1,2", "--on-child-error",
+                                      "continue-and-error", "--json", cwd=repo).stdout)
+            for _ in range(10):
+                path, _headers, body = await asyncio.to_thread(got.get, timeout=60)
+                if path == "/t":
+                    break
+            else:
+                raise AssertionError("no task-failed notification")
+            told = json.loads(body)
+            assert told["events"] == ["task-ended", "task-failed"]
+            assert (told["task"]["id"], told["task"]["status"], told["task"]["owner"]) == (made["id"], "error", "root")
         finally:
             await client.close()
     finally:

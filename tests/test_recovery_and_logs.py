@@ -100,9 +100,13 @@ async def test_kill9_mid_run_loses_and_doubles_no_line(daemon_factory: type[Daem
         final = await wait_for_status(client, execution.id)
         assert final.status == "complete", final.reason
         data = (await client.read_logs(execution.id, offset=0, max_bytes=8 << 20)).data
-        texts = [line.text for line in parse_records(data) if line.stream != "system"]
-        expected = [f"n={i}" for i in range(count)]
-        assert [t for t in texts if t.startswith("n=")] == expected
+        records = [line for line in parse_records(data) if line.text.startswith("n=")]
+        # Each stream's lines in order, none lost or doubled. Across the two streams the order is the
+        # engine's: it stamps each pipe's lines as it reads them, so a burst (a starved container)
+        # can put a stderr line a few microseconds before the stdout line printed just before it.
+        for stream, wanted in (("stdout", [i for i in range(count) if i % 7]),
+                               ("stderr", [i for i in range(count) if not i % 7])):
+            assert [r.text for r in records if r.stream == stream] == [f"n={i}" for i in wanted]
         points = await client.metadata(execution.id)
         assert [p.values["step"] for p in points] == list(range(0, count, 50))
         assert [o.path for o in await client.outputs(execution.id)] == ["done.txt"]

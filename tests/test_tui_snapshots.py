@@ -27,6 +27,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static, Tree
 from textual.widgets._toast import Toast
+from textual.widgets.data_table import ColumnKey
 
 from runyard.protocol import Client
 from runyard.tui.app import RunyardApp
@@ -159,8 +160,13 @@ def on_hosts(pilot: Pilot[None]) -> bool:
     if [h.state for h in app.hosts] != ["ready", "ready"] or len(app.screen.hosts) != 2:
         return False
     table = app.screen.query_one("#hosts-table", DataTable)
-    table.move_cursor(row=1)  # gpu-x, whose GPUs fill the lower table
-    return True
+    if table.cursor_row != 1:
+        table.move_cursor(row=1)  # gpu-x, whose GPUs fill the lower table
+        return False
+    # Settled once the GPU table's columns are sized to what they hold (DataTable does that when
+    # idle: on a busy machine the screenshot could catch the columns at their headers' width).
+    gpus = app.screen.query_one("#gpu-table", DataTable)
+    return gpus.row_count == 2 and gpus.columns[ColumnKey("model")].get_render_width(gpus) > len("NVIDIA H100")
 
 
 def on_detail(tab: str, ready: Callable[[DetailScreen], bool], compare: list[int] | None = None,

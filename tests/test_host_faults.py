@@ -131,6 +131,7 @@ def restart_engine() -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.serial
 async def test_an_engine_restart_ends_or_retries_what_it_killed(two_hosts: TwoHosts) -> None:
     daemon = two_hosts.daemon
     async with await Client.connect(daemon.socket) as client:

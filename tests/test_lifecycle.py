@@ -135,8 +135,10 @@ def test_the_record_is_declared_once() -> None:
 # -- work that vanished while the daemon was down ---------------------------------------------
 
 
-def _remove_containers(execution_id: int) -> None:
-    ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=runyard.execution={execution_id}"],
+def _remove_containers(daemon_id: str, execution_id: int) -> None:
+    # By daemon too: other tests' daemons (the suite runs in parallel) number their executions from 1.
+    ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=runyard.execution={execution_id}",
+                          "--filter", f"label=runyard.daemon={daemon_id}"],
                          capture_output=True, text=True, check=True).stdout.split()
     assert ids, f"no container for execution {execution_id}"
     subprocess.run(["docker", "rm", "-f", *ids], check=True, capture_output=True)
@@ -172,7 +174,7 @@ async def test_work_that_vanished_while_the_daemon_was_down_ends_and_frees_its_g
         await client.close()
     pool.daemon.kill9()
     for e in (running, stopping):
-        _remove_containers(e.id)
+        _remove_containers(pool.daemon.daemon_id, e.id)
     _remove_process(pool.hosts["cpu-c"].root / "work" / pool.daemon.daemon_id / str(plain.id))
     away.start()
     pool.daemon.start()

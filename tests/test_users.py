@@ -6,6 +6,7 @@ Each user's client runs in a child process that has really become that user
 
 from __future__ import annotations
 
+import fcntl
 import grp
 import json
 import os
@@ -45,13 +46,16 @@ USERS = {"ryalice": True, "rybob": True, "ryadmin": True, "ryoutsider": False}  
 def ensure_users() -> dict[str, pwd.struct_passwd]:
     if os.geteuid() != 0:
         pytest.fail("this test makes local users: run the suite as root (scripts/test does)")
-    subprocess.run(["groupadd", "-f", GROUP], check=True)
-    for name, member in USERS.items():
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                            *(["-G", GROUP] if member else []), name], check=True)
+    # One test process at a time (the suite runs in parallel): useradd fails on a user made meanwhile.
+    with open("/tmp/runyard-tests-users.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run(["groupadd", "-f", GROUP], check=True)
+        for name, member in USERS.items():
+            try:
+                pwd.getpwnam(name)
+            except KeyError:
+                subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                                *(["-G", GROUP] if member else []), name], check=True)
     return {name: pwd.getpwnam(name) for name in USERS}
 
 

@@ -37,6 +37,7 @@ from .record import ExecutionRow, view_fields
 from .runner import Runner, RunnerServices, stop_note
 from .runoptions import RunOptions
 from .runtime import EngineError, attempt_name
+from .runtime_slurm import PendingReporter, cluster_hosts, cluster_placements
 from .scheduler import Capacity, Demand, place, refusal
 from .snapshots import SnapshotError, SnapshotStore
 from .steps import StepError, load_config, prepare_step
@@ -113,6 +114,14 @@ class Core:
                 sockets_dir=self.config.data_dir / "hosts", on_change=self._host_changed,
                 admin="draining" if admin.get(settings.name) == "draining" else "enabled",
             )
+        # Slurm clusters: their login nodes are hosts too (connected and reconciled alike).
+        pending = PendingReporter(self.store, self.active, self.track, self.publish)
+        for cluster in cluster_hosts(self.config, on_pending=pending, daemon_id=self.store.daemon_id,
+                                     ssh=self.config.ssh, sockets_dir=self.config.data_dir / "hosts",
+                                     on_change=self._host_changed):
+            if admin.get(cluster.name) == "draining" and cluster.admin == "enabled":
+                cluster.admin = "draining"
+            self.hosts[cluster.name] = cluster
         for row in await self.store.active():
             self.track(row)
         for row in list(self.active.values()):
@@ -348,6 +357,7 @@ class Core:
                 return
             placements = place(queue, self.capacities(self.active.values()), now=time.time(),
                                reserve_after=self.config.scheduler.reserve_after_seconds)
+            placements += cluster_placements(queue, self.hosts.values(), self.active.values())
             if not placements:
                 return
             # One transaction for the pass; each placement is recorded before its runner exists.

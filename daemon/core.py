@@ -357,7 +357,8 @@ class Core:
                 return
             placements = place(queue, self.capacities(self.active.values()), now=time.time(),
                                reserve_after=self.config.scheduler.reserve_after_seconds)
-            placements += cluster_placements(queue, self.hosts.values(), self.active.values())
+            placements += cluster_placements(queue, [h for h in self.hosts.values() if h.name not in self._reconciling],
+                                             self.active.values())
             if not placements:
                 return
             # One transaction for the pass; each placement is recorded before its runner exists.

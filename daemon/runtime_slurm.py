@@ -98,7 +98,7 @@ class SlurmRuntime:
             except EngineError as exc:
                 # The controller does not answer (restarting, overloaded): jobs go on; ask again later.
                 log.warning("cluster %s: squeue failed (%s); asking again in %.0f s", self.host, exc, delay)
-                delay = min(delay * 2, _MAX_BACKOFF)
+                delay = min(delay * 2, _MAX_BACKOFF, self.poll_seconds * 16)
             await asyncio.sleep(delay)
 
     async def poll_now(self) -> dict[str, slurm.Job]:
@@ -193,8 +193,9 @@ class SlurmRuntime:
         # batch.sh holds the secrets: the directory is 0700 and every file 0600, whatever the umask.
         await self._run(f"umask 077 && mkdir -p {q(control)} && chmod 0700 {q(d)} {q(control)} && "
                         f"cat > {q(control)}/command.sh", input=spec.command.encode())
-        await self._run(f"umask 077 && cat > {q(control)}/batch.sh", input=script.encode())
-        await self._run(f"umask 077 && cat > {q(control)}/sbatch.args", input="\0".join(argv).encode())
+        await asyncio.gather(
+            self._run(f"umask 077 && cat > {q(control)}/batch.sh", input=script.encode()),
+            self._run(f"umask 077 && cat > {q(control)}/sbatch.args", input="\0".join(argv).encode()))
         return SLURM_PREFIX + d
 
     async def start(self, container_id: str) -> None:
@@ -203,11 +204,7 @@ class SlurmRuntime:
         d = self._dir(container_id)
         name = self._name(container_id)
         control = f"{d}/{slurm.CONTROL}"
-        argv_text = await self._run(f"cat {q(control)}/sbatch.args")
-        argv = argv_text.split("\0")
-        if not argv or argv[0] != "sbatch":
-            raise EngineError(f"{control}/sbatch.args is not what runyard wrote")
-        job_id = (await self._run(slurm.submit_command(name, control, argv))).strip()
+        job_id = (await self._run(slurm.submit_command(name, control))).strip()
         log.info("cluster %s: %s is job %s", self.host, name, job_id)
         execution_id, _ = self._ids(container_id)
         said = ""
@@ -281,11 +278,11 @@ class SlurmRuntime:
         """One job the poller no longer sees: scontrol while the controller remembers it."""
         if not job_id.replace("_", "").isdigit():
             return "", None
-        result = await self.transport.run(f"scontrol -o show job {q(job_id)} 2>/dev/null")
+        result = await self.transport.run(slurm.look_up_command(job_id))
         self.calls += 1
         if result.status != 0:
             return "", None
-        return slurm.parse_scontrol(result.stdout.decode("utf-8", "replace"))
+        return slurm.parse_look_up(result.stdout.decode("utf-8", "replace"), job_id)
 
     async def find(self, execution_id: int, attempt: int = 0) -> ContainerState | None:
         container_id = SLURM_PREFIX + f"{self.work_root}/{attempt_name(execution_id, attempt)}"

@@ -116,6 +116,35 @@ def parse_scontrol(text: str) -> tuple[str, int | None]:
     return state, code
 
 
+def parse_sacct(text: str, job_id: str) -> tuple[str, int | None]:
+    """`sacct -P -o JobID,State,ExitCode` (or `sacct -c`, from the job completion file, where there is
+    no accounting database): the job's state and exit code. Text, not --json: this Slurm's JSON
+    misreports exit codes."""
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) != 3 or parts[0] != job_id:
+            continue
+        state = parts[1].split()[0] if parts[1].strip() else ""
+        status, _, signal = parts[2].partition(":")
+        code = None
+        if status.isdigit() and signal.isdigit():
+            code = int(status) if int(signal) == 0 else 128 + int(signal)
+        return state, code
+    return "", None
+
+
+def look_up_command(job_id: str) -> str:
+    """One job squeue has forgotten: scontrol while the controller remembers it, else sacct (with an
+    accounting database), else sacct -c (the job completion file)."""
+    return (f"scontrol -o show job {q(job_id)} 2>/dev/null || "
+            f"sacct -n -P -X -j {q(job_id)} -o JobID,State,ExitCode 2>/dev/null | grep . || "
+            f"sacct -c -n -P -j {q(job_id)} -o JobID,State,ExitCode 2>/dev/null")
+
+
+def parse_look_up(text: str, job_id: str) -> tuple[str, int | None]:
+    return parse_scontrol(text) if "JobState=" in text else parse_sacct(text, job_id)
+
+
 def time_limit(seconds: float) -> str:
     """sbatch --time as minutes:seconds (at least one second)."""
     total = max(1, int(seconds + 0.999))
@@ -194,14 +223,15 @@ def granted_gpus(text: str) -> tuple[str, ...]:
     return tuple(f"{node}:{i.strip()}" for i in indexes.split(",") if i.strip().isdigit())
 
 
-def submit_command(name: str, control: str, argv: list[str]) -> str:
+def submit_command(name: str, control: str) -> str:
     """Submit the attempt's job once: a job id already recorded, or a job of this name the controller
     still knows (a daemon killed during the submit), is adopted, never submitted again. Prints the id."""
     return (
         f"r={q(control)}; "
         'if [ -s "$r/job_id" ]; then cat "$r/job_id"; exit 0; fi; '
         f"id=$(squeue --me -h -t all -n {q(name)} -o %i | head -n 1); "
-        f'if [ -z "$id" ]; then id=$({" ".join(q(a) for a in argv)}) || exit 1; fi; '
+        # sbatch's arguments as create wrote them (NUL-separated, the first is "sbatch" itself)
+        'if [ -z "$id" ]; then id=$(xargs -0 -a "$r/sbatch.args" env) || exit 1; fi; '
         'id=${id%%;*}; echo "$id" > "$r/job_id.tmp" && mv "$r/job_id.tmp" "$r/job_id" && echo "$id"'
     )
 

@@ -96,6 +96,11 @@ ensure_venv() {
 
 SLURM_DIR=${RUNYARD_SLURM_DIR:-/var/lib/runyard-slurm}
 
+slurm_up() {
+    # The controller answers and the node takes jobs (sinfo's short states; "drain" is not up).
+    squeue -h -o %i >/dev/null 2>&1 && sinfo -h -p gpu -o %t 2>/dev/null | grep -q -x -E 'idle|mix|alloc'
+}
+
 ensure_slurm() {
     # A real single-node Slurm cluster for the tests of cluster pools: Debian's packages, munged as
     # the munge user, slurmctld and slurmd as root, no systemd. Two fake GPUs are character devices
@@ -111,7 +116,7 @@ ensure_slurm() {
         DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
             "${missing[@]}" >/dev/null
     fi
-    if squeue -h -o %i >/dev/null 2>&1 && sinfo -h -p gpu -t idle,mix,alloc -o %n 2>/dev/null | grep -q .; then
+    if slurm_up; then
         return
     fi
     say "starting a single-node Slurm cluster (state and logs: $SLURM_DIR)"
@@ -159,8 +164,12 @@ SLURMCONF
     pgrep -x slurmctld >/dev/null || as_root sh -c 'setsid -f /usr/sbin/slurmctld </dev/null >/dev/null 2>&1'
     pgrep -x slurmd >/dev/null || as_root sh -c 'setsid -f /usr/sbin/slurmd </dev/null >/dev/null 2>&1'
     for _ in $(seq 1 60); do
-        if sinfo -h -p gpu -t idle,mix,alloc -o %n 2>/dev/null | grep -q .; then
+        if slurm_up; then
             return
+        fi
+        # A controller killed mid-write can drain the node ("Duplicate jobid"): it is a test node, take it back.
+        if sinfo -h -p gpu -o %t 2>/dev/null | grep -q -E '^(drain|drng|down)'; then
+            as_root scontrol update NodeName="$node" State=RESUME 2>/dev/null || true
         fi
         sleep 0.5
     done

@@ -44,7 +44,6 @@ from .transport import LinkError, Transport, q
 
 log = logging.getLogger("runyard.slurm")
 
-LOST: Final = -1
 _DRAIN_SECONDS: Final = 0.5  # output still being written after the job ended (file system caches)
 _MAX_BACKOFF: Final = 30.0
 _GONE_POLLS: Final = 2  # polls a submitted job may be missing from squeue before it is looked up alone
@@ -263,16 +262,8 @@ class SlurmRuntime:
             looked_state, looked_code = await self._look_up(files.job_id or (job.id if job else ""))
             state = state or looked_state
             code = code if code is not None else looked_code
-        if not state:
-            if code is not None:
-                return made("exited", code)
-            return made("exited", LOST)  # nobody knows the job: lost
-        if state == "OUT_OF_MEMORY":
-            return made("exited", code if code is not None else 137, oom=True)
-        cause = slurm.CAUSES.get(state, "")
-        if state in ("COMPLETED", "FAILED"):
-            return made("exited", code if code is not None else (0 if state == "COMPLETED" else 1))
-        return made("exited", code if code is not None else LOST, cause=cause or "cancelled")
+        code, oom, cause = slurm.outcome(state, code)
+        return made("exited", code, oom=oom, cause=cause)
 
     async def _look_up(self, job_id: str) -> tuple[str, int | None]:
         """One job the poller no longer sees: scontrol while the controller remembers it."""

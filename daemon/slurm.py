@@ -15,6 +15,7 @@ from .command_script import command_argv, shebang_argv_or_none
 from .transport import q
 
 CONTROL: Final = ".runyard"  # in the attempt's directory on the shared file system
+LOST: Final = -1  # the exit code of a job nobody knows any more (lifecycle: process-lost)
 # squeue's fields, "|"-separated: id, name, state, reason (why pending), nodes
 SQUEUE_FORMAT: Final = "%i|%j|%T|%r|%N"
 SQUEUE: Final = f"squeue --me -h -t all -o {q(SQUEUE_FORMAT)}"
@@ -78,6 +79,19 @@ class Job:
     @property
     def ended(self) -> bool:
         return not self.pending and not self.running
+
+
+def outcome(state: str, code: int | None) -> tuple[int, bool, str]:
+    """An ended job's exit code, whether it ran out of memory, and the cause when it was not its
+    command that ended it (see CAUSES). ``state`` "": nobody knows the job any more, so it is lost
+    (exit code -1) unless its batch script recorded a code."""
+    if not state:
+        return (code if code is not None else LOST), False, ""
+    if state == "OUT_OF_MEMORY":
+        return (code if code is not None else 137), True, ""
+    if state in ("COMPLETED", "FAILED"):
+        return (code if code is not None else (0 if state == "COMPLETED" else 1)), False, ""
+    return (code if code is not None else LOST), False, CAUSES.get(state, "cancelled")
 
 
 def parse_squeue(text: str, prefix: str) -> dict[str, Job]:

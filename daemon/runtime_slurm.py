@@ -514,6 +514,11 @@ class PendingReporter:
         if row is None or row.status != "queued":
             return
         await self.store.update(execution_id, reason=reason)
+        # Looked up again: while the store wrote, its runner may have moved it on (started, ended), and
+        # a stale copy must not bring it back.
+        row = self.active.get(execution_id)
+        if row is None or row.status != "queued":
+            return
         self.track(dataclasses.replace(row, reason=reason))
         self.publish(Event(seq=0, execution_id=execution_id, kind="pending", status="queued", reason=reason,
                            at=utcnow(), host=row.host))

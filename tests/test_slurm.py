@@ -124,6 +124,7 @@ def cluster(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> It
             daemon.process.wait()
         cancel_jobs(f"runyard-{daemon.daemon_id}-")
         login.kill()
+        shutil.copy(daemon.root / "daemon.log", tmp / "daemon.log")  # kept with pytest's temporary files
         shutil.rmtree(daemon.root, ignore_errors=True)
 
 

@@ -251,9 +251,9 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{where}.max_jobs: must be at least 1")
         if cluster.poll_seconds < 0.2:
             raise ConfigError(f"{where}.poll_seconds: must be at least 0.2")
-        if cluster.container in ("pyxis", "apptainer"):
-            raise ConfigError(f'{where}.container: "{cluster.container}" is not supported yet (see the README\'s '
-                              'Slurm section for the command lines to pass in sbatch_args instead)')
+        if cluster.container != "none":
+            raise ConfigError(f'{where}.container: "{cluster.container}" is not supported yet; "none" runs the '
+                              "command on the node as it is (see the README's Slurm section)")
         if not 0 <= cluster.port <= 65535:
             raise ConfigError(f"{where}.port: {cluster.port} is not a TCP port")
     sections: list[tuple[str, LocalHostSection | HostSection]] = [("local", config.local)]

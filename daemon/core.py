@@ -37,7 +37,7 @@ from .record import ExecutionRow, view_fields
 from .runner import Runner, RunnerServices, stop_note
 from .runoptions import RunOptions
 from .runtime import EngineError, attempt_name
-from .runtime_slurm import PendingReporter, cluster_hosts, cluster_placements
+from .runtime_slurm import ClusterHost, PendingReporter, cluster_hosts, cluster_placements
 from .scheduler import Capacity, Demand, place, refusal
 from .snapshots import SnapshotError, SnapshotStore
 from .steps import StepError, load_config, prepare_step
@@ -556,7 +556,7 @@ class Core:
                 name=host.name, state=host.state, error=host.error, pool=host.settings.pool,
                 failed_attempts=host.failed_attempts,
                 retry_in_seconds=max(0.0, host.retry_at - time.time()) if host.retry_at else None,
-                runtime=host.settings.runtime,
+                runtime=host.runtime_name, cluster=host.view() if isinstance(host, ClusterHost) else None,
                 address=(ssh.address or ssh.name) if ssh is not None else "this machine",
                 gpus=[GpuView(index=g.index, uuid=g.uuid, name=g.name, memory_total_mb=g.memory_total_mb,
                               memory_used_mb=g.memory_used_mb, utilization=g.utilization,

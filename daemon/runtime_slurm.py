@@ -27,6 +27,7 @@ from typing import Final
 
 from runyard.protocol.logformat import format_record
 from runyard.protocol.messages import Event
+from runyard.protocol.methods import ClusterView
 
 from . import slurm
 from .config import ClusterSection, Config, HostSection
@@ -441,6 +442,21 @@ class ClusterHost(Host):
         super().__init__(HostSettings.of_host(section), **kwargs)  # type: ignore[arg-type]
         self.cluster = cluster
         self.on_pending = on_pending
+        self.partition: slurm.Partition | None = None  # the last sinfo
+
+    @property
+    def runtime_name(self) -> str:
+        return "slurm"
+
+    def view(self) -> ClusterView:
+        """What `runyard hosts` shows of the cluster: the last sinfo, and this daemon's jobs from the
+        last squeue (no call of its own)."""
+        runtime = self.runtime
+        jobs = list(runtime.jobs.values()) if isinstance(runtime, SlurmRuntime) else []
+        p = self.partition or slurm.Partition(nodes={}, gpus_total=0, gpus_allocated=0)
+        return ClusterView(partition=self.cluster.partition or "(default)", nodes=dict(p.nodes),
+                           gpus_total=p.gpus_total, gpus_allocated=p.gpus_allocated,
+                           jobs_pending=sum(j.pending for j in jobs), jobs_running=sum(j.running for j in jobs))
 
     @property
     def cpus(self) -> int | None:
@@ -452,10 +468,12 @@ class ClusterHost(Host):
 
     async def _scan(self) -> Inventory:
         assert self.transport is not None
-        result = await self.transport.run("sinfo -h -o '%c %m %G' " + (
-            f"-p {q(self.cluster.partition)}" if self.cluster.partition else ""), timeout=60)
+        result = await self.transport.run(slurm.sinfo_command(self.cluster.partition), timeout=60)
         if result.status != 0:
             raise EngineError(f"sinfo failed: {result.error_text}")
+        self.partition = slurm.parse_sinfo(result.stdout.decode("utf-8", "replace"))
+        if not self.partition.nodes:
+            raise EngineError(f"sinfo shows no nodes in partition {self.cluster.partition or '(the default)'}")
         inventory = Inventory(cpus=0, memory_mb=0, memory_available_mb=None)
         changed = self.inventory is None
         self.inventory = inventory

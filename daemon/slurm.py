@@ -277,3 +277,45 @@ def parse_files(text: str) -> Files:
     code = int(values[1]) if values[1].isdigit() else None
     return Files(present=True, job_id=values[0], exit_code=code, started=values[2], finished=values[3],
                  gpus=granted_gpus("\n".join(lines[5:])))
+
+
+# One line per node: name, state, GRES configured, GRES in use ("|"-separated, each field ends with "|").
+SINFO_FIELDS: Final = "NodeHost:|,StateCompact:|,Gres:|,GresUsed:|"
+
+
+def sinfo_command(partition: str) -> str:
+    where = f" -p {q(check_word('partition', partition))}" if partition else ""
+    return f"sinfo -h -N{where} -O {q(SINFO_FIELDS)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    nodes: dict[str, int]
+    gpus_total: int
+    gpus_allocated: int
+
+
+def _gpu_count(gres: str) -> int:
+    """GPUs in a GRES list: "gpu:2", "gpu:a100:4(S:0-1)", "gpu:0,shard:8" ..."""
+    total = 0
+    for item in gres.split(","):
+        parts = item.split("(")[0].split(":")
+        if parts[0] == "gpu" and len(parts) >= 2 and parts[-1].isdigit():
+            total += int(parts[-1])
+    return total
+
+
+def parse_sinfo(text: str) -> Partition:
+    nodes: dict[str, int] = {}
+    seen: set[str] = set()
+    total = used = 0
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) < 4 or not parts[0] or parts[0] in seen:
+            continue  # a node in several partitions is listed once per partition
+        seen.add(parts[0])
+        state = parts[1].rstrip("*~#!%$@^-")
+        nodes[state] = nodes.get(state, 0) + 1
+        total += _gpu_count(parts[2])
+        used += _gpu_count(parts[3])
+    return Partition(nodes=nodes, gpus_total=total, gpus_allocated=used)

@@ -280,6 +280,20 @@ async def test_a_restarted_controller_loses_nothing(cluster: Cluster, client: Cl
     assert done.status == "complete", done
 
 
-def test_hosts_shows_the_cluster(cluster: Cluster) -> None:
-    hosts = json.loads(run_cli(cluster.daemon, "hosts", "--json").stdout)
-    assert [h["name"] for h in hosts] == ["hpc"] and hosts[0]["state"] == "ready", hosts
+async def test_hosts_and_doctor_show_the_cluster(cluster: Cluster, client: Client) -> None:
+    held = await wait_for_status(client, (await submit_repo(client, cluster.repo, "hold")).id, {"started"})
+    try:
+        assert run_cli(cluster.daemon, "hosts", "scan", "hpc").returncode == 0  # a fresh sinfo
+        text = run_cli(cluster.daemon, "hosts").stdout
+        assert f"hpc  ready  pool hpc  slurm  127.0.0.1  executions {held.id}\n" in text, text
+        assert "partition gpu  nodes 1 mix  GPUs 2/2 allocated  jobs 1 running, 0 pending" in text, text
+        view = json.loads(run_cli(cluster.daemon, "hosts", "--json").stdout)[0]
+        assert view["cluster"]["gpus_allocated"] == 2 and view["executions"] == [held.id], view
+    finally:
+        cluster.release(held)
+    doctor = run_cli(cluster.daemon, "doctor", "hpc", "--json")
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)}
+    assert doctor.returncode == 0 and all(c["ok"] for c in checks.values()), checks
+    assert list(checks) == ["connection", "sbatch", "partition", "shared work directory", "container",
+                            "disk space", "file transfer (sftp)"]
+    assert (await wait_for_status(client, held.id)).status == "complete"

@@ -91,3 +91,11 @@ def test_a_cluster_pool_gets_work_in_priority_order_up_to_its_cap(tmp_path: Path
     running = ExecutionRow.__new__(ExecutionRow)  # only its host and status count here
     running.host, running.status = "hpc", "started"
     assert [p.execution_id for p in cluster_placements(queue, [cluster], [running])] == [2, 5]
+
+
+def test_sinfo_of_a_partition() -> None:
+    # `sinfo -h -N -O 'NodeHost:|,StateCompact:|,Gres:|,GresUsed:|'`; n2 is listed in two partitions.
+    text = "n1|mix|gpu:2|gpu:1|\nn2|idle|gpu:a100:4(S:0-1)|gpu:a100:0(IDX:N/A)|\nn2|idle|gpu:a100:4|gpu:a100:0|\n" \
+           "n3|drain*|(null)|gpu:0|\n"
+    p = slurm.parse_sinfo(text)
+    assert p.nodes == {"mix": 1, "idle": 1, "drain": 1} and (p.gpus_total, p.gpus_allocated) == (6, 1)

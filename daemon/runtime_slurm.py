@@ -75,6 +75,9 @@ class SlurmRuntime:
         self._task: asyncio.Task[None] | None = None
         self._wanted = asyncio.Event()
         self._missing: dict[str, int] = {}
+        # Short commands at once on the login node's one connection: sshd allows 10 sessions per
+        # connection (MaxSessions), and each followed job already holds two (its output files' tails).
+        self._slots = asyncio.Semaphore(3)
 
     # -- the one poller ----------------------------------------------------------------------
 
@@ -99,10 +102,23 @@ class SlurmRuntime:
                 # The controller does not answer (restarting, overloaded): jobs go on; ask again later.
                 log.warning("cluster %s: squeue failed (%s); asking again in %.0f s", self.host, exc, delay)
                 delay = min(delay * 2, _MAX_BACKOFF, self.poll_seconds * 16)
+            except Exception as exc:
+                # Never a silent end: every waiter would wait forever. They hear of it and retry.
+                log.exception("cluster %s: the squeue poller failed", self.host)
+                self._error = EngineError(f"{self.host}: polling squeue failed: {exc!r}")
+                self._wake()
+                return
             await asyncio.sleep(delay)
 
     async def poll_now(self) -> dict[str, slurm.Job]:
-        out = await self._run(slurm.SQUEUE)
+        # Bounded: a controller that hangs (not one that refuses) must not stall every job's watcher.
+        timeout = max(30.0, self.poll_seconds * 10)
+        try:
+            out = await self._run(slurm.SQUEUE, timeout=timeout)
+        except LinkError as exc:
+            if "did not finish" in str(exc):  # the transport's word for a timeout: the link itself is fine
+                raise EngineError(f"{self.host}: squeue did not answer in {timeout:g} s") from None
+            raise
         self.jobs = slurm.parse_squeue(out, self.prefix)
         self.polled_at = time.monotonic()
         self._wake()
@@ -149,15 +165,17 @@ class SlurmRuntime:
         execution, _, attempt = base.partition("-")
         return (int(execution) if execution.isdigit() else 0, int(attempt) if attempt.isdigit() else 0)
 
-    async def _run(self, command: str, *, input: bytes | None = None) -> str:
+    async def _run(self, command: str, *, input: bytes | None = None, timeout: float | None = None) -> str:
         self.calls += 1
-        result = await self.transport.run(command, input=input)
+        async with self._slots:
+            result = await self.transport.run(command, input=input, timeout=timeout)
         if result.status != 0:
             raise EngineError(f"{self.host}: {result.error_text}")
         return result.stdout.decode("utf-8", "replace")
 
     async def _files(self, directory: str) -> slurm.Files:
-        result = await self.transport.run(f"d={q(directory)}; {slurm.FILES}")
+        async with self._slots:
+            result = await self.transport.run(f"d={q(directory)}; {slurm.FILES}")
         if result.status != 0:
             raise EngineError(f"{self.host}: {result.error_text}")
         return slurm.parse_files(result.stdout.decode("utf-8", "replace"))
@@ -233,8 +251,10 @@ class SlurmRuntime:
         files = await self._files(d)
         if not files.present:
             raise ContainerGone(f"{d} was removed behind runyard's back")
-        if self.polled_at == 0.0 or name not in self._watching:
-            # Nobody polls for it right now (asked once, at adoption or the end): ask the controller.
+        fresh = self.polled_at and time.monotonic() - self.polled_at < self.poll_seconds / 2
+        if not fresh and name not in self._watching:
+            # Nobody polls for it right now (asked once, at adoption or the end): ask the controller,
+            # unless the last poll was a moment ago (start() just saw it run).
             with contextlib.suppress(EngineError):
                 await self.poll_now()
         job = self.jobs.get(name)
@@ -270,7 +290,8 @@ class SlurmRuntime:
         """One job the poller no longer sees: scontrol while the controller remembers it."""
         if not job_id.replace("_", "").isdigit():
             return "", None
-        result = await self.transport.run(slurm.look_up_command(job_id))
+        async with self._slots:
+            result = await self.transport.run(slurm.look_up_command(job_id))
         self.calls += 1
         if result.status != 0:
             return "", None
@@ -402,7 +423,8 @@ class SlurmRuntime:
             await stream.aclose()  # type: ignore[attr-defined]
             if pid.isdigit():
                 with contextlib.suppress(LinkError, EngineError):
-                    await self.transport.run(f"kill {int(pid)} 2>/dev/null; true")
+                    async with self._slots:
+                        await self.transport.run(f"kill {int(pid)} 2>/dev/null; true")
 
     async def stop(self, container_id: str, grace_seconds: int) -> None:
         """TERM to the job's steps (the command), then scancel once the grace has passed."""

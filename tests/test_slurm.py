@@ -106,6 +106,10 @@ def cluster(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> It
     key = make_client_key(tmp)
     login = SshHost("login", tmp / "login", key, None)
     login.prepare()
+    # As the README asks of a login node: each followed job holds two sessions on runyard's one
+    # connection, more than sshd's default of 10 allow.
+    with (login.root / "sshd_config").open("a") as config:
+        config.write("MaxSessions 64\n")
     login.start()
     known = tmp / "known_hosts"
     known.write_text(login.known_hosts_line())

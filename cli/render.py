@@ -32,8 +32,9 @@ def hosts_text(hosts: list[HostView], colour: bool) -> str:
         cpus = "?" if h.cpus is None else f"{h.cpus_used:g}/{h.cpus}"
         memory = "?" if h.memory_mb is None else f"{h.memory_used_mb}/{h.memory_mb} MB"
         running = ", ".join(str(i) for i in h.executions) or "-"
+        sizes = "" if h.cluster is not None else f"CPUs {cpus}  memory {memory}  "  # a cluster: Slurm's, below
         head = (f"{h.name}  {paint(h.state, _HOST_COLOURS.get(h.state, '37'), colour)}  pool {h.pool}  "
-                f"{h.runtime}  {h.address}  CPUs {cpus}  memory {memory}  executions {running}")
+                f"{h.runtime}  {h.address}  {sizes}executions {running}")
         lines = [head]
         if h.error and h.state in ("unreachable", "connecting"):
             retry = ""
@@ -42,6 +43,13 @@ def hosts_text(hosts: list[HostView], colour: bool) -> str:
             lines.append(f"    {h.error}{retry}")
         for problem in h.problems:
             lines.append(f"    warning: {problem}")
+        if h.cluster is not None:
+            c = h.cluster
+            nodes = ", ".join(f"{n} {state}" for state, n in sorted(c.nodes.items())) or "?"
+            lines.append(f"    partition {c.partition}  nodes {nodes}  GPUs {c.gpus_allocated}/{c.gpus_total} "
+                         f"allocated  jobs {c.jobs_running} running, {c.jobs_pending} pending")
+            blocks.append("\n".join(lines))
+            continue
         for g in h.gpus:
             used = "?" if g.memory_used_mb is None else str(g.memory_used_mb)
             total = "?" if g.memory_total_mb is None else str(g.memory_total_mb)

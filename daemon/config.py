@@ -102,6 +102,30 @@ class HostSection(_HostCommon, kw_only=True):
     work_dir: str = ".runyard/work"  # on the host; relative to the login directory
 
 
+class ClusterSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A pool that is a Slurm partition: runyard submits jobs through the login node (reached over SSH,
+    with the same rules as [[hosts]]) and Slurm places them."""
+
+    name: str
+    pool: str = ""  # "": the cluster's name
+    address: str = ""
+    port: int = 0
+    user: str = ""
+    identity: str = ""
+    known_hosts: str = ""
+    # On the file system the login node and the compute nodes share; relative to the login directory.
+    work_dir: str = ".runyard/work"
+    partition: str = ""  # "": the cluster's default partition
+    gres_type: str = ""  # e.g. "a100": --gres=gpu:a100:N
+    account: str = ""
+    qos: str = ""
+    sbatch_args: list[str] = []  # appended to every sbatch, e.g. ["--constraint=ib"]
+    container: Literal["none", "oci", "pyxis", "apptainer"] = "none"
+    max_jobs: int = 100  # jobs submitted and not yet ended, at most; the rest wait in runyard's queue
+    poll_seconds: float = 2.0  # one squeue for all of this daemon's jobs on the cluster, this often
+    enabled: bool = True
+
+
 class SshSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     config: str = "~/.ssh/config"
     known_hosts: str = "~/.ssh/known_hosts"
@@ -159,6 +183,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     defaults: DefaultsSection = msgspec.field(default_factory=DefaultsSection)
     local: LocalHostSection = msgspec.field(default_factory=LocalHostSection)
     hosts: list[HostSection] = []
+    clusters: list[ClusterSection] = []
     ssh: SshSection = msgspec.field(default_factory=SshSection)
     scheduler: SchedulerSection = msgspec.field(default_factory=SchedulerSection)
     mlyaml: MlYamlSection = msgspec.field(default_factory=MlYamlSection)
@@ -223,6 +248,26 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{where}.max_concurrent: must not be negative (0 = no limit)")
         if not 0 <= host.port <= 65535:
             raise ConfigError(f"{where}.port: {host.port} is not a TCP port")
+    for i, cluster in enumerate(config.clusters):
+        where = f"clusters[{i}]"
+        if not _HOST_NAME.fullmatch(cluster.name) or cluster.name in seen:
+            raise ConfigError(f"{where}.name: {cluster.name!r} must be letters, digits, '.', '_' or '-', "
+                              "and not the name of a host or another cluster")
+        seen.add(cluster.name)
+        if cluster.pool and not _HOST_NAME.fullmatch(cluster.pool):
+            raise ConfigError(f"{where}.pool: {cluster.pool!r} must be letters, digits, '.', '_' or '-'")
+        for key in ("partition", "gres_type", "account", "qos"):
+            if not re.fullmatch(r"[A-Za-z0-9_.:+-]{0,64}", getattr(cluster, key)):
+                raise ConfigError(f"{where}.{key}: {getattr(cluster, key)!r} is not a Slurm name")
+        if cluster.max_jobs < 1:
+            raise ConfigError(f"{where}.max_jobs: must be at least 1")
+        if cluster.poll_seconds < 0.2:
+            raise ConfigError(f"{where}.poll_seconds: must be at least 0.2")
+        if cluster.container != "none":
+            raise ConfigError(f'{where}.container: "{cluster.container}" is not supported yet; "none" runs the '
+                              "command on the node as it is (see the README's Slurm section)")
+        if not 0 <= cluster.port <= 65535:
+            raise ConfigError(f"{where}.port: {cluster.port} is not a TCP port")
     sections: list[tuple[str, LocalHostSection | HostSection]] = [("local", config.local)]
     sections += [(f"hosts[{i}]", h) for i, h in enumerate(config.hosts)]
     for section, values in sections:
@@ -275,6 +320,9 @@ def _resolve_paths(config: Config, base: Path) -> None:
         hook.secret_file = resolve(hook.secret_file)
     for registry in config.registries.values():
         registry.password_file = resolve(registry.password_file)
+    for cluster in config.clusters:
+        cluster.identity = resolve(cluster.identity)
+        cluster.known_hosts = resolve(cluster.known_hosts)
     for host in config.hosts:
         # identity and known_hosts live on this machine; docker_socket and work_dir on the host
         host.identity = resolve(host.identity)

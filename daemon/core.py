@@ -40,6 +40,7 @@ from .retention import Retention
 from .runner import Runner, RunnerServices, stop_note
 from .runoptions import RunOptions
 from .runtime import EngineError, attempt_name
+from .runtime_slurm import ClusterHost, PendingReporter, cluster_hosts, cluster_placements
 from .scheduler import Capacity, Demand, place, refusal
 from .snapshots import SnapshotError, SnapshotStore
 from .steps import StepError, load_config, prepare_step
@@ -130,6 +131,14 @@ class Core:
                 admin="draining" if admin.get(settings.name) == "draining" else "enabled",
             )
             self.hosts[settings.name].on_scan = self.gpu_use.sample
+        # Slurm clusters: their login nodes are hosts too (connected and reconciled alike).
+        pending = PendingReporter(self.store, self.active, self.track, self.publish)
+        for cluster in cluster_hosts(self.config, on_pending=pending, daemon_id=self.store.daemon_id,
+                                     ssh=self.config.ssh, sockets_dir=self.config.data_dir / "hosts",
+                                     on_change=self._host_changed):
+            if admin.get(cluster.name) == "draining" and cluster.admin == "enabled":
+                cluster.admin = "draining"
+            self.hosts[cluster.name] = cluster
         for row in await self.store.active():
             self.track(row)
         for row in list(self.active.values()):
@@ -382,8 +391,14 @@ class Core:
                 return
             # An execution back in the queue is placed only once its last runner has finished.
             queue = (self._demands[i] for _, _, i in self._order if i not in self._runners)
+            clusters = [h for h in self.hosts.values() if isinstance(h, ClusterHost)]
+            if clusters:
+                queue = list(queue)  # walked twice: by the scheduler, then for the clusters' pools
             placements = place(queue, self.capacities(self._placed.values()), now=time.time(),
                                reserve_after=self.config.scheduler.reserve_after_seconds, ordered=True)
+            if clusters:
+                placements += cluster_placements(queue, [h for h in clusters if h.name not in self._reconciling],
+                                                 self.active.values())
             if not placements:
                 return
             # One transaction for the pass; each placement is recorded before its runner exists.
@@ -643,7 +658,7 @@ class Core:
                 name=host.name, state=host.state, error=host.error, pool=host.settings.pool,
                 failed_attempts=host.failed_attempts,
                 retry_in_seconds=max(0.0, host.retry_at - time.time()) if host.retry_at else None,
-                runtime=host.settings.runtime,
+                runtime=host.runtime_name, cluster=host.view() if isinstance(host, ClusterHost) else None,
                 address=(ssh.address or ssh.name) if ssh is not None else "this machine",
                 gpus=[GpuView(index=g.index, uuid=g.uuid, name=g.name, memory_total_mb=g.memory_total_mb,
                               memory_used_mb=g.memory_used_mb, utilization=g.utilization,

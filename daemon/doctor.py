@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -9,6 +10,7 @@ from typing import Final
 from .hosts import Host
 from .inventory import GPU_QUERY, parse_gpus
 from .runtime_docker import DockerRuntime
+from .runtime_slurm import ClusterHost
 from .transport import LinkError, Transport, q
 
 DISK_LOW_MB: Final = 10 * 1024
@@ -22,6 +24,8 @@ class Check:
 
 
 async def diagnose(host: Host) -> list[Check]:
+    if isinstance(host, ClusterHost):
+        return await diagnose_cluster(host)
     s = host.settings
     where = "this machine" if s.ssh is None else f"{s.ssh.user + '@' if s.ssh.user else ''}{s.ssh.address or s.name}"
     transport = host.transport
@@ -116,3 +120,47 @@ async def _disk(transport: Transport, path: str) -> Check:
     if free_mb < DISK_LOW_MB:
         return Check("disk space", False, f"only {detail}: free space, or point work_dir elsewhere")
     return Check("disk space", True, detail)
+
+
+async def diagnose_cluster(host: ClusterHost) -> list[Check]:
+    """A Slurm cluster's login node: the connection, sbatch and squeue, the partition, the work directory
+    as a compute node sees it (a one-second job), the container mode, disk space and SFTP."""
+    transport = host.transport
+    c = host.cluster
+    where = f"{c.user + '@' if c.user else ''}{c.address or c.name}"
+    if host.link != "ready" or transport is None:
+        return [Check("connection", False, f"{where}: {host.error or host.state}"),
+                *(Check(name, False, "not checked: no connection")
+                  for name in ("sbatch", "partition", "shared work directory", "disk space"))]
+    checks = [Check("connection", True, f"{where}: connected"), await _runtime(host)]
+    checks[-1] = Check("sbatch", checks[-1].ok, checks[-1].detail)
+    p = host.partition
+    if p is None or not p.nodes:
+        checks.append(Check("partition", False, f"partition {c.partition or '(default)'} has no nodes: check "
+                                                "`partition` against `sinfo -s` on the login node"))
+    else:
+        nodes = ", ".join(f"{n} {state}" for state, n in sorted(p.nodes.items()))
+        checks.append(Check("partition", True, f"{c.partition or '(default)'}: {nodes}; {p.gpus_total} GPUs"))
+    checks.append(await _shared_work_dir(transport, host.work_root, c.partition))
+    checks.append(Check("container", True, f'"{c.container}": the command runs on the node as it is'))
+    checks.append(await _disk(transport, host.work_root))
+    checks.append(await _file_transfer(transport, host.work_root))
+    return checks
+
+
+async def _shared_work_dir(transport: Transport, path: str, partition: str) -> Check:
+    """A file written on the login node must be seen by a compute node: one short job (srun waits at
+    most 30 s for a node) looks for it."""
+    probe = f"{path}/.runyard-doctor-{secrets.token_hex(4)}"
+    where = f" -p {q(partition)}" if partition else ""
+    try:
+        result = await transport.run(
+            f"touch {q(probe)} && srun{where} -N 1 -n 1 -t 1 --immediate=30 test -e {q(probe)}; s=$?; "
+            f"rm -f {q(probe)}; exit $s", timeout=60)
+    except LinkError as exc:
+        return Check("shared work directory", False, str(exc))
+    if result.status != 0:
+        return Check("shared work directory", False,
+                     f"a compute node does not see {path} ({result.error_text}): work_dir must be on the "
+                     "file system the login and compute nodes share")
+    return Check("shared work directory", True, f"{path} is seen by a compute node")

@@ -154,6 +154,11 @@ class Host:
         return self.inventory.memory_mb if self.inventory else None
 
     @property
+    def runtime_name(self) -> str:
+        """What `runyard hosts` calls its runtime (a cluster's login node says "slurm")."""
+        return self.settings.runtime
+
+    @property
     def remote(self) -> bool:
         return self.settings.ssh is not None
 

@@ -42,6 +42,9 @@ class Exited:
     code: int
     oom_killed: bool = False
     engine_restarted: bool = False  # the engine went away while it ran (a restart ends with a signal)
+    # Ended by a cluster's scheduler, not by its command: "time-limit", "cancelled" (by someone other
+    # than runyard), "node-lost" (NODE_FAIL, BOOT_FAIL, PREEMPTED: a new attempt if retries are left).
+    cause: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,13 +123,19 @@ def decide(status: str, reason: str | None, retries: int, event: Event) -> Move:
             return Move(None, stop_container=True)  # stopping: ask the engine again
         case LimitReached(reason=why):
             return Move(None, why, stop_container=True) if status == "started" else STAY
-        case Exited(code=code, oom_killed=oom, engine_restarted=engine):
+        case Exited(code=code, oom_killed=oom, engine_restarted=engine, cause=cause):
             if status == "stopping":
                 return Move("stopped", reason)
             if status != "started":
                 return STAY
             if reason in LIMIT_REASONS:
                 return Move("error", reason)
+            if cause == "node-lost":
+                return _host_failed(retries)
+            if cause == "time-limit":
+                return Move("error", "time-limit")
+            if cause == "cancelled":
+                return Move("error", "cancelled-outside-runyard")
             if engine and code in SIGNAL_CODES:
                 return _host_failed(retries)
             if code == PROCESS_LOST:

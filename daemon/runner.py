@@ -444,13 +444,14 @@ class Runner:
                 self.container_id = await self._create(host, runtime, remote)
                 fresh = True
         state = None if fresh else await runtime.state(self.container_id)
-        if state is not None and state.gpus and list(state.gpus) != self.row.gpu_ids:
-            # The labels are the truth about which GPUs a container holds.
-            await self.s.store.update(self.id, gpu_ids=list(state.gpus))
-            self._set(dataclasses.replace(self.row, gpu_ids=list(state.gpus)))
-        if state is None or state.status == "created":
+        if state is None or state.status in ("created", "pending"):
+            # A cluster's job that still pends: start waits for it to run (adopting, never resubmitting).
             await runtime.start(self.container_id)
             state = await runtime.state(self.container_id)
+        if state.gpus and list(state.gpus) != self.row.gpu_ids:
+            # The labels (or the GPUs a cluster granted the job) are the truth about which GPUs it holds.
+            await self.s.store.update(self.id, gpu_ids=list(state.gpus))
+            self._set(dataclasses.replace(self.row, gpu_ids=list(state.gpus)))
         if self.row.status == "queued":
             # "started" means the engine has started it; a crash before this is healed on restart
             # by adopting the labelled container, so nothing runs twice. The time is the engine's.
@@ -480,7 +481,8 @@ class Runner:
         await self._ingest_logs(runtime, follow=False)
         state = await runtime.state(self.container_id)
         await self._collect_outputs()
-        move = await self._send(Exited(state.exit_code, state.oom_killed, engine_restarted=self._engine_lost),
+        move = await self._send(Exited(state.exit_code, state.oom_killed, engine_restarted=self._engine_lost,
+                                       cause=state.cause),
                                 why="restarted its container engine", exit_code=state.exit_code,
                                 **({"ended_at": state.finished_at} if state.finished_at else {}))
         if move is not None and move.reason == "process-lost":
@@ -515,6 +517,7 @@ class Runner:
             memory_limit_mb=self.row.resources.get("memory_max_mb"),
             attempt=self._base,
             user=host.run_as_user(self.row.owner_uid),
+            resources=dict(self.row.resources),
         )
         if not host.remote:
             return await runtime.create(spec)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from .logfile import LogFile
 from .logstream import Decoded
@@ -29,6 +29,7 @@ class ContainerGone(EngineError):
     pass
 
 
+SLURM_PREFIX: Final = "slurm:"  # a Slurm job's attempt: "slurm:" and its directory on the shared file system
 _USER = re.compile(r"[0-9]+:[0-9]+")
 
 # Run where the execution's files are handed to the user it runs as (run_as = "owner"):
@@ -48,6 +49,8 @@ def owner_ids(user: str) -> tuple[int, int]:
 def runtime_of(container_id: str) -> str:
     """Which runtime made ``container_id``: the process runtime names an attempt by its directory
     (an absolute path), Docker by a hexadecimal id."""
+    if container_id.startswith(SLURM_PREFIX):
+        return "slurm"
     return "process" if container_id.startswith("/") else "docker"
 
 
@@ -73,6 +76,9 @@ class ContainerSpec:
     attempt: int = 0
     # "uid:gid" the command runs as (run_as = "owner"); None: the image's user, or the SSH user.
     user: str | None = None
+    # The execution's resources (gpus, cpus, memory_mb, time_limit_seconds ...): what a cluster's
+    # scheduler is asked for, where runyard itself did not place it on a GPU.
+    resources: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +95,9 @@ class ContainerState:
     # host outage that can be many seconds later.
     started_at: str | None = None
     finished_at: str | None = None
+    # Why it ended when not by its command's exit (a cluster's "time-limit", "cancelled", "node-lost"):
+    # lifecycle.decide turns it into the execution's reason.
+    cause: str = ""
 
 
 def store_time_of_engine(text: object) -> str | None:

@@ -254,6 +254,17 @@ class GpuView(msgspec.Struct, kw_only=True):
     execution: int | None  # who holds it
 
 
+class ClusterView(msgspec.Struct, kw_only=True):
+    """A Slurm cluster's partition as its last `sinfo` saw it, and this daemon's jobs there."""
+
+    partition: str
+    nodes: dict[str, int]  # Slurm node state (idle, mix, alloc, drain ...) -> how many
+    gpus_total: int
+    gpus_allocated: int
+    jobs_pending: int
+    jobs_running: int
+
+
 class HostView(msgspec.Struct, kw_only=True):
     name: str
     state: str  # connecting, ready, unreachable, draining, disabled
@@ -272,6 +283,7 @@ class HostView(msgspec.Struct, kw_only=True):
     problems: list[str] = []
     failed_attempts: int = 0  # reconnects that failed in a row
     retry_in_seconds: float | None = None  # when the next reconnect starts (the backoff, capped)
+    cluster: ClusterView | None = None  # a [[clusters]] entry's login node: what Slurm has
 
 
 class HostNameParams(msgspec.Struct, forbid_unknown_fields=True):

@@ -96,3 +96,87 @@ ensure_venv() {
         touch "$stamp"
     fi
 }
+
+SLURM_DIR=${RUNYARD_SLURM_DIR:-/var/lib/runyard-slurm}
+
+slurm_up() {
+    # The controller answers and the node takes jobs (sinfo's short states; "drain" is not up).
+    squeue -h -o %i >/dev/null 2>&1 && sinfo -h -p gpu -o %t 2>/dev/null | grep -q -x -E 'idle|mix|alloc'
+}
+
+ensure_slurm() {
+    # A real single-node Slurm cluster for the tests of cluster pools: Debian's packages, munged as
+    # the munge user, slurmctld and slurmd as root, no systemd. Two fake GPUs are character devices
+    # named in gres.conf, so Slurm grants them (CUDA_VISIBLE_DEVICES, SLURM_JOB_GPUS) like real ones.
+    local missing=()
+    command -v sbatch >/dev/null || missing+=(slurm-client)
+    [ -x /usr/sbin/slurmctld ] || missing+=(slurmctld)
+    [ -x /usr/sbin/slurmd ] || missing+=(slurmd)
+    [ -x /usr/sbin/munged ] || missing+=(munge)
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing ${missing[*]} from Debian's packages"
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+            "${missing[@]}" >/dev/null
+    fi
+    if slurm_up; then
+        return
+    fi
+    say "starting a single-node Slurm cluster (state and logs: $SLURM_DIR)"
+    local node
+    node=$(hostname -s)
+    as_root mkdir -p "$SLURM_DIR/state" "$SLURM_DIR/spool" "$SLURM_DIR/dev" /etc/slurm /run/munge
+    [ -e "$SLURM_DIR/dev/gpu0" ] || as_root mknod "$SLURM_DIR/dev/gpu0" c 1 3
+    [ -e "$SLURM_DIR/dev/gpu1" ] || as_root mknod "$SLURM_DIR/dev/gpu1" c 1 3
+    as_root tee /etc/slurm/slurm.conf >/dev/null <<SLURMCONF
+# Written by runyard's scripts/lib.sh (ensure_slurm): a one-node cluster for the tests.
+ClusterName=runyard
+SlurmctldHost=$node(127.0.0.1)
+SlurmUser=root
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=500
+MpiDefault=none
+ReturnToService=2
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/filetxt
+JobCompLoc=$SLURM_DIR/jobcomp.log
+MinJobAge=300
+GresTypes=gpu
+StateSaveLocation=$SLURM_DIR/state
+SlurmdSpoolDir=$SLURM_DIR/spool
+SlurmctldPidFile=$SLURM_DIR/slurmctld.pid
+SlurmdPidFile=$SLURM_DIR/slurmd.pid
+SlurmctldLogFile=$SLURM_DIR/slurmctld.log
+SlurmdLogFile=$SLURM_DIR/slurmd.log
+SchedulerParameters=sched_interval=1
+NodeName=$node NodeAddr=127.0.0.1 CPUs=2 RealMemory=4000 Gres=gpu:2 State=UNKNOWN
+PartitionName=gpu Nodes=$node Default=YES MaxTime=INFINITE State=UP
+SLURMCONF
+    echo "NodeName=$node Name=gpu File=$SLURM_DIR/dev/gpu[0-1]" | as_root tee /etc/slurm/gres.conf >/dev/null
+    as_root chown munge:munge /run/munge
+    [ -s /etc/munge/munge.key ] || as_root sh -c 'dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null'
+    as_root chown munge:munge /etc/munge/munge.key
+    as_root chmod 0400 /etc/munge/munge.key
+    if ! pgrep -u munge -x munged >/dev/null; then
+        as_root su -s /bin/sh munge -c '/usr/sbin/munged --force'
+    fi
+    pgrep -x slurmctld >/dev/null || as_root sh -c 'setsid -f /usr/sbin/slurmctld </dev/null >/dev/null 2>&1'
+    pgrep -x slurmd >/dev/null || as_root sh -c 'setsid -f /usr/sbin/slurmd </dev/null >/dev/null 2>&1'
+    for _ in $(seq 1 60); do
+        if slurm_up; then
+            return
+        fi
+        # A controller killed mid-write can drain the node ("Duplicate jobid"): it is a test node, take it back.
+        if sinfo -h -p gpu -o %t 2>/dev/null | grep -q -E '^(drain|drng|down)'; then
+            as_root scontrol update NodeName="$node" State=RESUME 2>/dev/null || true
+        fi
+        sleep 0.5
+    done
+    echo "the Slurm cluster did not come up; see $SLURM_DIR/slurmctld.log and slurmd.log" >&2
+    tail -20 "$SLURM_DIR/slurmctld.log" "$SLURM_DIR/slurmd.log" >&2 || true
+    exit 1
+}

@@ -1,0 +1,321 @@
+"""Slurm without the wire: job names, the batch script, sbatch's arguments, squeue's and scontrol's
+output, and what each Slurm job state means for an execution. No I/O.
+
+runtime_slurm.py runs these over the login node's SSH connection; the lifecycle (lifecycle.py)
+decides what an ended job means from the ``cause`` these give.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from .command_script import command_argv, shebang_argv_or_none
+from .transport import q
+
+CONTROL: Final = ".runyard"  # in the attempt's directory on the shared file system
+LOST: Final = -1  # the exit code of a job nobody knows any more (lifecycle: process-lost)
+# squeue's fields, "|"-separated: id, name, state, reason (why pending), nodes
+SQUEUE_FORMAT: Final = "%i|%j|%T|%r|%N"
+SQUEUE: Final = f"squeue --me -h -t all -o {q(SQUEUE_FORMAT)}"
+
+PENDING_STATES: Final = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                                   "RESV_DEL_HOLD", "SPECIAL_EXIT", "SUSPENDED", "STOPPED", "RESIZING"})
+RUNNING_STATES: Final = frozenset({"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT"})
+# Ended, but not by the command: runyard's lifecycle turns these into reasons (lifecycle.Exited.cause).
+CAUSES: Final = {
+    "TIMEOUT": "time-limit",
+    "DEADLINE": "time-limit",
+    "CANCELLED": "cancelled",
+    "NODE_FAIL": "node-lost",
+    "BOOT_FAIL": "node-lost",
+    "PREEMPTED": "node-lost",
+    "REVOKED": "node-lost",
+}
+_NAME_PART = re.compile(r"[A-Za-z0-9_.-]+")
+_SLURM_WORD = re.compile(r"[A-Za-z0-9_.:+-]{1,64}")
+
+
+class SlurmError(Exception):
+    pass
+
+
+def job_name(daemon_id: str, execution_id: int, attempt: int) -> str:
+    """What identifies an attempt's job among everyone's: this daemon, the execution and the attempt.
+    Known before sbatch runs, so a daemon killed during the submit finds the job again by it."""
+    if not _NAME_PART.fullmatch(daemon_id):
+        raise SlurmError(f"daemon id {daemon_id!r} cannot be part of a job name")
+    return f"runyard-{daemon_id}-{int(execution_id)}-{int(attempt)}"
+
+
+def job_name_prefix(daemon_id: str) -> str:
+    return f"runyard-{daemon_id}-"
+
+
+def check_word(what: str, value: str) -> str:
+    """A partition, account, QoS or GRES type as Slurm spells them; anything else is refused."""
+    if value and not _SLURM_WORD.fullmatch(value):
+        raise SlurmError(f"{what} {value!r} is not a Slurm name (letters, digits, '_', '.', ':', '+', '-')")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    name: str
+    state: str  # Slurm's, e.g. PENDING, RUNNING, COMPLETED, TIMEOUT
+    reason: str  # why it pends (Resources, Priority, ...), or None
+    nodes: str
+
+    @property
+    def pending(self) -> bool:
+        return self.state in PENDING_STATES
+
+    @property
+    def running(self) -> bool:
+        return self.state in RUNNING_STATES
+
+    @property
+    def ended(self) -> bool:
+        return not self.pending and not self.running
+
+
+def outcome(state: str, code: int | None) -> tuple[int, bool, str]:
+    """An ended job's exit code, whether it ran out of memory, and the cause when it was not its
+    command that ended it (see CAUSES). ``state`` "": nobody knows the job any more, so it is lost
+    (exit code -1) unless its batch script recorded a code."""
+    if not state:
+        return (code if code is not None else LOST), False, ""
+    if state == "OUT_OF_MEMORY":
+        return (code if code is not None else 137), True, ""
+    if state in ("COMPLETED", "FAILED"):
+        return (code if code is not None else (0 if state == "COMPLETED" else 1)), False, ""
+    return (code if code is not None else LOST), False, CAUSES.get(state, "cancelled")
+
+
+def parse_squeue(text: str, prefix: str) -> dict[str, Job]:
+    """``SQUEUE``'s lines for the jobs whose names start with ``prefix`` (this daemon's), by name.
+    A name seen twice (resubmitted by someone) keeps its newest job."""
+    jobs: dict[str, Job] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) != 5 or not parts[1].startswith(prefix):
+            continue
+        job = Job(id=parts[0].strip(), name=parts[1], state=parts[2].strip().split()[0] if parts[2].strip() else "",
+                  reason=parts[3].strip(), nodes=parts[4].strip())
+        old = jobs.get(job.name)
+        if old is None or _job_number(job.id) >= _job_number(old.id):
+            jobs[job.name] = job
+    return jobs
+
+
+def _job_number(job_id: str) -> int:
+    head = job_id.split("_")[0]
+    return int(head) if head.isdigit() else -1
+
+
+def parse_scontrol(text: str) -> tuple[str, int | None]:
+    """`scontrol -o show job ID`: the job's state and its exit code (None if it has none yet).
+    A job killed by a signal has ExitCode=0:9; that is reported as 128 + the signal, like a shell."""
+    state, code = "", None
+    for field in text.split():
+        key, _, value = field.partition("=")
+        if key == "JobState":
+            state = value
+        elif key == "ExitCode":
+            status, _, signal = value.partition(":")
+            if status.isdigit() and signal.isdigit():
+                code = int(status) if int(signal) == 0 else 128 + int(signal)
+    return state, code
+
+
+def parse_sacct(text: str, job_id: str) -> tuple[str, int | None]:
+    """`sacct -P -o JobID,State,ExitCode` (or `sacct -c`, from the job completion file, where there is
+    no accounting database): the job's state and exit code. Text, not --json: this Slurm's JSON
+    misreports exit codes."""
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) != 3 or parts[0] != job_id:
+            continue
+        state = parts[1].split()[0] if parts[1].strip() else ""
+        status, _, signal = parts[2].partition(":")
+        code = None
+        if status.isdigit() and signal.isdigit():
+            code = int(status) if int(signal) == 0 else 128 + int(signal)
+        return state, code
+    return "", None
+
+
+def look_up_command(job_id: str) -> str:
+    """One job squeue has forgotten: scontrol while the controller remembers it, else sacct (with an
+    accounting database), else sacct -c (the job completion file)."""
+    return (f"scontrol -o show job {q(job_id)} 2>/dev/null || "
+            f"sacct -n -P -X -j {q(job_id)} -o JobID,State,ExitCode 2>/dev/null | grep . || "
+            f"sacct -c -n -P -j {q(job_id)} -o JobID,State,ExitCode 2>/dev/null")
+
+
+def parse_look_up(text: str, job_id: str) -> tuple[str, int | None]:
+    return parse_scontrol(text) if "JobState=" in text else parse_sacct(text, job_id)
+
+
+def time_limit(seconds: float) -> str:
+    """sbatch --time as minutes:seconds (at least one second)."""
+    total = max(1, int(seconds + 0.999))
+    return f"{total // 60}:{total % 60:02d}"
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    """What a cluster asks of every job, from its configuration."""
+
+    partition: str
+    gres_type: str = ""
+    account: str = ""
+    qos: str = ""
+    extra: tuple[str, ...] = ()
+
+
+def sbatch_argv(submit: Submit, name: str, directory: str, *, gpus: int, cpus: float, memory_mb: int,
+                time_limit_seconds: float | None) -> list[str]:
+    """sbatch's arguments for one attempt (the batch script is the last)."""
+    control = f"{directory}/{CONTROL}"
+    argv = ["sbatch", "--parsable", f"--job-name={name}", f"--chdir={directory}/repository",
+            f"--output={control}/stdout", f"--error={control}/stderr", "--no-requeue", "--ntasks=1"]
+    if submit.partition:
+        argv.append(f"--partition={check_word('partition', submit.partition)}")
+    if submit.account:
+        argv.append(f"--account={check_word('account', submit.account)}")
+    if submit.qos:
+        argv.append(f"--qos={check_word('qos', submit.qos)}")
+    if gpus > 0:
+        kind = check_word("gres_type", submit.gres_type)
+        argv.append(f"--gres=gpu:{kind}:{gpus}" if kind else f"--gres=gpu:{gpus}")
+    if cpus > 0:
+        argv.append(f"--cpus-per-task={max(1, int(cpus + 0.999))}")
+    if memory_mb > 0:
+        argv.append(f"--mem={int(memory_mb)}M")
+    if time_limit_seconds:
+        argv.append(f"--time={time_limit(time_limit_seconds)}")
+    argv += list(submit.extra)
+    argv.append(f"{control}/batch.sh")
+    return argv
+
+
+def batch_script(directory: str, command: str, environment: dict[str, str]) -> str:
+    """The job's batch script: the Valohai environment, the command under `srun --unbuffered` (so
+    lines reach the output file as they are printed), and its own record of the GPUs it was granted,
+    its start, end and exit code in the attempt's control directory."""
+    control = f"{directory}/{CONTROL}"
+    exports = "".join(f"export {name}={q(value)}\n" for name, value in environment.items() if name.isidentifier())
+    launcher = " ".join(q(a) for a in command_argv(command)[:-1])
+    shebang = shebang_argv_or_none(command) is not None
+    run = f'{launcher} "$(cat "$r/command.sh")"' if shebang else 'sh "$r/command.sh"'
+    step = f"srun --unbuffered {run}"
+    return (
+        "#!/bin/sh\n"
+        "# Written by runyard: one attempt of an execution, as one Slurm job.\n"
+        "umask 077\n"
+        f"r={q(control)}\n"
+        f"{exports}"
+        'printf "%s\\n%s\\n" "${SLURM_JOB_NODELIST:-}" "${SLURM_JOB_GPUS:-${CUDA_VISIBLE_DEVICES:-}}" '
+        '> "$r/granted.tmp" && mv "$r/granted.tmp" "$r/granted"\n'
+        'date +%s.%N > "$r/started_at.tmp"; mv "$r/started_at.tmp" "$r/started_at"\n'
+        f"{step}\n"
+        "c=$?\n"
+        'date +%s.%N > "$r/finished_at.tmp"; mv "$r/finished_at.tmp" "$r/finished_at"\n'
+        'echo $c > "$r/exit_code.tmp" && mv "$r/exit_code.tmp" "$r/exit_code"\n'
+        "exit $c\n"
+    )
+
+
+def granted_gpus(text: str) -> tuple[str, ...]:
+    """The batch script's record of its GPUs ("node\\n0,1") as ids "node:0", "node:1"."""
+    lines = text.splitlines()
+    node = lines[0].strip() if lines else ""
+    indexes = lines[1].strip() if len(lines) > 1 else ""
+    return tuple(f"{node}:{i.strip()}" for i in indexes.split(",") if i.strip().isdigit())
+
+
+def submit_command(name: str, control: str) -> str:
+    """Submit the attempt's job once: a job id already recorded, or a job of this name the controller
+    still knows (a daemon killed during the submit), is adopted, never submitted again. Prints the id."""
+    return (
+        f"r={q(control)}; "
+        'if [ -s "$r/job_id" ]; then cat "$r/job_id"; exit 0; fi; '
+        f"id=$(squeue --me -h -t all -n {q(name)} -o %i | head -n 1); "
+        # sbatch's arguments as create wrote them (NUL-separated, the first is "sbatch" itself)
+        'if [ -z "$id" ]; then id=$(xargs -0 -a "$r/sbatch.args" env) || exit 1; fi; '
+        'id=${id%%;*}; echo "$id" > "$r/job_id.tmp" && mv "$r/job_id.tmp" "$r/job_id" && echo "$id"'
+    )
+
+
+# Prints, for the attempt directory in $d: the recorded job id, exit code, start and end times, and
+# the granted GPUs' two lines, each on a line of its own ("-" where not written).
+FILES: Final = (
+    'r="$d/.runyard"; [ -d "$r" ] || { echo missing; exit 0; }; echo present; '
+    'for f in job_id exit_code started_at finished_at; do v=$(head -c 40 "$r/$f" 2>/dev/null | tr -cd 0-9.); '
+    'echo "${v:--}"; done; head -c 4000 "$r/granted" 2>/dev/null'
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Files:
+    present: bool
+    job_id: str = ""
+    exit_code: int | None = None
+    started: str = ""
+    finished: str = ""
+    gpus: tuple[str, ...] = ()
+
+
+def parse_files(text: str) -> Files:
+    lines = text.splitlines()
+    if not lines or lines[0] != "present":
+        return Files(present=False)
+    values = [v if v != "-" else "" for v in (lines[1:5] + ["-"] * 4)[:4]]
+    code = int(values[1]) if values[1].isdigit() else None
+    return Files(present=True, job_id=values[0], exit_code=code, started=values[2], finished=values[3],
+                 gpus=granted_gpus("\n".join(lines[5:])))
+
+
+# One line per node: name, state, GRES configured, GRES in use ("|"-separated, each field ends with "|").
+SINFO_FIELDS: Final = "NodeHost:|,StateCompact:|,Gres:|,GresUsed:|"
+
+
+def sinfo_command(partition: str) -> str:
+    where = f" -p {q(check_word('partition', partition))}" if partition else ""
+    return f"sinfo -h -N{where} -O {q(SINFO_FIELDS)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    nodes: dict[str, int]
+    gpus_total: int
+    gpus_allocated: int
+
+
+def _gpu_count(gres: str) -> int:
+    """GPUs in a GRES list: "gpu:2", "gpu:a100:4(S:0-1)", "gpu:0,shard:8" ..."""
+    total = 0
+    for item in gres.split(","):
+        parts = item.split("(")[0].split(":")
+        if parts[0] == "gpu" and len(parts) >= 2 and parts[-1].isdigit():
+            total += int(parts[-1])
+    return total
+
+
+def parse_sinfo(text: str) -> Partition:
+    nodes: dict[str, int] = {}
+    seen: set[str] = set()
+    total = used = 0
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) < 4 or not parts[0] or parts[0] in seen:
+            continue  # a node in several partitions is listed once per partition
+        seen.add(parts[0])
+        state = parts[1].rstrip("*~#!%$@^-")
+        nodes[state] = nodes.get(state, 0) + 1
+        total += _gpu_count(parts[2])
+        used += _gpu_count(parts[3])
+    return Partition(nodes=nodes, gpus_total=total, gpus_allocated=used)

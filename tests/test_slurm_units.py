@@ -1,0 +1,101 @@
+"""The protocol-free parts of Slurm support: what squeue, scontrol and sacct print, what each job
+state means for an execution (decided by the lifecycle), the batch job asked for, and placement."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from runyard.daemon import slurm
+from runyard.daemon.config import ClusterSection, SshSection
+from runyard.daemon.inventory import Inventory
+from runyard.daemon.lifecycle import Exited, Move, decide
+from runyard.daemon.record import ExecutionRow
+from runyard.daemon.runtime_slurm import ClusterHost, cluster_placements
+from runyard.daemon.scheduler import Demand
+
+# As Slurm 22.05 prints them (`squeue --me -h -t all -o '%i|%j|%T|%r|%N'`), with someone else's job.
+SQUEUE = """\
+41|runyard-abc-7-0|RUNNING|None|vm
+42|runyard-abc-8-0|PENDING|Resources|
+43|runyard-abc-9-2|TIMEOUT|TimeLimit|vm
+44|train-by-hand|RUNNING|None|vm
+50|runyard-abc-8-0|PENDING|Priority|
+"""
+
+
+def test_squeue_lines_become_this_daemons_jobs_by_name() -> None:
+    jobs = slurm.parse_squeue(SQUEUE, slurm.job_name_prefix("abc"))
+    assert sorted(jobs) == ["runyard-abc-7-0", "runyard-abc-8-0", "runyard-abc-9-2"]
+    assert jobs["runyard-abc-7-0"].running
+    assert jobs["runyard-abc-8-0"].id == "50" and jobs["runyard-abc-8-0"].reason == "Priority"
+    assert jobs["runyard-abc-9-2"].ended
+
+
+def test_ended_jobs_and_what_the_lifecycle_makes_of_them() -> None:
+    def final(state: str, code: int | None, status: str = "started", retries: int = 0) -> Move:
+        exit_code, oom, cause = slurm.outcome(state, code)
+        return decide(status, None, retries, Exited(exit_code, oom, cause=cause))
+
+    assert final("COMPLETED", 0) == Move("complete")
+    assert final("FAILED", 3) == Move("error", "exit-code 3")
+    assert final("OUT_OF_MEMORY", None) == Move("error", "oom-killed")
+    assert final("TIMEOUT", None) == Move("error", "time-limit")
+    assert final("CANCELLED", None) == Move("error", "cancelled-outside-runyard")
+    assert final("CANCELLED", None, status="stopping") == Move("stopped")
+    assert final("FAILED", 143, status="stopping") == Move("stopped")  # its own stop's TERM
+    assert final("NODE_FAIL", None) == Move("error", "host-lost")
+    assert final("PREEMPTED", None, retries=1).requeue  # --retry: a new attempt
+    assert final("", None) == Move("error", "process-lost")  # nobody knows the job any more
+    assert final("", 0) == Move("complete")  # forgotten, but its script recorded how it ended
+
+
+def test_exit_codes_from_scontrol_and_sacct() -> None:
+    assert slurm.parse_look_up("JobId=9 JobName=x JobState=FAILED Reason=NonZeroExitCode ExitCode=3:0", "9") == (
+        "FAILED", 3)
+    assert slurm.parse_look_up("JobId=9 JobState=CANCELLED ExitCode=0:15", "9") == ("CANCELLED", 143)
+    assert slurm.parse_look_up("8|COMPLETED|0:0\n9|TIMEOUT|0:15\n", "9") == ("TIMEOUT", 143)
+    assert slurm.parse_look_up("9|CANCELLED by 0|0:0\n", "9") == ("CANCELLED", 0)
+    assert slurm.parse_look_up("", "9") == ("", None)
+
+
+def test_the_job_asked_for() -> None:
+    argv = slurm.sbatch_argv(slurm.Submit(partition="gpu", gres_type="a100", account="lab", qos="high",
+                                          extra=("--constraint=ib",)),
+                             "runyard-abc-7-0", "/shared/w/7", gpus=2, cpus=3.5, memory_mb=8000,
+                             time_limit_seconds=90)
+    assert argv == ["sbatch", "--parsable", "--job-name=runyard-abc-7-0", "--chdir=/shared/w/7/repository",
+                    "--output=/shared/w/7/.runyard/stdout", "--error=/shared/w/7/.runyard/stderr",
+                    "--no-requeue", "--ntasks=1", "--partition=gpu", "--account=lab", "--qos=high",
+                    "--gres=gpu:a100:2", "--cpus-per-task=4", "--mem=8000M", "--time=1:30", "--constraint=ib",
+                    "/shared/w/7/.runyard/batch.sh"]
+    script = slurm.batch_script("/shared/w/7", "python3 train.py", {"VH_OUTPUTS_DIR": "/shared/w/7/outputs",
+                                                                     "BAD NAME": "x", "Q": "a'b"})
+    assert "srun --unbuffered sh \"$r/command.sh\"" in script
+    assert "export Q='a'\"'\"'b'" in script and "BAD NAME" not in script
+    assert slurm.granted_gpus("vm\n0,1\n") == ("vm:0", "vm:1")
+
+
+def test_a_cluster_pool_gets_work_in_priority_order_up_to_its_cap(tmp_path: Path) -> None:
+    cluster = ClusterHost(ClusterSection(name="hpc", max_jobs=3), on_pending=lambda *_: None, daemon_id="abc",
+                          ssh=SshSection(), sockets_dir=tmp_path, on_change=lambda _: None)
+    now = time.time()
+    queue = [Demand(i, priority, now + i, pool) for i, priority, pool in
+             [(1, 0, "hpc"), (2, 5, "hpc"), (3, 0, "hpc"), (4, 9, "gpu-boxes"), (5, 1, "hpc"), (6, 0, None)]]
+    assert cluster_placements(queue, [cluster], []) == []  # not connected yet
+    cluster.link, cluster.inventory = "ready", Inventory(cpus=0, memory_mb=0, memory_available_mb=None)
+    placed = cluster_placements(queue, [cluster], [])
+    # No fitting: the highest priorities first, as many as the cap allows, no GPUs chosen by runyard.
+    assert [(p.execution_id, p.host, p.gpus) for p in placed] == [(2, "hpc", ()), (5, "hpc", ()), (1, "hpc", ())]
+    # One job still out: two more.
+    running = ExecutionRow.__new__(ExecutionRow)  # only its host and status count here
+    running.host, running.status = "hpc", "started"
+    assert [p.execution_id for p in cluster_placements(queue, [cluster], [running])] == [2, 5]
+
+
+def test_sinfo_of_a_partition() -> None:
+    # `sinfo -h -N -O 'NodeHost:|,StateCompact:|,Gres:|,GresUsed:|'`; n2 is listed in two partitions.
+    text = "n1|mix|gpu:2|gpu:1|\nn2|idle|gpu:a100:4(S:0-1)|gpu:a100:0(IDX:N/A)|\nn2|idle|gpu:a100:4|gpu:a100:0|\n" \
+           "n3|drain*|(null)|gpu:0|\n"
+    p = slurm.parse_sinfo(text)
+    assert p.nodes == {"mix": 1, "idle": 1, "drain": 1} and (p.gpus_total, p.gpus_allocated) == (6, 1)

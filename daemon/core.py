@@ -390,13 +390,14 @@ class Core:
             if not self._order:
                 return
             # An execution back in the queue is placed only once its last runner has finished.
-            queue = (self._demands[i] for _, _, i in self._order if i not in self._runners)
+            queue: Iterable[Demand] = (self._demands[i] for _, _, i in self._order if i not in self._runners)
             clusters = [h for h in self.hosts.values() if isinstance(h, ClusterHost)]
             if clusters:
                 queue = list(queue)  # walked twice: by the scheduler, then for the clusters' pools
             placements = place(queue, self.capacities(self._placed.values()), now=time.time(),
                                reserve_after=self.config.scheduler.reserve_after_seconds, ordered=True)
             if clusters:
+                assert isinstance(queue, list)
                 placements += cluster_placements(queue, [h for h in clusters if h.name not in self._reconciling],
                                                  self.active.values())
             if not placements:

@@ -79,9 +79,31 @@ def duration(start: str | None, end: str | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def shown(text: str) -> str:
+    """``text`` with its control characters escaped visibly (``\\x1b``, ``\\n``).
+
+    Titles, tags, step, parameter and output names come from users and their scripts: printed
+    raw, an escape sequence in one would clear or rewrite the screen of whoever lists it.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def table(headers: list[str], rows: list[list[str]], widths_from_plain: list[list[str]] | None = None) -> str:
-    """Left-aligned columns; ``widths_from_plain`` gives the uncoloured text for width math."""
-    plain = widths_from_plain or rows
+    """Left-aligned columns; ``widths_from_plain`` gives the uncoloured text for width math.
+
+    Every cell is shown escaped, except one whose coloured form differs from its plain one (our
+    own colour codes around text we chose, such as a status).
+    """
+    if widths_from_plain is None:
+        rows = widths_from_plain = [[shown(cell) for cell in row] for row in rows]
+    else:
+        rows = [[shown(cell) if cell == plain else cell for cell, plain in zip(row, plain_row, strict=True)]
+                for row, plain_row in zip(rows, widths_from_plain, strict=True)]
+        widths_from_plain = [[shown(cell) for cell in row] for row in widths_from_plain]
+    plain = widths_from_plain
+    headers = [shown(h) for h in headers]
     widths = [len(h) for h in headers]
     for row in plain:
         for i, cell in enumerate(row):

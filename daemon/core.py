@@ -44,6 +44,7 @@ from .steps import StepError, load_config, prepare_step
 from .store import Store, utcnow
 from .taskengine import TaskEngine
 from .tasks import watched
+from .titles import TitleError, checked_title
 from .transport import LinkError, q
 
 log = logging.getLogger("runyard.daemon")
@@ -495,6 +496,10 @@ class Core:
 
     async def _create(self, new: ExecutionRow) -> ExecutionRow:
         """Record a new execution: in the store, in memory (the scheduler's queue) and to subscribers."""
+        try:
+            new.title = checked_title(new.title)
+        except TitleError as exc:
+            raise OperationError("invalid-params", str(exc)) from None
         row, event = await self.store.create_execution(new)
         self.track(row)
         self.publish(event)
@@ -594,6 +599,10 @@ class Core:
                     self.publish(result[1])
 
     async def rename(self, execution_id: int, title: str | None) -> ExecutionRow:
+        try:
+            title = checked_title(title)
+        except TitleError as exc:
+            raise OperationError("invalid-params", str(exc)) from None
         await self.get(execution_id)
         self.publish(await self.store.rename(execution_id, title))
         return await self.get(execution_id)

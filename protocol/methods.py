@@ -46,6 +46,7 @@ class ExecutionView(msgspec.Struct, kw_only=True):
     variables: dict[str, str] = {}  # the --var values it was given (not secrets: those are never shown)
     task: int | None = None  # the task it is a child of
     stop_condition: str | None = None  # the step's: it is stopped when its metadata meets this
+    config_path: str = "valohai.yaml"  # the snapshot's file it was read from
 
 
 class OutputView(msgspec.Struct):

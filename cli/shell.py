@@ -18,7 +18,7 @@ import sys
 import threading
 from typing import Any
 
-from runyard.protocol import Client, ConnectionLost
+from runyard.protocol import Client
 from runyard.protocol.messages import ShellData
 
 EXIT_LOST = 255  # as ssh: the shell's connection ended without an exit status
@@ -67,7 +67,10 @@ async def cmd_shell(client: Client, args: argparse.Namespace) -> int:
         while True:
             frame = await frames.get()
             if frame is None:
-                raise ConnectionLost("connection to the daemon was lost")
+                # As ssh when its connection drops: 255, whatever became of the command.
+                print("runyard: the connection to the daemon was lost; the shell's status is unknown",
+                      file=sys.stderr)
+                return EXIT_LOST
             if isinstance(frame, ShellData):
                 _write_all(stdout if frame.stream == 1 or use_tty else sys.stderr.fileno(), frame.data)
                 continue

@@ -23,7 +23,7 @@ from runyard.protocol.logformat import format_record
 from runyard.protocol.messages import Event
 from runyard.protocol.methods import DoctorCheck, ExecutionView, GpuView, HostView
 
-from . import runoptions, workspace
+from . import runoptions, shell_leftovers, workspace
 from .config import Config
 from .doctor import diagnose
 from .events import EventHub
@@ -199,6 +199,9 @@ class Core:
             runtime, transport = host.runtime, host.transport
             if runtime is None or transport is None:
                 return
+            if runtime.kind == "docker":  # shells a daemon killed with -9 left open here
+                await shell_leftovers.end_leftovers(shell_leftovers.ShellRecords(self.config.data_dir / "shells"),
+                                                    host.name, runtime.docker)  # type: ignore[attr-defined]
             containers = await runtime.list_ours()
             placed_here = {(r.id, r.log_base) for r in self.active.values() if r.host == host.name}
             for leftover in containers:

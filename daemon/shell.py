@@ -62,6 +62,9 @@ log = logging.getLogger("runyard.shell")
 MAX_SESSIONS: Final = 8  # per connection
 # bash if the image or host has it, else sh: what a user expects from "a shell".
 INTERACTIVE: Final = ["/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -i; else exec sh -i; fi"]
+# No terminal and no command (`shell N -T < script`): a shell reading commands from stdin, with
+# no prompts or job-control noise on stderr.
+READING_STDIN: Final = ["/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -s; else exec sh -s; fi"]
 Send = Callable[[msg.Message], Awaitable[None]]
 
 
@@ -129,7 +132,7 @@ class Shells:
             raise OperationError(ErrorCode.INVALID_PARAMS, f"not a terminal type: {p.term!r}")
         row = await self.core.get(p.id)
         host = await self._allowed(row)
-        argv = list(p.command) or INTERACTIVE
+        argv = list(p.command) or (INTERACTIVE if p.tty else READING_STDIN)
         backend = await _start(self.core, host, row, argv, p.tty, _clamp(p.rows), _clamp(p.cols), p.term)
         log.info("shell opened by %s (uid %s) in execution %s on %s: %s", self.caller.user, self.caller.uid,
                  row.id, host.name, " ".join(p.command) or "interactive shell")

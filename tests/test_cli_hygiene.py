@@ -7,8 +7,12 @@ One daemon for the module, running plain processes: Docker is not the point here
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +22,8 @@ import pytest
 from runyard.protocol import Client
 from runyard.protocol.client import RemoteError
 
-from .conftest import Daemon, make_repo, run_cli, submit_repo
+from .conftest import Daemon, make_repo, run_cli, submit_repo, wait_for_status
+from .test_pool import first_line
 
 EVIL = "evil\x1b[2J\nline2"
 
@@ -30,6 +35,12 @@ print(json.dumps({"loss\\x1b[2J": 1}))
 """
 
 STEPS = """\
+- step:
+    name: hold
+    image: python:3.11-slim
+    command:
+      - echo started
+      - while [ ! -e "$VH_OUTPUTS_DIR/go" ]; do sleep 0.05; done
 - step:
     name: say
     image: python:3.11-slim
@@ -141,3 +152,26 @@ def test_restart_adhoc_checks_the_working_tree_before_uploading(plain: Daemon, t
     assert restarted.returncode == 0, restarted.stderr
     files_size = len(STEPS.encode()) + len((SAY + "# changed\n").encode())
     assert f"of working tree: 2 files, {files_size} B" in restarted.stderr
+
+
+async def test_shell_flags_after_the_id_and_a_shell_reading_stdin(plain: Daemon, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": STEPS, "say.py": SAY})
+    async with await Client.connect(plain.socket) as client:
+        e = await submit_repo(client, repo, "hold")
+        await asyncio.wait_for(first_line(client, e.id, "started"), 120)
+        env = {**os.environ, "RUNYARD_SOCKET": plain.socket, "NO_COLOR": "1"}
+
+        def shell(*args: str, typed: str = "") -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "runyard.cli", "shell", *args], input=typed,
+                                  capture_output=True, text=True, timeout=60, env=env)
+
+        # -T after the id is the flag; with no command, a shell reads stdin: no prompt, no job-control noise.
+        read = shell(str(e.id), "-T", typed="echo $((6*7))\nexit 4\n")
+        assert (read.returncode, read.stdout, read.stderr) == (4, "42\n", "")
+        # so is --no-tty, before a command after --
+        ran = shell(str(e.id), "--no-tty", "--", "sh", "-c", "echo ran; exit 0")
+        assert (ran.returncode, ran.stdout) == (0, "ran\n"), ran.stderr
+        unknown = shell(str(e.id), "-x")
+        assert unknown.returncode == 2 and "unknown flag '-x'" in unknown.stderr
+        assert shell(str(e.id), "--", "touch", "../outputs/go").returncode == 0
+        assert (await wait_for_status(client, e.id)).status == "complete"

@@ -463,6 +463,8 @@ async def cmd_info(client: Client, args: argparse.Namespace) -> int:
         ("status", render.status_text(e.status, e.reason, colour)),
         ("owner", e.owner), ("host", e.host or "-"), ("GPUs", ", ".join(e.gpus) or "-"),
         ("priority", str(e.priority)), ("retries left", str(e.retries)), ("tags", ", ".join(e.tags) or "-"),
+        ("time limit", render.seconds_text(e.resources.get("time_limit_seconds"))),
+        ("no-output limit", render.seconds_text(e.resources.get("no_output_timeout_seconds"))),
         ("image", e.image),
         ("snapshot", e.snapshot[:12] + (f" (commit {e.commit[:12]})" if e.commit else "")),
         ("created", e.created_at), ("started", e.started_at or "-"), ("ended", e.ended_at or "-"),

@@ -127,6 +127,18 @@ def executions_table(executions: list[ExecutionView], colour: bool) -> str:
     return table(headers, rows, plain)
 
 
+def seconds_text(value: object) -> str:
+    """A limit in seconds as `1h30m`, `90s`; `-` for none."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        return "-"
+    seconds, parts = int(value), []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts) or f"{value:g}s"
+
+
 def log_line(line: LogLine, timestamps: bool) -> str:
     prefix = f"{line.time} " if timestamps and line.time else ""
     marker = "runyard: " if line.stream == "system" else ""

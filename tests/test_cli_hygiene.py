@@ -93,7 +93,8 @@ async def test_titles_vars_and_tags_are_checked_first_and_nothing_prints_raw(pla
         assert said in refused_before_upload(plain, "run", "say", flag, value, cwd=repo)
         assert said in refused_before_upload(plain, "task", "run", "say", "--grid", "msg=a,b", flag, value, cwd=repo)
 
-    run = run_cli(plain, "run", "say", "--title", "fine", "-p", "msg=\x1b[31mred", "--watch", "--json", cwd=repo)
+    run = run_cli(plain, "run", "say", "--title", "fine", "-p", "msg=\x1b[31mred", "--watch", "--json",
+                  "--time-limit", "1h30m", "--no-output-timeout", "90", "--var", "MODE=fast", "--tag", "t1", cwd=repo)
     assert run.returncode == 0, run.stderr
     execution = json.loads(run.stdout.strip().splitlines()[-1])["id"]
     for title in (EVIL, "t" * 201):
@@ -122,7 +123,11 @@ async def test_titles_vars_and_tags_are_checked_first_and_nothing_prints_raw(pla
         assert "\x1b" not in shown.stdout, (args, shown.stdout)
     assert "x\\x1b[2Jy.txt" in run_cli(plain, "outputs", str(execution)).stdout
     assert "loss\\x1b[2J" in run_cli(plain, "metadata", str(execution)).stdout
-    assert "\\u001b[31mred" in run_cli(plain, "info", str(execution)).stdout
+    info = run_cli(plain, "info", str(execution)).stdout
+    assert "\\u001b[31mred" in info
+    # info's text shows what the run was given: limits, variables, tags.
+    assert "time limit:     1h30m\n" in info and "no-output limit:1m30s\n" in info
+    assert 'MODE = "fast"' in info and "tags:           t1\n" in info
 
 
 def test_restart_adhoc_checks_the_working_tree_before_uploading(plain: Daemon, tmp_path: Path) -> None:

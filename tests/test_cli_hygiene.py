@@ -32,6 +32,8 @@ import json, os
 out = os.environ["VH_OUTPUTS_DIR"]
 open(os.path.join(out, "x\\x1b[2Jy.txt"), "w").write("1")
 print(json.dumps({"loss\\x1b[2J": 1}))
+config = json.load(open(os.path.join(os.environ["VH_CONFIG_DIR"], "execution.json")))
+print("title", json.dumps(config["valohai.execution-title"]))
 """
 
 STEPS = """\
@@ -153,8 +155,10 @@ def test_restart_adhoc_checks_the_working_tree_before_uploading(plain: Daemon, t
 
     # The snapshot line gives the files' size, as `run`'s does, not the tar archive's.
     (repo / "say.py").write_text(SAY + "# changed\n")
-    restarted = run_cli(plain, "restart", execution, "--adhoc", cwd=repo)
+    restarted = run_cli(plain, "restart", execution, "--adhoc", "--watch", cwd=repo)
     assert restarted.returncode == 0, restarted.stderr
+    # No title: execution.json says null, as Valohai's does, not "".
+    assert "title null\n" in restarted.stdout
     files_size = len(STEPS.encode()) + len((SAY + "# changed\n").encode())
     assert f"of working tree: 2 files, {files_size} B" in restarted.stderr
 

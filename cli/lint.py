@@ -17,14 +17,22 @@ from runyard.daemon.mlyaml import is_ml_yaml, lint_ml
 from runyard.daemon.steps import Problem, lint_text
 
 EXIT_PROBLEMS = 1
+ML_NAME = "ml.yaml"
 
 
 def problems_of(text: str, source: str) -> list[Problem]:
-    """An ml.yaml (it has a dockerImageId) is linted as one; anything else as a valohai.yaml."""
+    """An ml.yaml (a file of that name, or one with a dockerImageId) is linted as one; anything
+    else as a valohai.yaml."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError:
         data = None  # lint_text says where
+    if Path(source).name == ML_NAME and not is_ml_yaml(data):
+        if not isinstance(data, dict):
+            return [Problem("error", "an ml.yaml is a mapping with a dockerImageId (and parameters, inputs)",
+                            source)]
+        return [Problem("error", "dockerImageId is missing: it names the image to run in", source),
+                *(p for p in lint_ml(text + "\ndockerImageId: x\n", source) if p.severity != "error")]
     return lint_ml(text, source) if is_ml_yaml(data) else lint_text(text, source)
 
 

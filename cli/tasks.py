@@ -117,8 +117,13 @@ async def _run(client: Client, args: argparse.Namespace) -> int:
     from runyard.daemon.snapshots import SnapshotError, snapshot_commit, snapshot_worktree
 
     from .main import CliError, _print_json
-    from .precheck import collect_parameters
+    from .precheck import Refused, collect_parameters
+    from .requestcheck import check_options
 
+    try:
+        check_options(args)
+    except Refused as exc:
+        raise CliError(str(exc)) from None
     chosen = [*args.grid, *args.linear, *args.logspace, *args.random]
     sets: list[dict[str, Any]] = []
     if args.parameter_sets:
@@ -241,7 +246,7 @@ async def _info(client: Client, args: argparse.Namespace) -> int:
                        ("owner", t.owner), ("children", f"{t.total}: {progress(t)}"), ("max queued", limit),
                        ("on child error", t.on_child_error), ("stop condition", t.stop_condition or "-"),
                        ("created", t.created_at), ("ended", t.ended_at or "-")):
-        print(f"{key + ':':<16}{value}")
+        print(f"{key + ':':<16}{render.shown(value)}")
     if t.execution_ids:
         print(f"executions:     {_ranges(t.execution_ids)}  (runyard summarize --task {t.id})")
     return 0

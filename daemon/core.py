@@ -23,7 +23,7 @@ from runyard.protocol.logformat import format_record
 from runyard.protocol.messages import Event
 from runyard.protocol.methods import DoctorCheck, ExecutionView, GpuView, HostView
 
-from . import runoptions, workspace
+from . import runoptions, shell_leftovers, workspace
 from .config import Config
 from .doctor import diagnose
 from .events import EventHub
@@ -47,6 +47,7 @@ from .steps import StepError, load_config, prepare_step
 from .store import Store, utcnow
 from .taskengine import TaskEngine
 from .tasks import watched
+from .titles import TitleError, checked_title
 from .transport import LinkError, q
 
 log = logging.getLogger("runyard.daemon")
@@ -212,6 +213,9 @@ class Core:
             runtime, transport = host.runtime, host.transport
             if runtime is None or transport is None:
                 return
+            if runtime.kind == "docker":  # shells a daemon killed with -9 left open here
+                await shell_leftovers.end_leftovers(shell_leftovers.ShellRecords(self.config.data_dir / "shells"),
+                                                    host.name, runtime.docker)  # type: ignore[attr-defined]
             containers = await runtime.list_ours()
             placed_here = {(r.id, r.log_base) for r in self.active.values() if r.host == host.name}
             for leftover in containers:
@@ -516,6 +520,10 @@ class Core:
 
     async def _create(self, new: ExecutionRow) -> ExecutionRow:
         """Record a new execution: in the store, in memory (the scheduler's queue) and to subscribers."""
+        try:
+            new.title = checked_title(new.title)
+        except TitleError as exc:
+            raise OperationError("invalid-params", str(exc)) from None
         row, event = await self.store.create_execution(new)
         self.track(row)
         self.publish(event)
@@ -615,6 +623,10 @@ class Core:
                     self.publish(result[1])
 
     async def rename(self, execution_id: int, title: str | None) -> ExecutionRow:
+        try:
+            title = checked_title(title)
+        except TitleError as exc:
+            raise OperationError("invalid-params", str(exc)) from None
         await self.get(execution_id)
         self.publish(await self.store.rename(execution_id, title))
         return await self.get(execution_id)

@@ -285,9 +285,14 @@ def info_text(v: ExecutionView, outputs: list[OutputView]) -> str:
         lines.append(f"restarted from #{v.restarted_from}")
     if v.resources:
         lines.append(f"resources {e(resources_text(v.resources))}")
+    if v.tags:
+        lines.append(f"tags     {e(', '.join(v.tags))}")
     lines.append("")
     lines.append("[b]Parameters[/b]" if v.parameters else "[b]Parameters[/b] none")
     lines += [f"  {e(k)} = {e(val if isinstance(val, str) else json.dumps(val))}" for k, val in v.parameters.items()]
+    if v.variables:
+        lines.append("[b]Variables[/b] (--var)")
+        lines += [f"  {e(k)} = {e(json.dumps(val))}" for k, val in v.variables.items()]
     lines.append("[b]Inputs[/b]" if v.inputs else "[b]Inputs[/b] none")
     for name, urls in v.inputs.items():
         lines.append(f"  {e(name)}: {e(', '.join(urls))}")

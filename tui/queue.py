@@ -117,16 +117,19 @@ class QueueScreen(Screen[None]):
         metadata_columns = list(self.ry.metadata_columns)
         now = self.ry.clock()
         views = self.shown_views()
-        rows = [self._cells(view, metadata_columns, now) for view in views]
-        all_columns = [*BASE_COLUMNS, *metadata_columns]
+        # TAGS, after the base columns, only while a row shown has tags
+        tagged = any(view.tags for view in views)
+        rows = [self._cells(view, metadata_columns, now, tagged) for view in views]
+        own = [*BASE_COLUMNS, *(["tags"] if tagged else [])]
+        all_columns = [*own, *metadata_columns]
         labels = [self._label(name) for name in all_columns]
-        keep, title_width = fit_columns(all_columns, labels, rows, self._room(len(rows)))
+        keep, title_width = fit_columns(all_columns, labels, rows, self._room(len(rows)), tagged=tagged)
         layout = (keep, title_width, labels)
         if layout != self._columns:
             table.clear(columns=True)
             for i in keep:
                 # a metadata key may be named like a column ("step"): keys of its own keep them apart
-                key = all_columns[i] if i < len(BASE_COLUMNS) else f"metadata:{all_columns[i]}"
+                key = all_columns[i] if i < len(own) else f"metadata:{all_columns[i]}"
                 table.add_column(labels[i], key=key, width=title_width if all_columns[i] == "title" else None)
             self._columns = layout
         cursor_key = self.cursor_id()
@@ -141,7 +144,7 @@ class QueueScreen(Screen[None]):
         self.call_after_refresh(self._say, views)
 
     def _label(self, name: str) -> str:
-        label = name.upper() if name in BASE_COLUMNS else name
+        label = name.upper() if name in BASE_COLUMNS or name == "tags" else name
         if name == self.sort_column:
             label += " ▼" if self.sort_reverse else " ▲"
         return label
@@ -158,7 +161,7 @@ class QueueScreen(Screen[None]):
     def _table_scrolled(self, _: float) -> None:
         self._say(self.shown_views())
 
-    def _cells(self, v: ExecutionView, metadata_columns: list[str], now: Any) -> list[Any]:
+    def _cells(self, v: ExecutionView, metadata_columns: list[str], now: Any, tagged: bool = False) -> list[Any]:
         mark = "●" if v.id in self.marked else " "
         status = Text(status_text(v), style=STATUS_STYLES.get(v.status, ""))
         if v.input_progress and v.status in ACTIVE and v.input_progress.get("total"):
@@ -167,7 +170,7 @@ class QueueScreen(Screen[None]):
         cells: list[Any] = [
             Text(f"{mark}{v.id}", style="bold" if v.id in self.marked else ""),
             v.title or "", v.step, status, v.host or "", ",".join(g[-4:] for g in v.gpus) or "",
-            v.owner, age(v, now), duration(v, now),
+            v.owner, age(v, now), duration(v, now), *([",".join(v.tags)] if tagged else []),
         ]
         cells += [value_text(v.metadata[k]) if k in v.metadata else "" for k in metadata_columns]
         return cells
@@ -348,11 +351,12 @@ class QueueScreen(Screen[None]):
                             group="action")
 
 # Given up first, in this order, when the columns do not fit: what a narrow pane can do without.
-GIVE_WAY = ("owner", "age")
+GIVE_WAY = ("tags", "owner", "age")
 TITLE_MIN = 12
 
 
-def fit_columns(names: list[str], labels: list[str], rows: list[list[Any]], room: int) -> tuple[list[int], int | None]:
+def fit_columns(names: list[str], labels: list[str], rows: list[list[Any]], room: int, *,
+                tagged: bool = False) -> tuple[list[int], int | None]:
     """Which columns (by index) fit in ``room`` cells, and the title's width (None: as wide as it needs).
 
     Chosen metadata columns are why a user widened the table, so they stay: first an empty GPUs
@@ -364,7 +368,8 @@ def fit_columns(names: list[str], labels: list[str], rows: list[list[Any]], room
         content = max((cell_len(row[i].plain if isinstance(row[i], Text) else str(row[i])) for row in rows), default=0)
         widths.append(max(cell_len(label), content) + 2)  # DataTable pads each cell by one each side
     shown = list(range(len(names)))
-    base = {name: i for i, name in enumerate(BASE_COLUMNS)}
+    # with ``tagged``, TAGS follows the base columns; it gives way first
+    base = {name: i for i, name in enumerate([*BASE_COLUMNS, *(["tags"] if tagged else [])])}
 
     def total() -> int:
         return sum(widths[i] for i in shown)
@@ -374,7 +379,8 @@ def fit_columns(names: list[str], labels: list[str], rows: list[list[Any]], room
     for name in GIVE_WAY:
         if total() <= room:
             break
-        shown.remove(base[name])
+        if name in base:
+            shown.remove(base[name])
     title_width = None
     over = total() - room
     title = widths[base["title"]] - 2

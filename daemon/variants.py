@@ -148,10 +148,11 @@ def expand(kind: str, variants: Iterable[Variant], *, parameter_sets: Iterable[M
         fixed = {v.name: values(v)[0] for v in variants if v.style == "single"}
         children = [fixed | s for s in sets]
     elif kind in ("grid_search", "manual_search"):  # a manual search given variants, not sets: each combination
-        if not variants:
-            raise VariantError(f"a {kind} needs at least one variant parameter"
-                               + (" or parameter-sets: one mapping of parameters per child"
-                                  if kind == "manual_search" else ""))
+        # A grid of no variants is one child of the step's defaults: valohai-yaml's own
+        # examples define such tasks (`parameters: []`, for a stop-condition).
+        if not variants and kind == "manual_search":
+            raise VariantError("a manual_search needs at least one variant parameter or parameter-sets: "
+                               "one mapping of parameters per child")
         total = math.prod(len(values(v)) for v in variants)
         if total > MAX_CHILDREN:
             raise VariantError(f"the grid makes {total} children, more than {MAX_CHILDREN}")

@@ -167,9 +167,8 @@ class TaskEngine:
                 or any(counts.get(s, 0) for s in ("created", *_IN_FLIGHT))
                 or (counts.get("error") and spec.get("on_child_error") == "stop-all-and-error")):
             return False
-        async with self.store.db.execute(f"SELECT {SELECT} FROM executions WHERE task_id = ? ORDER BY id",
-                                         (task.id,)) as cur:
-            done = [row_of(r) for r in await cur.fetchall()]
+        done = [row_of(r) for r in await self.store.db.execute_fetchall(
+            f"SELECT {SELECT} FROM executions WHERE task_id = ? ORDER BY id", (task.id,))]
         if not done:
             return False
         metric = str(spec.get("optimization_target_metric"))

@@ -151,18 +151,21 @@ async def active(store: Store) -> list[TaskRecord]:
 
 async def counts(store: Store, task_id: int) -> dict[str, int]:
     """How many of the task's children are in each status."""
-    async with store.db.execute("SELECT status, COUNT(*) FROM executions WHERE task_id = ? GROUP BY status",
-                                (task_id,)) as cur:
-        return {r[0]: int(r[1]) for r in await cur.fetchall()}
+    # One call for the statement and its rows: between a cursor's first step and its fetchall, a
+    # write of the same connection (a child's status) can run, and the half-read GROUP BY then
+    # gave NULL statuses.
+    rows = await store.db.execute_fetchall(
+        "SELECT status, COUNT(*) FROM executions WHERE task_id = ? GROUP BY status", (task_id,))
+    return {r[0]: int(r[1]) for r in rows}
 
 
 async def children(store: Store, task_id: int, statuses: Iterable[str] = (), limit: int = -1) -> list[int]:
     """The task's children's ids in the order they were made (only those in ``statuses``, if given)."""
     statuses = list(statuses)
     where = f" AND status IN ({','.join('?' * len(statuses))})" if statuses else ""
-    async with store.db.execute(f"SELECT id FROM executions WHERE task_id = ?{where} ORDER BY id LIMIT ?",
-                                (task_id, *statuses, limit)) as cur:
-        return [int(r[0]) for r in await cur.fetchall()]
+    rows = await store.db.execute_fetchall(f"SELECT id FROM executions WHERE task_id = ?{where} ORDER BY id LIMIT ?",
+                                           (task_id, *statuses, limit))
+    return [int(r[0]) for r in rows]
 
 
 async def set_state(store: Store, task_id: int, status: str, reason: str | None) -> None:

@@ -7,8 +7,9 @@ finds their owner. What the engine owns is the task record: after every change o
 counts the children, asks task_lifecycle.decide what the task is now, and acts on the answer
 (queue more children, stop the rest). One settle at a time, so the task has one writer too.
 
-Room for engines that ask for children in rounds (Bayesian search): a settle that finds free
-room is where such an engine would be asked for its next batch; here the batch was made at once.
+A Bayesian task (optimize.py) is asked for its next round in a settle that finds all its
+children ended and the task wanting more (_next_round): the round is created in one
+transaction before the task's state is decided, so it never looks complete between rounds.
 """
 
 from __future__ import annotations

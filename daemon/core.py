@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import dataclasses
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +29,7 @@ from . import runoptions, workspace
 from .config import Config
 from .doctor import diagnose
 from .events import EventHub
+from .fairqueue import FairQueue
 from .hosts import Host, all_settings
 from .inputs import InputFetcher, remove_partial_downloads
 from .lifecycle import TERMINAL, StopAsked, decide
@@ -34,6 +37,7 @@ from .logfile import LogFile, append_once, remove_log
 from .logstream import timestamp_now
 from .mlyaml import STEP_NAME, is_ml_yaml, prepare_ml
 from .outputs import LocalOutputStore, OutputStore, S3OutputStore
+from .quotas import QUOTA, Quotas
 from .record import ExecutionRow, view_fields
 from .runner import Runner, RunnerServices, stop_note
 from .runoptions import RunOptions
@@ -83,6 +87,8 @@ class Core:
         # The same queue in the scheduler's order, kept sorted as it changes, so that neither a
         # submit nor a pass pays for sorting a long queue.
         self._order: list[tuple[int, float, int]] = []
+        self._fair = FairQueue()  # the same queue per owner, for the fair pass (scheduler.py's rule)
+        self.quotas = Quotas(config.quotas)
         self._placed: dict[int, ExecutionRow] = {}  # active executions that hold a host
         # The owner of each placed active execution. An unplaced queued one is the scheduler's:
         # it is placed, or stopped before it is, only under this lock.
@@ -127,6 +133,7 @@ class Core:
             )
         for row in await self.store.active():
             self.track(row)
+        self.quotas.all_waiting()  # room freed while the daemon was down is handed out on the first pass
         for row in list(self.active.values()):
             if row.host is not None:
                 # Placed before the daemon stopped: its runner finds the container again (or creates
@@ -286,6 +293,7 @@ class Core:
 
     def track(self, row: ExecutionRow) -> None:
         """The one way the in-memory view of active executions changes: after the store recorded ``row``."""
+        self.quotas.moved(self.active.get(row.id), row)
         if row.terminal:
             self.active.pop(row.id, None)
         else:
@@ -299,10 +307,12 @@ class Core:
             at = bisect.bisect_left(self._order, _key(old))
             assert self._order[at] == _key(old), "the queue's order lost an entry"
             del self._order[at]
+            self._fair.remove(old.owner, _key(old))
         if row.status == "queued" and row.host is None:
             demand = _demand(row)
             self._demands[row.id] = demand
             bisect.insort(self._order, _key(demand))
+            self._fair.add(demand.owner, _key(demand))
 
     def _spawn(self, row: ExecutionRow, *, just_placed: bool = False) -> None:
         """Hand ``row`` to a new runner, its owner until it ends or goes back to the queue."""
@@ -373,12 +383,16 @@ class Core:
             self._prune_pending = False
             await self.store.prune_events(self.config.daemon.events_retained)
         async with self._queue_lock:
+            if self.quotas.freed:
+                await self._release(self.quotas.next_waiting())
             if not self._order:
                 return
             # An execution back in the queue is placed only once its last runner has finished.
-            queue = (self._demands[i] for _, _, i in self._order if i not in self._runners)
+            running = Counter(r.owner for r in self._placed.values())
+            queue = (self._demands[i] for i in self._fair.walk(running, self._runners))
             placements = place(queue, self.capacities(self._placed.values()), now=time.time(),
-                               reserve_after=self.config.scheduler.reserve_after_seconds, ordered=True)
+                               reserve_after=self.config.scheduler.reserve_after_seconds, ordered=True,
+                               running=running)
             if not placements:
                 return
             # One transaction for the pass; each placement is recorded before its runner exists.
@@ -495,6 +509,18 @@ class Core:
 
     async def _create(self, new: ExecutionRow) -> ExecutionRow:
         """Record a new execution: in the store, in memory (the scheduler's queue) and to subscribers."""
+        if self.quotas.enabled:
+            refused = self.quotas.refusal(new)
+            if refused is not None:
+                raise OperationError("invalid-params", refused)
+            async with self._queue_lock:  # the owner's count and the new row change together
+                status = "queued"
+                if not self.quotas.room(new):
+                    new.reason, status = QUOTA, "created"
+                row, event = await self.store.create_execution(new, status)
+                self.track(row)
+            self.publish(event)
+            return row
         row, event = await self.store.create_execution(new)
         self.track(row)
         self.publish(event)
@@ -580,18 +606,27 @@ class Core:
         for execution_id in ids:
             await self._release_log(execution_id)
 
+    def quota_lock(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """Held while new executions are admitted under the quotas (only when there are any, so
+        submits do not wait for scheduling passes otherwise)."""
+        return self._queue_lock if self.quotas.enabled else contextlib.nullcontext()
+
     async def release(self, execution_ids: list[int]) -> None:
         """Queue executions waiting as created (a task's children beyond its maximum-queued-executions):
         unplaced, they are the scheduler's, so they move under its lock."""
         async with self._queue_lock:
-            for execution_id in execution_ids:
-                row = self.active.get(execution_id)
-                if row is None or row.status != "created":
-                    continue
-                result = await self.store.transition(execution_id, "queued")
-                if result is not None:
-                    self.track(result[0])
-                    self.publish(result[1])
+            await self._release(execution_ids)
+
+    async def _release(self, execution_ids: list[int]) -> None:
+        """``release`` under the queue lock: each goes only if its owner's quota has room."""
+        for execution_id in execution_ids:
+            row = self.active.get(execution_id)
+            if row is None or row.status != "created" or not self.quotas.room(row):
+                continue
+            result = await self.store.transition(execution_id, "queued")
+            if result is not None:
+                self.track(result[0])
+                self.publish(result[1])
 
     async def rename(self, execution_id: int, title: str | None) -> ExecutionRow:
         await self.get(execution_id)
@@ -701,11 +736,12 @@ def _epoch(timestamp: str) -> float:
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
-def _demand_of(execution_id: int, priority: int, submitted: float, resources: dict[str, Any]) -> Demand:
+def _demand_of(execution_id: int, priority: int, submitted: float, resources: dict[str, Any],
+               owner: str = "") -> Demand:
     return Demand(
         execution_id=execution_id, priority=priority, submitted=submitted, pool=resources.get("pool"),
         gpus=int(resources.get("gpus", 0)), cpus=float(resources.get("cpus", 0)),
-        memory_mb=int(resources.get("memory_mb", 0)),
+        memory_mb=int(resources.get("memory_mb", 0)), owner=owner,
     )
 
 
@@ -715,7 +751,7 @@ def _key(d: Demand) -> tuple[int, float, int]:
 
 
 def _demand(row: ExecutionRow) -> Demand:
-    return _demand_of(row.id, row.priority, _epoch(row.created_at), row.resources)
+    return _demand_of(row.id, row.priority, _epoch(row.created_at), row.resources, row.owner)
 
 
 @functools.lru_cache(maxsize=64)

@@ -88,6 +88,7 @@ class Core:
         # submit nor a pass pays for sorting a long queue.
         self._order: list[tuple[int, float, int]] = []
         self._fair = FairQueue()  # the same queue per owner, for the fair pass (scheduler.py's rule)
+        self._running: Counter[str] = Counter()  # placed active executions per owner
         self.quotas = Quotas(config.quotas)
         self._placed: dict[int, ExecutionRow] = {}  # active executions that hold a host
         # The owner of each placed active execution. An unplaced queued one is the scheduler's:
@@ -299,9 +300,11 @@ class Core:
         else:
             self.active[row.id] = row
         if row.host is not None and not row.terminal:
+            if self._placed.get(row.id) is None:
+                self._running[row.owner] += 1
             self._placed[row.id] = row
-        else:
-            self._placed.pop(row.id, None)
+        elif self._placed.pop(row.id, None) is not None:
+            self._running[row.owner] -= 1
         old = self._demands.pop(row.id, None)
         if old is not None:
             at = bisect.bisect_left(self._order, _key(old))
@@ -388,7 +391,7 @@ class Core:
             if not self._order:
                 return
             # An execution back in the queue is placed only once its last runner has finished.
-            running = Counter(r.owner for r in self._placed.values())
+            running = dict(self._running)
             queue = (self._demands[i] for i in self._fair.walk(running, self._runners))
             placements = place(queue, self.capacities(self._placed.values()), now=time.time(),
                                reserve_after=self.config.scheduler.reserve_after_seconds, ordered=True,

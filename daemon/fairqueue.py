@@ -40,15 +40,25 @@ class FairQueue:
         """Execution ids in the fair order. ``running`` (owner -> placed executions) is read as the
         walk goes on: the caller counts each placement in it before asking for the next id. The
         lists must not change during the walk (Core walks under its queue lock, without awaiting)."""
+        if len(self._by_owner) == 1:  # one owner (the common case): the list is the order
+            for keys in self._by_owner.values():
+                for _, _, execution_id in keys:
+                    if execution_id not in skip:
+                        yield execution_id
+            return
         heap = [(keys[0][0], running.get(owner, 0), keys[0][1], keys[0][2], owner, 0)
                 for owner, keys in self._by_owner.items()]
         heapq.heapify(heap)
-        while heap:
-            _, _, _, execution_id, owner, at = heapq.heappop(heap)
+        entry = heapq.heappop(heap) if heap else None
+        while entry is not None:
+            _, _, _, execution_id, owner, at = entry
             if execution_id not in skip:
                 yield execution_id
             keys = self._by_owner[owner]
             at += 1
             if at < len(keys):
                 priority, submitted, following = keys[at]
-                heapq.heappush(heap, (priority, running.get(owner, 0), submitted, following, owner, at))
+                # the same owner goes on while it stays first: no heap change for a run of its own
+                entry = heapq.heappushpop(heap, (priority, running.get(owner, 0), submitted, following, owner, at))
+            else:
+                entry = heapq.heappop(heap) if heap else None

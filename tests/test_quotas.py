@@ -47,8 +47,13 @@ async def test_a_users_sweep_stays_within_quota_and_another_users_run_starts_bef
     task = made["answers"][1]["result"]
     assert task["children"] == {"queued": 3, "created": 5}, task
 
+    # bob's one run, submitted while alice's sweep fills both slots and has a third queued before it
+    answer = as_user(users["rybob"], daemon.socket, [put, ("executions.submit", {
+        "snapshot": snap.id, "step": "train", "parameters": {"x": "100"}})])
+    bob_run: dict[str, Any] = answer["answers"][1]["result"]
+    assert bob_run["owner"] == "rybob" and bob_run["status"] == "queued"
+
     client = await Client.connect(daemon.socket, client_name="tests")
-    bob_run: dict[str, Any] = {}
     try:
         waiting = await client.call("executions.get", {"id": task["execution_ids"][-1]})
         assert (waiting["status"], waiting["reason"]) == ("created", "quota")
@@ -58,19 +63,14 @@ async def test_a_users_sweep_stays_within_quota_and_another_users_run_starts_bef
             async for event in client.events(since=0):
                 view = msgspec.convert(await client.call("tasks.get", {"id": task["id"]}), TaskView)
                 assert sum(view.children.get(s, 0) for s in IN_FLIGHT) <= 3, view.children
-                if until == "bob-started" and not bob_run and view.children.get("started"):
-                    answer = as_user(users["rybob"], daemon.socket, [put, ("executions.submit", {
-                        "snapshot": snap.id, "step": "train", "parameters": {"x": "100"}})])
-                    bob_run.update(answer["answers"][1]["result"])
-                if (until == "bob-started" and isinstance(event, Event) and bob_run
-                        and event.execution_id == bob_run["id"] and event.status == "started"):
+                if (until == "bob-started" and isinstance(event, Event) and event.execution_id == bob_run["id"]
+                        and event.status == "started"):
                     return view
                 if view.status in ("complete", "error", "stopped"):
                     return view
             raise AssertionError("event stream ended")
 
         when_bob_started = await asyncio.wait_for(sample("bob-started"), 120)
-        assert bob_run["owner"] == "rybob"
         assert when_bob_started.status == "started" and when_bob_started.children.get("created"), \
             when_bob_started.children  # alice's sweep still had children waiting
     finally:

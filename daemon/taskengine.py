@@ -266,6 +266,9 @@ class TaskEngine:
         ), options)
         # Children differ only in their parameters and the command built from them (the step, its
         # inputs and environment are the same): they share the rest, which is stored once encoded.
+        refused = core.quotas.refusal(base)
+        if refused is not None:
+            raise OperationError(ErrorCode.INVALID_PARAMS, refused)
         shared = {f.name: getattr(base, f.name) for f in dataclasses.fields(ExecutionRow)}
         rows = [ExecutionRow(**{**shared, "parameters": values, "command": command}) for values, command in commands]
         limit = spec.get("maximum_queued_executions")
@@ -275,7 +278,8 @@ class TaskEngine:
         record = taskstore.TaskRecord(
             id=0, name=p.blueprint, title=p.title, type=spec["type"], step=spec["step"], status="created",
             reason=None, owner=owner, owner_uid=owner_uid, spec=spec)
-        async with self._lock:
+        async with self._lock, core.quota_lock():
+            queued = core.quotas.admit(rows, queued)  # beyond the owner's quota: created, reason quota
             record, rows, events = await taskstore.create(self.store, record, rows, queued,
                                                           varying=("parameters", "command"))
             self._tasks[record.id] = record
@@ -328,7 +332,8 @@ class TaskEngine:
             row.reason = WAITING_REASON
         record = dataclasses.replace(old, id=0, status="created", reason=None, owner=owner, owner_uid=owner_uid,
                                      spec={**old.spec, "restarted_from": old.id}, ended_at=None)
-        async with self._lock:
+        async with self._lock, self.core.quota_lock():
+            queued = self.core.quotas.admit(rows, queued)
             record, rows, events = await taskstore.create(self.store, record, rows, queued)
             self._tasks[record.id] = record
             for row in rows:

@@ -20,6 +20,7 @@ from textual.reactive import reactive
 from runyard.protocol import ConnectionLost, RemoteError, default_socket_path
 from runyard.protocol.messages import Event
 from runyard.protocol.methods import HostView
+from runyard.protocol.tasks import TaskView
 
 from .cache import PAGE, ExecutionCache
 from .detail import DetailScreen
@@ -28,6 +29,7 @@ from .format import ACTIVE, now_utc
 from .hosts import HostsScreen
 from .link import DaemonLink
 from .queue import QueueScreen
+from .tasks import refresh as refresh_tasks
 
 FLUSH_SECONDS = 0.15  # how long events gather before the changed executions are fetched
 ACTIVE_REFRESH_SECONDS = 3.0  # metadata columns and durations of running executions
@@ -66,6 +68,8 @@ class RunyardApp(App[None]):
         self.metadata_columns = metadata_columns or []
         self.cache = ExecutionCache()
         self.hosts: list[HostView] = []
+        self.tasks: dict[int, TaskView] = {}  # the newest tasks: one queue row each (tui/tasks.py)
+        self.tasks_dirty = False
         self.listeners: list[Callable[[set[int] | None], None]] = []
         self.host_listeners: list[Callable[[list[HostView]], None]] = []
         self.link = DaemonLink(self.socket_path, on_event=self._on_event, on_connected=self._on_connected,
@@ -96,11 +100,14 @@ class RunyardApp(App[None]):
         active = await client.list_executions(status=sorted(ACTIVE), limit=10_000, with_metadata=True)
         recent = await client.list_executions(limit=PAGE, with_metadata=True)
         self.cache.reset(active, recent)
+        await refresh_tasks(self)
         self._notify_all(None)
         self.loaded.set()
         await self.refresh_hosts()
 
     def _on_event(self, event: Event) -> None:
+        if event.kind == "task":
+            self.tasks_dirty = True
         if self.cache.apply(event) and not self.frozen:
             self._notify_all({event.execution_id})
 
@@ -109,6 +116,10 @@ class RunyardApp(App[None]):
             self.cache.hosts_dirty = False
             await self.refresh_hosts()
         if not self.cache.dirty or self.frozen or not self.link.connected.is_set():
+            if self.tasks_dirty and not self.frozen and self.link.connected.is_set():
+                self.tasks_dirty = False
+                await refresh_tasks(self)
+                self._notify_all(None)
             return
         ids, self.cache.dirty = self.cache.dirty, set()
         await self._fetch(ids)
@@ -121,6 +132,8 @@ class RunyardApp(App[None]):
                     self.cache.update(await client.get(execution_id))
                 except RemoteError:
                     self.cache.views.pop(execution_id, None)  # deleted meanwhile
+            if any(v.task is not None for i in ids if (v := self.cache.views.get(i)) is not None):
+                self.tasks_dirty = True  # a child changed: its task's counts did too
         except ConnectionLost:
             self.cache.dirty |= ids
             return

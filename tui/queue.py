@@ -12,6 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Input
 
 from runyard.protocol.methods import ExecutionView
+from runyard.protocol.tasks import TaskView
 
 from .format import (
     ACTIVE,
@@ -26,6 +27,8 @@ from .format import (
     value_text,
 )
 from .keys import KeyFooter
+from .tasks import TaskScreen, row_key, task_cells, task_of_key
+from .tasks import act as act_on_task
 from .widgets import StatusBar, VimTable
 
 if TYPE_CHECKING:
@@ -76,7 +79,7 @@ class QueueScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Input(id="queue-filter",
-                    placeholder="filter: words, status: step: owner: host: tag: — Enter keeps, Esc clears")
+                    placeholder="filter: words, status: step: owner: host: tag: task: — Enter keeps, Esc clears")
         yield VimTable(id="queue-table")
         yield StatusBar(id="status")
         yield KeyFooter()
@@ -112,14 +115,39 @@ class QueueScreen(Screen[None]):
             return default_order(views)
         return sorted(views, key=sort_key(self.sort_column, self.ry.clock()), reverse=self.sort_reverse)
 
+    def shown_entries(self, views: list[ExecutionView]) -> list[ExecutionView | TaskView]:
+        """A task's children collapse into one row for the task, where its first child would be;
+        filtered by ``task:N``, they are shown one row each."""
+        if "task" in self.filter.fields:
+            return list(views)
+        entries: list[ExecutionView | TaskView] = []
+        seen: set[int] = set()
+        for view in views:
+            task = self.ry.tasks.get(view.task) if view.task is not None else None
+            if task is None:
+                entries.append(view)
+            elif task.id not in seen:
+                seen.add(task.id)
+                entries.append(task)
+        return entries
+
     def rebuild(self) -> None:
         table = self.table
         metadata_columns = list(self.ry.metadata_columns)
         now = self.ry.clock()
-        views = self.shown_views()
+        flat = self.shown_views()
+        views = self.shown_entries(flat)
+        children: dict[int, list[ExecutionView]] = {}
+        if any(isinstance(v, TaskView) for v in views):
+            for child in self.ry.cache.views.values():
+                if child.task is not None:
+                    children.setdefault(child.task, []).append(child)
         # TAGS, after the base columns, only while a row shown has tags
-        tagged = any(view.tags for view in views)
-        rows = [self._cells(view, metadata_columns, now, tagged) for view in views]
+        tagged = any(view.tags for view in views if isinstance(view, ExecutionView))
+        rows = [self._cells(view, metadata_columns, now, tagged) if isinstance(view, ExecutionView)
+                else task_cells(view, children.get(view.id, []), metadata_columns, now, metadata_columns,
+                                tagged=tagged)
+                for view in views]
         own = [*BASE_COLUMNS, *(["tags"] if tagged else [])]
         all_columns = [*own, *metadata_columns]
         labels = [self._label(name) for name in all_columns]
@@ -134,14 +162,18 @@ class QueueScreen(Screen[None]):
             self._columns = layout
         cursor_key = self.cursor_id()
         table.clear()
+        cursor_task = self.cursor_task()
+        if cursor_task is not None:
+            cursor_key = row_key(cursor_task.id)  # type: ignore[assignment]
         for view, cells in zip(views, rows, strict=True):
-            table.add_row(*[cells[i] for i in keep], key=str(view.id))
+            table.add_row(*[cells[i] for i in keep],
+                          key=str(view.id) if isinstance(view, ExecutionView) else row_key(view.id))
         if cursor_key is not None and str(cursor_key) in table.rows:
             table.move_cursor(row=table.get_row_index(str(cursor_key)))
         self.hidden_columns = [name for i, name in enumerate(all_columns) if i not in keep]
-        self._say(views)
+        self._say(flat)
         # whether columns are left over to scroll to is known once the table is laid out again
-        self.call_after_refresh(self._say, views)
+        self.call_after_refresh(self._say, flat)
 
     def _label(self, name: str) -> str:
         label = name.upper() if name in BASE_COLUMNS or name == "tags" else name
@@ -178,7 +210,9 @@ class QueueScreen(Screen[None]):
     def _say(self, views: list[ExecutionView]) -> None:
         running = sum(1 for v in views if v.status == "started")
         queued = sum(1 for v in views if v.status in ("queued", "created"))
-        parts = [f"{len(views)} shown", f"{running} running", f"{queued} queued"]
+        rows = self.table.row_count  # a task's children share its one row
+        parts = [f"{rows} shown" + (f" ({len(views)} executions)" if rows != len(views) else ""),
+                 f"{running} running", f"{queued} queued"]
         if self.marked:
             parts.append(f"{len(self.marked)} marked")
         if self.filter_text:
@@ -194,15 +228,33 @@ class QueueScreen(Screen[None]):
             parts.insert(0, "← more columns" if table.scroll_x >= table.max_scroll_x else "more columns →")
         self.query_one(StatusBar).say(" · ".join(parts))
 
-    def cursor_id(self) -> int | None:
+    def _cursor_key(self) -> str | None:
         table = self.table
         if not table.row_count:
             return None
         try:
-            row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+            key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
         except Exception:
             return None
-        return int(str(row_key.value)) if row_key.value is not None else None
+        return str(key.value) if key.value is not None else None
+
+    def cursor_id(self) -> int | None:
+        """The execution on the cursor row (None on a task's row)."""
+        key = self._cursor_key()
+        return int(key) if key is not None and key.isdigit() else None
+
+    def cursor_task(self) -> TaskView | None:
+        key = self._cursor_key()
+        task_id = task_of_key(key) if key is not None else None
+        return self.ry.tasks.get(task_id) if task_id is not None else None
+
+    def _task_action(self, action: str) -> bool:
+        """A task's row with nothing marked: the action is on the whole task, asked first."""
+        task = self.cursor_task() if not self.marked else None
+        if task is None:
+            return False
+        self.run_worker(act_on_task(self.ry, task, action), group="action")
+        return True
 
     def targets(self) -> list[int]:
         if self.marked:
@@ -233,6 +285,10 @@ class QueueScreen(Screen[None]):
     # -- actions ----------------------------------------------------------------
 
     def action_open(self) -> None:
+        task = self.cursor_task()
+        if task is not None:
+            self.app.push_screen(TaskScreen(task.id))
+            return
         current = self.cursor_id()
         if current is not None:
             self.ry.open_execution(current)
@@ -321,13 +377,19 @@ class QueueScreen(Screen[None]):
     # Flows that wait on a dialog run as workers: a dialog's answer is delivered through this
     # screen's message queue, which must not be blocked by the action awaiting it.
     def action_stop(self) -> None:
+        if self._task_action("stop"):
+            return
         ids = self.targets()
         self.run_worker(self.ry.confirm_and_stop(ids, self.describe(ids)), group="action")
 
     def action_restart(self) -> None:
+        if self._task_action("restart"):
+            return
         self.run_worker(self.ry.restart(self.targets()), group="action")
 
     def action_delete(self) -> None:
+        if self._task_action("delete"):
+            return
         ids = self.targets()
 
         async def delete() -> None:

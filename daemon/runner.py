@@ -481,6 +481,8 @@ class Runner:
         # from the exact resume point completes it. That read makes the engine decode everything
         # since 10 s before the last stored line, the whole log of a fast printer: only if needed.
         if not await self._holds_last_line(runtime):
+            log.debug("execution %s: the stored log lacks the engine's last line: reading from the resume point",
+                      self.id)
             await self._ingest_logs(runtime, follow=False)
         state = await runtime.state(self.container_id)
         await self._collect_outputs()

@@ -114,11 +114,12 @@ async def main() -> None:
     def median(rows: list[dict[str, float]], key: str) -> float:
         return statistics.median(r[key] for r in rows)
 
+    ratios = [b["seconds"] / o["seconds"] for b, o in zip(base, ours, strict=True)]
     results: dict[str, Any] = {
         "lines": args.lines, "rounds": args.rounds, "engine_scheduling": _engine_scheduling(engine),
         "docker_run_logs_f_t_s": median(base, "seconds"), "runyard_to_complete_s": median(ours, "seconds"),
         "throughput_ratio": median(base, "seconds") / median(ours, "seconds"),
-        "ratios": [b["seconds"] / o["seconds"] for b, o in zip(base, ours, strict=True)],
+        "ratios": ratios, "ratio_median_of_rounds": statistics.median(ratios),
         "dockerd_cpu_docker_logs_s": median(base, "engine_cpu"), "dockerd_cpu_runyard_s": median(ours, "engine_cpu"),
         "daemon_cpu_s": median(ours, "daemon_cpu"),
         "complete_after_last_write_s": median(ours, "complete_after_last_write_s"),
@@ -129,7 +130,8 @@ async def main() -> None:
     save("live_ingest", results)
     print(f"\nlive ingestion of {args.lines:,} lines: runyard {results['runyard_to_complete_s']:.2f} s "
           f"vs docker run -d + logs -f -t {results['docker_run_logs_f_t_s']:.2f} s: "
-          f"{results['throughput_ratio']:.2f}x (target >= 0.9x); "
+          f"{results['throughput_ratio']:.2f}x, median of the rounds' ratios {results['ratio_median_of_rounds']:.2f}x "
+          f"(target >= 0.9x); "
           f"dockerd CPU {results['dockerd_cpu_runyard_s']:.1f} s vs {results['dockerd_cpu_docker_logs_s']:.1f} s; "
           f"complete {results['complete_after_last_write_max_s'] * 1000:.0f} ms at most after the last write "
           f"(target <= 1 s)")

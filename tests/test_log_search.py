@@ -11,6 +11,8 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +28,10 @@ LINES = 120_000
 NEEDLES = (30_001, 60_001, 90_001)  # lines whose text ends " needle"
 EVERY_ERR = 1000  # every 1000th line goes to stderr as "warn N"
 CATASTROPHIC_LINE = 100_001  # a long run of a's that (a|aa)+$ backtracks on for ever
+
+
+def record_of(text: str, n: int = 0) -> str:
+    return f"O 2026-11-21T00:00:{n % 60:02d}.000000000Z {text}\n"
 
 
 def record(n: int) -> str:
@@ -220,3 +226,29 @@ async def test_tui_search_jumps_to_matches_anywhere_in_the_log_and_n_N_move_betw
 
         await until(pilot, consecutive, "the stderr lines above, one after another")
         assert int(shown()[0].split()[1]) < 100_000
+
+
+def test_the_time_limit_bounds_the_whole_search_not_each_piece(searched: tuple[Daemon, int]) -> None:
+    """A pattern slow on every line, though no piece of the log takes the limit alone, is refused
+    after about daemon.search_seconds (1 s here) over the whole search, not after minutes."""
+    daemon, _ = searched
+
+    async def another() -> int:
+        async with await Client.connect(daemon.socket, client_name="tests") as client:
+            e = await submit_repo(client, daemon.root / "repo", "tiny")
+            assert (await wait_for_status(client, e.id)).status == "complete"
+            return e.id
+
+    execution = asyncio.run(another())
+    log = daemon.data_dir / "logs" / f"{execution}.log"
+    fresh = log.with_name("slow.tmp")
+    # (a|aa)+$ tries every way of splitting six a's before failing on the b: about 0.1 s for each
+    # 256 KiB here, some seconds for the whole 8 MiB
+    fresh.write_text(record_of("a" * 6 + "b") * 200_000)
+    os.replace(fresh, log)
+    runaway = subprocess.Popen([sys.executable, "-m", "runyard.cli", "logs", str(execution), "--grep", "(a|aa)+$"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "RUNYARD_SOCKET": daemon.socket, "NO_COLOR": "1"})
+    assert run_cli(daemon, "info", str(execution)).returncode == 0  # the daemon answers meanwhile
+    _, err = runaway.communicate(timeout=120)
+    assert runaway.returncode == 2 and "took over 1 s" in err and "backtrack" in err, err

@@ -374,11 +374,13 @@ class LogView(Widget, can_focus=True):
             offset = top_offset
         streams = [self.stream, "system"] if self.stream else []
         wrapped = False
+        spent = 0.0  # the daemon's time limit is the whole search's, all its requests together
         try:
             while True:
                 result = await client.search_logs(self.execution_id, search.pattern, regex=search.regex,
                                                   ignore_case=search.ignore_case, offset=offset,
-                                                  backward=direction < 0, streams=streams)
+                                                  backward=direction < 0, streams=streams, spent=spent)
+                spent += result.seconds
                 if result.matches:
                     match = result.matches[0]
                     break

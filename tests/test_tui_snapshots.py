@@ -441,3 +441,22 @@ async def test_logs_fill_the_pane_after_a_resize(screens: Daemon) -> None:
             shown = str(view.render()).splitlines()
             assert len(shown) == min(view.count, view.size.height), (size, keys, shown)
             assert shown[-1] == "line 39"
+
+
+async def test_live_updates_keep_the_queues_sideways_position_and_cursor(screens: Daemon) -> None:
+    app = app_for(screens)
+    async with app.run_test(size=NARROW) as pilot:
+        await settle(pilot, on_queue)
+        await pilot.press("colon", *"cols training_loss_cross_entropy,validation_accuracy_top1,"
+                          "learning_rate_schedule_value", "enter")
+        await settle(pilot, lambda p: "more columns →" in screen_lines(app)[-2])
+        await pilot.press("l", "l", "j", "j")
+        await pilot.pause()
+        table = app.screen.query_one("#queue-table", DataTable)
+        scrolled, header, row = table.scroll_x, screen_lines(app)[0], table.cursor_row
+        assert scrolled > 0 and header.split()[0] != "ID", header
+        for _ in range(3):  # what each change of an execution does, as its events arrive
+            app.cache.dirty |= set(app.cache.views)
+            await app._flush_events()
+            await pilot.pause()
+            assert (table.scroll_x, screen_lines(app)[0], table.cursor_row) == (scrolled, header, row)

@@ -130,9 +130,14 @@ class QueueScreen(Screen[None]):
                 table.add_column(labels[i], key=key, width=title_width if all_columns[i] == "title" else None)
             self._columns = layout
         cursor_key = self.cursor_id()
+        # DataTable.clear() scrolls back to the first column and row: a live update must not
+        # move what the user scrolled to (the old size still holds until the table is measured)
+        x, y = table.scroll_x, table.scroll_y
         table.clear()
         for view, cells in zip(views, rows, strict=True):
             table.add_row(*[cells[i] for i in keep], key=str(view.id))
+        table.scroll_x = table.scroll_target_x = x
+        table.scroll_y = table.scroll_target_y = y
         if cursor_key is not None and str(cursor_key) in table.rows:
             table.move_cursor(row=table.get_row_index(str(cursor_key)))
         self.hidden_columns = [name for i, name in enumerate(all_columns) if i not in keep]

@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.app import App
+from textual.binding import Binding
 from textual.pilot import Pilot
+from textual.screen import Screen
 from textual.widgets import DataTable, Static, Tree
 from textual.widgets._toast import Toast
 
@@ -254,6 +257,9 @@ def test_daemon_unreachable(screens: Daemon, snap_compare: Any, size: tuple[int,
 
 NARROW = (80, 24)
 TEXTUAL_GENERIC = ("Cursor left", "Page Left", "Copy selected text", "Focus Next", "Scroll Left")
+# Keys Textual gives every app and screen (focus next, quit, copy): not the screen's own
+TEXTUAL_APP_WIDE = {(key.strip(), b.action) for b in [*App.BINDINGS, *Screen.BINDINGS]
+                    if isinstance(b, Binding) for key in b.key.split(",")}
 
 
 async def settle(pilot: Pilot[None], check: Callable[[Pilot[None]], bool]) -> None:
@@ -267,23 +273,29 @@ def help_lines(app: RunyardApp) -> str:
 async def test_help_lists_every_key_first_the_screens_own_and_scrolls(screens: Daemon) -> None:
     app = app_for(screens)
     async with app.run_test(size=NARROW) as pilot:
-        places: list[tuple[str, Callable[[Pilot[None]], bool]]] = [
-            ("Queue", on_queue), ("Hosts", on_hosts), ("Logs", on_detail("logs", logs_ended)),
-            ("Metadata", on_detail("metadata", charted, compare=[1, 2])),
-            ("Execution #1", on_detail("info", info_shown)),
-            ("Execution #1", on_detail("code", code_shown)),
+        places: list[tuple[str, Callable[[Pilot[None]], bool], list[str]]] = [
+            ("Queue", on_queue, []), ("Hosts", on_hosts, []), ("Logs", on_detail("logs", logs_ended), []),
+            ("Metadata", on_detail("metadata", charted, compare=[1, 2]), []),
+            ("Execution #1", on_detail("info", info_shown), []),
+            ("Execution #1", on_detail("code", code_shown), []),
+            ("Execution #1", on_detail("code", code_shown), ["f"]),  # the file tree focused
         ]
-        for first_section, ready in places:
+        for first_section, ready, keys in places:
             if isinstance(app.screen, DetailScreen):
                 await pilot.press("q")
             await settle(pilot, ready)
+            await pilot.press(*keys)
             origin = app.screen
-            wanted = {a.binding.description for a in origin.active_bindings.values() if a.binding.id}
+            # every key the screen answers, Enter and PgUp/PgDn included, but Textual's app-wide ones
+            wanted = {app.get_key_display(a.binding) for a in origin.active_bindings.values()
+                      if (a.binding.key, a.binding.action) not in TEXTUAL_APP_WIDE}
             await pilot.press("question_mark")
             await settle(pilot, is_screen(HelpScreen))
             text = help_lines(app)
             assert text.splitlines()[0] == first_section
-            assert {w for w in wanted if w not in text} == set(), origin
+            listed = {key for line in text.splitlines() if "  " in line.strip()
+                      for key in line.strip().split("  ")[0].split()}
+            assert wanted - listed == set(), (origin, app.focused)
             assert not [g for g in TEXTUAL_GENERIC if g in text]
             # the list is longer than the dialog at 80x24; End shows its last key and the closing line
             await pilot.press("end")
@@ -460,3 +472,44 @@ async def test_live_updates_keep_the_queues_sideways_position_and_cursor(screens
             await app._flush_events()
             await pilot.pause()
             assert (table.scroll_x, screen_lines(app)[0], table.cursor_row) == (scrolled, header, row)
+
+
+def runyard_keys(screen: Any) -> dict[str, set[str]]:
+    """Every runyard binding (one with an id) that a key reaches on ``screen`` as focused now: the
+    focused widget's, its panes', the screen's and the app's, shadowed or not."""
+    keys: dict[str, set[str]] = {}
+    for _node, bindings in screen._modal_binding_chain:  # what Textual dispatches a key through
+        for key, binding in bindings:
+            if binding.id:
+                keys.setdefault(key, set()).add(binding.id)
+    return keys
+
+
+async def test_one_key_one_meaning_on_every_screen_and_n_without_a_search(screens: Daemon) -> None:
+    app = app_for(screens)
+    async with app.run_test(size=NARROW, notifications=True) as pilot:
+        places: list[tuple[Callable[[Pilot[None]], bool], list[str]]] = [
+            (on_queue, []), (on_hosts, ["tab"]), (on_detail("logs", logs_ended), []),
+            (on_detail("metadata", charted, compare=[1, 2]), []), (on_detail("info", info_shown), []),
+            (on_detail("code", code_shown), ["f"]),
+        ]
+        for ready, other_focus in places:
+            if isinstance(app.screen, DetailScreen):
+                await pilot.press("q")
+            await settle(pilot, ready)
+            for key in ["", *other_focus]:  # and with the screen's other pane focused
+                if key:
+                    await pilot.press(key)
+                    await pilot.pause()
+                shared = {k: ids for k, ids in runyard_keys(app.screen).items() if len(ids) > 1}
+                assert shared == {}, (app.screen, app.focused)
+        # n and N on the Logs tab with no search say so; rename on an execution is R
+        await pilot.press("q")
+        await settle(pilot, on_detail("logs", logs_ended))
+        await pilot.press("n")
+        await settle(pilot, lambda p: any("no search: / to search" in str(t.render()) for t in app.screen.query(Toast)))
+        assert isinstance(app.screen, DetailScreen)
+        await pilot.press("R")
+        await settle(pilot, is_screen(PromptScreen))
+        await pilot.press("escape")
+        await settle(pilot, is_screen(DetailScreen))

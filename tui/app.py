@@ -43,9 +43,8 @@ class RunyardApp(App[None]):
     MODES: ClassVar[dict[str, Any]] = {"queue": QueueScreen, "hosts": HostsScreen}
     DEFAULT_MODE = "queue"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("1", "mode('queue')", "queue", id="app.queue"),
-        Binding("2", "mode('hosts')", "hosts", id="app.hosts"),
-        Binding("tab", "next_mode", "queue/hosts", show=False, id="app.next_pane"),
+        # 1 and 2 (queue, hosts) are the queue's and the hosts' own (keys.MODE_BINDINGS): on an
+        # execution they choose its tabs, and one key has one meaning on a screen
         Binding("colon", "command", "command", id="app.command"),
         Binding("question_mark", "help", "help", id="app.help"),
         Binding("Z", "freeze", "freeze", id="app.freeze"),
@@ -181,9 +180,6 @@ class RunyardApp(App[None]):
 
     def action_mode(self, mode: str) -> None:
         self.switch_mode(mode)
-
-    def action_next_mode(self) -> None:
-        self.switch_mode("hosts" if self.current_mode == "queue" else "queue")
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

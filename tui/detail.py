@@ -11,7 +11,7 @@ from rich.syntax import Syntax
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Static, TabbedContent, TabPane, Tree
 
@@ -23,7 +23,7 @@ from .chart import MetadataPane
 from .format import STATUS_STYLES, duration, resources_text, status_text
 from .keys import KeyFooter
 from .logview import LogView
-from .widgets import CodeView, StatusBar, VimTree
+from .widgets import CodeView, InfoView, StatusBar, VimTree
 
 if TYPE_CHECKING:
     from .app import RunyardApp
@@ -54,7 +54,8 @@ class DetailScreen(Screen[None]):
         Binding("s", "stop", "stop", id="detail.stop"),
         Binding("r", "restart", "restart", id="detail.restart"),
         Binding("ctrl+d", "delete", "delete", id="detail.delete"),
-        Binding("n", "rename", "rename", id="detail.rename"),
+        # not n: on the Logs tab n is the next match
+        Binding("R", "rename", "rename", id="detail.rename"),
         Binding("exclamation_mark", "shell", "shell", show=False, id="detail.shell"),
     ]
 
@@ -79,7 +80,7 @@ class DetailScreen(Screen[None]):
                 yield Static("", id="log-status")
             with TabPane("2 Metadata", id="metadata"):
                 yield MetadataPane(self.execution_id, self.compare)
-            with TabPane("3 Info", id="info"), VerticalScroll():
+            with TabPane("3 Info", id="info"), InfoView(id="info-view"):
                 yield Static("loading…", id="info-text")
             with TabPane("4 Code", id="code"):
                 yield Static("snapshot", id="code-header")
@@ -169,6 +170,7 @@ class DetailScreen(Screen[None]):
             pane.focus()
             self.run_worker(pane.reload(), group="metadata", exclusive=True)
         elif name == "info":
+            self.query_one(InfoView).focus()
             self.run_worker(self._show_info(), group="info")
         elif name == "code":
             self.query_one("#code-tree", Tree).focus()

@@ -349,10 +349,9 @@ class LogView(Widget, can_focus=True):
                                           self.search_text or ""), apply)
 
     def action_next_match(self, direction: int) -> None:
-        from textual.actions import SkipAction
-
         if not self.search_text:
-            raise SkipAction()  # n is rename when no search is active
+            self.ry.notify("no search: / to search")
+            return
         self._start_search(direction)
 
     def _start_search(self, direction: int, from_current: bool = False) -> None:

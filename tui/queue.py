@@ -25,7 +25,7 @@ from .format import (
     status_text,
     value_text,
 )
-from .keys import KeyFooter
+from .keys import MODE_BINDINGS, KeyFooter
 from .widgets import StatusBar, VimTable
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ class QueueScreen(Screen[None]):
         Binding("m", "compare", "compare charts", show=False, id="queue.compare"),
         Binding("q", "app.quit", "quit", id="queue.quit"),
         Binding("escape,ctrl+g", "filter_close", "clear filter", show=False, id="queue.filter_clear"),
+        *MODE_BINDINGS,
     ]
 
     def __init__(self) -> None:

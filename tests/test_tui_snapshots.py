@@ -513,3 +513,19 @@ async def test_one_key_one_meaning_on_every_screen_and_n_without_a_search(screen
         await settle(pilot, is_screen(PromptScreen))
         await pilot.press("escape")
         await settle(pilot, is_screen(DetailScreen))
+
+
+async def test_dialog_text_wraps_whole_at_80_columns(screens: Daemon) -> None:
+    app = app_for(screens)
+    async with app.run_test(size=NARROW) as pilot:
+        await settle(pilot, on_hosts)
+        await pilot.press("d")
+        await settle(pilot, is_screen(ConfirmScreen))
+        shown = " ".join(line.strip(" █▀▄") .strip() for line in screen_lines(app))
+        assert "Drain host gpu-x? Running executions finish; nothing new starts there." in shown, shown
+        await pilot.press("n")
+        await settle(pilot, is_screen(HostsScreen))
+    # a long list of known keys is cut after a few, saying how many more
+    from runyard.tui.dialogs import some_of
+
+    assert some_of([f"key_{i}" for i in range(20)], 3) == "key_0, key_1, key_2 … and 17 more"

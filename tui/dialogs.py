@@ -21,7 +21,16 @@ _MODAL_CSS = """
     background: $surface;
     padding: 0 1;
 }}
+{name} > Vertical > Label, {name} > Vertical > Static {{
+    width: 100%;  /* as wide as the dialog, so a long question wraps instead of being cut */
+}}
 """
+
+
+def some_of(names: list[str], most: int = 12) -> str:
+    """A list of names for a prompt's text: the first ``most``, then how many more there are."""
+    shown = ", ".join(names[:most]) or "none yet"
+    return shown + (f" … and {len(names) - most} more" if len(names) > most else "")
 
 
 class ConfirmScreen(ModalScreen[bool]):

@@ -310,10 +310,9 @@ class QueueScreen(Screen[None]):
             self._columns = None
             self.rebuild()
 
-        from .dialogs import PromptScreen
+        from .dialogs import PromptScreen, some_of
 
-        hint = ", ".join(known[:12]) or "none yet"
-        self.app.push_screen(PromptScreen(f"Metadata columns, comma separated (known: {hint})",
+        self.app.push_screen(PromptScreen(f"Metadata columns, comma separated (known: {some_of(known)})",
                                           ", ".join(self.ry.metadata_columns)), apply)
 
     def action_compare(self) -> None:

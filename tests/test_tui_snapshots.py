@@ -529,3 +529,19 @@ async def test_dialog_text_wraps_whole_at_80_columns(screens: Daemon) -> None:
     from runyard.tui.dialogs import some_of
 
     assert some_of([f"key_{i}" for i in range(20)], 3) == "key_0, key_1, key_2 … and 17 more"
+
+
+async def test_a_long_title_gives_way_in_the_execution_header(screens: Daemon) -> None:
+    long = "a rather long title for the narrow-screen test of metadata columns metrics"
+    async with await Client.connect(screens.socket) as client:
+        await client.rename(1, long)
+        try:
+            app = app_for(screens)
+            async with app.run_test(size=NARROW) as pilot:
+                await settle(pilot, on_detail("logs", lambda s: long[:20] in screen_lines(app)[0]))
+                header = screen_lines(app)[0]
+                assert "…" in header and "complete · local · 2m30s" in header, header
+                await pilot.resize_terminal(200, 50)
+                await settle(pilot, lambda p: long in screen_lines(app)[0])
+        finally:
+            await client.rename(1, "baseline")

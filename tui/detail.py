@@ -131,16 +131,31 @@ class DetailScreen(Screen[None]):
             header.update(f"#{self.execution_id} (loading, or deleted)")
             self.run_worker(self.ry.fetch_one(self.execution_id), group="fetch")
             return
-        status = Text(status_text(v), style=STATUS_STYLES.get(v.status, ""))
-        text = Text.assemble(
-            (f"#{v.id} ", "bold"), (v.title or "", "bold"), f" {v.step} · ", status,
-            f" · {v.host or 'no host'}", f" · GPUs {len(v.gpus)}" if v.gpus else "",
-            f" · {duration(v, self.ry.clock())}" if v.started_at else "",
-        )
-        header.update(text)
+        header.update(self._header(v))
         self.query_one(StatusBar).say(f"#{v.id} · {v.owner}")
         if self.query_one("#tabs", TabbedContent).active == "info":
             self.run_worker(self._show_info(), group="info")
+
+    def _header(self, v: ExecutionView) -> Text:
+        """The execution in one line; a long title is cut with … so that status, host and
+        duration stay in view."""
+        status = Text(status_text(v), style=STATUS_STYLES.get(v.status, ""))
+        rest = Text.assemble(
+            f" {v.step} · ", status, f" · {v.host or 'no host'}", f" · GPUs {len(v.gpus)}" if v.gpus else "",
+            f" · {duration(v, self.ry.clock())}" if v.started_at else "",
+        )
+        head = Text(f"#{v.id} ", style="bold")
+        width = (self.size.width or self.app.size.width) - 2  # the header's padding
+        title = Text(v.title or "", style="bold")
+        room = width - head.cell_len - rest.cell_len
+        if title.cell_len > room:
+            title.truncate(max(1, room), overflow="ellipsis")
+        return Text.assemble(head, title, rest)
+
+    def on_resize(self) -> None:
+        v = self.view()
+        if v is not None:
+            self.query_one("#detail-header", Static).update(self._header(v))
 
     def _log_status(self, text: str) -> None:
         self.query_one("#log-status", Static).update(text)

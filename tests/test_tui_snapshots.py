@@ -277,8 +277,8 @@ async def test_help_lists_every_key_first_the_screens_own_and_scrolls(screens: D
             ("Queue", on_queue, []), ("Hosts", on_hosts, []), ("Logs", on_detail("logs", logs_ended), []),
             ("Metadata", on_detail("metadata", charted, compare=[1, 2]), []),
             ("Execution #1", on_detail("info", info_shown), []),
-            ("Execution #1", on_detail("code", code_shown), []),
-            ("Execution #1", on_detail("code", code_shown), ["f"]),  # the file tree focused
+            ("code", on_detail("code", code_shown), []),  # the focused pane's keys first
+            ("files", on_detail("code", code_shown), ["f"]),  # the file tree focused
         ]
         for first_section, ready, keys in places:
             if isinstance(app.screen, DetailScreen):

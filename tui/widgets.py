@@ -120,6 +120,7 @@ class VimTree(Tree[Any], inherit_bindings=False):
         Binding("space", "toggle_node", "open/close folder", show=False, id="tree.toggle"),
     ]
     HELP_TITLE = "files"
+    HELP_FIRST = True  # the focused pane's keys first, as on Logs and Metadata
 
 
 class InfoView(VerticalScroll, inherit_bindings=False):
@@ -153,6 +154,7 @@ class CodeView(ScrollableContainer, can_focus=True, inherit_bindings=False):
         Binding("f", "files", "files", id="code.files"),
     ]
     HELP_TITLE = "code"
+    HELP_FIRST = True
 
     def action_files(self) -> None:
         self.screen.query_one(VimTree).focus()

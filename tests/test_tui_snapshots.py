@@ -545,3 +545,31 @@ async def test_a_long_title_gives_way_in_the_execution_header(screens: Daemon) -
                 await settle(pilot, lambda p: long in screen_lines(app)[0])
         finally:
             await client.rename(1, "baseline")
+
+
+async def test_sort_skips_hidden_columns_and_rename_edits_the_old_title(screens: Daemon) -> None:
+    app = app_for(screens)
+    async with app.run_test(size=NARROW) as pilot:
+        await settle(pilot, on_queue)
+        queue = app.screen
+        assert isinstance(queue, QueueScreen) and queue.hidden_columns
+        sorted_by = []
+        for _ in range(len(BASE_COLUMNS) + 3):
+            await pilot.press("o")
+            await pilot.pause()
+            if queue.sort_column is None:
+                break
+            sorted_by.append(queue.sort_column)
+            label = queue.sort_column.upper() if queue.sort_column in BASE_COLUMNS else queue.sort_column
+            assert f"{label} ▲" in screen_lines(app)[0], screen_lines(app)[0]
+        assert sorted_by and not set(sorted_by) & set(queue.hidden_columns), (sorted_by, queue.hidden_columns)
+        # the rename box starts with the cursor after the old title, nothing selected
+        queue.table.move_cursor(row=queue.table.get_row_index("4"))
+        await pilot.press("n")
+        await settle(pilot, is_screen(PromptScreen))
+        await pilot.press("X", "enter")
+        try:
+            await settle(pilot, lambda p: app.cache.views[4].title == "heldX")
+        finally:
+            async with await Client.connect(screens.socket) as client:
+                await client.rename(4, "held")

@@ -75,7 +75,8 @@ class PromptScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label(self.label)
-            yield Input(value=self.value, placeholder=self.placeholder, id="prompt-input")
+            # the cursor after the old text, nothing selected: a key typed edits it, not replaces it
+            yield Input(value=self.value, placeholder=self.placeholder, id="prompt-input", select_on_focus=False)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

@@ -279,7 +279,8 @@ class QueueScreen(Screen[None]):
             self.table.move_cursor(row=row + 1)
 
     def action_sort_next(self) -> None:
-        columns = [*BASE_COLUMNS, *self.ry.metadata_columns]
+        # only the columns on screen: sorting by one that gave way to a narrow pane shows nothing
+        columns = [c for c in (*BASE_COLUMNS, *self.ry.metadata_columns) if c not in self.hidden_columns]
         if self.sort_column is None:
             self.sort_column = columns[0]
         else:

@@ -573,3 +573,33 @@ async def test_sort_skips_hidden_columns_and_rename_edits_the_old_title(screens:
         finally:
             async with await Client.connect(screens.socket) as client:
                 await client.rename(4, "held")
+
+
+async def test_toasts_leave_the_log_position_and_dialogs_readable(screens: Daemon) -> None:
+    app = app_for(screens)
+    async with app.run_test(size=NARROW, notifications=True) as pilot:
+        await settle(pilot, on_detail("logs", logs_ended))
+        view = app.screen.query_one(LogView)
+        view.search_text = "a search long enough that the position line cannot hold all of it at 80 columns"
+        view._status()
+        await pilot.pause()
+        line = next(t for t in screen_lines(app) if "lines " in t and " of " in t)
+        assert line.rstrip().endswith("…"), line
+        app.notify("a toast that must not cover the log's position line")
+        await settle(pilot, lambda p: bool(app.screen.query(Toast)))
+        toast, where = app.screen.query_one(Toast), app.screen.query_one("#log-status")
+        assert toast.region.bottom <= where.region.y, (toast.region, where.region)
+        await pilot.press("s")
+        await settle(pilot, is_screen(ConfirmScreen))
+        await pilot.pause()
+        # none over a dialog: a long list of targets reaches where toasts are
+        assert [t.region for t in app.screen.query(Toast) if t.region.area] == []
+        await pilot.press("n")
+
+
+async def test_the_file_tree_leaves_the_code_most_of_80_columns(screens: Daemon) -> None:
+    app = app_for(screens)
+    async with app.run_test(size=NARROW) as pilot:
+        await settle(pilot, on_detail("code", code_shown))
+        tree, code = app.screen.query_one("#code-tree"), app.screen.query_one("#code-view")
+        assert tree.region.width <= 24 and code.region.width >= 56, (tree.region, code.region)

@@ -34,9 +34,11 @@ TABS = ("logs", "metadata", "info", "code")
 class DetailScreen(Screen[None]):
     DEFAULT_CSS = """
     DetailScreen #detail-header { height: 1; padding: 0 1; background: $boost; }
-    DetailScreen #log-status { height: 1; padding: 0 1; color: $text-muted; }
+    DetailScreen #log-status {
+        height: 1; padding: 0 1; color: $text-muted; text-wrap: nowrap; text-overflow: ellipsis;
+    }
     DetailScreen #code-header { height: 1; padding: 0 1; color: $text-muted; }
-    DetailScreen #code-tree { width: 32; max-width: 40%; border-right: vkey $primary-muted; }
+    DetailScreen #code-tree { width: 26; max-width: 30%; border-right: vkey $primary-muted; }
     DetailScreen #code-view { width: 1fr; padding: 0 0 0 1; }
     DetailScreen #code-text { width: auto; }
     DetailScreen #tabs { height: 1fr; }

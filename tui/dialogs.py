@@ -12,6 +12,9 @@ _MODAL_CSS = """
 {name} {{
     align: center middle;
 }}
+{name} Toast {{
+    display: none;  /* not over the question and its targets: toasts show again when it closes */
+}}
 {name} > Vertical {{
     width: 72;
     max-width: 95%;

@@ -33,9 +33,11 @@ class StatusBar(Static):
 
     def on_resize(self) -> None:
         self._show()
-        # Toasts sit above the status bar, not on it: it is where the connection's state is read.
+        # Toasts sit above the status bar, not on it: it is where the connection's state is read;
+        # on an execution, above the log's position line too.
+        above = 2 if self.screen.query("#log-status") else 1
         for rack in self.screen.query("#textual-toastrack"):
-            rack.styles.margin = (0, 0, self.size.height + 1, 0)
+            rack.styles.margin = (0, 0, self.size.height + above, 0)
 
     def say(self, text: str) -> None:
         self.left = text

@@ -290,7 +290,8 @@ class RunyardApp(App[None]):
         view = self.cache.views.get(execution_id)
         answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self.push_screen(PromptScreen(f"New title for #{execution_id} (Enter saves, Esc cancels)",
-                                      (view.title or "") if view else ""), answer.set_result)
+                                      # the cursor after the old title: typing edits it
+                                      (view.title or "") if view else "", select=False), answer.set_result)
         title = await answer
         if title is None:
             return

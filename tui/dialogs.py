@@ -69,8 +69,9 @@ class PromptScreen(ModalScreen[str | None]):
     DEFAULT_CSS = _MODAL_CSS.format(name="PromptScreen")
     BINDINGS = [Binding("escape,ctrl+g", "cancel", "cancel", id="prompt.cancel")]
 
-    def __init__(self, label: str, value: str = "", placeholder: str = "") -> None:
+    def __init__(self, label: str, value: str = "", placeholder: str = "", *, select: bool = True) -> None:
         super().__init__()
+        self.select = select  # the old value selected, so that typing replaces it (a search)
         self.label = label
         self.value = value
         self.placeholder = placeholder
@@ -78,8 +79,8 @@ class PromptScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label(self.label)
-            # the cursor after the old text, nothing selected: a key typed edits it, not replaces it
-            yield Input(value=self.value, placeholder=self.placeholder, id="prompt-input", select_on_focus=False)
+            yield Input(value=self.value, placeholder=self.placeholder, id="prompt-input",
+                        select_on_focus=self.select)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

@@ -534,6 +534,10 @@ async def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     except grep.GrepUsageError as exc:
         raise CliError(str(exc)) from None
     if args.grep is not None:
+        ids = await _ids(client, str(args.id))  # logs takes a range now; a search is of one log
+        if len(ids) != 1:
+            raise CliError("--grep searches one execution's log: give one id")
+        args.id = ids[0]
         return await grep.grep(client, args)
     if (args.head is not None and args.head < 0) or (args.tail is not None and args.tail < 0):
         raise CliError("--head and --tail take a number of lines, 0 or more")

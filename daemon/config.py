@@ -40,7 +40,7 @@ class DaemonSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_requests_in_flight: int = 64
     # Largest code snapshot a client may upload (the tar of its repository), in MiB.
     max_snapshot_mb: int = 2048
-    # Time one logs.search request may spend in a user's regular expression before it is refused.
+    # Time one search (all its logs.search requests together) may take before it is refused.
     search_seconds: float = 5.0
 
 

@@ -45,9 +45,8 @@ class RunyardApp(App[None]):
     MODES: ClassVar[dict[str, Any]] = {"queue": QueueScreen, "hosts": HostsScreen}
     DEFAULT_MODE = "queue"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("1", "mode('queue')", "queue", id="app.queue"),
-        Binding("2", "mode('hosts')", "hosts", id="app.hosts"),
-        Binding("tab", "next_mode", "queue/hosts", show=False, id="app.next_pane"),
+        # 1 and 2 (queue, hosts) are the queue's and the hosts' own (keys.MODE_BINDINGS): on an
+        # execution they choose its tabs, and one key has one meaning on a screen
         Binding("colon", "command", "command", id="app.command"),
         Binding("question_mark", "help", "help", id="app.help"),
         Binding("Z", "freeze", "freeze", id="app.freeze"),
@@ -195,9 +194,6 @@ class RunyardApp(App[None]):
     def action_mode(self, mode: str) -> None:
         self.switch_mode(mode)
 
-    def action_next_mode(self) -> None:
-        self.switch_mode("hosts" if self.current_mode == "queue" else "queue")
-
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen(self.screen))
@@ -307,7 +303,8 @@ class RunyardApp(App[None]):
         view = self.cache.views.get(execution_id)
         answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self.push_screen(PromptScreen(f"New title for #{execution_id} (Enter saves, Esc cancels)",
-                                      (view.title or "") if view else ""), answer.set_result)
+                                      # the cursor after the old title: typing edits it
+                                      (view.title or "") if view else "", select=False), answer.set_result)
         title = await answer
         if title is None:
             return

@@ -26,7 +26,7 @@ from .format import (
     status_text,
     value_text,
 )
-from .keys import KeyFooter
+from .keys import MODE_BINDINGS, KeyFooter
 from .tasks import TaskScreen, row_key, task_cells, task_of_key
 from .tasks import act as act_on_task
 from .widgets import StatusBar, VimTable
@@ -60,6 +60,7 @@ class QueueScreen(Screen[None]):
         Binding("m", "compare", "compare charts", show=False, id="queue.compare"),
         Binding("q", "app.quit", "quit", id="queue.quit"),
         Binding("escape,ctrl+g", "filter_close", "clear filter", show=False, id="queue.filter_clear"),
+        *MODE_BINDINGS,
     ]
 
     def __init__(self) -> None:
@@ -161,6 +162,9 @@ class QueueScreen(Screen[None]):
                 table.add_column(labels[i], key=key, width=title_width if all_columns[i] == "title" else None)
             self._columns = layout
         cursor_key = self.cursor_id()
+        # DataTable.clear() scrolls back to the first column and row: a live update must not
+        # move what the user scrolled to (the old size still holds until the table is measured)
+        x, y = table.scroll_x, table.scroll_y
         table.clear()
         cursor_task = self.cursor_task()
         if cursor_task is not None:
@@ -168,6 +172,8 @@ class QueueScreen(Screen[None]):
         for view, cells in zip(views, rows, strict=True):
             table.add_row(*[cells[i] for i in keep],
                           key=str(view.id) if isinstance(view, ExecutionView) else row_key(view.id))
+        table.scroll_x = table.scroll_target_x = x
+        table.scroll_y = table.scroll_target_y = y
         if cursor_key is not None and str(cursor_key) in table.rows:
             table.move_cursor(row=table.get_row_index(str(cursor_key)))
         self.hidden_columns = [name for i, name in enumerate(all_columns) if i not in keep]
@@ -332,7 +338,8 @@ class QueueScreen(Screen[None]):
             self.table.move_cursor(row=row + 1)
 
     def action_sort_next(self) -> None:
-        columns = [*BASE_COLUMNS, *self.ry.metadata_columns]
+        # only the columns on screen: sorting by one that gave way to a narrow pane shows nothing
+        columns = [c for c in (*BASE_COLUMNS, *self.ry.metadata_columns) if c not in self.hidden_columns]
         if self.sort_column is None:
             self.sort_column = columns[0]
         else:
@@ -363,10 +370,9 @@ class QueueScreen(Screen[None]):
             self._columns = None
             self.rebuild()
 
-        from .dialogs import PromptScreen
+        from .dialogs import PromptScreen, some_of
 
-        hint = ", ".join(known[:12]) or "none yet"
-        self.app.push_screen(PromptScreen(f"Metadata columns, comma separated (known: {hint})",
+        self.app.push_screen(PromptScreen(f"Metadata columns, comma separated (known: {some_of(known)})",
                                           ", ".join(self.ry.metadata_columns)), apply)
 
     def action_compare(self) -> None:

@@ -62,13 +62,15 @@ async def grep(client: Client, args: argparse.Namespace) -> int:
     offset: int | None = None
     last_line = 0  # the last line printed, so overlapping context is printed once
     found = 0
+    spent = 0.0  # the daemon's time limit is the whole search's: it is told what earlier parts took
     out = sys.stdout
     if args.json:
         out.write("[")
     while True:
         result = await client.search_logs(args.id, args.grep, regex=not args.fixed_strings,
                                           ignore_case=args.ignore_case, offset=offset, streams=streams,
-                                          limit=SEARCH_LIMIT_MAX, context=args.context)
+                                          limit=SEARCH_LIMIT_MAX, context=args.context, spent=spent)
+        spent += result.seconds
         chunk: list[str] = []
         matched = {m.line for m in result.matches}
         for match in result.matches:

@@ -17,15 +17,52 @@ from runyard.daemon.mlyaml import is_ml_yaml, lint_ml
 from runyard.daemon.steps import Problem, lint_text
 
 EXIT_PROBLEMS = 1
+ML_NAME = "ml.yaml"
 
 
 def problems_of(text: str, source: str) -> list[Problem]:
-    """An ml.yaml (it has a dockerImageId) is linted as one; anything else as a valohai.yaml."""
+    """An ml.yaml (a file of that name, or one with a dockerImageId) is linted as one; anything
+    else as a valohai.yaml."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError:
         data = None  # lint_text says where
-    return lint_ml(text, source) if is_ml_yaml(data) else lint_text(text, source)
+    if Path(source).name == ML_NAME and not is_ml_yaml(data):
+        if not isinstance(data, dict):
+            return [Problem("error", "an ml.yaml is a mapping with a dockerImageId (and parameters, inputs)",
+                            source)]
+        return [Problem("error", "dockerImageId is missing: it names the image to run in", source),
+                *(p for p in lint_ml(text + "\ndockerImageId: x\n", source) if p.severity != "error")]
+    return lint_ml(text, source) if is_ml_yaml(data) else lint_text(text, source) + unsupported(data, source)
+
+
+# valohai.yaml features runyard reads but does not run: said, not silently ignored.
+_NOT_RUN = {
+    "pipeline": "runyard does not run pipelines: run its steps (or tasks) one by one",
+    "endpoint": "runyard does not serve deployment endpoints",
+}
+
+
+def unsupported(data: object, source: str) -> list[Problem]:
+    """A warning for each valohai.yaml feature in ``data`` that runyard does not run."""
+    if not isinstance(data, list):
+        return []
+    found = []
+    for item in data:
+        if not isinstance(item, dict) or len(item) != 1:
+            continue
+        (kind, body), = item.items()
+        name = body.get("name") if isinstance(body, dict) else None
+        label = f"{kind} {name!r}" if name else str(kind)
+        if kind in _NOT_RUN:
+            found.append(Problem("warning", f"{label}: {_NOT_RUN[kind]}", source))
+        elif kind == "task" and isinstance(body, dict):
+            if str(body.get("type", "")).lower().replace("-", "_") == "distributed":
+                found.append(Problem("warning", f"{label}: runyard does not run distributed tasks yet", source))
+            if body.get("reuse-children"):
+                found.append(Problem("warning", f"{label}: reuse-children is ignored: runyard runs every child",
+                                     source))
+    return found
 
 
 def _count(n: int, word: str) -> str:

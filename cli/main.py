@@ -317,7 +317,12 @@ async def cmd_run(client: Client, args: argparse.Namespace) -> int:
     from runyard.daemon.snapshots import SnapshotError, snapshot_commit, snapshot_worktree, uncommitted_changes
 
     from .precheck import Refused, check_request
+    from .requestcheck import check_options
 
+    try:
+        check_options(args)
+    except Refused as exc:
+        raise CliError(str(exc)) from None
     parameters = _run_parameters(args)
     directory = await asyncio.to_thread(Path(args.directory).resolve)
     try:
@@ -478,6 +483,8 @@ async def cmd_info(client: Client, args: argparse.Namespace) -> int:
         ("status", render.status_text(e.status, e.reason, colour)),
         ("owner", e.owner), ("host", e.host or "-"), ("GPUs", ", ".join(e.gpus) or "-"),
         ("priority", str(e.priority)), ("retries left", str(e.retries)), ("tags", ", ".join(e.tags) or "-"),
+        ("time limit", render.seconds_text(e.resources.get("time_limit_seconds"))),
+        ("no-output limit", render.seconds_text(e.resources.get("no_output_timeout_seconds"))),
         ("image", e.image),
         ("snapshot", e.snapshot[:12] + (f" (commit {e.commit[:12]})" if e.commit else "")),
         ("created", e.created_at), ("started", e.started_at or "-"), ("ended", e.ended_at or "-"),
@@ -491,20 +498,23 @@ async def cmd_info(client: Client, args: argparse.Namespace) -> int:
         done, total = int(str(e.input_progress.get("done", 0))), e.input_progress.get("total")
         of = f" of {human_size(int(str(total)))}" if total is not None else ""
         fields.append(("fetching", f"{e.input_progress.get('input')}: {human_size(done)}{of}"))
+    shown = render.shown
     for key, value in fields:
-        print(f"{key + ':':<16}{value}")
+        # the status is ours, coloured; every other value may hold what a user or script wrote
+        text = value if key == "status" else "\n".ljust(17).join(map(shown, value.split("\n")))
+        print(f"{key + ':':<16}{text}")
     if e.parameters:
         print("parameters:")
         for name, param in e.parameters.items():
-            print(f"  {name} = {json.dumps(param)}")
+            print(f"  {shown(name)} = {shown(json.dumps(param))}")
     if e.inputs:
         print("inputs:")
         for key, urls in e.inputs.items():
-            print(f"  {key}: {', '.join(urls) or '-'}")
+            print(f"  {shown(key)}: {shown(', '.join(urls)) or '-'}")
     if e.variables:
         print("variables (--var):")
         for name, value in e.variables.items():
-            print(f"  {name} = {json.dumps(value)}")
+            print(f"  {shown(name)} = {shown(json.dumps(value))}")
     if e.gpu_use:
         from runyard.protocol.gpuuse import gpu_use_lines
 
@@ -514,7 +524,7 @@ async def cmd_info(client: Client, args: argparse.Namespace) -> int:
     if e.metadata:
         print("metadata (latest):")
         for name, point in e.metadata.items():
-            print(f"  {name} = {json.dumps(point)}")
+            print(f"  {shown(name)} = {shown(json.dumps(point))}")
     return 0
 
 
@@ -524,6 +534,10 @@ async def cmd_logs(client: Client, args: argparse.Namespace) -> int:
     except grep.GrepUsageError as exc:
         raise CliError(str(exc)) from None
     if args.grep is not None:
+        ids = await _ids(client, str(args.id))  # logs takes a range now; a search is of one log
+        if len(ids) != 1:
+            raise CliError("--grep searches one execution's log: give one id")
+        args.id = ids[0]
         return await grep.grep(client, args)
     if (args.head is not None and args.head < 0) or (args.tail is not None and args.tail < 0):
         raise CliError("--head and --tail take a number of lines, 0 or more")
@@ -595,7 +609,7 @@ async def cmd_metadata(client: Client, args: argparse.Namespace) -> int:
     print("latest:")
     for key in keys:
         if key in latest:
-            print(f"  {key} = {json.dumps(latest[key])}")
+            print(f"  {render.shown(key)} = {render.shown(json.dumps(latest[key]))}")
     return 0
 
 
@@ -634,16 +648,25 @@ async def cmd_restart(client: Client, args: argparse.Namespace) -> int:
     for key in ("image", "title", "gpus"):
         if getattr(args, key) is not None:
             changes[key] = getattr(args, key)
-    if args.adhoc:
-        from runyard.daemon.snapshots import SnapshotError, snapshot_worktree
+    from .precheck import Refused
+    from .requestcheck import check_adhoc_restart, check_options, worktree_of
 
-        try:
-            directory = await asyncio.to_thread(Path(args.directory).resolve)
-            snap = await asyncio.to_thread(snapshot_worktree, directory)
-        except SnapshotError as exc:
-            raise CliError(str(exc)) from None
+    snap = None
+    notes: tuple[str, ...] = ()
+    try:
+        check_options(args)
+        if args.adhoc:  # checked as `run` checks, before anything is uploaded
+            old = await client.get(args.id)
+            directory, snap = await asyncio.to_thread(worktree_of, args.directory)
+            notes = await asyncio.to_thread(check_adhoc_restart, old, snap, directory,
+                                            changes.get("parameters", {}), inputs)
+    except Refused as exc:
+        raise CliError(str(exc)) from None
+    if snap is not None:
+        for note in notes:
+            print(f"runyard: warning: {note}", file=sys.stderr)
         if not args.json:
-            print(f"snapshot {snap.id[:12]} of working tree: {snap.files} files, {human_size(len(snap.data))}",
+            print(f"snapshot {snap.id[:12]} of working tree: {snap.files} files, {human_size(snap.size)}",
                   file=sys.stderr)
         if not await client.snapshot_has(snap.id):
             await client.snapshot_put(snap.id, snap.data)

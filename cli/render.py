@@ -87,9 +87,31 @@ def duration(start: str | None, end: str | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def shown(text: str) -> str:
+    """``text`` with its control characters escaped visibly (``\\x1b``, ``\\n``).
+
+    Titles, tags, step, parameter and output names come from users and their scripts: printed
+    raw, an escape sequence in one would clear or rewrite the screen of whoever lists it.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def table(headers: list[str], rows: list[list[str]], widths_from_plain: list[list[str]] | None = None) -> str:
-    """Left-aligned columns; ``widths_from_plain`` gives the uncoloured text for width math."""
-    plain = widths_from_plain or rows
+    """Left-aligned columns; ``widths_from_plain`` gives the uncoloured text for width math.
+
+    Every cell is shown escaped, except one whose coloured form differs from its plain one (our
+    own colour codes around text we chose, such as a status).
+    """
+    if widths_from_plain is None:
+        rows = widths_from_plain = [[shown(cell) for cell in row] for row in rows]
+    else:
+        rows = [[shown(cell) if cell == plain else cell for cell, plain in zip(row, plain_row, strict=True)]
+                for row, plain_row in zip(rows, widths_from_plain, strict=True)]
+        widths_from_plain = [[shown(cell) for cell in row] for row in widths_from_plain]
+    plain = widths_from_plain
+    headers = [shown(h) for h in headers]
     widths = [len(h) for h in headers]
     for row in plain:
         for i, cell in enumerate(row):
@@ -111,6 +133,18 @@ def executions_table(executions: list[ExecutionView], colour: bool) -> str:
         plain.append([base[0], status_text(e.status, e.reason, False), *base[2:]])
         rows.append([base[0], status_text(e.status, e.reason, colour), *base[2:]])
     return table(headers, rows, plain)
+
+
+def seconds_text(value: object) -> str:
+    """A limit in seconds as `1h30m`, `90s`; `-` for none."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        return "-"
+    seconds, parts = int(value), []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts) or f"{value:g}s"
 
 
 def log_line(line: LogLine, timestamps: bool) -> str:

@@ -18,7 +18,7 @@ import sys
 import threading
 from typing import Any
 
-from runyard.protocol import Client, ConnectionLost
+from runyard.protocol import Client
 from runyard.protocol.messages import ShellData
 
 EXIT_LOST = 255  # as ssh: the shell's connection ended without an exit status
@@ -39,8 +39,17 @@ def add_parser(sub: Any) -> None:
 
 async def cmd_shell(client: Client, args: argparse.Namespace) -> int:
     argv = list(args.argv)
+    # Flags after the id are flags until `--` (`shell 18 -T`); argparse's REMAINDER would take
+    # them as the command.
+    while argv and argv[0] in ("-T", "--no-tty"):
+        args.no_tty = True
+        argv.pop(0)
     if argv and argv[0] == "--":
         argv = argv[1:]
+    elif argv and argv[0].startswith("-"):
+        from .main import CliError
+
+        raise CliError(f"shell: unknown flag {argv[0]!r} (a command goes after --: runyard shell N -- CMD)")
     stdin, stdout = 0, sys.stdout.fileno()  # fd 0 itself: sys.stdin may be a stand-in without one
     use_tty = not args.no_tty and os.isatty(stdin) and os.isatty(stdout)
     rows, cols = 24, 80
@@ -67,7 +76,10 @@ async def cmd_shell(client: Client, args: argparse.Namespace) -> int:
         while True:
             frame = await frames.get()
             if frame is None:
-                raise ConnectionLost("connection to the daemon was lost")
+                # As ssh when its connection drops: 255, whatever became of the command.
+                print("runyard: the connection to the daemon was lost; the shell's status is unknown",
+                      file=sys.stderr)
+                return EXIT_LOST
             if isinstance(frame, ShellData):
                 _write_all(stdout if frame.stream == 1 or use_tty else sys.stderr.fileno(), frame.data)
                 continue

@@ -46,9 +46,16 @@ def add_parsers(sub: Any) -> None:
                    help="drawn between MIN and MAX (makes a random search of --count children)")
     r.add_argument("--parameter-sets", metavar="FILE",
                    help="a YAML/JSON list of parameter mappings, one child each (a manual search)")
-    r.add_argument("--type", help="grid_search, random_search or manual_search (default: from the flags)")
+    r.add_argument("--type", help="grid_search, random_search, manual_search, bayesian_tpe or distributed "
+                                   "(default: from the flags)")
     r.add_argument("--count", type=int, help="children of a random search (default 20)")
     r.add_argument("--seed", type=int, help="a random search's seed: the same seed draws the same children")
+    r.add_argument("--batch-size", type=int, dest="execution_batch_size", metavar="N",
+                   help="bayesian_tpe: children asked of the optimiser per round after the random first 20 (default 1)")
+    r.add_argument("--target-metric", dest="optimization_target_metric", metavar="KEY",
+                   help="bayesian_tpe: the metadata key to optimise (its latest value; minimised)")
+    r.add_argument("--target-value", type=float, dest="optimization_target_value", metavar="V",
+                   help="bayesian_tpe: optimise the metric towards this value (its distance to V is minimised)")
     r.add_argument("--max-queued", type=int, dest="maximum_queued_executions", metavar="N",
                    help="at most N children queued or running at once; the others wait as created")
     r.add_argument("--on-child-error", choices=["continue-and-complete", "continue-and-error", "stop-all-and-error"],
@@ -117,8 +124,13 @@ async def _run(client: Client, args: argparse.Namespace) -> int:
     from runyard.daemon.snapshots import SnapshotError, snapshot_commit, snapshot_worktree
 
     from .main import CliError, _print_json
-    from .precheck import collect_parameters
+    from .precheck import Refused, collect_parameters
+    from .requestcheck import check_options
 
+    try:
+        check_options(args)
+    except Refused as exc:
+        raise CliError(str(exc)) from None
     chosen = [*args.grid, *args.linear, *args.logspace, *args.random]
     sets: list[dict[str, Any]] = []
     if args.parameter_sets:
@@ -142,6 +154,9 @@ async def _run(client: Client, args: argparse.Namespace) -> int:
         "config_path": args.yaml, "pool": args.pool, "gpus": args.gpus, "priority": args.priority,
         "retries": args.retries,
     }
+    for field in ("execution_batch_size", "optimization_target_metric", "optimization_target_value"):
+        if getattr(args, field) is not None:
+            request[field] = getattr(args, field)
     pairs = []
     for text in args.param:
         name, sep, value = text.partition("=")
@@ -241,7 +256,7 @@ async def _info(client: Client, args: argparse.Namespace) -> int:
                        ("owner", t.owner), ("children", f"{t.total}: {progress(t)}"), ("max queued", limit),
                        ("on child error", t.on_child_error), ("stop condition", t.stop_condition or "-"),
                        ("created", t.created_at), ("ended", t.ended_at or "-")):
-        print(f"{key + ':':<16}{value}")
+        print(f"{key + ':':<16}{render.shown(value)}")
     if t.execution_ids:
         print(f"executions:     {_ranges(t.execution_ids)}  (runyard summarize --task {t.id})")
     return 0

@@ -25,10 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                     "and write that step into valohai.yaml, as valohai-utils generates it. An existing "
                     "step keeps its command, outputs and other settings; its parameters and inputs "
                     "become the script's.")
-    step.add_argument("script", help="a Python file (or notebook) inside the repository")
+    step.add_argument("script", help="a Python file (or notebook) inside the folder of the valohai.yaml "
+                                     "written (a script outside it is refused and nothing is written)")
     step.add_argument("--config", "--yaml", dest="config", default=None, metavar="PATH",
-                      help="the valohai.yaml to write (default: valohai.yaml in the git repository "
-                           "holding the script, else in its folder)")
+                      help="the valohai.yaml to write (default: valohai.yaml at the top of the git "
+                           "repository holding the current directory; outside one, of the script's "
+                           "repository, else in the script's folder)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,10 +39,12 @@ def run(args: argparse.Namespace) -> int:
     from valohai_yaml import parse as parse_yaml
     from valohai_yaml.excs import ValidationErrors
 
-    script = Path(args.script).absolute()
+    # resolve(), not absolute(): "../outside/x.py" must not pass as inside by its spelling
+    script = Path(args.script).resolve()
     if not script.is_file():
         return _fail(f"no such script: {args.script}")
     config = Path(args.config).absolute() if args.config else _default_config(script)
+    config = config.parent.resolve() / config.name
     try:
         script.relative_to(config.parent)
     except ValueError:
@@ -89,9 +93,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _default_config(script: Path) -> Path:
-    for folder in (script.parent, *script.parent.parents):
-        if (folder / ".git").exists():
-            return folder / "valohai.yaml"
+    """The repository the user is in decides, not the script: a script named from elsewhere
+    (an absolute path, ../x.py) must not get another folder's valohai.yaml written."""
+    for start in (Path.cwd().resolve(), script.parent):
+        for folder in (start, *start.parents):
+            if (folder / ".git").exists():
+                return folder / "valohai.yaml"
     return script.parent / "valohai.yaml"
 
 

@@ -136,10 +136,7 @@ async def restart(core: Core, caller: Caller, p: m.RestartParams) -> m.Execution
 @method("executions.rename", m.RenameParams)
 async def rename(core: Core, caller: Caller, p: m.RenameParams) -> m.ExecutionView:
     await _owned(core, caller, p.id, "rename")
-    title = p.title.strip()
-    if len(title) > 200 or any(ord(c) < 32 for c in title):
-        raise OperationError(ErrorCode.INVALID_PARAMS, "a title is at most 200 printable characters (\"\" clears it)")
-    return core.view(await core.rename(p.id, title or None))
+    return core.view(await core.rename(p.id, p.title))
 
 
 @method("executions.delete", m.DeleteParams)

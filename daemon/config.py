@@ -40,7 +40,7 @@ class DaemonSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_requests_in_flight: int = 64
     # Largest code snapshot a client may upload (the tar of its repository), in MiB.
     max_snapshot_mb: int = 2048
-    # Time one logs.search request may spend in a user's regular expression before it is refused.
+    # Time one search (all its logs.search requests together) may take before it is refused.
     search_seconds: float = 5.0
 
 
@@ -147,6 +147,23 @@ class SchedulerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     host_lost_grace_seconds: float = 900.0
 
 
+class PoolQuotaSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    max_active_per_user: int = 0  # 0: no limit of its own in this pool
+
+
+class QuotasSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Per user: executions beyond these wait as created (reason quota), see daemon/quotas.py."""
+
+    max_active_per_user: int = 0  # queued, started or stopping at once; 0: no limit
+    max_gpus_per_user: int = 0  # GPUs those ask for together; 0: no limit
+    pools: dict[str, PoolQuotaSection] = {}  # pool name -> its own limit
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.max_active_per_user or self.max_gpus_per_user
+                    or any(p.max_active_per_user for p in self.pools.values()))
+
+
 class S3Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     endpoint_url: str = ""  # "": AWS itself; e.g. http://127.0.0.1:9000 for MinIO or moto
     region: str = ""
@@ -190,6 +207,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ssh: SshSection = msgspec.field(default_factory=SshSection)
     scheduler: SchedulerSection = msgspec.field(default_factory=SchedulerSection)
     mlyaml: MlYamlSection = msgspec.field(default_factory=MlYamlSection)
+    quotas: QuotasSection = msgspec.field(default_factory=QuotasSection)
     s3: S3Section = msgspec.field(default_factory=S3Section)
     cache: CacheSection = msgspec.field(default_factory=CacheSection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
@@ -230,6 +248,13 @@ def _check(config: Config) -> None:
         raise ConfigError(f"daemon.socket_mode: {config.daemon.socket_mode!r} is out of range")
     if config.local.max_concurrent < 0:
         raise ConfigError("local.max_concurrent: must not be negative (0 = no limit)")
+    quotas = config.quotas
+    limits = [("quotas.max_active_per_user", quotas.max_active_per_user),
+              ("quotas.max_gpus_per_user", quotas.max_gpus_per_user)]
+    limits += [(f"quotas.pools.{n}.max_active_per_user", p.max_active_per_user) for n, p in quotas.pools.items()]
+    for key, limit in limits:
+        if limit < 0:
+            raise ConfigError(f"{key}: must not be negative (0 = no limit)")
     tables = [("secrets", config.secrets)] + [(f"user_secrets.{u}", t) for u, t in config.user_secrets.items()]
     for where, table in tables:
         for name, value in table.items():

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import dataclasses
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,10 +25,11 @@ from runyard.protocol.logformat import format_record
 from runyard.protocol.messages import Event
 from runyard.protocol.methods import DoctorCheck, ExecutionView, GpuView, HostView
 
-from . import runoptions, workspace
+from . import runoptions, shell_leftovers, workspace
 from .config import Config
 from .doctor import diagnose
 from .events import EventHub
+from .fairqueue import FairQueue
 from .gpuuse import GpuUse
 from .hosts import Host, all_settings
 from .inputs import InputFetcher, remove_partial_downloads
@@ -35,6 +38,7 @@ from .logfile import LogFile, append_once, remove_log
 from .logstream import timestamp_now
 from .mlyaml import STEP_NAME, is_ml_yaml, prepare_ml
 from .outputs import LocalOutputStore, OutputStore, S3OutputStore
+from .quotas import QUOTA, Quotas
 from .record import ExecutionRow, view_fields
 from .retention import Retention
 from .runner import Runner, RunnerServices, stop_note
@@ -47,6 +51,7 @@ from .steps import StepError, load_config, prepare_step
 from .store import Store, utcnow
 from .taskengine import TaskEngine
 from .tasks import watched
+from .titles import TitleError, checked_title
 from .transport import LinkError, q
 
 log = logging.getLogger("runyard.daemon")
@@ -86,6 +91,9 @@ class Core:
         # The same queue in the scheduler's order, kept sorted as it changes, so that neither a
         # submit nor a pass pays for sorting a long queue.
         self._order: list[tuple[int, float, int]] = []
+        self._fair = FairQueue()  # the same queue per owner, for the fair pass (scheduler.py's rule)
+        self._running: Counter[str] = Counter()  # placed active executions per owner
+        self.quotas = Quotas(config.quotas)
         self._placed: dict[int, ExecutionRow] = {}  # active executions that hold a host
         self.gpu_use = GpuUse(data / "gpu-use", self._placed)  # sampled at each inventory read
         self.retention = Retention(self)  # [retention]: ended executions' files, oldest first
@@ -141,6 +149,7 @@ class Core:
             self.hosts[cluster.name] = cluster
         for row in await self.store.active():
             self.track(row)
+        self.quotas.all_waiting()  # room freed while the daemon was down is handed out on the first pass
         for row in list(self.active.values()):
             if row.host is not None:
                 # Placed before the daemon stopped: its runner finds the container again (or creates
@@ -212,6 +221,9 @@ class Core:
             runtime, transport = host.runtime, host.transport
             if runtime is None or transport is None:
                 return
+            if runtime.kind == "docker":  # shells a daemon killed with -9 left open here
+                await shell_leftovers.end_leftovers(shell_leftovers.ShellRecords(self.config.data_dir / "shells"),
+                                                    host.name, runtime.docker)  # type: ignore[attr-defined]
             containers = await runtime.list_ours()
             placed_here = {(r.id, r.log_base) for r in self.active.values() if r.host == host.name}
             for leftover in containers:
@@ -300,23 +312,28 @@ class Core:
 
     def track(self, row: ExecutionRow) -> None:
         """The one way the in-memory view of active executions changes: after the store recorded ``row``."""
+        self.quotas.moved(self.active.get(row.id), row)
         if row.terminal:
             self.active.pop(row.id, None)
         else:
             self.active[row.id] = row
         if row.host is not None and not row.terminal:
+            if self._placed.get(row.id) is None:
+                self._running[row.owner] += 1
             self._placed[row.id] = row
-        else:
-            self._placed.pop(row.id, None)
+        elif self._placed.pop(row.id, None) is not None:
+            self._running[row.owner] -= 1
         old = self._demands.pop(row.id, None)
         if old is not None:
             at = bisect.bisect_left(self._order, _key(old))
             assert self._order[at] == _key(old), "the queue's order lost an entry"
             del self._order[at]
+            self._fair.remove(old.owner, _key(old))
         if row.status == "queued" and row.host is None:
             demand = _demand(row)
             self._demands[row.id] = demand
             bisect.insort(self._order, _key(demand))
+            self._fair.add(demand.owner, _key(demand))
 
     def _spawn(self, row: ExecutionRow, *, just_placed: bool = False) -> None:
         """Hand ``row`` to a new runner, its owner until it ends or goes back to the queue."""
@@ -387,18 +404,23 @@ class Core:
             self._prune_pending = False
             await self.store.prune_events(self.config.daemon.events_retained)
         async with self._queue_lock:
+            if self.quotas.freed:
+                await self._release(self.quotas.next_waiting())
             if not self._order:
                 return
             # An execution back in the queue is placed only once its last runner has finished.
-            queue: Iterable[Demand] = (self._demands[i] for _, _, i in self._order if i not in self._runners)
+            running = dict(self._running)
+            # Owners take turns within a priority (fewest running first): see scheduler.py.
+            queue = (self._demands[i] for i in self._fair.walk(running, self._runners))
+            placements = place(queue, self.capacities(self._placed.values()), now=time.time(),
+                               reserve_after=self.config.scheduler.reserve_after_seconds, ordered=True,
+                               running=running)
             clusters = [h for h in self.hosts.values() if isinstance(h, ClusterHost)]
             if clusters:
-                queue = list(queue)  # walked twice: by the scheduler, then for the clusters' pools
-            placements = place(queue, self.capacities(self._placed.values()), now=time.time(),
-                               reserve_after=self.config.scheduler.reserve_after_seconds, ordered=True)
-            if clusters:
-                assert isinstance(queue, list)
-                placements += cluster_placements(queue, [h for h in clusters if h.name not in self._reconciling],
+                pools = {h.settings.pool for h in clusters}
+                waiting = [d for _, _, i in self._order if i not in self._runners
+                           and (d := self._demands[i]).pool in pools]
+                placements += cluster_placements(waiting, [h for h in clusters if h.name not in self._reconciling],
                                                  self.active.values())
             if not placements:
                 return
@@ -516,6 +538,22 @@ class Core:
 
     async def _create(self, new: ExecutionRow) -> ExecutionRow:
         """Record a new execution: in the store, in memory (the scheduler's queue) and to subscribers."""
+        try:
+            new.title = checked_title(new.title)
+        except TitleError as exc:
+            raise OperationError("invalid-params", str(exc)) from None
+        if self.quotas.enabled:
+            refused = self.quotas.refusal(new)
+            if refused is not None:
+                raise OperationError("invalid-params", refused)
+            async with self._queue_lock:  # the owner's count and the new row change together
+                status = "queued"
+                if not self.quotas.room(new):
+                    new.reason, status = QUOTA, "created"
+                row, event = await self.store.create_execution(new, status)
+                self.track(row)
+            self.publish(event)
+            return row
         row, event = await self.store.create_execution(new)
         self.track(row)
         self.publish(event)
@@ -601,20 +639,33 @@ class Core:
         for execution_id in ids:
             await self._release_log(execution_id)
 
+    def quota_lock(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """Held while new executions are admitted under the quotas (only when there are any, so
+        submits do not wait for scheduling passes otherwise)."""
+        return self._queue_lock if self.quotas.enabled else contextlib.nullcontext()
+
     async def release(self, execution_ids: list[int]) -> None:
         """Queue executions waiting as created (a task's children beyond its maximum-queued-executions):
         unplaced, they are the scheduler's, so they move under its lock."""
         async with self._queue_lock:
-            for execution_id in execution_ids:
-                row = self.active.get(execution_id)
-                if row is None or row.status != "created":
-                    continue
-                result = await self.store.transition(execution_id, "queued")
-                if result is not None:
-                    self.track(result[0])
-                    self.publish(result[1])
+            await self._release(execution_ids)
+
+    async def _release(self, execution_ids: list[int]) -> None:
+        """``release`` under the queue lock: each goes only if its owner's quota has room."""
+        for execution_id in execution_ids:
+            row = self.active.get(execution_id)
+            if row is None or row.status != "created" or not self.quotas.room(row):
+                continue
+            result = await self.store.transition(execution_id, "queued")
+            if result is not None:
+                self.track(result[0])
+                self.publish(result[1])
 
     async def rename(self, execution_id: int, title: str | None) -> ExecutionRow:
+        try:
+            title = checked_title(title)
+        except TitleError as exc:
+            raise OperationError("invalid-params", str(exc)) from None
         await self.get(execution_id)
         self.publish(await self.store.rename(execution_id, title))
         return await self.get(execution_id)
@@ -722,11 +773,12 @@ def _epoch(timestamp: str) -> float:
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
-def _demand_of(execution_id: int, priority: int, submitted: float, resources: dict[str, Any]) -> Demand:
+def _demand_of(execution_id: int, priority: int, submitted: float, resources: dict[str, Any],
+               owner: str = "") -> Demand:
     return Demand(
         execution_id=execution_id, priority=priority, submitted=submitted, pool=resources.get("pool"),
         gpus=int(resources.get("gpus", 0)), cpus=float(resources.get("cpus", 0)),
-        memory_mb=int(resources.get("memory_mb", 0)),
+        memory_mb=int(resources.get("memory_mb", 0)), owner=owner,
     )
 
 
@@ -736,7 +788,7 @@ def _key(d: Demand) -> tuple[int, float, int]:
 
 
 def _demand(row: ExecutionRow) -> Demand:
-    return _demand_of(row.id, row.priority, _epoch(row.created_at), row.resources)
+    return _demand_of(row.id, row.priority, _epoch(row.created_at), row.resources, row.owner)
 
 
 @functools.lru_cache(maxsize=64)

@@ -10,6 +10,10 @@ A user's regular expression is untrusted: it runs in the ``regex`` module with a
 and without the GIL (``concurrent``), in a small pool of threads of its own, so a pattern that
 backtracks for ever costs one thread a few seconds and then an error, while the daemon goes on
 serving. Counted repeats are capped before compiling, since compiling holds the GIL.
+
+The time limit is the whole search's, not a chunk's or a request's: a search of a long log is many
+requests, so each reply says how long it took and the client sends the sum back (``spent``) with
+the next one. A client that lies only spends its own requests, each still bounded.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final, NoReturn, TypeVar
 
 import regex
 
@@ -156,15 +160,22 @@ class _Outcome:
     done: bool = False
     size: int = 0
     scanned: int = 0
+    seconds: float = 0.0
 
 
 class _Clock:
     def __init__(self, hard_seconds: float) -> None:
         self.started = time.monotonic()
-        self.hard = hard_seconds  # the pattern's time on one request, after which it is refused
+        self.hard = hard_seconds  # what is left of the search's time, after which it is refused
 
     def soft_passed(self) -> bool:
         return time.monotonic() - self.started > SOFT_SECONDS
+
+    def hard_passed(self) -> bool:
+        return time.monotonic() - self.started >= self.hard
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
 
     def left(self) -> float:
         return max(0.001, self.hard - (time.monotonic() - self.started))
@@ -286,8 +297,10 @@ def _whole_size(fd: int, size: int) -> int:
 def search_log(path: Path, p: LogsSearchParams, query: Query, reply_budget: int,
                hard_seconds: float = 5.0) -> _Outcome:
     """Blocking: run it in a thread (``Searcher.run`` does)."""
-    clock = _Clock(hard_seconds)
+    clock = _Clock(hard_seconds - max(0.0, p.spent))
     out = _Outcome()
+    if clock.hard <= 0:
+        _too_slow(p, hard_seconds, 0)
     try:
         fd = _open_regular(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -314,6 +327,8 @@ def search_log(path: Path, p: LogsSearchParams, query: Query, reply_budget: int,
                 if pos >= size:
                     out.done = True
                     break
+                if out.scanned and clock.hard_passed():
+                    _too_slow(p, hard_seconds, out.scanned)
                 if out.scanned and (out.scanned >= SCAN_MAX or clock.soft_passed()):
                     break
                 data, _, end = _read_whole(fd, pos, size, True, chunk_size)
@@ -330,8 +345,7 @@ def search_log(path: Path, p: LogsSearchParams, query: Query, reply_budget: int,
                         if len(found) + len(spans) >= limit:
                             break
                 except TimeoutError:
-                    _too_slow(out.scanned, p.pattern, hard_seconds, len(data))
-                    break
+                    _too_slow(p, hard_seconds, out.scanned + len(data))
                 take(chunk, positions, spans)
                 out.scanned += len(data)
                 if len(found) >= limit:
@@ -346,6 +360,8 @@ def search_log(path: Path, p: LogsSearchParams, query: Query, reply_budget: int,
                 if end <= 0:
                     out.done = True
                     break
+                if out.scanned and clock.hard_passed():
+                    _too_slow(p, hard_seconds, out.scanned)
                 if out.scanned and (out.scanned >= SCAN_MAX or clock.soft_passed()):
                     break
                 data, start, _ = _read_whole(fd, 0, end, False, chunk_size)
@@ -355,8 +371,7 @@ def search_log(path: Path, p: LogsSearchParams, query: Query, reply_budget: int,
                 try:
                     spans = list(_matching_records(chunk, query, clock))
                 except TimeoutError:
-                    _too_slow(out.scanned, p.pattern, hard_seconds, len(data))
-                    break
+                    _too_slow(p, hard_seconds, out.scanned + len(data))
                 out.scanned += len(data)
                 before = len(found)
                 take(chunk, positions, spans)
@@ -381,16 +396,18 @@ def search_log(path: Path, p: LogsSearchParams, query: Query, reply_budget: int,
                 match.after = _context(fd, end_, line, n, query.letters, cut, backward=False, size=size)
             used += len(match.record) + sum(len(r.record) for r in (*match.before, *match.after)) + 64
             out.matches.append(match)
+        out.seconds = clock.seconds()
         return out
     finally:
         os.close(fd)
 
 
-def _too_slow(scanned: int, pattern: str, seconds: float, chunk: int) -> None:
-    if scanned == 0:
-        raise SearchError(
-            f"the pattern {pattern!r} took over {seconds:g} s on {chunk:,} bytes of the log and was "
-            "stopped; nested repeats such as (a+)+ backtrack without end: simplify it")
+def _too_slow(p: LogsSearchParams, seconds: float, scanned: int) -> NoReturn:
+    """Refuse the whole search: its time (all its requests together) is up."""
+    raise SearchError(
+        f"the search for {p.pattern!r} took over {seconds:g} s (daemon.search_seconds) and was stopped "
+        f"{scanned:,} bytes into this part of the log; nested repeats such as (a+)+ or (a|aa)+ backtrack "
+        "without end: simplify the pattern, or search plain text")
 
 
 def _shown(record: str, cut: int) -> str:
@@ -459,7 +476,7 @@ class Searcher:
         query = await self._in_pool(lambda: compile_query(p))
         out = await self._in_pool(lambda: search_log(path, p, query, reply_budget, seconds))
         return LogsSearchResult(matches=out.matches, next=out.next, done=out.done, size=out.size,
-                                scanned=out.scanned)
+                                scanned=out.scanned, seconds=out.seconds)
 
 
 SEARCHER: Final = Searcher()

@@ -27,7 +27,7 @@ class ExecutionRow:
     image: str
     command: str
     snapshot: str
-    config_path: str = field(default="valohai.yaml", metadata=_HIDDEN)
+    config_path: str = "valohai.yaml"  # shown: `restart --adhoc` checks the working tree's copy
     title: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict, metadata=_JSON_TEXT)
     inputs: dict[str, list[str]] = field(default_factory=dict, metadata=_JSON_TEXT)

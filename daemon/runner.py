@@ -476,9 +476,15 @@ class Runner:
             await runtime.wait(self.container_id)
         finally:
             await _cancel_and_check(side, f"execution {self.id}")
-        # One more read from the exact resume point after exit: costs one request, and makes
-        # the stored log complete even if the follow stream ended early (engine restart, blip).
-        await self._ingest_logs(runtime, follow=False)
+        # The stored log is complete if it ends with the engine's last line: the follow stream
+        # stores the engine's lines in order, so holding the last means holding all. Otherwise
+        # (the stream ended early: engine restart, blip; or a last line left open) one more read
+        # from the exact resume point completes it. That read makes the engine decode everything
+        # since 10 s before the last stored line, the whole log of a fast printer: only if needed.
+        if not await self._holds_last_line(runtime):
+            log.debug("execution %s: the stored log lacks the engine's last line: reading from the resume point",
+                      self.id)
+            await self._ingest_logs(runtime, follow=False)
         state = await runtime.state(self.container_id)
         await self._collect_outputs()
         move = await self._send(Exited(state.exit_code, state.oom_killed, engine_restarted=self._engine_lost,
@@ -607,16 +613,21 @@ class Runner:
             if self._flushes:  # a timed flush still writing: done before anything reads the offset
                 await asyncio.gather(*self._flushes)
 
+    async def _holds_last_line(self, runtime: Runtime) -> bool:
+        assert self.container_id is not None
+        last = await runtime.last_record(self.container_id)
+        if last is None:
+            return False
+        last, _ = self._mask(_valid_utf8(last), [])
+        stream = "stderr" if last.startswith(b"E ") else "stdout"
+        stored, _ = await asyncio.to_thread(self.log.tail, 1, stream)
+        return stored == last
+
     async def _write_lines(self, decoded: Decoded) -> None:
         if not decoded.records:
             return
         data = decoded.records[0] if len(decoded.records) == 1 else b"".join(decoded.records)
-        if not data.isascii():  # ASCII (most logs) is valid UTF-8: no need to decode it to know
-            try:
-                data.decode("utf-8")
-            except UnicodeDecodeError:
-                # Binary output: the stored log stays valid UTF-8, bad bytes become U+FFFD.
-                data = data.decode("utf-8", "replace").encode("utf-8")
+        data = _valid_utf8(data)
         candidates = decoded.candidates
         if self._secrets:
             data, candidates = self._mask(data, candidates)
@@ -742,3 +753,13 @@ async def _cancel_and_check(tasks: list[asyncio.Task[None]], what: str) -> None:
     for result in await asyncio.gather(*tasks, return_exceptions=True):
         if isinstance(result, Exception):
             log.error("%s: a helper task failed: %r", what, result)
+
+
+def _valid_utf8(data: bytes) -> bytes:
+    if not data.isascii():  # ASCII (most logs) is valid UTF-8: no need to decode it to know
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            # Binary output: the stored log stays valid UTF-8, bad bytes become U+FFFD.
+            data = data.decode("utf-8", "replace").encode("utf-8")
+    return data

@@ -41,6 +41,10 @@ LABEL_GPUS: Final = "runyard.gpus"
 
 log = logging.getLogger("runyard.runtime")
 
+# Lines asked of the engine to learn its last one: a few, so that a last line split into a couple
+# of 16 KiB fragments still comes back whole.
+_CHECK_TAIL: Final = 8
+
 
 class DockerRuntime:
     """One host's Docker engine, through a local socket path (forwarded over SSH for pool hosts).
@@ -311,12 +315,32 @@ class DockerRuntime:
             yield decoded
             log.mark_long_lines("D", decoded.ended)
 
-    async def logs(self, container_id: str, since: str | None, *, follow: bool = True) -> AsyncIterator[bytes]:
+    async def last_record(self, container_id: str) -> bytes | None:
+        """The engine's last line of the container, as a log record before the runner's own
+        changes (masking, invalid UTF-8), or None when it printed nothing.
+
+        Asked as a ``tail``, which the engine serves from the end of its log file in milliseconds
+        of its CPU, where a read from a resume point makes it decode the whole log again (seconds
+        per million lines). A last line longer than the tail's few fragments comes back cut and
+        matches no stored record: the caller then reads from the resume point.
+        """
+        decoder = DockerLogDecoder()
+        records: list[bytes] = []
+        async for chunk in self.logs(container_id, None, follow=False, tail=_CHECK_TAIL):
+            records += decoder.feed(chunk).records
+        records += decoder.flush().records
+        last = b"".join(records).rstrip(b"\n").rpartition(b"\n")[2]
+        return last + b"\n" if last else None
+
+    async def logs(self, container_id: str, since: str | None, *, follow: bool = True,
+                   tail: int | None = None) -> AsyncIterator[bytes]:
         """Raw multiplexed log stream with timestamps; with ``follow``, until the container ends."""
         params: dict[str, str] = {"stdout": "1", "stderr": "1", "follow": "1" if follow else "0",
                                   "timestamps": "1"}
         if since:
             params["since"] = _docker_since(since)
+        if tail is not None:
+            params["tail"] = str(tail)
         try:
             with self._talking("cannot read logs"):
                 async for chunk in container_logs(self.docker_socket, container_id, params):

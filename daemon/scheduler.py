@@ -2,8 +2,12 @@
 
 The rule (also in the README):
 
-1. Queued executions are considered in priority order (higher first), then in
-   submit order.
+1. Queued executions are considered in priority order (higher first). Within a
+   priority, the owner with the fewest executions running (placed) goes first,
+   then the oldest submitted; each placement counts at once, so owners take turns.
+   One user's 1,000-child sweep thus never holds the lab while another user's
+   single run waits: the run takes the next free slot. (Per-user quotas, in
+   daemon/quotas.py, act before this: they decide what is queued at all.)
 2. Each goes to a host of its pool that is ready and has enough free GPUs,
    CPUs, memory and execution slots. Among those it takes the tightest fit
    (fewest free GPUs, then fewest free CPUs), which keeps large holes open for
@@ -18,7 +22,7 @@ The rule (also in the README):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -31,6 +35,7 @@ class Demand:
     gpus: int = 0
     cpus: float = 0.0
     memory_mb: int = 0
+    owner: str = ""  # whose: the fair order takes turns between owners
 
 
 @dataclass(slots=True)
@@ -82,10 +87,13 @@ def order(queue: Iterable[Demand]) -> list[Demand]:
 
 
 def place(queue: Iterable[Demand], hosts: Sequence[Capacity], *, now: float,
-          reserve_after: float, ordered: bool = False) -> list[Placement]:
+          reserve_after: float, ordered: bool = False,
+          running: MutableMapping[str, int] | None = None) -> list[Placement]:
     """Decide where queued executions go now; ``hosts`` is updated to what remains free.
 
-    ``ordered``: the queue already comes in ``order``'s order (the daemon keeps it sorted).
+    ``ordered``: the queue already comes in the rule's order (the daemon walks it fairly,
+    daemon/fairqueue.py). ``running``: executions placed per owner, counted up as this places
+    (the fair walk reads it).
     """
     pools: dict[str | None, list[Capacity]] = {None: [h for h in hosts if h.accepting]}
     for h in pools[None]:
@@ -117,6 +125,8 @@ def place(queue: Iterable[Demand], hosts: Sequence[Capacity], *, now: float,
                 best = h
         if best is not None:
             placements.append(Placement(d.execution_id, best.name, best.take(d)))
+            if running is not None:
+                running[d.owner] = running.get(d.owner, 0) + 1
             if best.free_slots == 0:
                 open_hosts -= 1
             continue

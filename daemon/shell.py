@@ -33,6 +33,7 @@ import signal
 import struct
 import termios
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import aiodocker
@@ -46,6 +47,7 @@ from runyard.protocol.messages import ErrorCode
 
 from .core import OperationError
 from .runtime_docker import LABEL_DAEMON, LABEL_EXECUTION
+from .shell_leftovers import ShellRecords, end_in_container, new_pid_file, wrapped
 from .transport import SshTransport, q
 from .workspace import container_environment
 
@@ -60,6 +62,9 @@ log = logging.getLogger("runyard.shell")
 MAX_SESSIONS: Final = 8  # per connection
 # bash if the image or host has it, else sh: what a user expects from "a shell".
 INTERACTIVE: Final = ["/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -i; else exec sh -i; fi"]
+# No terminal and no command (`shell N -T < script`): a shell reading commands from stdin, with
+# no prompts or job-control noise on stderr.
+READING_STDIN: Final = ["/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -s; else exec sh -s; fi"]
 Send = Callable[[msg.Message], Awaitable[None]]
 
 
@@ -127,7 +132,7 @@ class Shells:
             raise OperationError(ErrorCode.INVALID_PARAMS, f"not a terminal type: {p.term!r}")
         row = await self.core.get(p.id)
         host = await self._allowed(row)
-        argv = list(p.command) or INTERACTIVE
+        argv = list(p.command) or (INTERACTIVE if p.tty else READING_STDIN)
         backend = await _start(self.core, host, row, argv, p.tty, _clamp(p.rows), _clamp(p.cols), p.term)
         log.info("shell opened by %s (uid %s) in execution %s on %s: %s", self.caller.user, self.caller.uid,
                  row.id, host.name, " ".join(p.command) or "interactive shell")
@@ -257,7 +262,9 @@ async def _start(core: Core, host: Host, row: ExecutionRow, argv: list[str], tty
     assert runtime is not None and row.container_id is not None
     if runtime.kind == "docker":
         docker: aiodocker.Docker = runtime.docker  # type: ignore[attr-defined]
-        return await DockerShell.start(docker, core.store.daemon_id, row, argv, tty, rows, cols, term)
+        records = ShellRecords(core.config.data_dir / "shells")
+        return await DockerShell.start(docker, core.store.daemon_id, row, argv, tty, rows, cols, term,
+                                       records=records, host=host.name)
     # The directory is where the daemon laid out this attempt, never a path from elsewhere.
     workdir = host.work_dir(row.id, row.log_base)
     if row.container_id != workdir:
@@ -284,14 +291,23 @@ async def _start(core: Core, host: Host, row: ExecutionRow, argv: list[str], tty
 
 
 class DockerShell:
-    def __init__(self, execution: Any, stream: Any) -> None:
+    def __init__(self, execution: Any, stream: Any, docker: aiodocker.Docker, container_id: str, pid_file: str,
+                 records: ShellRecords, record: Path) -> None:
         self.exec = execution
         self.stream = stream
+        self.docker = docker
+        self.container_id = container_id
+        self.pid_file = pid_file
+        self.records = records
+        self.record: Path | None = record
 
     @classmethod
     async def start(cls, docker: aiodocker.Docker, daemon_id: str, row: ExecutionRow, argv: list[str], tty: bool,
-                    rows: int, cols: int, term: str) -> DockerShell:
+                    rows: int, cols: int, term: str, *, records: ShellRecords, host: str) -> DockerShell:
         container = docker.containers.container(row.container_id or "")
+        pid_file = new_pid_file()
+        # Recorded before it starts: a daemon killed at any moment after leaves it to be ended.
+        record = await asyncio.to_thread(records.add, host, row.container_id or "", pid_file)
         try:
             info = await container.show()
             labels = info.get("Config", {}).get("Labels") or {}
@@ -300,19 +316,25 @@ class DockerShell:
                                      f"execution {row.id}: its container is not the one runyard made")
             if not info.get("State", {}).get("Running"):
                 raise OperationError(ErrorCode.INVALID_STATE, f"execution {row.id}: its container is not running")
-            execution = await container.exec(argv, stdin=True, tty=tty,
+            # Under a wrapper that records its pid: the engine cannot kill an exec (shell_leftovers.py).
+            execution = await container.exec(wrapped(argv, pid_file), stdin=True, tty=tty,
                                              environment={"TERM": term} if tty else None)
             stream = execution.start(detach=False)
             await stream.__aenter__()
             if tty:
                 await execution.resize(h=rows, w=cols)
         except aiodocker.DockerError as exc:
+            records.remove(record)
             raise OperationError(ErrorCode.INVALID_STATE,
                                  f"execution {row.id}: the engine refused the shell: {exc.message}") from None
         except (aiohttp.ClientError, OSError) as exc:
+            records.remove(record)
             raise OperationError(ErrorCode.INVALID_STATE, f"execution {row.id}: the engine on its host cannot be "
                                                           f"reached now ({type(exc).__name__})") from None
-        return cls(execution, stream)
+        except BaseException:
+            records.remove(record)
+            raise
+        return cls(execution, stream, docker, row.container_id or "", pid_file, records, record)
 
     async def read(self) -> tuple[int, bytes] | None:
         message = await self.stream.read_out()
@@ -342,9 +364,21 @@ class DockerShell:
         return None
 
     async def close(self) -> None:
-        # Closing the stream hangs up the exec's terminal (or closes its stdin): a shell exits.
+        # Closing the stream hangs up the exec's terminal (or closes its stdin), which ends a shell
+        # but not a command that ignores both: that one is signalled (shell_leftovers.py).
         with contextlib.suppress(Exception):
             await self.stream.close()
+        record, self.record = self.record, None
+        if record is None:
+            return
+        try:
+            running = (await self.exec.inspect()).get("Running")
+            # An ended command's pid may be another process's by now: only its pid file goes.
+            await asyncio.wait_for(end_in_container(self.docker, self.container_id, self.pid_file,
+                                                    signal=bool(running)), 15)
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.info("shell in container %s: ending it: %r", self.container_id[:12], exc)  # gone with its container
+        await asyncio.to_thread(self.records.remove, record)
 
 
 class SshShell:

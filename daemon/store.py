@@ -142,7 +142,7 @@ class Store:
                 column_values(new, names),
             )
             execution_id = int(cur.lastrowid or 0)
-            event = await self._append_event(execution_id, "created", status, None, now)
+            event = await self._append_event(execution_id, "created", status, new.reason, now)
         # Every column was written from ``new``: it is the row, with its id.
         return dataclasses.replace(new, id=execution_id), event
 

@@ -9,6 +9,7 @@ from . import runoptions, taskstore
 from .api import Caller, _secret_names, method
 from .core import Core, OperationError
 from .task_lifecycle import TASK_STATUSES
+from .titles import TitleError, checked_title
 
 
 async def _owned(core: Core, caller: Caller, task_id: int, action: str) -> taskstore.TaskRecord:
@@ -24,6 +25,10 @@ async def create(core: Core, caller: Caller, p: t.TaskCreateParams) -> t.TaskVie
     if p.priority > 0 and not caller.admin:
         raise OperationError(ErrorCode.PERMISSION_DENIED,
                              "only admins may raise priority above 0 (anyone may lower their own)")
+    try:
+        checked_title(p.title)
+    except TitleError as exc:
+        raise OperationError(ErrorCode.INVALID_PARAMS, str(exc)) from None
     try:
         options = runoptions.checked(p.environment, p.tags, p.time_limit, p.no_output_timeout,
                                      _secret_names(core, caller))

@@ -7,21 +7,24 @@ finds their owner. What the engine owns is the task record: after every change o
 counts the children, asks task_lifecycle.decide what the task is now, and acts on the answer
 (queue more children, stop the rest). One settle at a time, so the task has one writer too.
 
-Room for engines that ask for children in rounds (Bayesian search): a settle that finds free
-room is where such an engine would be asked for its next batch; here the batch was made at once.
+A Bayesian task (optimize.py) is asked for its next round in a settle that finds all its
+children ended and the task wanting more (_next_round): the round is created in one
+transaction before the task's state is decided, so it never looks complete between rounds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
+import random
 from typing import TYPE_CHECKING, Any, Final
 
 from runyard.protocol.messages import ErrorCode, Event
 from runyard.protocol.tasks import TaskCreateParams, TaskView
 
-from . import runoptions, stopcondition, taskstore, variants
+from . import optimize, runoptions, stopcondition, taskstore, variants
 from .lifecycle import TERMINAL
 from .record import SELECT, ExecutionRow, row_of
 from .runoptions import RunOptions
@@ -44,6 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("runyard.daemon")
 
 WAITING_REASON: Final = "maximum-queued-executions"
+# What a submitter chose for an execution (the fields before its id): a later round's children copy them.
+_REQUEST_FIELDS: Final = tuple(itertools.takewhile(lambda f: f.name != "id", dataclasses.fields(ExecutionRow)))
 _IN_FLIGHT: Final = ("queued", "started", "stopping")
 
 
@@ -131,6 +136,8 @@ class TaskEngine:
             if task is None:
                 return []
             counts = await taskstore.counts(self.store, task_id)
+            if task.type == "bayesian_tpe" and await self._next_round(task, counts):
+                counts = await taskstore.counts(self.store, task_id)
             before = TaskState(task.status, task.reason)
             after = decide(before, counts, on_child_error=task.spec.get("on_child_error") or DEFAULT_ON_CHILD_ERROR,
                            stop=self._asked.pop(task_id, None))
@@ -149,6 +156,52 @@ class TaskEngine:
                 self._tasks.pop(task_id, None)
                 self._stopped_by.pop(task_id, None)
             return stopped
+
+    async def _next_round(self, task: taskstore.TaskRecord, counts: dict[str, int]) -> bool:
+        """A Bayesian task whose children have all ended and that wants more: ask the optimiser
+        for the next round and create it (waiting, for _queue_waiting). Whether it made one."""
+        spec = task.spec
+        total = sum(counts.values())
+        n = min(int(spec.get("execution_batch_size") or optimize.DEFAULT_BATCH_SIZE),
+                int(spec.get("execution_count") or 0) - total)
+        if (n <= 0 or task.terminal or task.status == "stopping" or task.id in self._asked
+                or any(counts.get(s, 0) for s in ("created", *_IN_FLIGHT))
+                or (counts.get("error") and spec.get("on_child_error") == "stop-all-and-error")):
+            return False
+        done = [row_of(r) for r in await self.store.db.execute_fetchall(
+            f"SELECT {SELECT} FROM executions WHERE task_id = ? ORDER BY id", (task.id,))]
+        if not done:
+            return False
+        metric = str(spec.get("optimization_target_metric"))
+        latest = await self.store.latest_metadata_many([r.id for r in done])
+        trials = [optimize.Trial(r.parameters, r.status, _number(latest[r.id].get(metric))) for r in done]
+        chosen = [variants.Variant(v["name"], v["style"], dict(v["rules"])) for v in spec.get("variants", [])]
+        first = done[0]
+        try:
+            asked = await asyncio.to_thread(optimize.ask, spec, chosen, trials, n)
+            text = await asyncio.to_thread(self.core.snapshots.read_file, first.snapshot, first.config_path)
+            config = load_config((text or b"").decode("utf-8", "replace"), first.config_path)
+            fixed = {k: variants.raw(v) for k, v in first.parameters.items()}
+            made = [parameters_and_command(config, first.step, fixed | {k: variants.raw(v) for k, v in a.items()})
+                    for a in asked]
+        except (StepError, SnapshotError, variants.VariantError) as exc:
+            # Nothing more can be asked (Optuna gone since a restart, the snapshot's file unreadable):
+            # the task ends with what it has, saying why.
+            log.warning("task %s: no next round: %s", task.id, exc)
+            self._asked.setdefault(task.id, f"no next round: {exc}")
+            return False
+        shared = {f.name: getattr(first, f.name) for f in _REQUEST_FIELDS}
+        rows = [ExecutionRow(**{**shared, "parameters": values, "command": command, "restarted_from": None,
+                                "reason": WAITING_REASON}) for values, command in made]
+        rows, events = await taskstore.add_children(self.store, task.id, rows)
+        for row in rows:
+            self._task_of[row.id] = task.id
+            self.core.track(row)
+        for event in events:
+            self.core.publish(event)
+        log.info("task %s: round of %d children asked of the optimiser (%d so far)", task.id, len(rows),
+                 total + len(rows))
+        return True
 
     async def _queue_waiting(self, task: taskstore.TaskRecord, counts: dict[str, int]) -> None:
         """Queue waiting children while the task is under its maximum-queued-executions.
@@ -213,6 +266,9 @@ class TaskEngine:
         ), options)
         # Children differ only in their parameters and the command built from them (the step, its
         # inputs and environment are the same): they share the rest, which is stored once encoded.
+        refused = core.quotas.refusal(base)
+        if refused is not None:
+            raise OperationError(ErrorCode.INVALID_PARAMS, refused)
         shared = {f.name: getattr(base, f.name) for f in dataclasses.fields(ExecutionRow)}
         rows = [ExecutionRow(**{**shared, "parameters": values, "command": command}) for values, command in commands]
         limit = spec.get("maximum_queued_executions")
@@ -222,7 +278,8 @@ class TaskEngine:
         record = taskstore.TaskRecord(
             id=0, name=p.blueprint, title=p.title, type=spec["type"], step=spec["step"], status="created",
             reason=None, owner=owner, owner_uid=owner_uid, spec=spec)
-        async with self._lock:
+        async with self._lock, core.quota_lock():
+            queued = core.quotas.admit(rows, queued)  # beyond the owner's quota: created, reason quota
             record, rows, events = await taskstore.create(self.store, record, rows, queued,
                                                           varying=("parameters", "command"))
             self._tasks[record.id] = record
@@ -275,7 +332,8 @@ class TaskEngine:
             row.reason = WAITING_REASON
         record = dataclasses.replace(old, id=0, status="created", reason=None, owner=owner, owner_uid=owner_uid,
                                      spec={**old.spec, "restarted_from": old.id}, ended_at=None)
-        async with self._lock:
+        async with self._lock, self.core.quota_lock():
+            queued = self.core.quotas.admit(rows, queued)
             record, rows, events = await taskstore.create(self.store, record, rows, queued)
             self._tasks[record.id] = record
             for row in rows:
@@ -348,12 +406,40 @@ def _plan(config: Any, p: TaskCreateParams) -> tuple[dict[str, Any], list[dict[s
     condition = p.stop_condition or (blueprint.stop_condition if blueprint is not None else None) or None
     if condition is not None:
         stopcondition.check(condition)
-    children = variants.expand(kind, chosen, parameter_sets=sets, count=count, seed=p.seed)
     spec: dict[str, Any] = {
         "step": step, "type": kind, "maximum_queued_executions": limit, "on_child_error": on_error,
         "stop_condition": condition, "variants": [dataclasses.asdict(v) for v in chosen],
         "parameter_sets": sets, "execution_count": count, "seed": p.seed,
     }
+    if kind == "bayesian_tpe":
+        return spec, _bayesian_plan(spec, chosen, p, blueprint)
+    children = variants.expand(kind, chosen, parameter_sets=sets, count=count, seed=p.seed)
     return spec, children
 
 
+def _bayesian_plan(spec: dict[str, Any], chosen: list[variants.Variant], p: TaskCreateParams,
+                   blueprint: Any) -> list[dict[str, Any]]:
+    """A Bayesian task's own fields in ``spec``, and its random first batch (the rest is asked in rounds)."""
+    def field(name: str) -> Any:
+        given = getattr(p, name)
+        return given if given is not None else (getattr(blueprint, name, None) if blueprint is not None else None)
+
+    if spec["seed"] is None:  # a round depends only on what is stored: its seed must be stored too
+        spec["seed"] = random.randrange(2**31)
+    spec["execution_count"] = count = int(field("execution_count") or optimize.FIRST_BATCH)
+    spec["execution_batch_size"] = batch = int(field("execution_batch_size") or optimize.DEFAULT_BATCH_SIZE)
+    spec["optimization_target_metric"] = field("optimization_target_metric")
+    target = field("optimization_target_value")
+    spec["optimization_target_value"] = float(target) if target is not None else None
+    if not 1 <= count <= variants.MAX_CHILDREN or batch < 1:
+        raise variants.VariantError(f"execution-count must be between 1 and {variants.MAX_CHILDREN} and "
+                                    f"execution-batch-size at least 1, not {count} and {batch}")
+    optimize.check(spec, chosen)
+    return optimize.first_batch(chosen, count, spec["seed"])
+
+
+def _number(value: Any) -> float | None:
+    """A metadata value as the optimiser's number, or None (not printed, not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)

@@ -68,27 +68,52 @@ async def create(store: Store, task: TaskRecord, children: list[ExecutionRow], q
         task.created_at = now
         for child in children:
             child.task_id = task.id
-        await store.db.executemany(
-            f"INSERT INTO executions ({', '.join(_NAMES)}) VALUES ({','.join('?' * len(_NAMES))})",
-            _encoded(children, varying))
-        async with store.db.execute("SELECT id FROM executions WHERE task_id = ? ORDER BY id", (task.id,)) as c:
-            ids = [int(r[0]) for r in await c.fetchall()]
-        assert len(ids) == len(children)
-        for child, execution_id in zip(children, ids, strict=True):
-            child.id = execution_id
-        async with store.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events") as c:
-            r = await c.fetchone()
-        before = int(r[0]) if r else 0
-        await store.db.executemany(
-            "INSERT INTO events (execution_id, kind, status, reason, at) VALUES (?, 'created', ?, NULL, ?)",
-            [(c.id, c.status, now) for c in children])
-        async with store.db.execute(
-            "SELECT seq, execution_id, status FROM events WHERE seq > ? AND kind = 'created' ORDER BY seq",
-            (before,),
-        ) as c:
-            events = [Event(seq=r[0], execution_id=r[1], kind="created", status=r[2], reason=None, at=now)
-                      for r in await c.fetchall()]
+        events = await _insert_children(store, task.id, children, now, varying)
     return task, children, events
+
+
+async def add_children(store: Store, task_id: int,
+                       children: list[ExecutionRow]) -> tuple[list[ExecutionRow], list[Event]]:
+    """A later round of a task's children (Bayesian search), all waiting as created: one
+    transaction, so after a crash the round is all there or not at all."""
+    now = utcnow()
+    for child in children:
+        child.status, child.created_at = "created", now
+    async with store._tx():
+        events = await _insert_children(store, task_id, children, now, ("parameters", "command"))
+    return children, events
+
+
+async def _insert_children(store: Store, task_id: int, children: list[ExecutionRow], now: str,
+                           varying: Sequence[str] | None) -> list[Event]:
+    """Insert ``children`` of task ``task_id`` and their created events, inside the caller's transaction."""
+    for child in children:
+        child.task_id = task_id
+    async with store.db.execute("SELECT COALESCE(MAX(id), 0) FROM executions") as c:
+        r = await c.fetchone()
+    last = int(r[0]) if r else 0
+    await store.db.executemany(
+        f"INSERT INTO executions ({', '.join(_NAMES)}) VALUES ({','.join('?' * len(_NAMES))})",
+        _encoded(children, varying))
+    async with store.db.execute("SELECT id FROM executions WHERE task_id = ? AND id > ? ORDER BY id",
+                                (task_id, last)) as c:
+        ids = [int(r[0]) for r in await c.fetchall()]
+    assert len(ids) == len(children)
+    for child, execution_id in zip(children, ids, strict=True):
+        child.id = execution_id
+    async with store.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events") as c:
+        r = await c.fetchone()
+    before = int(r[0]) if r else 0
+    await store.db.executemany(
+        "INSERT INTO events (execution_id, kind, status, reason, at) VALUES (?, 'created', ?, NULL, ?)",
+        [(c.id, c.status, now) for c in children])
+    async with store.db.execute(
+        "SELECT seq, execution_id, status FROM events WHERE seq > ? AND kind = 'created' ORDER BY seq",
+        (before,),
+    ) as c:
+        events = [Event(seq=r[0], execution_id=r[1], kind="created", status=r[2], reason=None, at=now)
+                  for r in await c.fetchall()]
+    return events
 
 
 def _encoded(children: list[ExecutionRow], varying: Sequence[str] | None) -> list[list[Any]]:
@@ -126,18 +151,21 @@ async def active(store: Store) -> list[TaskRecord]:
 
 async def counts(store: Store, task_id: int) -> dict[str, int]:
     """How many of the task's children are in each status."""
-    async with store.db.execute("SELECT status, COUNT(*) FROM executions WHERE task_id = ? GROUP BY status",
-                                (task_id,)) as cur:
-        return {r[0]: int(r[1]) for r in await cur.fetchall()}
+    # One call for the statement and its rows: between a cursor's first step and its fetchall, a
+    # write of the same connection (a child's status) can run, and the half-read GROUP BY then
+    # gave NULL statuses.
+    rows = await store.db.execute_fetchall(
+        "SELECT status, COUNT(*) FROM executions WHERE task_id = ? GROUP BY status", (task_id,))
+    return {r[0]: int(r[1]) for r in rows}
 
 
 async def children(store: Store, task_id: int, statuses: Iterable[str] = (), limit: int = -1) -> list[int]:
     """The task's children's ids in the order they were made (only those in ``statuses``, if given)."""
     statuses = list(statuses)
     where = f" AND status IN ({','.join('?' * len(statuses))})" if statuses else ""
-    async with store.db.execute(f"SELECT id FROM executions WHERE task_id = ?{where} ORDER BY id LIMIT ?",
-                                (task_id, *statuses, limit)) as cur:
-        return [int(r[0]) for r in await cur.fetchall()]
+    rows = await store.db.execute_fetchall(f"SELECT id FROM executions WHERE task_id = ?{where} ORDER BY id LIMIT ?",
+                                           (task_id, *statuses, limit))
+    return [int(r[0]) for r in rows]
 
 
 async def set_state(store: Store, task_id: int, status: str, reason: str | None) -> None:

@@ -6,8 +6,8 @@ start/end/count/base; min/max/distribution/integerify/seed), and the task's type
 parameters combine: grid_search (the Cartesian product), random_search (``execution-count``
 draws, reproducible with a seed), manual_search (one child per ``parameter-sets`` entry).
 
-Bayesian search is not here: its children are asked for in rounds by an engine that has seen
-the earlier rounds' results; :func:`expand` is what a round of plain variants looks like.
+Bayesian search is not here: its children are asked for in rounds by optimize.py, which has
+seen the earlier rounds' results; its random first batch is a random_search of :func:`expand`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Final
 
 STYLES: Final = ("single", "multiple", "linear", "logspace", "random")
 TYPES: Final = ("grid_search", "random_search", "manual_search", "bayesian_tpe", "distributed")
-RUNNABLE_TYPES: Final = ("grid_search", "random_search", "manual_search")
+RUNNABLE_TYPES: Final = ("grid_search", "random_search", "manual_search", "bayesian_tpe")
 DISTRIBUTIONS: Final = ("uniform", "loguniform")
 MAX_CHILDREN: Final = 20_000
 DEFAULT_RANDOM_COUNT: Final = 20  # Valohai's default first batch
@@ -148,10 +148,11 @@ def expand(kind: str, variants: Iterable[Variant], *, parameter_sets: Iterable[M
         fixed = {v.name: values(v)[0] for v in variants if v.style == "single"}
         children = [fixed | s for s in sets]
     elif kind in ("grid_search", "manual_search"):  # a manual search given variants, not sets: each combination
-        if not variants:
-            raise VariantError(f"a {kind} needs at least one variant parameter"
-                               + (" or parameter-sets: one mapping of parameters per child"
-                                  if kind == "manual_search" else ""))
+        # A grid of no variants is one child of the step's defaults: valohai-yaml's own
+        # examples define such tasks (`parameters: []`, for a stop-condition).
+        if not variants and kind == "manual_search":
+            raise VariantError("a manual_search needs at least one variant parameter or parameter-sets: "
+                               "one mapping of parameters per child")
         total = math.prod(len(values(v)) for v in variants)
         if total > MAX_CHILDREN:
             raise VariantError(f"the grid makes {total} children, more than {MAX_CHILDREN}")
@@ -181,6 +182,8 @@ def expand(kind: str, variants: Iterable[Variant], *, parameter_sets: Iterable[M
                 choices = values(v)
                 columns.append([rng.choice(choices) for _ in range(n)])
         children = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+    elif kind == "bayesian_tpe":
+        raise VariantError("a bayesian_tpe task's children are asked of its optimiser in rounds (optimize.py)")
     else:
         raise VariantError(f"task type {kind} is not run by runyard yet (it runs {', '.join(RUNNABLE_TYPES)})")
     if len(children) > MAX_CHILDREN:

@@ -63,7 +63,7 @@ def execution_config(row: ExecutionRow) -> dict[str, Any]:
         "valohai.execution-id": str(row.id),
         "valohai.execution-counter": row.id,
         "valohai.execution-step": row.step,
-        "valohai.execution-title": row.title or "",
+        "valohai.execution-title": row.title,  # null without one, as Valohai writes it
         "valohai.execution-image": row.image,
         "valohai.execution-command": row.command,
         "valohai.execution-ctime": row.created_at.replace("Z", "+00:00"),

@@ -35,6 +35,9 @@ class LogsSearchParams(msgspec.Struct, forbid_unknown_fields=True):
     streams: list[str] = []
     limit: int = 1  # 1 to SEARCH_LIMIT_MAX
     context: int = 0  # lines before and after each match, of the same streams; 0 to SEARCH_CONTEXT_MAX
+    # Seconds the earlier requests of the same search took (the sum of their replies' ``seconds``):
+    # the daemon's time limit (daemon.search_seconds) is the whole search's, and refuses it past that.
+    spent: float = 0.0
 
 
 class LogRecord(msgspec.Struct):
@@ -58,3 +61,4 @@ class LogsSearchResult(msgspec.Struct):
     done: bool  # nothing more in that direction (as far as the log reached when searched)
     size: int  # the log's size when searched
     scanned: int  # bytes this request read
+    seconds: float = 0.0  # how long this request took; add it to ``spent`` for the next one

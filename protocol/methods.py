@@ -55,6 +55,7 @@ class ExecutionView(msgspec.Struct, kw_only=True):
     task: int | None = None  # the task it is a child of
     stop_condition: str | None = None  # the step's: it is stopped when its metadata meets this
     gpu_use: list[GpuUseSample] = []  # executions.get only: its GPUs' readings over time, oldest first
+    config_path: str = "valohai.yaml"  # the snapshot's file it was read from
 
 
 class OutputView(msgspec.Struct):

@@ -92,7 +92,7 @@ ensure_venv() {
     if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
         say "installing runyard and its dependencies into $VENV"
         "$VENV/bin/python" -m pip install -q --upgrade pip
-        "$VENV/bin/python" -m pip install -q -e "$ROOT[dev,tui]"
+        "$VENV/bin/python" -m pip install -q -e "$ROOT[dev,tui,optimize]"
         touch "$stamp"
     fi
 }

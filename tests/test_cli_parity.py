@@ -69,6 +69,14 @@ def test_lint_reads_like_valohai_yaml(tmp_path: Path) -> None:
     assert (ml.returncode, ml.stdout) == (0, "ml.yaml: ok\n")
     bad_ml = lint("ml.yaml", "dockerImageId: keras_v2-4_python-3\ninputs:\n  - name: mnist.npz\n")
     assert bad_ml.returncode == 1 and "inputs[0] needs a name and a url" in bad_ml.stdout
+    # A file named ml.yaml is linted as one whatever it holds.
+    no_image = lint("ml.yaml", "parameters:\n  - pass-as: --epochs=2\nhardwareType: gpu\n")
+    assert no_image.returncode == 1
+    assert "error: dockerImageId is missing" in no_image.stdout and "array" not in no_image.stdout
+    listed = lint("ml.yaml", "- step:\n    name: a\n")
+    assert listed.returncode == 1 and "an ml.yaml is a mapping" in listed.stdout
+    wrong = lint("ml.yaml", "dockerImageId: [1]\n")
+    assert wrong.returncode == 1 and "dockerImageId must name an image" in wrong.stdout
 
 
 VALOHAI_YAML = """\

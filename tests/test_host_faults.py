@@ -19,7 +19,8 @@ from runyard.protocol.methods import ExecutionView
 from .conftest import Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_for_status
 from .pool import SshHost, start_hosts, wait_for_host
 
-pytestmark = pytest.mark.slow
+# Serial: their grace periods are seconds, and one of them restarts the Docker engine everyone uses.
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 STEPS = (
     step_yaml("hold", "while true; do echo alive; sleep 0.2; done")
@@ -131,7 +132,6 @@ def restart_engine() -> None:
         time.sleep(0.2)
 
 
-@pytest.mark.serial
 async def test_an_engine_restart_ends_or_retries_what_it_killed(two_hosts: TwoHosts) -> None:
     daemon = two_hosts.daemon
     async with await Client.connect(daemon.socket) as client:

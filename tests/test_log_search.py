@@ -11,6 +11,8 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +30,10 @@ EVERY_ERR = 1000  # every 1000th line goes to stderr as "warn N"
 CATASTROPHIC_LINE = 100_001  # a long run of a's that (a|aa)+$ backtracks on for ever
 
 
+def record_of(text: str, n: int = 0) -> str:
+    return f"O 2026-11-21T00:00:{n % 60:02d}.000000000Z {text}\n"
+
+
 def record(n: int) -> str:
     ts = f"2026-11-21T00:00:{n % 60:02d}.000000000Z"
     if n % EVERY_ERR == 0:
@@ -40,7 +46,7 @@ def record(n: int) -> str:
 @pytest.fixture(scope="module")
 def searched() -> Iterator[tuple[Daemon, int]]:
     root = Path(tempfile.mkdtemp(prefix="ry-", dir="/tmp"))
-    daemon = Daemon(root=root, local_extra='runtime = "process"\n', daemon_extra="search_seconds = 1.0\n")
+    daemon = Daemon(root=root, local_extra='runtime = "process"\n', daemon_extra="search_seconds = 3.0\n")
     daemon.start()
     try:
         repo = make_repo(root / "repo", {"valohai.yaml": step_yaml("tiny", "echo hi")})
@@ -144,7 +150,7 @@ async def test_search_goes_on_from_where_it_stopped_in_both_directions(searched:
         assert (await other.get(execution)).status == "complete"
         assert [m.line for m in (await other.search_logs(execution, "needle")).matches] == [30_001]
         assert not runaway.done()
-    with pytest.raises(RemoteError, match=r"took over 1 s .* backtrack"):
+    with pytest.raises(RemoteError, match=r"took over 3 s .* backtrack"):
         await runaway
 
 
@@ -220,3 +226,30 @@ async def test_tui_search_jumps_to_matches_anywhere_in_the_log_and_n_N_move_betw
 
         await until(pilot, consecutive, "the stderr lines above, one after another")
         assert int(shown()[0].split()[1]) < 100_000
+
+
+def test_the_time_limit_bounds_the_whole_search_not_each_piece(searched: tuple[Daemon, int]) -> None:
+    """A pattern slow on every line, though no piece of the log takes the limit alone, is refused
+    after about daemon.search_seconds over the whole search, not after minutes. (3 s here: the
+    legitimate searches of this module take a second on a busy machine.)"""
+    daemon, _ = searched
+
+    async def another() -> int:
+        async with await Client.connect(daemon.socket, client_name="tests") as client:
+            e = await submit_repo(client, daemon.root / "repo", "tiny")
+            assert (await wait_for_status(client, e.id)).status == "complete"
+            return e.id
+
+    execution = asyncio.run(another())
+    log = daemon.data_dir / "logs" / f"{execution}.log"
+    fresh = log.with_name("slow.tmp")
+    # (a|aa)+$ tries every way of splitting seven a's before failing on the b: about 0.15 s for each
+    # 256 KiB here, some seconds for the whole 8 MiB
+    fresh.write_text(record_of("a" * 7 + "b") * 200_000)
+    os.replace(fresh, log)
+    runaway = subprocess.Popen([sys.executable, "-m", "runyard.cli", "logs", str(execution), "--grep", "(a|aa)+$"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "RUNYARD_SOCKET": daemon.socket, "NO_COLOR": "1"})
+    assert run_cli(daemon, "info", str(execution)).returncode == 0  # the daemon answers meanwhile
+    _, err = runaway.communicate(timeout=120)
+    assert runaway.returncode == 2 and "took over 3 s" in err and "backtrack" in err, err

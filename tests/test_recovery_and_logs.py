@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 from pathlib import Path
 
+import aiodocker
 import pytest
 
 from runyard.protocol import Client
@@ -132,6 +134,10 @@ async def test_container_that_finished_while_daemon_was_down_is_collected(daemon
         stored = sorted(line.text for line in parse_records(data) if line.stream != "system")
         assert stored == expected
         assert [o.path for o in await client.outputs(execution.id)] == ["done.txt"]
+    # The runner removes the container after recording the end: wait for the engine to say so.
+    async with aiodocker.Docker() as docker:
+        with contextlib.suppress(aiodocker.DockerError):  # 404: already removed
+            await docker.containers.container(container).wait(condition="removed", timeout=60)
     gone = subprocess.run(["docker", "inspect", container], capture_output=True)
     assert gone.returncode != 0, "the collected container is removed"
 

@@ -204,12 +204,12 @@ def test_a_valohai_script_asking_the_platform_gets_answers_in_a_container(daemon
 
 
 async def test_tui_queue_filters_by_tag(plain: Daemon, tmp_path: Path) -> None:
-    from textual.widgets import DataTable
+    from textual.widgets import DataTable, Input
 
     from runyard.tui.app import RunyardApp
 
     repo = make_repo(tmp_path / "repo", {"valohai.yaml": STEPS, "show.py": "VERSION = 1\n" + SHOW})
-    tagged = cli_json(plain, "run", "show", "--adhoc", "--tag", "sweep-7", cwd=repo)
+    tagged = cli_json(plain, "run", "show", "--adhoc", "--tag", "sweep-7", "--var", "MODE=tuned", cwd=repo)
     other = cli_json(plain, "run", "show", "--adhoc", "--tag", "sweep-8", cwd=repo)
     app = RunyardApp(plain.socket)
     async with app.run_test(size=(120, 36)) as pilot:
@@ -227,3 +227,30 @@ async def test_tui_queue_filters_by_tag(plain: Daemon, tmp_path: Path) -> None:
         await until(lambda: {tagged["id"], other["id"]} <= shown(), "both in the queue")
         await pilot.press("slash", *"tag:sweep-7")
         await until(lambda: shown() == {tagged["id"]}, "the filter to leave only the tagged one")
+
+        # A TAGS column while rows have tags; on a narrow screen it gives way first, before OWNER and AGE.
+        def labels() -> list[str]:
+            return [str(column.label) for column in table.columns.values()]
+
+        await until(lambda: "TAGS" in labels(), "a TAGS column")
+        assert "sweep-7" in [str(cell) for cell in table.get_row(str(tagged["id"]))]
+        await pilot.resize_terminal(60, 36)
+        await until(lambda: "TAGS" not in labels(), "TAGS to give way on a narrow screen")
+        assert {"TITLE", "STATUS", "OWNER"} <= set(labels())
+
+        # The Info tab shows the tags and the --var values.
+        from textual.widgets import Static
+
+        from runyard.tui.detail import DetailScreen
+
+        if isinstance(app.focused, Input):
+            await pilot.press("enter")  # the filter is typed: leave its input
+        await pilot.press("enter")
+        await until(lambda: isinstance(app.screen, DetailScreen), "the detail screen")
+        await pilot.press("3")
+
+        def info() -> str:
+            return str(app.screen.query_one("#info-text", Static).render()) if app.screen.query("#info-text") else ""
+
+        await until(lambda: "Parameters" in info(), "the Info tab")
+        assert "tags     sweep-7" in info() and 'MODE = "tuned"' in info()

@@ -172,3 +172,60 @@ async def test_shells_on_a_pool_host_go_over_its_ssh_connection(daemon_factory: 
                 assert (await wait_for_status(client, e.id)).status == "complete"
     finally:
         host.kill()
+
+
+async def test_a_shell_command_ends_with_its_client_and_with_a_killed_daemon(daemon: Daemon, tmp_path: Path) -> None:
+    """The engine cannot kill an exec: a command that ignores its closed stdin or terminal must still end."""
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": step_yaml("hold", HOLD)})
+    env = {**os.environ, "RUNYARD_SOCKET": daemon.socket, "TERM": "xterm"}
+    shell = [sys.executable, "-m", "runyard.cli", "shell"]
+    async with await Client.connect(daemon.socket) as client:
+        e = await submit_repo(client, repo, "hold")
+        await asyncio.wait_for(first_line(client, e.id, "started"), 120)
+        container = (await client.get(e.id)).container_id or ""
+
+    def in_container(command: str) -> bool:
+        top = subprocess.run(["docker", "top", container], capture_output=True, text=True)
+        return command in top.stdout
+
+    async def until(present: bool, command: str) -> None:
+        # `docker top` has no event to wait on: asked again until it says so, within a bound
+        for _ in range(300):
+            if in_container(command) == present:
+                return
+            await asyncio.sleep(0.1)
+        top = subprocess.run(["docker", "top", container], capture_output=True, text=True)
+        raise AssertionError(f"{command!r} {'never appeared' if present else 'still runs'} in the container: "
+                             f"{top.stdout}{top.stderr}")
+
+    # Without a terminal (stdin at its end, which sleep ignores): the client is killed.
+    piped = subprocess.Popen([*shell, "-T", str(e.id), "--", "sleep", "556"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    await until(True, "sleep 556")
+    piped.kill()
+    piped.wait()
+    await until(False, "sleep 556")
+
+    # With a terminal: the same.
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(sys.executable, [*shell, str(e.id), "--", "sleep", "97"], env)
+    await until(True, "sleep 97")
+    os.kill(pid, 9)
+    await asyncio.to_thread(os.waitpid, pid, 0)
+    os.close(fd)
+    await until(False, "sleep 97")
+
+    # The daemon killed with -9: its client exits 255 as documented, and the restarted daemon ends
+    # the command its old self left running.
+    cut = subprocess.Popen([*shell, "-T", str(e.id), "--", "sleep", "558"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    await until(True, "sleep 558")
+    daemon.kill9()
+    assert cut.wait(timeout=30) == 255
+    assert cut.stderr is not None and "connection to the daemon was lost" in cut.stderr.read()
+    assert in_container("sleep 558")
+    daemon.start()
+    await until(False, "sleep 558")
+    async with await Client.connect(daemon.socket) as client:
+        assert (await client.get(e.id)).status == "started"  # the execution itself runs on

@@ -50,7 +50,7 @@ def test_manual_sets_and_limits() -> None:
     with pytest.raises(v.VariantError, match="more than"):
         v.expand("grid_search", [v.parse_linear("a=1:200:1"), v.parse_linear("b=1:200:1")])
     with pytest.raises(v.VariantError, match="not run by runyard"):
-        v.expand("Bayesian-TPE", [v.parse_random("a=0..1")])
+        v.expand("Distributed", [v.parse_random("a=0..1")])
     assert v.task_type("Grid-Search") == "grid_search"
 
 

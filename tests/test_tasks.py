@@ -200,8 +200,10 @@ async def test_blueprint_random_search_is_reproducible_and_manual_sets_run_as_gi
         [(0.5, 7), (0.25, 1)]
     # A blueprint that is not there, and a task type runyard does not run, are refused by name.
     assert "no task named 'nope'" in cli(plain, "task", "run", "nope", cwd=repo, code=2)
-    assert "bayesian_tpe is not run" in cli(plain, "task", "run", "train", "--type", "bayesian-tpe",
-                                            "--random", "lr=0..1", cwd=repo, code=2)
+    assert "distributed is not run" in cli(plain, "task", "run", "train", "--type", "distributed",
+                                           "--random", "lr=0..1", cwd=repo, code=2)
+    assert "needs optimization-target-metric" in cli(plain, "task", "run", "train", "--type", "bayesian-tpe",
+                                                     "--random", "lr=0..1", cwd=repo, code=2)
 
 
 async def test_on_child_error_modes(plain: Daemon, repo: Path) -> None:

@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.app import App
+from textual.binding import Binding
 from textual.pilot import Pilot
+from textual.screen import Screen
 from textual.widgets import DataTable, Static, Tree
 from textual.widgets._toast import Toast
 from textual.widgets.data_table import ColumnKey
@@ -260,6 +263,9 @@ def test_daemon_unreachable(screens: Daemon, snap_compare: Any, size: tuple[int,
 
 NARROW = (80, 24)
 TEXTUAL_GENERIC = ("Cursor left", "Page Left", "Copy selected text", "Focus Next", "Scroll Left")
+# Keys Textual gives every app and screen (focus next, quit, copy): not the screen's own
+TEXTUAL_APP_WIDE = {(key.strip(), b.action) for b in [*App.BINDINGS, *Screen.BINDINGS]
+                    if isinstance(b, Binding) for key in b.key.split(",")}
 
 
 async def settle(pilot: Pilot[None], check: Callable[[Pilot[None]], bool]) -> None:
@@ -273,23 +279,29 @@ def help_lines(app: RunyardApp) -> str:
 async def test_help_lists_every_key_first_the_screens_own_and_scrolls(screens: Daemon) -> None:
     app = app_for(screens)
     async with app.run_test(size=NARROW) as pilot:
-        places: list[tuple[str, Callable[[Pilot[None]], bool]]] = [
-            ("Queue", on_queue), ("Hosts", on_hosts), ("Logs", on_detail("logs", logs_ended)),
-            ("Metadata", on_detail("metadata", charted, compare=[1, 2])),
-            ("Execution #1", on_detail("info", info_shown)),
-            ("Execution #1", on_detail("code", code_shown)),
+        places: list[tuple[str, Callable[[Pilot[None]], bool], list[str]]] = [
+            ("Queue", on_queue, []), ("Hosts", on_hosts, []), ("Logs", on_detail("logs", logs_ended), []),
+            ("Metadata", on_detail("metadata", charted, compare=[1, 2]), []),
+            ("Execution #1", on_detail("info", info_shown), []),
+            ("code", on_detail("code", code_shown), []),  # the focused pane's keys first
+            ("files", on_detail("code", code_shown), ["f"]),  # the file tree focused
         ]
-        for first_section, ready in places:
+        for first_section, ready, keys in places:
             if isinstance(app.screen, DetailScreen):
                 await pilot.press("q")
             await settle(pilot, ready)
+            await pilot.press(*keys)
             origin = app.screen
-            wanted = {a.binding.description for a in origin.active_bindings.values() if a.binding.id}
+            # every key the screen answers, Enter and PgUp/PgDn included, but Textual's app-wide ones
+            wanted = {app.get_key_display(a.binding) for a in origin.active_bindings.values()
+                      if (a.binding.key, a.binding.action) not in TEXTUAL_APP_WIDE}
             await pilot.press("question_mark")
             await settle(pilot, is_screen(HelpScreen))
             text = help_lines(app)
             assert text.splitlines()[0] == first_section
-            assert {w for w in wanted if w not in text} == set(), origin
+            listed = {key for line in text.splitlines() if "  " in line.strip()
+                      for key in line.strip().split("  ")[0].split()}
+            assert wanted - listed == set(), (origin, app.focused)
             assert not [g for g in TEXTUAL_GENERIC if g in text]
             # the list is longer than the dialog at 80x24; End shows its last key and the closing line
             await pilot.press("end")
@@ -447,3 +459,153 @@ async def test_logs_fill_the_pane_after_a_resize(screens: Daemon) -> None:
             shown = str(view.render()).splitlines()
             assert len(shown) == min(view.count, view.size.height), (size, keys, shown)
             assert shown[-1] == "line 39"
+
+
+async def test_live_updates_keep_the_queues_sideways_position_and_cursor(screens: Daemon) -> None:
+    app = app_for(screens)
+    async with app.run_test(size=NARROW) as pilot:
+        await settle(pilot, on_queue)
+        await pilot.press("colon", *"cols training_loss_cross_entropy,validation_accuracy_top1,"
+                          "learning_rate_schedule_value", "enter")
+        await settle(pilot, lambda p: "more columns →" in screen_lines(app)[-2])
+        await pilot.press("l", "l", "j", "j")
+        await pilot.pause()
+        table = app.screen.query_one("#queue-table", DataTable)
+        scrolled, header, row = table.scroll_x, screen_lines(app)[0], table.cursor_row
+        assert scrolled > 0 and header.split()[0] != "ID", header
+        for _ in range(3):  # what each change of an execution does, as its events arrive
+            app.cache.dirty |= set(app.cache.views)
+            await app._flush_events()
+            await pilot.pause()
+            assert (table.scroll_x, screen_lines(app)[0], table.cursor_row) == (scrolled, header, row)
+
+
+def runyard_keys(screen: Any) -> dict[str, set[str]]:
+    """Every runyard binding (one with an id) that a key reaches on ``screen`` as focused now: the
+    focused widget's, its panes', the screen's and the app's, shadowed or not."""
+    keys: dict[str, set[str]] = {}
+    for _node, bindings in screen._modal_binding_chain:  # what Textual dispatches a key through
+        for key, binding in bindings:
+            if binding.id:
+                keys.setdefault(key, set()).add(binding.id)
+    return keys
+
+
+async def test_one_key_one_meaning_on_every_screen_and_n_without_a_search(screens: Daemon) -> None:
+    app = app_for(screens)
+    async with app.run_test(size=NARROW, notifications=True) as pilot:
+        places: list[tuple[Callable[[Pilot[None]], bool], list[str]]] = [
+            (on_queue, []), (on_hosts, ["tab"]), (on_detail("logs", logs_ended), []),
+            (on_detail("metadata", charted, compare=[1, 2]), []), (on_detail("info", info_shown), []),
+            (on_detail("code", code_shown), ["f"]),
+        ]
+        for ready, other_focus in places:
+            if isinstance(app.screen, DetailScreen):
+                await pilot.press("q")
+            await settle(pilot, ready)
+            for key in ["", *other_focus]:  # and with the screen's other pane focused
+                if key:
+                    await pilot.press(key)
+                    await pilot.pause()
+                shared = {k: ids for k, ids in runyard_keys(app.screen).items() if len(ids) > 1}
+                assert shared == {}, (app.screen, app.focused)
+        # n and N on the Logs tab with no search say so; rename on an execution is R
+        await pilot.press("q")
+        await settle(pilot, on_detail("logs", logs_ended))
+        await pilot.press("n")
+        await settle(pilot, lambda p: any("no search: / to search" in str(t.render()) for t in app.screen.query(Toast)))
+        assert isinstance(app.screen, DetailScreen)
+        await pilot.press("R")
+        await settle(pilot, is_screen(PromptScreen))
+        await pilot.press("escape")
+        await settle(pilot, is_screen(DetailScreen))
+
+
+async def test_dialog_text_wraps_whole_at_80_columns(screens: Daemon) -> None:
+    app = app_for(screens)
+    async with app.run_test(size=NARROW) as pilot:
+        await settle(pilot, on_hosts)
+        await pilot.press("d")
+        await settle(pilot, is_screen(ConfirmScreen))
+        shown = " ".join(line.strip(" █▀▄") .strip() for line in screen_lines(app))
+        assert "Drain host gpu-x? Running executions finish; nothing new starts there." in shown, shown
+        await pilot.press("n")
+        await settle(pilot, is_screen(HostsScreen))
+    # a long list of known keys is cut after a few, saying how many more
+    from runyard.tui.dialogs import some_of
+
+    assert some_of([f"key_{i}" for i in range(20)], 3) == "key_0, key_1, key_2 … and 17 more"
+
+
+async def test_a_long_title_gives_way_in_the_execution_header(screens: Daemon) -> None:
+    long = "a rather long title for the narrow-screen test of metadata columns metrics"
+    async with await Client.connect(screens.socket) as client:
+        await client.rename(1, long)
+        try:
+            app = app_for(screens)
+            async with app.run_test(size=NARROW) as pilot:
+                await settle(pilot, on_detail("logs", lambda s: long[:20] in screen_lines(app)[0]))
+                header = screen_lines(app)[0]
+                assert "…" in header and "complete · local · 2m30s" in header, header
+                await pilot.resize_terminal(200, 50)
+                await settle(pilot, lambda p: long in screen_lines(app)[0])
+        finally:
+            await client.rename(1, "baseline")
+
+
+async def test_sort_skips_hidden_columns_and_rename_edits_the_old_title(screens: Daemon) -> None:
+    app = app_for(screens)
+    async with app.run_test(size=NARROW) as pilot:
+        await settle(pilot, on_queue)
+        queue = app.screen
+        assert isinstance(queue, QueueScreen) and queue.hidden_columns
+        sorted_by = []
+        for _ in range(len(BASE_COLUMNS) + 3):
+            await pilot.press("o")
+            await pilot.pause()
+            if queue.sort_column is None:
+                break
+            sorted_by.append(queue.sort_column)
+            label = queue.sort_column.upper() if queue.sort_column in BASE_COLUMNS else queue.sort_column
+            assert f"{label} ▲" in screen_lines(app)[0], screen_lines(app)[0]
+        assert sorted_by and not set(sorted_by) & set(queue.hidden_columns), (sorted_by, queue.hidden_columns)
+        # the rename box starts with the cursor after the old title, nothing selected
+        queue.table.move_cursor(row=queue.table.get_row_index("4"))
+        await pilot.press("n")
+        await settle(pilot, is_screen(PromptScreen))
+        await pilot.press("X", "enter")
+        try:
+            await settle(pilot, lambda p: app.cache.views[4].title == "heldX")
+        finally:
+            async with await Client.connect(screens.socket) as client:
+                await client.rename(4, "held")
+
+
+async def test_toasts_leave_the_log_position_and_dialogs_readable(screens: Daemon) -> None:
+    app = app_for(screens)
+    async with app.run_test(size=NARROW, notifications=True) as pilot:
+        await settle(pilot, on_detail("logs", logs_ended))
+        view = app.screen.query_one(LogView)
+        view.search_text = "a search long enough that the position line cannot hold all of it at 80 columns"
+        view._status()
+        await pilot.pause()
+        line = next(t for t in screen_lines(app) if "lines " in t and " of " in t)
+        assert line.rstrip().endswith("…"), line
+        app.notify("a toast that must not cover the log's position line")
+        await settle(pilot, lambda p: bool(app.screen.query(Toast)))
+        toast, where = app.screen.query_one(Toast), app.screen.query_one("#log-status")
+        assert toast.region.bottom <= where.region.y, (toast.region, where.region)
+        await pilot.press("s")
+        await settle(pilot, is_screen(ConfirmScreen))
+        await pilot.pause()
+        # none over a dialog: a long list of targets reaches where toasts are
+        assert [t.region for t in app.screen.query(Toast) if t.region.area] == []
+        await pilot.press("n")
+
+
+async def test_the_file_tree_leaves_the_code_most_of_80_columns(screens: Daemon) -> None:
+    app = app_for(screens)
+    async with app.run_test(size=NARROW) as pilot:
+        await settle(pilot, on_detail("code", code_shown))
+        tree, code = app.screen.query_one("#code-tree"), app.screen.query_one("#code-view")
+        assert tree.region.width <= 24 and code.region.width >= 56, (tree.region, code.region)

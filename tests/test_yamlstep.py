@@ -83,3 +83,14 @@ def test_yaml_step_writes_then_updates_the_step_of_a_script(tmp_path: Path) -> N
     away = yaml_cli("step", str(outside), "--config", "valohai.yaml", cwd=repo)
     assert away.returncode == 1 and "is not inside" in away.stderr
     assert (repo / "valohai.yaml").read_text() == before
+    # Without --config, named relatively (../) or absolutely: refused, neither folder's file written.
+    other = tmp_path / "outside"
+    other.mkdir()
+    (other / "out.py").write_text(SCRIPT)
+    for named in ("../outside/out.py", str(other / "out.py")):
+        away = yaml_cli("step", named, cwd=repo)
+        assert away.returncode == 1 and "is not inside" in away.stderr, (named, away.stdout)
+        assert (repo / "valohai.yaml").read_text() == before
+        assert not (other / "valohai.yaml").exists()
+    helped = yaml_cli("step", "--help", cwd=repo)
+    assert "outside it is refused" in " ".join(helped.stdout.split())

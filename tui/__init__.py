@@ -44,6 +44,6 @@ def binding_ids() -> list[tuple[str, str, str]]:
     for owner in (RunyardApp, QueueScreen, HostsScreen, DetailScreen, LogView, MetadataPane, VimTable,
                   ConfirmScreen, PromptScreen, HelpScreen):
         for binding in owner.BINDINGS:
-            if isinstance(binding, Binding) and binding.id:
+            if isinstance(binding, Binding) and binding.id and binding.id not in {f[0] for f in found}:
                 found.append((binding.id, binding.key, binding.description))
     return found

@@ -20,6 +20,7 @@ from textual.reactive import reactive
 from runyard.protocol import ConnectionLost, RemoteError, default_socket_path
 from runyard.protocol.messages import Event
 from runyard.protocol.methods import HostView
+from runyard.protocol.tasks import TaskView
 
 from .cache import PAGE, ExecutionCache
 from .detail import DetailScreen
@@ -28,6 +29,7 @@ from .format import ACTIVE, now_utc
 from .hosts import HostsScreen
 from .link import DaemonLink
 from .queue import QueueScreen
+from .tasks import refresh as refresh_tasks
 
 FLUSH_SECONDS = 0.15  # how long events gather before the changed executions are fetched
 ACTIVE_REFRESH_SECONDS = 3.0  # metadata columns and durations of running executions
@@ -43,9 +45,8 @@ class RunyardApp(App[None]):
     MODES: ClassVar[dict[str, Any]] = {"queue": QueueScreen, "hosts": HostsScreen}
     DEFAULT_MODE = "queue"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("1", "mode('queue')", "queue", id="app.queue"),
-        Binding("2", "mode('hosts')", "hosts", id="app.hosts"),
-        Binding("tab", "next_mode", "queue/hosts", show=False, id="app.next_pane"),
+        # 1 and 2 (queue, hosts) are the queue's and the hosts' own (keys.MODE_BINDINGS): on an
+        # execution they choose its tabs, and one key has one meaning on a screen
         Binding("colon", "command", "command", id="app.command"),
         Binding("question_mark", "help", "help", id="app.help"),
         Binding("Z", "freeze", "freeze", id="app.freeze"),
@@ -66,6 +67,8 @@ class RunyardApp(App[None]):
         self.metadata_columns = metadata_columns or []
         self.cache = ExecutionCache()
         self.hosts: list[HostView] = []
+        self.tasks: dict[int, TaskView] = {}  # the newest tasks: one queue row each (tui/tasks.py)
+        self.tasks_dirty = False
         self.listeners: list[Callable[[set[int] | None], None]] = []
         self.host_listeners: list[Callable[[list[HostView]], None]] = []
         self.link = DaemonLink(self.socket_path, on_event=self._on_event, on_connected=self._on_connected,
@@ -96,11 +99,14 @@ class RunyardApp(App[None]):
         active = await client.list_executions(status=sorted(ACTIVE), limit=10_000, with_metadata=True)
         recent = await client.list_executions(limit=PAGE, with_metadata=True)
         self.cache.reset(active, recent)
+        await refresh_tasks(self)
         self._notify_all(None)
         self.loaded.set()
         await self.refresh_hosts()
 
     def _on_event(self, event: Event) -> None:
+        if event.kind == "task":
+            self.tasks_dirty = True
         if self.cache.apply(event) and not self.frozen:
             self._notify_all({event.execution_id})
 
@@ -109,6 +115,10 @@ class RunyardApp(App[None]):
             self.cache.hosts_dirty = False
             await self.refresh_hosts()
         if not self.cache.dirty or self.frozen or not self.link.connected.is_set():
+            if self.tasks_dirty and not self.frozen and self.link.connected.is_set():
+                self.tasks_dirty = False
+                await refresh_tasks(self)
+                self._notify_all(None)
             return
         ids, self.cache.dirty = self.cache.dirty, set()
         await self._fetch(ids)
@@ -121,6 +131,8 @@ class RunyardApp(App[None]):
                     self.cache.update(await client.get(execution_id))
                 except RemoteError:
                     self.cache.views.pop(execution_id, None)  # deleted meanwhile
+            if any(v.task is not None for i in ids if (v := self.cache.views.get(i)) is not None):
+                self.tasks_dirty = True  # a child changed: its task's counts did too
         except ConnectionLost:
             self.cache.dirty |= ids
             return
@@ -181,9 +193,6 @@ class RunyardApp(App[None]):
 
     def action_mode(self, mode: str) -> None:
         self.switch_mode(mode)
-
-    def action_next_mode(self) -> None:
-        self.switch_mode("hosts" if self.current_mode == "queue" else "queue")
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
@@ -294,7 +303,8 @@ class RunyardApp(App[None]):
         view = self.cache.views.get(execution_id)
         answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self.push_screen(PromptScreen(f"New title for #{execution_id} (Enter saves, Esc cancels)",
-                                      (view.title or "") if view else ""), answer.set_result)
+                                      # the cursor after the old title: typing edits it
+                                      (view.title or "") if view else "", select=False), answer.set_result)
         title = await answer
         if title is None:
             return

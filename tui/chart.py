@@ -179,7 +179,7 @@ class MetadataPane(Vertical, can_focus=True):
             table.add_row(key, *[value_text(latest.get(i, {}).get(key, "")) for i in self.compare], key=key)
 
     def action_choose_keys(self) -> None:
-        from .dialogs import PromptScreen
+        from .dialogs import PromptScreen, some_of
 
         known = numeric_keys([p for points in self.points.values() for p in points])
 
@@ -188,7 +188,7 @@ class MetadataPane(Vertical, can_focus=True):
                 self.keys = [k.strip() for k in text.replace(",", " ").split() if k.strip()]
                 self.draw()
 
-        self.app.push_screen(PromptScreen(f"Keys to chart (known: {', '.join(known) or 'none yet'})",
+        self.app.push_screen(PromptScreen(f"Keys to chart (known: {some_of(known)})",
                                           ", ".join(self.keys)), apply)
 
     def action_toggle_x(self) -> None:

@@ -11,7 +11,7 @@ from rich.syntax import Syntax
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Static, TabbedContent, TabPane, Tree
 
@@ -24,7 +24,7 @@ from .chart import MetadataPane
 from .format import STATUS_STYLES, duration, resources_text, status_text
 from .keys import KeyFooter
 from .logview import LogView
-from .widgets import CodeView, StatusBar, VimTree
+from .widgets import CodeView, InfoView, StatusBar, VimTree
 
 if TYPE_CHECKING:
     from .app import RunyardApp
@@ -35,9 +35,11 @@ TABS = ("logs", "metadata", "info", "code")
 class DetailScreen(Screen[None]):
     DEFAULT_CSS = """
     DetailScreen #detail-header { height: 1; padding: 0 1; background: $boost; }
-    DetailScreen #log-status { height: 1; padding: 0 1; color: $text-muted; }
+    DetailScreen #log-status {
+        height: 1; padding: 0 1; color: $text-muted; text-wrap: nowrap; text-overflow: ellipsis;
+    }
     DetailScreen #code-header { height: 1; padding: 0 1; color: $text-muted; }
-    DetailScreen #code-tree { width: 32; max-width: 40%; border-right: vkey $primary-muted; }
+    DetailScreen #code-tree { width: 26; max-width: 30%; border-right: vkey $primary-muted; }
     DetailScreen #code-view { width: 1fr; padding: 0 0 0 1; }
     DetailScreen #code-text { width: auto; }
     DetailScreen #tabs { height: 1fr; }
@@ -55,7 +57,8 @@ class DetailScreen(Screen[None]):
         Binding("s", "stop", "stop", id="detail.stop"),
         Binding("r", "restart", "restart", id="detail.restart"),
         Binding("ctrl+d", "delete", "delete", id="detail.delete"),
-        Binding("n", "rename", "rename", id="detail.rename"),
+        # not n: on the Logs tab n is the next match
+        Binding("R", "rename", "rename", id="detail.rename"),
         Binding("exclamation_mark", "shell", "shell", show=False, id="detail.shell"),
     ]
 
@@ -80,7 +83,7 @@ class DetailScreen(Screen[None]):
                 yield Static("", id="log-status")
             with TabPane("2 Metadata", id="metadata"):
                 yield MetadataPane(self.execution_id, self.compare)
-            with TabPane("3 Info", id="info"), VerticalScroll():
+            with TabPane("3 Info", id="info"), InfoView(id="info-view"):
                 yield Static("loading…", id="info-text")
             with TabPane("4 Code", id="code"):
                 yield Static("snapshot", id="code-header")
@@ -131,16 +134,31 @@ class DetailScreen(Screen[None]):
             header.update(f"#{self.execution_id} (loading, or deleted)")
             self.run_worker(self.ry.fetch_one(self.execution_id), group="fetch")
             return
-        status = Text(status_text(v), style=STATUS_STYLES.get(v.status, ""))
-        text = Text.assemble(
-            (f"#{v.id} ", "bold"), (v.title or "", "bold"), f" {v.step} · ", status,
-            f" · {v.host or 'no host'}", f" · GPUs {len(v.gpus)}" if v.gpus else "",
-            f" · {duration(v, self.ry.clock())}" if v.started_at else "",
-        )
-        header.update(text)
+        header.update(self._header(v))
         self.query_one(StatusBar).say(f"#{v.id} · {v.owner}")
         if self.query_one("#tabs", TabbedContent).active == "info":
             self.run_worker(self._show_info(), group="info")
+
+    def _header(self, v: ExecutionView) -> Text:
+        """The execution in one line; a long title is cut with … so that status, host and
+        duration stay in view."""
+        status = Text(status_text(v), style=STATUS_STYLES.get(v.status, ""))
+        rest = Text.assemble(
+            f" {v.step} · ", status, f" · {v.host or 'no host'}", f" · GPUs {len(v.gpus)}" if v.gpus else "",
+            f" · {duration(v, self.ry.clock())}" if v.started_at else "",
+        )
+        head = Text(f"#{v.id} ", style="bold")
+        width = (self.size.width or self.app.size.width) - 2  # the header's padding
+        title = Text(v.title or "", style="bold")
+        room = width - head.cell_len - rest.cell_len
+        if title.cell_len > room:
+            title.truncate(max(1, room), overflow="ellipsis")
+        return Text.assemble(head, title, rest)
+
+    def on_resize(self) -> None:
+        v = self.view()
+        if v is not None:
+            self.query_one("#detail-header", Static).update(self._header(v))
 
     def _log_status(self, text: str) -> None:
         self.query_one("#log-status", Static).update(text)
@@ -170,6 +188,7 @@ class DetailScreen(Screen[None]):
             pane.focus()
             self.run_worker(pane.reload(), group="metadata", exclusive=True)
         elif name == "info":
+            self.query_one(InfoView).focus()
             self.run_worker(self._show_info(), group="info")
         elif name == "code":
             self.query_one("#code-tree", Tree).focus()
@@ -285,9 +304,14 @@ def info_text(v: ExecutionView, outputs: list[OutputView]) -> str:
         lines.append(f"restarted from #{v.restarted_from}")
     if v.resources:
         lines.append(f"resources {e(resources_text(v.resources))}")
+    if v.tags:
+        lines.append(f"tags     {e(', '.join(v.tags))}")
     lines.append("")
     lines.append("[b]Parameters[/b]" if v.parameters else "[b]Parameters[/b] none")
     lines += [f"  {e(k)} = {e(val if isinstance(val, str) else json.dumps(val))}" for k, val in v.parameters.items()]
+    if v.variables:
+        lines.append("[b]Variables[/b] (--var)")
+        lines += [f"  {e(k)} = {e(json.dumps(val))}" for k, val in v.variables.items()]
     lines.append("[b]Inputs[/b]" if v.inputs else "[b]Inputs[/b] none")
     for name, urls in v.inputs.items():
         lines.append(f"  {e(name)}: {e(', '.join(urls))}")

@@ -12,6 +12,9 @@ _MODAL_CSS = """
 {name} {{
     align: center middle;
 }}
+{name} Toast {{
+    display: none;  /* not over the question and its targets: toasts show again when it closes */
+}}
 {name} > Vertical {{
     width: 72;
     max-width: 95%;
@@ -21,7 +24,16 @@ _MODAL_CSS = """
     background: $surface;
     padding: 0 1;
 }}
+{name} > Vertical > Label, {name} > Vertical > Static {{
+    width: 100%;  /* as wide as the dialog, so a long question wraps instead of being cut */
+}}
 """
+
+
+def some_of(names: list[str], most: int = 12) -> str:
+    """A list of names for a prompt's text: the first ``most``, then how many more there are."""
+    shown = ", ".join(names[:most]) or "none yet"
+    return shown + (f" … and {len(names) - most} more" if len(names) > most else "")
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -57,8 +69,9 @@ class PromptScreen(ModalScreen[str | None]):
     DEFAULT_CSS = _MODAL_CSS.format(name="PromptScreen")
     BINDINGS = [Binding("escape,ctrl+g", "cancel", "cancel", id="prompt.cancel")]
 
-    def __init__(self, label: str, value: str = "", placeholder: str = "") -> None:
+    def __init__(self, label: str, value: str = "", placeholder: str = "", *, select: bool = True) -> None:
         super().__init__()
+        self.select = select  # the old value selected, so that typing replaces it (a search)
         self.label = label
         self.value = value
         self.placeholder = placeholder
@@ -66,7 +79,8 @@ class PromptScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label(self.label)
-            yield Input(value=self.value, placeholder=self.placeholder, id="prompt-input")
+            yield Input(value=self.value, placeholder=self.placeholder, id="prompt-input",
+                        select_on_focus=self.select)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()

@@ -138,12 +138,13 @@ def now_utc() -> datetime:
 
 # -- filtering ------------------------------------------------------------------
 
-_FIELDS: Final = ("status", "step", "owner", "host", "id", "title", "tag")
+_FIELDS: Final = ("status", "step", "owner", "host", "id", "title", "tag", "task")
 
 
 @dataclass
 class Filter:
-    """``/`` text: words match anywhere; ``status:``, ``step:``, ``owner:``, ``host:``, ``tag:`` match one field.
+    """``/`` text: words match anywhere; ``status:``, ``step:``, ``owner:``, ``host:``, ``tag:``, ``task:`` match
+    one field (``task:N``: the children of task N, one row each).
 
     Several words must all match; a field given twice matches either value.
     """
@@ -168,7 +169,7 @@ class Filter:
     def matches(self, view: ExecutionView) -> bool:
         values = {
             "status": view.status, "step": view.step, "owner": view.owner, "host": view.host or "",
-            "id": str(view.id), "title": view.title or "",
+            "id": str(view.id), "title": view.title or "", "task": str(view.task or ""),
         }
         tags = {t.lower() for t in view.tags}
         for name, wanted in self.fields.items():

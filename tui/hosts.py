@@ -14,7 +14,7 @@ from textual.widgets import DataTable, Static
 from runyard.protocol.methods import HostView
 
 from .format import HOST_STATE_STYLES, bar
-from .keys import KeyFooter
+from .keys import MODE_BINDINGS, KeyFooter
 from .widgets import StatusBar, VimTable
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ class HostsScreen(Screen[None]):
         Binding("enter", "open_holder", "open execution", id="hosts.open"),
         Binding("tab", "switch_table", "hosts/GPUs", show=False, id="hosts.switch"),
         Binding("q", "app.quit", "quit", id="hosts.quit"),
+        *MODE_BINDINGS,
     ]
 
     def __init__(self) -> None:

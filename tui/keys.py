@@ -25,6 +25,11 @@ FOOTER_FIRST: Final = (
     "queue.quit", "hosts.quit", "app.command",
 )
 HELP_ID: Final = "app.help"
+# Between the queue and the hosts; only there, since on an execution 1 and 2 choose its tabs.
+MODE_BINDINGS: Final = [
+    Binding("1", "app.mode('queue')", "queue", id="app.queue"),
+    Binding("2", "app.mode('hosts')", "hosts", id="app.hosts"),
+]
 
 
 @dataclass

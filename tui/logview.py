@@ -349,10 +349,9 @@ class LogView(Widget, can_focus=True):
                                           self.search_text or ""), apply)
 
     def action_next_match(self, direction: int) -> None:
-        from textual.actions import SkipAction
-
         if not self.search_text:
-            raise SkipAction()  # n is rename when no search is active
+            self.ry.notify("no search: / to search")
+            return
         self._start_search(direction)
 
     def _start_search(self, direction: int, from_current: bool = False) -> None:
@@ -374,11 +373,13 @@ class LogView(Widget, can_focus=True):
             offset = top_offset
         streams = [self.stream, "system"] if self.stream else []
         wrapped = False
+        spent = 0.0  # the daemon's time limit is the whole search's, all its requests together
         try:
             while True:
                 result = await client.search_logs(self.execution_id, search.pattern, regex=search.regex,
                                                   ignore_case=search.ignore_case, offset=offset,
-                                                  backward=direction < 0, streams=streams)
+                                                  backward=direction < 0, streams=streams, spent=spent)
+                spent += result.seconds
                 if result.matches:
                     match = result.matches[0]
                     break

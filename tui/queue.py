@@ -12,6 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Input
 
 from runyard.protocol.methods import ExecutionView
+from runyard.protocol.tasks import TaskView
 
 from .format import (
     ACTIVE,
@@ -25,7 +26,9 @@ from .format import (
     status_text,
     value_text,
 )
-from .keys import KeyFooter
+from .keys import MODE_BINDINGS, KeyFooter
+from .tasks import TaskScreen, row_key, task_cells, task_of_key
+from .tasks import act as act_on_task
 from .widgets import StatusBar, VimTable
 
 if TYPE_CHECKING:
@@ -57,6 +60,7 @@ class QueueScreen(Screen[None]):
         Binding("m", "compare", "compare charts", show=False, id="queue.compare"),
         Binding("q", "app.quit", "quit", id="queue.quit"),
         Binding("escape,ctrl+g", "filter_close", "clear filter", show=False, id="queue.filter_clear"),
+        *MODE_BINDINGS,
     ]
 
     def __init__(self) -> None:
@@ -76,7 +80,7 @@ class QueueScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Input(id="queue-filter",
-                    placeholder="filter: words, status: step: owner: host: tag: — Enter keeps, Esc clears")
+                    placeholder="filter: words, status: step: owner: host: tag: task: — Enter keeps, Esc clears")
         yield VimTable(id="queue-table")
         yield StatusBar(id="status")
         yield KeyFooter()
@@ -112,36 +116,73 @@ class QueueScreen(Screen[None]):
             return default_order(views)
         return sorted(views, key=sort_key(self.sort_column, self.ry.clock()), reverse=self.sort_reverse)
 
+    def shown_entries(self, views: list[ExecutionView]) -> list[ExecutionView | TaskView]:
+        """A task's children collapse into one row for the task, where its first child would be;
+        filtered by ``task:N``, they are shown one row each."""
+        if "task" in self.filter.fields:
+            return list(views)
+        entries: list[ExecutionView | TaskView] = []
+        seen: set[int] = set()
+        for view in views:
+            task = self.ry.tasks.get(view.task) if view.task is not None else None
+            if task is None:
+                entries.append(view)
+            elif task.id not in seen:
+                seen.add(task.id)
+                entries.append(task)
+        return entries
+
     def rebuild(self) -> None:
         table = self.table
         metadata_columns = list(self.ry.metadata_columns)
         now = self.ry.clock()
-        views = self.shown_views()
-        rows = [self._cells(view, metadata_columns, now) for view in views]
-        all_columns = [*BASE_COLUMNS, *metadata_columns]
+        flat = self.shown_views()
+        views = self.shown_entries(flat)
+        children: dict[int, list[ExecutionView]] = {}
+        if any(isinstance(v, TaskView) for v in views):
+            for child in self.ry.cache.views.values():
+                if child.task is not None:
+                    children.setdefault(child.task, []).append(child)
+        # TAGS, after the base columns, only while a row shown has tags
+        tagged = any(view.tags for view in views if isinstance(view, ExecutionView))
+        rows = [self._cells(view, metadata_columns, now, tagged) if isinstance(view, ExecutionView)
+                else task_cells(view, children.get(view.id, []), metadata_columns, now, metadata_columns,
+                                tagged=tagged)
+                for view in views]
+        own = [*BASE_COLUMNS, *(["tags"] if tagged else [])]
+        all_columns = [*own, *metadata_columns]
         labels = [self._label(name) for name in all_columns]
-        keep, title_width = fit_columns(all_columns, labels, rows, self._room(len(rows)))
+        keep, title_width = fit_columns(all_columns, labels, rows, self._room(len(rows)), tagged=tagged)
         layout = (keep, title_width, labels)
         if layout != self._columns:
             table.clear(columns=True)
             for i in keep:
                 # a metadata key may be named like a column ("step"): keys of its own keep them apart
-                key = all_columns[i] if i < len(BASE_COLUMNS) else f"metadata:{all_columns[i]}"
+                key = all_columns[i] if i < len(own) else f"metadata:{all_columns[i]}"
                 table.add_column(labels[i], key=key, width=title_width if all_columns[i] == "title" else None)
             self._columns = layout
         cursor_key = self.cursor_id()
+        # DataTable.clear() scrolls back to the first column and row: a live update must not
+        # move what the user scrolled to (the old size still holds until the table is measured)
+        x, y = table.scroll_x, table.scroll_y
         table.clear()
+        cursor_task = self.cursor_task()
+        if cursor_task is not None:
+            cursor_key = row_key(cursor_task.id)  # type: ignore[assignment]
         for view, cells in zip(views, rows, strict=True):
-            table.add_row(*[cells[i] for i in keep], key=str(view.id))
+            table.add_row(*[cells[i] for i in keep],
+                          key=str(view.id) if isinstance(view, ExecutionView) else row_key(view.id))
+        table.scroll_x = table.scroll_target_x = x
+        table.scroll_y = table.scroll_target_y = y
         if cursor_key is not None and str(cursor_key) in table.rows:
             table.move_cursor(row=table.get_row_index(str(cursor_key)))
         self.hidden_columns = [name for i, name in enumerate(all_columns) if i not in keep]
-        self._say(views)
+        self._say(flat)
         # whether columns are left over to scroll to is known once the table is laid out again
-        self.call_after_refresh(self._say, views)
+        self.call_after_refresh(self._say, flat)
 
     def _label(self, name: str) -> str:
-        label = name.upper() if name in BASE_COLUMNS else name
+        label = name.upper() if name in BASE_COLUMNS or name == "tags" else name
         if name == self.sort_column:
             label += " ▼" if self.sort_reverse else " ▲"
         return label
@@ -158,7 +199,7 @@ class QueueScreen(Screen[None]):
     def _table_scrolled(self, _: float) -> None:
         self._say(self.shown_views())
 
-    def _cells(self, v: ExecutionView, metadata_columns: list[str], now: Any) -> list[Any]:
+    def _cells(self, v: ExecutionView, metadata_columns: list[str], now: Any, tagged: bool = False) -> list[Any]:
         mark = "●" if v.id in self.marked else " "
         status = Text(status_text(v), style=STATUS_STYLES.get(v.status, ""))
         if v.input_progress and v.status in ACTIVE and v.input_progress.get("total"):
@@ -167,7 +208,7 @@ class QueueScreen(Screen[None]):
         cells: list[Any] = [
             Text(f"{mark}{v.id}", style="bold" if v.id in self.marked else ""),
             v.title or "", v.step, status, v.host or "", ",".join(g[-4:] for g in v.gpus) or "",
-            v.owner, age(v, now), duration(v, now),
+            v.owner, age(v, now), duration(v, now), *([",".join(v.tags)] if tagged else []),
         ]
         cells += [value_text(v.metadata[k]) if k in v.metadata else "" for k in metadata_columns]
         return cells
@@ -175,7 +216,9 @@ class QueueScreen(Screen[None]):
     def _say(self, views: list[ExecutionView]) -> None:
         running = sum(1 for v in views if v.status == "started")
         queued = sum(1 for v in views if v.status in ("queued", "created"))
-        parts = [f"{len(views)} shown", f"{running} running", f"{queued} queued"]
+        rows = self.table.row_count  # a task's children share its one row
+        parts = [f"{rows} shown" + (f" ({len(views)} executions)" if rows != len(views) else ""),
+                 f"{running} running", f"{queued} queued"]
         if self.marked:
             parts.append(f"{len(self.marked)} marked")
         if self.filter_text:
@@ -191,15 +234,33 @@ class QueueScreen(Screen[None]):
             parts.insert(0, "← more columns" if table.scroll_x >= table.max_scroll_x else "more columns →")
         self.query_one(StatusBar).say(" · ".join(parts))
 
-    def cursor_id(self) -> int | None:
+    def _cursor_key(self) -> str | None:
         table = self.table
         if not table.row_count:
             return None
         try:
-            row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+            key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
         except Exception:
             return None
-        return int(str(row_key.value)) if row_key.value is not None else None
+        return str(key.value) if key.value is not None else None
+
+    def cursor_id(self) -> int | None:
+        """The execution on the cursor row (None on a task's row)."""
+        key = self._cursor_key()
+        return int(key) if key is not None and key.isdigit() else None
+
+    def cursor_task(self) -> TaskView | None:
+        key = self._cursor_key()
+        task_id = task_of_key(key) if key is not None else None
+        return self.ry.tasks.get(task_id) if task_id is not None else None
+
+    def _task_action(self, action: str) -> bool:
+        """A task's row with nothing marked: the action is on the whole task, asked first."""
+        task = self.cursor_task() if not self.marked else None
+        if task is None:
+            return False
+        self.run_worker(act_on_task(self.ry, task, action), group="action")
+        return True
 
     def targets(self) -> list[int]:
         if self.marked:
@@ -230,6 +291,10 @@ class QueueScreen(Screen[None]):
     # -- actions ----------------------------------------------------------------
 
     def action_open(self) -> None:
+        task = self.cursor_task()
+        if task is not None:
+            self.app.push_screen(TaskScreen(task.id))
+            return
         current = self.cursor_id()
         if current is not None:
             self.ry.open_execution(current)
@@ -273,7 +338,8 @@ class QueueScreen(Screen[None]):
             self.table.move_cursor(row=row + 1)
 
     def action_sort_next(self) -> None:
-        columns = [*BASE_COLUMNS, *self.ry.metadata_columns]
+        # only the columns on screen: sorting by one that gave way to a narrow pane shows nothing
+        columns = [c for c in (*BASE_COLUMNS, *self.ry.metadata_columns) if c not in self.hidden_columns]
         if self.sort_column is None:
             self.sort_column = columns[0]
         else:
@@ -304,10 +370,9 @@ class QueueScreen(Screen[None]):
             self._columns = None
             self.rebuild()
 
-        from .dialogs import PromptScreen
+        from .dialogs import PromptScreen, some_of
 
-        hint = ", ".join(known[:12]) or "none yet"
-        self.app.push_screen(PromptScreen(f"Metadata columns, comma separated (known: {hint})",
+        self.app.push_screen(PromptScreen(f"Metadata columns, comma separated (known: {some_of(known)})",
                                           ", ".join(self.ry.metadata_columns)), apply)
 
     def action_compare(self) -> None:
@@ -318,13 +383,19 @@ class QueueScreen(Screen[None]):
     # Flows that wait on a dialog run as workers: a dialog's answer is delivered through this
     # screen's message queue, which must not be blocked by the action awaiting it.
     def action_stop(self) -> None:
+        if self._task_action("stop"):
+            return
         ids = self.targets()
         self.run_worker(self.ry.confirm_and_stop(ids, self.describe(ids)), group="action")
 
     def action_restart(self) -> None:
+        if self._task_action("restart"):
+            return
         self.run_worker(self.ry.restart(self.targets()), group="action")
 
     def action_delete(self) -> None:
+        if self._task_action("delete"):
+            return
         ids = self.targets()
 
         async def delete() -> None:
@@ -348,11 +419,12 @@ class QueueScreen(Screen[None]):
                             group="action")
 
 # Given up first, in this order, when the columns do not fit: what a narrow pane can do without.
-GIVE_WAY = ("owner", "age")
+GIVE_WAY = ("tags", "owner", "age")
 TITLE_MIN = 12
 
 
-def fit_columns(names: list[str], labels: list[str], rows: list[list[Any]], room: int) -> tuple[list[int], int | None]:
+def fit_columns(names: list[str], labels: list[str], rows: list[list[Any]], room: int, *,
+                tagged: bool = False) -> tuple[list[int], int | None]:
     """Which columns (by index) fit in ``room`` cells, and the title's width (None: as wide as it needs).
 
     Chosen metadata columns are why a user widened the table, so they stay: first an empty GPUs
@@ -364,7 +436,8 @@ def fit_columns(names: list[str], labels: list[str], rows: list[list[Any]], room
         content = max((cell_len(row[i].plain if isinstance(row[i], Text) else str(row[i])) for row in rows), default=0)
         widths.append(max(cell_len(label), content) + 2)  # DataTable pads each cell by one each side
     shown = list(range(len(names)))
-    base = {name: i for i, name in enumerate(BASE_COLUMNS)}
+    # with ``tagged``, TAGS follows the base columns; it gives way first
+    base = {name: i for i, name in enumerate([*BASE_COLUMNS, *(["tags"] if tagged else [])])}
 
     def total() -> int:
         return sum(widths[i] for i in shown)
@@ -374,7 +447,8 @@ def fit_columns(names: list[str], labels: list[str], rows: list[list[Any]], room
     for name in GIVE_WAY:
         if total() <= room:
             break
-        shown.remove(base[name])
+        if name in base:
+            shown.remove(base[name])
     title_width = None
     over = total() - room
     title = widths[base["title"]] - 2

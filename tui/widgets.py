@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.text import Text
 from textual.binding import Binding
-from textual.containers import ScrollableContainer
+from textual.containers import ScrollableContainer, VerticalScroll
 from textual.widgets import DataTable, Static, Tree
 
 
@@ -33,9 +33,11 @@ class StatusBar(Static):
 
     def on_resize(self) -> None:
         self._show()
-        # Toasts sit above the status bar, not on it: it is where the connection's state is read.
+        # Toasts sit above the status bar, not on it: it is where the connection's state is read;
+        # on an execution, above the log's position line too.
+        above = 2 if self.screen.query("#log-status") else 1
         for rack in self.screen.query("#textual-toastrack"):
-            rack.styles.margin = (0, 0, self.size.height + 1, 0)
+            rack.styles.margin = (0, 0, self.size.height + above, 0)
 
     def say(self, text: str) -> None:
         self.left = text
@@ -62,14 +64,20 @@ class StatusBar(Static):
         self.update(Text.assemble(left, ("  │ ", "dim"), right))
 
 
-class VimTable(DataTable[Any]):
-    """A row-cursor table with j/k, g/G, PgUp/PgDn, and h/l to scroll columns that do not fit."""
+class VimTable(DataTable[Any], inherit_bindings=False):
+    """A row-cursor table with j/k, g/G, PgUp/PgDn, and h/l to scroll columns that do not fit.
+
+    DataTable's own keys are not inherited: its Enter ("select") would hide the screen's Enter
+    (open) from the help, and every key the table answers is declared here, so help lists it.
+    """
 
     BINDINGS = [
-        Binding("j", "cursor_down", "down", show=False, id="table.down"),
-        Binding("k", "cursor_up", "up", show=False, id="table.up"),
-        Binding("g", "scroll_top", "first", show=False, id="table.first"),
-        Binding("G", "scroll_bottom", "last", show=False, id="table.last"),
+        Binding("j,down", "cursor_down", "down", show=False, id="table.down"),
+        Binding("k,up", "cursor_up", "up", show=False, id="table.up"),
+        Binding("pagedown", "page_down", "page down", show=False, id="table.page_down"),
+        Binding("pageup", "page_up", "page up", show=False, id="table.page_up"),
+        Binding("g,home,ctrl+home", "scroll_top", "first", show=False, id="table.first"),
+        Binding("G,end,ctrl+end", "scroll_bottom", "last", show=False, id="table.last"),
         Binding("h,left", "scroll_columns(-1)", "columns left", show=False, id="table.left"),
         Binding("l,right", "scroll_columns(1)", "columns right", show=False, id="table.right"),
     ]
@@ -99,25 +107,48 @@ class VimTable(DataTable[Any]):
         self.scroll_to(x=min(target, self.max_scroll_x), animate=False)
 
 
-class VimTree(Tree[Any]):
-    """A tree that moves like vim too: j/k, g/G."""
+class VimTree(Tree[Any], inherit_bindings=False):
+    """A tree that moves like vim too: j/k, g/G. Every key it answers is declared here (none
+    inherited), so the help lists each."""
 
     BINDINGS = [
-        Binding("j", "cursor_down", "down", show=False, id="tree.down"),
-        Binding("k", "cursor_up", "up", show=False, id="tree.up"),
-        Binding("g", "scroll_home", "first", show=False, id="tree.first"),
-        Binding("G", "scroll_end", "last", show=False, id="tree.last"),
+        Binding("j,down", "cursor_down", "down", show=False, id="tree.down"),
+        Binding("k,up", "cursor_up", "up", show=False, id="tree.up"),
+        Binding("pagedown", "page_down", "page down", show=False, id="tree.page_down"),
+        Binding("pageup", "page_up", "page up", show=False, id="tree.page_up"),
+        Binding("g,home", "scroll_home", "first", show=False, id="tree.first"),
+        Binding("G,end", "scroll_end", "last", show=False, id="tree.last"),
         Binding("enter", "select_cursor", "show file", show=False, id="tree.open"),
+        Binding("space", "toggle_node", "open/close folder", show=False, id="tree.toggle"),
     ]
     HELP_TITLE = "files"
+    HELP_FIRST = True  # the focused pane's keys first, as on Logs and Metadata
 
 
-class CodeView(ScrollableContainer, can_focus=True):
-    """A file's code: it scrolls both ways, since code lines are not wrapped."""
+class InfoView(VerticalScroll, inherit_bindings=False):
+    """The Info tab's text: focused on that tab, so that it scrolls at 80x24 and the tab bar
+    (whose arrows would switch tabs behind the help's back) does not take the keys."""
+
+    BINDINGS = [
+        Binding("j,down", "scroll_down", "down", show=False, id="info.down"),
+        Binding("k,up", "scroll_up", "up", show=False, id="info.up"),
+        Binding("pagedown", "page_down", "page down", show=False, id="info.page_down"),
+        Binding("pageup", "page_up", "page up", show=False, id="info.page_up"),
+        Binding("g,home", "scroll_home", "top", show=False, id="info.top"),
+        Binding("G,end", "scroll_end", "end", show=False, id="info.end"),
+    ]
+    HELP_TITLE = "info"
+
+
+class CodeView(ScrollableContainer, can_focus=True, inherit_bindings=False):
+    """A file's code: it scrolls both ways, since code lines are not wrapped. Every key it
+    answers is declared here (none inherited), so the help lists each."""
 
     BINDINGS = [
         Binding("j,down", "scroll_down", "down", show=False, id="code.down"),
         Binding("k,up", "scroll_up", "up", show=False, id="code.up"),
+        Binding("pagedown", "page_down", "page down", show=False, id="code.page_down"),
+        Binding("pageup", "page_up", "page up", show=False, id="code.page_up"),
         Binding("h,left", "scroll_left", "scroll left", show=False, id="code.left"),
         Binding("l,right", "scroll_right", "scroll right", show=False, id="code.right"),
         Binding("g,home", "scroll_home", "top", show=False, id="code.top"),
@@ -125,6 +156,7 @@ class CodeView(ScrollableContainer, can_focus=True):
         Binding("f", "files", "files", id="code.files"),
     ]
     HELP_TITLE = "code"
+    HELP_FIRST = True
 
     def action_files(self) -> None:
         self.screen.query_one(VimTree).focus()

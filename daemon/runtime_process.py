@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
 from runyard.protocol.logformat import format_record
@@ -33,6 +33,9 @@ from .runtime import (
     store_time_of_epoch,
 )
 from .transport import LinkError, Transport, q
+
+# What a stream's reader puts in the shared queue: (letter, line), its failure, or None when done.
+StreamItem = tuple[str, str] | BaseException | None
 
 CONTROL: Final = ".runyard"  # inside the execution's directory, beside repository/ and outputs/
 LOST: Final = -1  # exit code reported when the wrapper vanished without recording one
@@ -179,42 +182,17 @@ class ProcessRuntime:
                         final: bool | None = None) -> AsyncIterator[Decoded]:
         counts = await asyncio.to_thread(log.count_by_stream)
         r = f"{container_id}/{CONTROL}"
-        queue: asyncio.Queue[tuple[str, str] | BaseException | None] = asyncio.Queue()
+        queue: asyncio.Queue[StreamItem] = asyncio.Queue()
         readers = [
             asyncio.create_task(self._tail(r, name, letter, counts.get(letter, 0), follow,
                                            final if final is not None else not follow, queue))
             for name, letter in (("stdout", "O"), ("stderr", "E"))
         ]
-        finished = 0
-        try:
-            while finished < len(readers):
-                item = await queue.get()
-                batch = [item]
-                while not queue.empty():
-                    batch.append(queue.get_nowait())
-                out = Decoded()
-                for entry in batch:
-                    if entry is None:
-                        finished += 1
-                    elif isinstance(entry, BaseException):
-                        raise entry
-                    else:
-                        letter, text = entry
-                        now = timestamp_now()
-                        out.records.append(format_record(letter, now, text).encode())
-                        if letter == "O" and text.startswith("{"):
-                            out.candidates.append((now, text))
-                if out.records:
-                    yield out
-        finally:
-            for reader in readers:
-                reader.cancel()
-            for reader in readers:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
+        async for decoded in merged_lines(queue, readers):
+            yield decoded
 
     async def _tail(self, r: str, name: str, letter: str, skip: int, follow: bool, final: bool,
-                    queue: asyncio.Queue[tuple[str, str] | BaseException | None]) -> None:
+                    queue: asyncio.Queue[StreamItem]) -> None:
         path = f"{q(r)}/{name}"
         if follow:
             command = (f"p=$(cat {q(r)}/wrapper.pid 2>/dev/null || echo 1); "
@@ -278,3 +256,38 @@ def _parse_state(path: str, text: str) -> ContainerState:
     return ContainerState(id=path, execution_id=int(execution) if execution.isdigit() else 0, status=status,
                           exit_code=code, oom_killed=False, attempt=int(attempt) if attempt.isdigit() else 0,
                           started_at=started, finished_at=finished)
+
+
+async def merged_lines(queue: asyncio.Queue[StreamItem], readers: list[asyncio.Task[None]],
+                       also: Sequence[asyncio.Task[None]] = ()) -> AsyncIterator[Decoded]:
+    """The lines the stream readers put in ``queue``, stamped as they arrive and batched, until every
+    reader has put None; a reader's failure is raised here. The readers (and ``also``) are cancelled
+    and awaited when it ends, however it ends."""
+    finished = 0
+    try:
+        while finished < len(readers):
+            item = await queue.get()
+            batch = [item]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            out = Decoded()
+            for entry in batch:
+                if entry is None:
+                    finished += 1
+                elif isinstance(entry, BaseException):
+                    raise entry
+                else:
+                    letter, text = entry
+                    now = timestamp_now()
+                    out.records.append(format_record(letter, now, text).encode())
+                    if letter == "O" and text.startswith("{"):
+                        out.candidates.append((now, text))
+            if out.records:
+                yield out
+    finally:
+        tasks = [*readers, *also]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -26,7 +26,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Final
 
-from runyard.protocol.logformat import format_record
 from runyard.protocol.messages import Event
 from runyard.protocol.methods import ClusterView
 
@@ -35,10 +34,11 @@ from .config import ClusterSection, Config, HostSection
 from .hosts import Host, HostSettings
 from .inventory import Inventory
 from .logfile import LogFile
-from .logstream import Decoded, collapse_carriage_returns, timestamp_now
+from .logstream import Decoded, collapse_carriage_returns
 from .record import ExecutionRow
 from .runtime import SLURM_PREFIX, ContainerGone, ContainerSpec, ContainerState, EngineError, Runtime, attempt_name
 from .runtime import store_time_of_epoch as _epoch
+from .runtime_process import StreamItem, merged_lines
 from .scheduler import Demand, Placement, order
 from .store import Store, utcnow
 from .tasks import watched
@@ -387,40 +387,15 @@ class SlurmRuntime:
                         final: bool | None = None) -> AsyncIterator[Decoded]:
         counts = await asyncio.to_thread(log.count_by_stream)
         control = f"{self._dir(container_id)}/{slurm.CONTROL}"
-        queue: asyncio.Queue[tuple[str, str] | BaseException | None] = asyncio.Queue()
+        queue: asyncio.Queue[StreamItem] = asyncio.Queue()
         ended = asyncio.create_task(self._ended_then_drain(container_id)) if follow else None
         readers = [
             asyncio.create_task(self._tail(control, name, letter, counts.get(letter, 0), follow, ended,
                                            final if final is not None else not follow, queue))
             for name, letter in (("stdout", "O"), ("stderr", "E"))
         ]
-        finished = 0
-        try:
-            while finished < len(readers):
-                item = await queue.get()
-                batch = [item]
-                while not queue.empty():
-                    batch.append(queue.get_nowait())
-                out = Decoded()
-                for entry in batch:
-                    if entry is None:
-                        finished += 1
-                    elif isinstance(entry, BaseException):
-                        raise entry
-                    else:
-                        letter, text = entry
-                        now = timestamp_now()
-                        out.records.append(format_record(letter, now, text).encode())
-                        if letter == "O" and text.startswith("{"):
-                            out.candidates.append((now, text))
-                if out.records:
-                    yield out
-        finally:
-            for task in [*readers, *([ended] if ended else [])]:
-                task.cancel()
-            for task in [*readers, *([ended] if ended else [])]:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        async for decoded in merged_lines(queue, readers, [ended] if ended else []):
+            yield decoded
 
     async def _ended_then_drain(self, container_id: str) -> None:
         await self.wait(container_id)
@@ -428,7 +403,7 @@ class SlurmRuntime:
 
     async def _tail(self, control: str, name: str, letter: str, skip: int, follow: bool,
                     ended: asyncio.Task[None] | None, final: bool,
-                    queue: asyncio.Queue[tuple[str, str] | BaseException | None]) -> None:
+                    queue: asyncio.Queue[StreamItem]) -> None:
         path = f"{q(control)}/{name}"
         if follow:
             # Its pid first, so the tail is ended on the login node once the job has (no --pid there:

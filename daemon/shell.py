@@ -381,7 +381,33 @@ class DockerShell:
         await asyncio.to_thread(self.records.remove, record)
 
 
-class SshShell:
+class _Output:
+    """A shell's output as (stream, bytes), from readers that each put None once they are done."""
+
+    queue: asyncio.Queue[tuple[int, bytes] | None]
+    open_readers: int
+
+    async def _read(self, stream: int, reader: _Readable) -> None:
+        try:
+            while data := await reader.read(65536):
+                await self.queue.put((stream, data))
+        finally:
+            await self.queue.put(None)
+
+    async def read(self) -> tuple[int, bytes] | None:
+        while self.open_readers:
+            item = await self.queue.get()
+            if item is not None:
+                return item
+            self.open_readers -= 1
+        return None
+
+
+class _Readable(Protocol):
+    async def read(self, n: int) -> bytes: ...
+
+
+class SshShell(_Output):
     def __init__(self, process: asyncssh.SSHClientProcess[bytes], tty: bool) -> None:
         self.process = process
         self.tty = tty
@@ -400,21 +426,6 @@ class SshShell:
         except (asyncssh.Error, OSError) as exc:
             raise OperationError(ErrorCode.INVALID_STATE, f"the host refused the shell: {exc}") from None
         return cls(process, tty)
-
-    async def _read(self, stream: int, reader: asyncssh.SSHReader[bytes]) -> None:
-        try:
-            while data := await reader.read(65536):
-                await self.queue.put((stream, data))
-        finally:
-            await self.queue.put(None)
-
-    async def read(self) -> tuple[int, bytes] | None:
-        while self.open_readers:
-            item = await self.queue.get()
-            if item is not None:
-                return item
-            self.open_readers -= 1
-        return None
 
     async def write(self, data: bytes) -> None:
         self.process.stdin.write(data)
@@ -437,7 +448,7 @@ class SshShell:
         self.process.close()
 
 
-class LocalShell:
+class LocalShell(_Output):
     """A process on this machine: with a terminal of its own (a pty) or with pipes."""
 
     def __init__(self, process: asyncio.subprocess.Process, master: int | None) -> None:
@@ -491,21 +502,6 @@ class LocalShell:
         else:
             asyncio.get_running_loop().remove_reader(self.master)
             self.queue.put_nowait(None)
-
-    async def _read(self, stream: int, reader: asyncio.StreamReader) -> None:
-        try:
-            while data := await reader.read(65536):
-                await self.queue.put((stream, data))
-        finally:
-            await self.queue.put(None)
-
-    async def read(self) -> tuple[int, bytes] | None:
-        while self.open_readers:
-            item = await self.queue.get()
-            if item is not None:
-                return item
-            self.open_readers -= 1
-        return None
 
     async def write(self, data: bytes) -> None:
         if self.master is None:

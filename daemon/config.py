@@ -121,6 +121,9 @@ class ClusterSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     qos: str = ""
     sbatch_args: list[str] = []  # appended to every sbatch, e.g. ["--constraint=ib"]
     container: Literal["none", "oci", "pyxis", "apptainer"] = "none"
+    # container = "oci": a step's image -> an OCI bundle directory on the shared file system (its
+    # rootfs/ and the config.json `runc spec` writes); the step runs in it under `srun --container`.
+    oci_bundles: dict[str, str] = {}
     max_jobs: int = 100  # jobs submitted and not yet ended, at most; the rest wait in runyard's queue
     poll_seconds: float = 2.0  # one squeue for all of this daemon's jobs on the cluster, this often
     enabled: bool = True
@@ -288,9 +291,14 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{where}.max_jobs: must be at least 1")
         if cluster.poll_seconds < 0.2:
             raise ConfigError(f"{where}.poll_seconds: must be at least 0.2")
-        if cluster.container != "none":
+        if cluster.container not in ("none", "oci"):
             raise ConfigError(f'{where}.container: "{cluster.container}" is not supported yet; "none" runs the '
-                              "command on the node as it is (see the README's Slurm section)")
+                              'command on the node as it is, "oci" in a bundle (see the README\'s Slurm section)')
+        if cluster.container == "oci" and not cluster.oci_bundles:
+            raise ConfigError(f'{where}.oci_bundles: container = "oci" needs a bundle directory per image')
+        for image, bundle in cluster.oci_bundles.items():
+            if not bundle.startswith("/") or "\n" in bundle:
+                raise ConfigError(f"{where}.oci_bundles: {image!r}: {bundle!r} is not an absolute path")
         if not 0 <= cluster.port <= 65535:
             raise ConfigError(f"{where}.port: {cluster.port} is not a TCP port")
     sections: list[tuple[str, LocalHostSection | HostSection]] = [("local", config.local)]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from .config import ClusterSection
 from .hosts import Host
 from .inventory import GPU_QUERY, parse_gpus
 from .runtime_docker import DockerRuntime
@@ -142,7 +143,7 @@ async def diagnose_cluster(host: ClusterHost) -> list[Check]:
         nodes = ", ".join(f"{n} {state}" for state, n in sorted(p.nodes.items()))
         checks.append(Check("partition", True, f"{c.partition or '(default)'}: {nodes}; {p.gpus_total} GPUs"))
     checks.append(await _shared_work_dir(transport, host.work_root, c.partition))
-    checks.append(Check("container", True, f'"{c.container}": the command runs on the node as it is'))
+    checks.append(await _container(transport, c))
     checks.append(await _disk(transport, host.work_root))
     checks.append(await _file_transfer(transport, host.work_root))
     return checks
@@ -164,3 +165,17 @@ async def _shared_work_dir(transport: Transport, path: str, partition: str) -> C
                      f"a compute node does not see {path} ({result.error_text}): work_dir must be on the "
                      "file system the login and compute nodes share")
     return Check("shared work directory", True, f"{path} is seen by a compute node")
+
+
+async def _container(transport: Transport, c: ClusterSection) -> Check:
+    """container = "oci": each image's bundle holds a config.json and a root file system."""
+    if c.container != "oci":
+        return Check("container", True, f'"{c.container}": the command runs on the node as it is')
+    missing = []
+    for image, bundle in sorted(c.oci_bundles.items()):
+        result = await transport.run(f"test -f {q(bundle)}/config.json && test -d {q(bundle)}/rootfs")
+        if result.status != 0:
+            missing.append(f"{image} ({bundle})")
+    if missing:
+        return Check("container", False, "OCI bundles without config.json or rootfs/: " + ", ".join(missing))
+    return Check("container", True, f'"oci": {len(c.oci_bundles)} bundle(s), run with srun --container')

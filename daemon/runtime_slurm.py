@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -57,8 +58,10 @@ class SlurmRuntime:
     in_container = False
 
     def __init__(self, transport: Transport, work_root: str, *, host: str, daemon_id: str,
-                 submit: slurm.Submit, poll_seconds: float, on_pending: OnPending) -> None:
+                 submit: slurm.Submit, poll_seconds: float, on_pending: OnPending,
+                 oci_bundles: dict[str, str] | None = None) -> None:
         self.transport = transport
+        self.oci_bundles = oci_bundles  # None: container = "none", the job runs on the node as it is
         self.work_root = work_root
         self.host = host
         self.daemon_id = daemon_id
@@ -75,6 +78,7 @@ class SlurmRuntime:
         self._task: asyncio.Task[None] | None = None
         self._wanted = asyncio.Event()
         self._missing: dict[str, int] = {}
+        self._cancelled: dict[str, int] = {}  # names runyard scancelled: polls seen since, while they last
         # Short commands at once on the login node's one connection: sshd allows 10 sessions per
         # connection (MaxSessions), and each followed job already holds two (its output files' tails).
         self._slots = asyncio.Semaphore(3)
@@ -200,7 +204,8 @@ class SlurmRuntime:
     async def create(self, spec: ContainerSpec) -> str:
         d = f"{self.work_root}/{attempt_name(spec.execution_id, spec.attempt)}"
         control = f"{d}/{slurm.CONTROL}"
-        script = slurm.batch_script(d, spec.command, spec.environment)
+        bundle = await self._oci_bundle(spec.image, d) if self.oci_bundles is not None else ""
+        script = slurm.batch_script(d, spec.command, spec.environment, container=bundle)
         r = spec.resources
         limit = r.get("time_limit_seconds")
         argv = slurm.sbatch_argv(
@@ -215,6 +220,30 @@ class SlurmRuntime:
             self._run(f"umask 077 && cat > {q(control)}/batch.sh", input=script.encode()),
             self._run(f"umask 077 && cat > {q(control)}/sbatch.args", input="\0".join(argv).encode()))
         return SLURM_PREFIX + d
+
+    async def _oci_bundle(self, image: str, d: str) -> str:
+        """The attempt's own bundle (its config.json, the image's root file system) in its control
+        directory: written before the batch script that names it."""
+        assert self.oci_bundles is not None
+        source = self.oci_bundles.get(image)
+        if not source:
+            raise EngineError(f"cluster {self.host} has no OCI bundle for image {image!r} (oci_bundles)")
+        text = await self._run(f"head -c 1000000 {q(source)}/config.json")
+        try:
+            spec = json.loads(text)
+        except ValueError as exc:
+            raise EngineError(f"{source}/config.json is not an OCI runtime config: {exc}") from exc
+        if not isinstance(spec, dict):
+            raise EngineError(f"{source}/config.json is not an OCI runtime config")
+        bundle = f"{d}/{slurm.CONTROL}/bundle"
+        config = json.dumps(slurm.oci_config(spec, d))
+        # Hard links where the bundle and the work directory share a file system (half a second for a
+        # Debian image), else a copy.
+        rootfs = f"{q(bundle)}/rootfs"
+        await self._run(f"umask 077 && mkdir -p {q(bundle)} && cat > {q(bundle)}/config.json && "
+                        f"{{ cp -al {q(source)}/rootfs {rootfs} 2>/dev/null || "
+                        f"{{ rm -rf {rootfs} && cp -a {q(source)}/rootfs {rootfs}; }}; }}", input=config.encode())
+        return bundle
 
     async def start(self, container_id: str) -> None:
         """Submit (once) and return when the job runs or has ended; Slurm's reason is reported
@@ -234,6 +263,8 @@ class SlurmRuntime:
                     self._missing[name] = self._missing.get(name, 0) + 1
                     if self._missing[name] >= _GONE_POLLS:
                         self._missing.pop(name, None)
+                        if await self._resubmit_if_lost(container_id):
+                            continue
                         return  # ended and forgotten already: state() looks it up alone
                     continue
                 self._missing.pop(name, None)
@@ -330,11 +361,22 @@ class SlurmRuntime:
                     self._missing[name] = self._missing.get(name, 0) + 1
                     if self._missing[name] >= _GONE_POLLS:
                         self._missing.pop(name, None)
+                        if await self._resubmit_if_lost(container_id):
+                            continue
                         return
                     continue
                 self._missing.pop(name, None)
                 if job.ended:
+                    self._cancelled.pop(name, None)
                     return
+                if name in self._cancelled:
+                    self._cancelled[name] += 1
+                    if slurm.cancel_again(job, self._cancelled[name]):
+                        # The controller restarted from state saved before runyard's scancel.
+                        log.warning("cluster %s: job %s of %s runs again after its cancel; cancelled again",
+                                    self.host, job.id, name)
+                        self._cancelled[name] = 0
+                        await self._run(f"scancel {q(job.id)} 2>/dev/null; true")
 
     async def last_record(self, container_id: str) -> bytes | None:
         # Its log is the job's output files on the shared file system, read from byte offsets: the
@@ -419,6 +461,25 @@ class SlurmRuntime:
             await asyncio.wait_for(self.wait(container_id), grace_seconds)
             return
         await self._run(f"scancel {q(job_id)} 2>/dev/null; true")
+        self._cancelled[name] = 0
+
+    async def _resubmit_if_lost(self, container_id: str) -> bool:
+        """A job squeue no longer lists: if no controller query knows its recorded id and its script
+        never began, the controller lost the submit, and it is submitted again under its name (once).
+        True when it was: the caller keeps waiting on the new job."""
+        d = self._dir(container_id)
+        files = await self._files(d)
+        if not files.job_id or files.started or files.exit_code is not None:
+            return False
+        state, _ = await self._look_up(files.job_id)
+        if not slurm.lost_submit(files, state):
+            return False
+        job_id = (await self._run(slurm.resubmit_command(self._name(container_id), f"{d}/{slurm.CONTROL}"))).strip()
+        if not job_id:
+            return False
+        log.warning("cluster %s: the controller lost job %s of %s; submitted again as job %s", self.host,
+                    files.job_id, self._name(container_id), job_id)
+        return True
 
     async def remove(self, container_id: str) -> None:
         """Like `docker rm -f`: a job still pending or running is cancelled, then its directory goes."""
@@ -490,7 +551,8 @@ class ClusterHost(Host):
         runtime = SlurmRuntime(self.transport, self.work_root, host=self.name, daemon_id=self.daemon_id,
                                submit=slurm.Submit(partition=c.partition, gres_type=c.gres_type, account=c.account,
                                                    qos=c.qos, extra=tuple(c.sbatch_args)),
-                               poll_seconds=c.poll_seconds, on_pending=self.on_pending)
+                               poll_seconds=c.poll_seconds, on_pending=self.on_pending,
+                               oci_bundles=dict(c.oci_bundles) if c.container == "oci" else None)
         await runtime.ping()
         return runtime
 

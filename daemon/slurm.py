@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from .command_script import command_argv, shebang_argv_or_none
 from .transport import q
@@ -202,7 +202,7 @@ def sbatch_argv(submit: Submit, name: str, directory: str, *, gpus: int, cpus: f
     return argv
 
 
-def batch_script(directory: str, command: str, environment: dict[str, str]) -> str:
+def batch_script(directory: str, command: str, environment: dict[str, str], *, container: str = "") -> str:
     """The job's batch script: the Valohai environment, the command under `srun --unbuffered` (so
     lines reach the output file as they are printed), and its own record of the GPUs it was granted,
     its start, end and exit code in the attempt's control directory."""
@@ -211,7 +211,9 @@ def batch_script(directory: str, command: str, environment: dict[str, str]) -> s
     launcher = " ".join(q(a) for a in command_argv(command)[:-1])
     shebang = shebang_argv_or_none(command) is not None
     run = f'{launcher} "$(cat "$r/command.sh")"' if shebang else 'sh "$r/command.sh"'
-    step = f"srun --unbuffered {run}"
+    # container: the attempt's OCI bundle; the batch script stays on the node (it records the job's
+    # files), the command's step runs in the bundle.
+    step = f"srun --unbuffered --container={q(container)} {run}" if container else f"srun --unbuffered {run}"
     return (
         "#!/bin/sh\n"
         "# Written by runyard: one attempt of an execution, as one Slurm job.\n"
@@ -319,3 +321,52 @@ def parse_sinfo(text: str) -> Partition:
         total += _gpu_count(parts[2])
         used += _gpu_count(parts[3])
     return Partition(nodes=nodes, gpus_total=total, gpus_allocated=used)
+
+
+def resubmit_command(name: str, control: str) -> str:
+    """A submit the controller lost (restarted from state saved before it): the recorded id is set
+    aside and the attempt submitted again under its name, once; a second loss is the job's end.
+    Prints the new id, or nothing when it was resubmitted before."""
+    return (f"r={q(control)}; [ -e \"$r/resubmitted\" ] && exit 0; : > \"$r/resubmitted\" && "
+            'mv "$r/job_id" "$r/job_id.lost" && ' + submit_command(name, control))
+
+
+def lost_submit(files: Files, looked_up_state: str) -> bool:
+    """A job id was recorded but no controller query knows it, and its script never began: the
+    controller lost the submit, the job never ran (so submitting it again runs it once)."""
+    return bool(files.present and files.job_id and not looked_up_state and files.exit_code is None
+                and not files.started)
+
+
+def cancel_again(job: Job, polls_since_cancel: int) -> bool:
+    """A job runyard cancelled that is still pending or running polls later: a restarted controller
+    undid the cancel. COMPLETING is a cancel still taking effect."""
+    return polls_since_cancel >= CANCEL_POLLS and not job.ended and job.state != "COMPLETING"
+
+
+CANCEL_POLLS: Final = 3
+
+
+def oci_config(spec: dict[str, Any], directory: str) -> dict[str, Any]:
+    """An attempt's OCI runtime config from its image's bundle (as `runc spec` wrote it). Slurm runs
+    the bundle's own rootfs/ (it ignores root.path), so the attempt's bundle holds a hard-linked copy
+    of the image's: read-only, so no step can change the image's files through a shared link, with a
+    tmpfs at /tmp. The attempt's directory is mounted at /valohai (as in a Docker container) and at
+    its own path (the Valohai variables name it), the command starts in the repository; Slurm sets the
+    process's arguments and environment."""
+    config = dict(spec)
+    config["root"] = {"path": "rootfs", "readonly": True}
+    process = dict(config.get("process") or {})
+    process["terminal"] = False
+    process["cwd"] = "/valohai/repository"
+    config["process"] = process
+    ours = ("/valohai", directory, "/tmp")
+    mounts = [m for m in config.get("mounts") or [] if m.get("destination") not in ours]
+    # /tmp first: a work directory under /tmp is mounted over it, not hidden by it.
+    mounts.append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                   "options": ["nosuid", "nodev", "mode=1777"]})
+    for destination in ("/valohai", directory):
+        mounts.append({"destination": destination, "type": "bind", "source": directory,
+                       "options": ["rbind", "rw"]})
+    config["mounts"] = mounts
+    return config

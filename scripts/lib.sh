@@ -104,6 +104,24 @@ slurm_up() {
     squeue -h -o %i >/dev/null 2>&1 && sinfo -h -p gpu -o %t 2>/dev/null | grep -q -x -E 'idle|mix|alloc'
 }
 
+ensure_oci_bundle() {
+    # An OCI bundle of a local Docker image for container = "oci": its file system exported into
+    # DIR/rootfs, DIR/config.json from `runc spec`. Made once (the image's id is kept beside it).
+    local image=$1 dir=$2 id cid
+    id=$(docker image inspect -f '{{.Id}}' "$image")
+    if [ "$(cat "$dir/.image-id" 2>/dev/null)" = "$id" ]; then
+        return
+    fi
+    say "making an OCI bundle of $image in $dir"
+    as_root rm -rf "$dir"
+    as_root mkdir -p "$dir/rootfs"
+    cid=$(docker create "$image" true)
+    docker export "$cid" | as_root tar -C "$dir/rootfs" -x
+    docker rm "$cid" >/dev/null
+    (cd "$dir" && as_root runc spec)
+    echo "$id" | as_root tee "$dir/.image-id" >/dev/null
+}
+
 ensure_slurm() {
     # A real single-node Slurm cluster for the tests of cluster pools: Debian's packages, munged as
     # the munge user, slurmctld and slurmd as root, no systemd. Two fake GPUs are character devices
@@ -113,12 +131,22 @@ ensure_slurm() {
     [ -x /usr/sbin/slurmctld ] || missing+=(slurmctld)
     [ -x /usr/sbin/slurmd ] || missing+=(slurmd)
     [ -x /usr/sbin/munged ] || missing+=(munge)
+    command -v runc >/dev/null || missing+=(runc)
     if [ ${#missing[@]} -gt 0 ]; then
         say "installing ${missing[*]} from Debian's packages"
         as_root apt-get update -qq
         DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
             "${missing[@]}" >/dev/null
     fi
+    # container = "oci": srun --container runs a step in a bundle with runc (read by each step, so
+    # written before the early return: a running cluster picks it up too).
+    as_root mkdir -p /etc/slurm
+    as_root tee /etc/slurm/oci.conf >/dev/null <<'OCICONF'
+RunTimeQuery="runc --root=/run/runyard-oci state %n.%u.%j.%s.%t"
+RunTimeKill="runc --root=/run/runyard-oci kill -a %n.%u.%j.%s.%t"
+RunTimeDelete="runc --root=/run/runyard-oci delete --force %n.%u.%j.%s.%t"
+RunTimeRun="runc --root=/run/runyard-oci run %n.%u.%j.%s.%t -b %b"
+OCICONF
     if slurm_up; then
         return
     fi

@@ -20,7 +20,7 @@ import pytest
 from runyard.protocol import Client
 from runyard.protocol.methods import ExecutionView
 
-from .conftest import Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_for_status
+from .conftest import BASE_IMAGE, Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_for_status
 from .pool import SshHost, make_client_key, wait_for_host
 
 pytestmark = pytest.mark.slow
@@ -46,6 +46,18 @@ STEPS = (
               """)
     + step_yaml("fail", ["echo failing", "exit 3"], extra="environment: hpc")
     + step_yaml("sleepy", ["echo sleeping", "sleep 300"], extra="environment: hpc")
+    + step_yaml("boxed", ["head -n 1 /etc/os-release", "command -v sbatch || echo no sbatch in here",
+                          "cat /valohai/inputs/data/data.csv", "echo inside > /valohai/outputs/where.txt"],
+                extra="""\
+              environment: hpc-oci
+              inputs:
+                - name: data
+              """)
+    + step_yaml("sweep", "echo {parameters}", parameters="""\
+        - name: x
+          type: integer
+          default: 0
+        """, extra="environment: hpc")
 )
 
 TRAIN = """\
@@ -190,6 +202,43 @@ async def test_a_job_runs_with_logs_metadata_inputs_outputs_and_its_gpu(cluster:
     assert (failed.status, failed.reason) == ("error", "exit-code 3"), failed
 
 
+async def test_a_step_runs_in_an_oci_bundle_of_its_image_with_its_workspace_at_valohai(cluster: Cluster,
+                                                                                     client: Client) -> None:
+    # A daemon of its own: two cluster pools of one daemon on one Slurm controller would take each
+    # other's jobs for their own at a restart (job names do not say which pool).
+    bundle = "/var/lib/runyard-slurm/bundles/base"
+    made = subprocess.run(["bash", "-c", f"source {ROOT}/scripts/lib.sh; ensure_oci_bundle {BASE_IMAGE} {bundle}"],
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    known = cluster.login.root / "known_hosts_oci"
+    known.write_text(cluster.login.known_hosts_line())
+    config = cluster_config(cluster.login, known).replace('name = "hpc"', 'name = "hpc-oci"').replace(
+        f'work_dir = "{cluster.login.root / "work"}"', f'work_dir = "{cluster.login.root / "work-oci"}"')
+    config += f'container = "oci"\noci_bundles = {{ "{BASE_IMAGE}" = "{bundle}" }}\n'
+    import tempfile
+    daemon = Daemon(root=Path(tempfile.mkdtemp(prefix="ry-", dir="/tmp")), stop_grace=2,
+                    local_extra="enabled = false", extra_config=config)
+    daemon.start()
+    c = await Client.connect(daemon.socket, client_name="tests")
+    try:
+        await wait_for_host(c, "hpc-oci", {"ready"})
+        e = await submit_repo(c, cluster.repo, "boxed", inputs={"data": [str(cluster.data)]})
+        done = await wait_for_status(c, e.id)
+        out = run_cli(daemon, "logs", str(e.id), "--stream", "stdout").stdout.splitlines()
+        err = run_cli(daemon, "logs", str(e.id), "--stream", "stderr").stdout
+        assert (done.status, done.host) == ("complete", "hpc-oci"), (done.reason, out, err)
+        # The image's file system (the login node has sbatch; the image does not), the inputs at /valohai.
+        assert out == ['PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"', "no sbatch in here", "a,b", "1,2"], out
+        assert [o.path for o in await c.outputs(e.id)] == ["where.txt"]
+    finally:
+        await c.close()
+        assert daemon.process is not None
+        daemon.process.kill()
+        daemon.process.wait()
+        cancel_jobs(f"runyard-{daemon.daemon_id}-")
+        shutil.rmtree(daemon.root, ignore_errors=True)
+
+
 async def test_gpus_are_never_shared_pending_reason_stop_and_cancel_from_outside(cluster: Cluster,
                                                                                client: Client) -> None:
     first = await wait_for_status(client, (await submit_repo(client, cluster.repo, "hold")).id, {"started"})
@@ -217,8 +266,15 @@ SLOW_SBATCH = """\
 #!/bin/sh
 # sbatch on the login node, which (while HOLD exists) submits, then stalls before it answers: the
 # daemon is killed in that moment, between the job existing and runyard hearing its id.
+# Once the daemon is dead (KILLED), the submit's whole process group goes too, so the id is never
+# recorded by the submit command left behind: only adoption by name can find the job.
 out=$(/usr/bin/sbatch "$@"); s=$?
-if [ -e "$(dirname "$0")/HOLD" ]; then echo submitted > "$(dirname "$0")/SUBMITTED"; sleep 8; fi
+dir=$(dirname "$0")
+if [ -e "$dir/HOLD" ]; then
+    echo submitted > "$dir/SUBMITTED"
+    while [ ! -e "$dir/KILLED" ]; do sleep 0.05; done
+    kill -KILL 0
+fi
 echo "$out"
 exit $s
 """
@@ -239,9 +295,11 @@ async def test_a_daemon_killed_during_a_submit_and_while_a_job_runs_adopts_both(
         assert said == "submitted\n"
         await client.close()
         cluster.daemon.kill9()
+        (bin_dir / "KILLED").touch()
+        assert not (cluster.work(waiting) / ".runyard" / "job_id").exists()
     finally:
-        for name in ("HOLD", "SUBMITTED", "sbatch"):
-            (bin_dir / name).unlink()
+        for name in ("HOLD", "SUBMITTED", "sbatch", "KILLED"):
+            (bin_dir / name).unlink(missing_ok=True)
     cluster.release(held)
     cluster.daemon.start()
     c = await Client.connect(cluster.daemon.socket, client_name="tests")
@@ -301,3 +359,36 @@ async def test_hosts_and_doctor_show_the_cluster(cluster: Cluster, client: Clien
     assert list(checks) == ["connection", "sbatch", "partition", "shared work directory", "container",
                             "disk space", "file transfer (sftp)"]
     assert (await wait_for_status(client, held.id)).status == "complete"
+
+
+async def test_a_task_of_20_children_runs_each_once_within_the_job_cap(cluster: Cluster, client: Client) -> None:
+    values = ",".join(str(x) for x in range(1, 21))
+    made = run_cli(cluster.daemon, "task", "run", "sweep", "--grid", f"x={values}", "--json", cwd=cluster.repo)
+    assert made.returncode == 0, made.stdout + made.stderr
+    task_id = json.loads(made.stdout)["id"]
+
+    async def until_done() -> list[ExecutionView]:
+        children = set((await client.call("tasks.get", {"id": task_id}))["execution_ids"])
+        assert len(children) == 20
+        most = 0
+        async for event in client.events(since=0):
+            if event.execution_id not in children and event.task != task_id:  # type: ignore[union-attr]
+                continue
+            views = [v for v in await client.list_executions(limit=200) if v.id in children]
+            # Handed to Slurm and not yet ended: never more than the cluster's max_jobs (3).
+            outstanding = sum(1 for v in views if v.host is not None and v.status in ("queued", "started", "stopping"))
+            assert outstanding <= 3, [(v.id, v.status, v.host) for v in views]
+            most = max(most, outstanding)
+            if len(views) == 20 and all(v.status in ("complete", "error", "stopped") for v in views):
+                assert most == 3, most  # the cap was reached, so it was the cap that held
+                return views
+        raise AssertionError("event stream ended")
+
+    views = await asyncio.wait_for(until_done(), 180)
+    assert {v.status for v in views} == {"complete"}, [(v.id, v.status, v.reason) for v in views]
+    printed = sorted(run_cli(cluster.daemon, "logs", str(v.id), "--stream", "stdout").stdout.strip() for v in views)
+    assert printed == sorted(f"--x={x}" for x in range(1, 21)), printed
+    # Each child was one Slurm job: submitted once, never twice.
+    names = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-o", "%j"], capture_output=True,
+                           text=True).stdout.split()
+    assert all(names.count(f"runyard-{cluster.daemon.daemon_id}-{v.id}-0") == 1 for v in views), names

@@ -3,6 +3,7 @@ state means for an execution (decided by the lifecycle), the batch job asked for
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -99,3 +100,49 @@ def test_sinfo_of_a_partition() -> None:
            "n3|drain*|(null)|gpu:0|\n"
     p = slurm.parse_sinfo(text)
     assert p.nodes == {"mix": 1, "idle": 1, "drain": 1} and (p.gpus_total, p.gpus_allocated) == (6, 1)
+
+
+# What the attempt's control files, scontrol and sacct -c say after a controller restarted from state
+# saved before it accepted job 57: the id is recorded, nobody knows it, and its script never began.
+FILES_LOST = "present\n57\n-\n-\n-\n"
+FILES_RAN = "present\n57\n-\n1764650000.5\n-\n"
+
+
+def test_a_submit_the_controller_lost_is_made_again_once_under_its_name(tmp_path: Path) -> None:
+    unknown = slurm.parse_look_up("", "57")  # scontrol fails (stderr only), sacct -c prints nothing
+    assert unknown == ("", None)
+    assert slurm.lost_submit(slurm.parse_files(FILES_LOST), unknown[0])
+    # It began (the job ran, then was forgotten): lost, never submitted twice.
+    assert not slurm.lost_submit(slurm.parse_files(FILES_RAN), unknown[0])
+    # The completion file knows it: it ended, it was not lost.
+    assert not slurm.lost_submit(slurm.parse_files(FILES_LOST), slurm.parse_look_up("57|CANCELLED|0:0\n", "57")[0])
+
+    # The command itself, run with a squeue that has never heard of the name and an sbatch that counts.
+    bin_dir, control = tmp_path / "bin", tmp_path / "d" / ".runyard"
+    bin_dir.mkdir()
+    control.mkdir(parents=True)
+    (bin_dir / "squeue").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\necho x >> {tmp_path}/calls\necho '58;vm'\n")
+    for tool in ("squeue", "sbatch"):
+        (bin_dir / tool).chmod(0o755)
+    (control / "job_id").write_text("57\n")
+    (control / "sbatch.args").write_bytes(b"sbatch\0--parsable\0batch.sh")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    command = slurm.resubmit_command("runyard-abc-7-0", str(control))
+    first = subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=env)
+    assert (first.returncode, first.stdout) == (0, "58\n"), first
+    assert (control / "job_id").read_text() == "58\n" and (control / "job_id.lost").read_text() == "57\n"
+    again = subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=env)
+    assert (again.returncode, again.stdout) == (0, ""), again
+    assert (tmp_path / "calls").read_text() == "x\n"  # submitted once
+
+
+def test_a_cancel_a_restarted_controller_undid_is_made_again() -> None:
+    jobs = slurm.parse_squeue("57|runyard-abc-7-0|RUNNING|None|vm\n58|runyard-abc-8-0|COMPLETING|None|vm\n"
+                              "59|runyard-abc-9-0|CANCELLED|None|vm\n", "runyard-abc-")
+    running, completing, cancelled = (jobs[f"runyard-abc-{n}-0"] for n in (7, 8, 9))
+    # A poll or two after scancel the job may still be listed as it was: not yet a sign of anything.
+    assert not slurm.cancel_again(running, slurm.CANCEL_POLLS - 1)
+    assert slurm.cancel_again(running, slurm.CANCEL_POLLS)
+    assert not slurm.cancel_again(completing, slurm.CANCEL_POLLS + 5)
+    assert not slurm.cancel_again(cancelled, slurm.CANCEL_POLLS + 5)

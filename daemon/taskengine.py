@@ -142,8 +142,10 @@ class TaskEngine:
             after = decide(before, counts, on_child_error=task.spec.get("on_child_error") or DEFAULT_ON_CHILD_ERROR,
                            stop=self._asked.pop(task_id, None))
             if after != before:
-                await taskstore.set_state(self.store, task_id, after.status, after.reason)
-                task.status, task.reason = after.status, after.reason
+                ended = await taskstore.set_state(self.store, task_id, after.status, after.reason)
+                # All three at once: a tasks.get that holds this record (it is read across an
+                # await) must never see an ended task without its end time.
+                task.status, task.reason, task.ended_at = after.status, after.reason, ended
                 log.info("task %s: %s%s", task_id, after.status, f" ({after.reason})" if after.reason else "")
                 self.core.hub.publish(Event(seq=0, execution_id=0, kind="task", status=after.status,
                                             reason=after.reason, at=utcnow(), task=task_id))

@@ -198,10 +198,10 @@ async def test_blueprint_random_search_is_reproducible_and_manual_sets_run_as_gi
     done = await follow(plain, manual["id"])
     assert [(e["parameters"]["lr"], e["parameters"]["x"]) for e in infos(plain, done.execution_ids)] == \
         [(0.5, 7), (0.25, 1)]
-    # A blueprint that is not there, and a task type runyard does not run, are refused by name.
+    # A blueprint that is not there, and a distributed task of varying members, are refused by name.
     assert "no task named 'nope'" in cli(plain, "task", "run", "nope", cwd=repo, code=2)
-    assert "distributed is not run" in cli(plain, "task", "run", "train", "--type", "distributed",
-                                           "--random", "lr=0..1", cwd=repo, code=2)
+    assert "a distributed task's members are identical" in cli(plain, "task", "run", "train", "--type",
+                                                               "distributed", "--random", "lr=0..1", cwd=repo, code=2)
     assert "needs optimization-target-metric" in cli(plain, "task", "run", "train", "--type", "bayesian-tpe",
                                                      "--random", "lr=0..1", cwd=repo, code=2)
 

@@ -3,6 +3,7 @@ other through valohai-utils' own `valohai.distributed`, in real containers, acro
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -72,6 +73,10 @@ STEPS = textwrap.dedent(f"""\
         execution-count: 3
         on-child-error: stop-all-and-error
         parameters: []
+    - step:
+        name: wait
+        image: {VH_IMAGE}
+        command: sleep 120
     """)
 
 
@@ -150,14 +155,22 @@ def test_a_group_is_placed_whole_or_not_at_all() -> None:
     assert place(group[:2], [host("a", 8)], now=10, reserve_after=300, groups=lambda _: group[:2]) == []
 
 
-def test_distributed_tasks_that_could_not_run_are_refused_by_name(tmp_path: Path,
-                                                                  daemon_factory: type[Daemon]) -> None:
-    daemon = daemon_factory(local_extra='runtime = "process"\n')
+def test_distributed_tasks_refused_by_name_or_stopped_when_their_group_cannot_be_whole(
+        tmp_path: Path, daemon_factory: type[Daemon]) -> None:
+    daemon = daemon_factory(max_concurrent=2, local_extra='runtime = "process"\n')
     daemon.start()
     repo = make_repo(tmp_path / "repo", {"valohai.yaml": STEPS, "member.py": MEMBER})
     for args, said in (((), "needs execution-count (--count N)"),
-                       (("--count", "2", "--retry", "1"), "members are not retried"),
-                       (("--count", "2", "--grid", "port=1,2"), "parameter port: a distributed task's members "
-                                                               "are identical")):
+                       (("--count", "2", "--retry", "1"), "members are not retried")):
         assert said in cli(daemon, "task", "run", "member", "--type", "distributed", *args, cwd=repo, code=2)
-    assert json.loads(cli(daemon, "task", "list", "--json")) == []
+
+    # One of the host's two slots is taken: the pair waits, whole, with nobody placed. A member
+    # stopped meanwhile means the group can never be whole: the task stops the other one too.
+    blocker = json.loads(cli(daemon, "run", "wait", "--json", cwd=repo))
+    pair = new_task(daemon, repo, "member", "--type", "distributed", "--count", "2")
+    assert pair["children"] == {"queued": 2}
+    cli(daemon, "stop", str(pair["execution_ids"][1]))
+    done = asyncio.run(follow(daemon, pair["id"]))
+    assert (done.status, done.reason, done.children) == ("stopped", "group-incomplete", {"stopped": 2})
+    assert [e["reason"] for e in infos(daemon, done.execution_ids)] == ["stopped-before-start"] * 2
+    cli(daemon, "stop", str(blocker["id"]))

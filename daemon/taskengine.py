@@ -296,12 +296,7 @@ class TaskEngine:
             id=0, name=p.blueprint, title=p.title, type=spec["type"], step=spec["step"], status="created",
             reason=None, owner=owner, owner_uid=owner_uid, spec=spec)
         async with self._lock, core.quota_lock():
-            queued = core.quotas.admit(rows, queued)  # beyond the owner's quota: created, reason quota
-            if spec["type"] == "distributed" and queued < len(rows):
-                # Members held back one by one could fill the owner's quota with halves of groups.
-                raise OperationError(ErrorCode.INVALID_PARAMS, (
-                    f"your quota has room for {queued} more executions now, and a distributed task's "
-                    f"{len(rows)} members must all be queued at once: try again when fewer of yours are active"))
+            queued = self._admit(spec["type"], rows, queued)  # beyond the owner's quota: created, reason quota
             record, rows, events = await taskstore.create(self.store, record, rows, queued,
                                                           varying=("parameters", "command"))
             self._tasks[record.id] = record
@@ -314,6 +309,19 @@ class TaskEngine:
                  record.type, queued)
         return self.view(record, {"queued": queued, "created": len(rows) - queued} if queued < len(rows)
                          else {"queued": queued}, [r.id for r in rows])
+
+    def _admit(self, kind: str, rows: list[ExecutionRow], queued: int) -> int:
+        """How many of ``rows`` the owner's quota lets be queued now (under the quota lock). A
+        distributed task's members all or none: members held back one by one could fill the
+        owner's quota with halves of groups that can never be placed."""
+        from .core import OperationError
+
+        admitted = self.core.quotas.admit(rows, queued)
+        if kind == "distributed" and admitted < len(rows):
+            raise OperationError(ErrorCode.INVALID_PARAMS, (
+                f"your quota has room for {admitted} more executions now, and a distributed task's "
+                f"{len(rows)} members must all be queued at once: try again when fewer of yours are active"))
+        return admitted
 
     def _check_group(self, count: int, spec: dict[str, Any], retries: int, resources: dict[str, Any]) -> None:
         """Refuse a distributed task that could never run as one group, naming why."""
@@ -371,7 +379,7 @@ class TaskEngine:
         record = dataclasses.replace(old, id=0, status="created", reason=None, owner=owner, owner_uid=owner_uid,
                                      spec={**old.spec, "restarted_from": old.id}, ended_at=None)
         async with self._lock, self.core.quota_lock():
-            queued = self.core.quotas.admit(rows, queued)
+            queued = self._admit(old.type, rows, queued)
             record, rows, events = await taskstore.create(self.store, record, rows, queued)
             self._tasks[record.id] = record
             for row in rows:

@@ -157,7 +157,8 @@ def test_a_group_is_placed_whole_or_not_at_all() -> None:
 
 def test_distributed_tasks_refused_by_name_or_stopped_when_their_group_cannot_be_whole(
         tmp_path: Path, daemon_factory: type[Daemon]) -> None:
-    daemon = daemon_factory(max_concurrent=2, local_extra='runtime = "process"\n')
+    daemon = daemon_factory(max_concurrent=2, local_extra='runtime = "process"\n',
+                            extra_config="[quotas]\nmax_active_per_user = 3\n")
     daemon.start()
     repo = make_repo(tmp_path / "repo", {"valohai.yaml": STEPS, "member.py": MEMBER})
     for args, said in (((), "needs execution-count (--count N)"),
@@ -169,6 +170,9 @@ def test_distributed_tasks_refused_by_name_or_stopped_when_their_group_cannot_be
     blocker = json.loads(cli(daemon, "run", "wait", "--json", cwd=repo))
     pair = new_task(daemon, repo, "member", "--type", "distributed", "--count", "2")
     assert pair["children"] == {"queued": 2}
+    # The quota (3) is full: another pair is refused whole rather than half queued.
+    assert "your quota has room for 0 more executions now" in cli(
+        daemon, "task", "run", "member", "--type", "distributed", "--count", "2", cwd=repo, code=2)
     cli(daemon, "stop", str(pair["execution_ids"][1]))
     done = asyncio.run(follow(daemon, pair["id"]))
     assert (done.status, done.reason, done.children) == ("stopped", "group-incomplete", {"stopped": 2})

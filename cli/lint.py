@@ -56,12 +56,9 @@ def unsupported(data: object, source: str) -> list[Problem]:
         label = f"{kind} {name!r}" if name else str(kind)
         if kind in _NOT_RUN:
             found.append(Problem("warning", f"{label}: {_NOT_RUN[kind]}", source))
-        elif kind == "task" and isinstance(body, dict):
-            if str(body.get("type", "")).lower().replace("-", "_") == "distributed":
-                found.append(Problem("warning", f"{label}: runyard does not run distributed tasks yet", source))
-            if body.get("reuse-children"):
-                found.append(Problem("warning", f"{label}: reuse-children is ignored: runyard runs every child",
-                                     source))
+        elif kind == "task" and isinstance(body, dict) and body.get("reuse-children"):
+            found.append(Problem("warning", f"{label}: reuse-children is ignored: runyard runs every child",
+                                 source))
     return found
 
 

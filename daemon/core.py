@@ -27,6 +27,7 @@ from runyard.protocol.methods import DoctorCheck, ExecutionView, GpuView, HostVi
 
 from . import runoptions, shell_leftovers, workspace
 from .config import Config
+from .distributed import Groups, group_size
 from .doctor import diagnose
 from .events import EventHub
 from .fairqueue import FairQueue
@@ -92,6 +93,7 @@ class Core:
         # submit nor a pass pays for sorting a long queue.
         self._order: list[tuple[int, float, int]] = []
         self._fair = FairQueue()  # the same queue per owner, for the fair pass (scheduler.py's rule)
+        self._groups = Groups()  # the same queue's members of distributed tasks, per task
         self._running: Counter[str] = Counter()  # placed active executions per owner
         self.quotas = Quotas(config.quotas)
         self._placed: dict[int, ExecutionRow] = {}  # active executions that hold a host
@@ -329,11 +331,13 @@ class Core:
             assert self._order[at] == _key(old), "the queue's order lost an entry"
             del self._order[at]
             self._fair.remove(old.owner, _key(old))
+            self._groups.remove(old)
         if row.status == "queued" and row.host is None:
             demand = _demand(row)
             self._demands[row.id] = demand
             bisect.insort(self._order, _key(demand))
             self._fair.add(demand.owner, _key(demand))
+            self._groups.add(demand)
 
     def _spawn(self, row: ExecutionRow, *, just_placed: bool = False) -> None:
         """Hand ``row`` to a new runner, its owner until it ends or goes back to the queue."""
@@ -414,7 +418,8 @@ class Core:
             queue = (self._demands[i] for i in self._fair.walk(running, self._runners))
             placements = place(queue, self.capacities(self._placed.values()), now=time.time(),
                                reserve_after=self.config.scheduler.reserve_after_seconds, ordered=True,
-                               running=running)
+                               running=running,
+                               groups=lambda group: self._groups.members(group, self._runners.__contains__))
             clusters = [h for h in self.hosts.values() if isinstance(h, ClusterHost)]
             if clusters:
                 pools = {h.settings.pool for h in clusters}
@@ -788,7 +793,9 @@ def _key(d: Demand) -> tuple[int, float, int]:
 
 
 def _demand(row: ExecutionRow) -> Demand:
-    return _demand_of(row.id, row.priority, _epoch(row.created_at), row.resources, row.owner)
+    demand = _demand_of(row.id, row.priority, _epoch(row.created_at), row.resources, row.owner)
+    size = group_size(row)  # a distributed task's member: placed with its whole group
+    return dataclasses.replace(demand, group=row.task_id, group_size=size) if size else demand
 
 
 @functools.lru_cache(maxsize=64)

@@ -29,7 +29,7 @@ from typing import Any
 from runyard.protocol.logformat import format_record, parse_records
 from runyard.protocol.messages import Event as OutputsEvent
 
-from . import inputs, workspace
+from . import distributed, inputs, workspace
 from .diskspace import is_disk_full, wait_for_space
 from .hosts import Host
 from .lifecycle import STAY, Event, Exited, Failed, HostLost, LimitReached, Move, Started, StopAsked, Vanished, decide
@@ -509,12 +509,16 @@ class Runner:
             functools.partial(inputs.place, fetched, staging, root, copy=not host.remote,
                               link=runtime.in_container))
         await asyncio.to_thread(workspace.prepare, staging, self.row, self.s.snapshots, described)
+        group = await distributed.member_config(self.s.store, self.row, self.s.host_of)
+        if group is not None:  # a distributed task's member: the others' addresses, as Valohai gives them
+            await asyncio.to_thread(workspace.write_config, staging / "config", "distributed", group)
         spec = ContainerSpec(
             execution_id=self.id,
             image=self.row.image,
             command=self.row.command,
             environment={**workspace.container_environment(self.row, root=root,
                                                            in_container=runtime.in_container),
+                         **(distributed.environment(group) if group is not None else {}),
                          **self.secrets},
             workdir=remote,
             host=host.name,
@@ -524,6 +528,7 @@ class Runner:
             attempt=self._base,
             user=host.run_as_user(self.row.owner_uid),
             resources=dict(self.row.resources),
+            network="host" if group is not None else "",
         )
         if not host.remote:
             return await runtime.create(spec)

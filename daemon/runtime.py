@@ -79,6 +79,9 @@ class ContainerSpec:
     # The execution's resources (gpus, cpus, memory_mb, time_limit_seconds ...): what a cluster's
     # scheduler is asked for, where runyard itself did not place it on a GPU.
     resources: dict[str, Any] = field(default_factory=dict)
+    # "host": the container shares the host's network (a distributed task's member, so the others
+    # reach it at its host's address); "": the engine's default network.
+    network: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,6 +195,8 @@ class DockerRuntime:
             host_config["NanoCpus"] = int(spec.cpu_limit * 1e9)
         if spec.memory_limit_mb:
             host_config["Memory"] = spec.memory_limit_mb * 1024 * 1024
+        if spec.network:
+            host_config["NetworkMode"] = spec.network
         config: dict[str, Any] = {"User": spec.user} if spec.user else {}
         return config | {
             "Image": spec.image,

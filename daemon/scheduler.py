@@ -18,11 +18,17 @@ The rule (also in the README):
    the queue is placed on that host until it starts. So a 4-GPU execution
    cannot be starved by a stream of 1-GPU ones; at worst it waits for the
    executions already running on its reserved host.
+4. The members of a distributed task (a group) are placed all in one pass or
+   not at all, when the walk reaches the first of them, each by rule 2; a
+   group none of whose hosts can hold it whole places nobody, so a half-placed
+   group never holds GPUs waiting for the rest. Past ``reserve_after`` each
+   member reserves a host as in rule 3, and a host reserved by a member takes
+   any member of its group.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -36,6 +42,9 @@ class Demand:
     cpus: float = 0.0
     memory_mb: int = 0
     owner: str = ""  # whose: the fair order takes turns between owners
+    # A distributed task's member: its group (the task id) is placed whole or not at all (rule 4).
+    group: int | None = None
+    group_size: int = 0
 
 
 @dataclass(slots=True)
@@ -88,12 +97,13 @@ def order(queue: Iterable[Demand]) -> list[Demand]:
 
 def place(queue: Iterable[Demand], hosts: Sequence[Capacity], *, now: float,
           reserve_after: float, ordered: bool = False,
-          running: MutableMapping[str, int] | None = None) -> list[Placement]:
+          running: MutableMapping[str, int] | None = None,
+          groups: Callable[[int], Sequence[Demand]] | None = None) -> list[Placement]:
     """Decide where queued executions go now; ``hosts`` is updated to what remains free.
 
     ``ordered``: the queue already comes in the rule's order (the daemon walks it fairly,
     daemon/fairqueue.py). ``running``: executions placed per owner, counted up as this places
-    (the fair walk reads it).
+    (the fair walk reads it). ``groups``: a group's members that may be placed now (rule 4).
     """
     pools: dict[str | None, list[Capacity]] = {None: [h for h in hosts if h.accepting]}
     for h in pools[None]:
@@ -106,11 +116,30 @@ def place(queue: Iterable[Demand], hosts: Sequence[Capacity], *, now: float,
     # Per pool, the largest GPU request already found not to fit: any request at least as
     # large cannot fit either in this pass, which keeps a long full queue cheap to walk.
     hopeless: dict[str | None, tuple[int, float, int]] = {}
+    tried: set[int] = set()  # groups already placed or found not to fit in this pass
     for d in queue if ordered else order(queue):
         if not open_hosts:
             break
         candidates = pools.get(d.pool, [])
         if not candidates:
+            continue
+        if d.group is not None:
+            if d.group in tried:
+                continue
+            tried.add(d.group)
+            members = groups(d.group) if groups is not None else []
+            if len(members) < d.group_size:
+                continue  # not all of it is queued (yet): nobody goes
+            placed = place_group(members, candidates)
+            if placed is None:
+                if now - min(m.submitted for m in members) >= reserve_after:
+                    for m in members:
+                        _reserve(m, candidates)
+                continue
+            placements += placed
+            if running is not None:
+                running[d.owner] = running.get(d.owner, 0) + len(placed)
+            open_hosts = sum(1 for h in pools[None] if h.free_slots is None or h.free_slots >= 1)
             continue
         floor = hopeless.get(d.pool)
         if floor is not None and d.gpus >= floor[0] and d.cpus >= floor[1] and d.memory_mb >= floor[2]:
@@ -134,6 +163,29 @@ def place(queue: Iterable[Demand], hosts: Sequence[Capacity], *, now: float,
         if now - d.submitted >= reserve_after:
             _reserve(d, candidates)
     return placements
+
+
+def place_group(members: Sequence[Demand], candidates: Sequence[Capacity]) -> list[Placement] | None:
+    """Every member on a host (each by the tightest fit), or None and ``candidates`` untouched.
+
+    The tightest fit keeps a group on one host where it fits there: the host a member took is
+    then the tightest for the next one, so members share a machine before they span several."""
+    ids = {m.execution_id for m in members}
+    saved = [(h, list(h.free_gpus), h.free_cpus, h.free_memory_mb, h.free_slots) for h in candidates]
+    placed: list[Placement] = []
+    for m in members:
+        best: Capacity | None = None
+        for h in candidates:
+            if h.reserved_by is not None and h.reserved_by not in ids:
+                continue
+            if h.fits(m) and (best is None or (len(h.free_gpus), h.free_cpus) < (len(best.free_gpus), best.free_cpus)):
+                best = h
+        if best is None:
+            for h, gpus, cpus, memory, slots in saved:
+                h.free_gpus, h.free_cpus, h.free_memory_mb, h.free_slots = gpus, cpus, memory, slots
+            return None
+        placed.append(Placement(m.execution_id, best.name, best.take(m)))
+    return placed
 
 
 def _reserve(d: Demand, candidates: list[Capacity]) -> None:

@@ -21,10 +21,12 @@ import logging
 import random
 from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
+
 from runyard.protocol.messages import ErrorCode, Event
 from runyard.protocol.tasks import TaskCreateParams, TaskView
 
-from . import optimize, runoptions, stopcondition, taskstore, variants
+from . import distributed, optimize, runoptions, stopcondition, taskstore, variants
 from .lifecycle import TERMINAL
 from .record import SELECT, ExecutionRow, row_of
 from .runoptions import RunOptions
@@ -138,12 +140,23 @@ class TaskEngine:
             counts = await taskstore.counts(self.store, task_id)
             if task.type == "bayesian_tpe" and await self._next_round(task, counts):
                 counts = await taskstore.counts(self.store, task_id)
+            if task.type == "distributed" and task.status != "stopping" and task_id not in self._asked:
+                # The group is placed whole, in one transaction: some members waiting unplaced
+                # while others were placed or ended (stopped before the group started, or sent
+                # back to the queue) means it can never be whole again.
+                waiting = await distributed.unplaced(self.store, task_id)
+                if 0 < waiting < sum(counts.values()):
+                    log.info("task %s: %d of its members wait unplaced while the others do not: "
+                             "the group cannot start", task_id, waiting)
+                    self._asked[task_id] = distributed.GROUP_INCOMPLETE
             before = TaskState(task.status, task.reason)
             after = decide(before, counts, on_child_error=task.spec.get("on_child_error") or DEFAULT_ON_CHILD_ERROR,
                            stop=self._asked.pop(task_id, None))
             if after != before:
-                await taskstore.set_state(self.store, task_id, after.status, after.reason)
-                task.status, task.reason = after.status, after.reason
+                ended = await taskstore.set_state(self.store, task_id, after.status, after.reason)
+                # All three at once: a tasks.get that holds this record (it is read across an
+                # await) must never see an ended task without its end time.
+                task.status, task.reason, task.ended_at = after.status, after.reason, ended
                 log.info("task %s: %s%s", task_id, after.status, f" ({after.reason})" if after.reason else "")
                 self.core.hub.publish(Event(seq=0, execution_id=0, kind="task", status=after.status,
                                             reason=after.reason, at=utcnow(), task=task_id))
@@ -245,6 +258,7 @@ class TaskEngine:
             raise OperationError(ErrorCode.INVALID_PARAMS, f"the snapshot has no {p.config_path}")
         try:
             config = load_config(text.decode("utf-8", "replace"), p.config_path)
+            p = _step_named(config, p)
             spec, children = _plan(config, p)
             fixed: dict[str, Any] = dict(p.parameters)
             raws = [fixed | {k: variants.raw(v) for k, v in kid.items()} for kid in children]
@@ -256,6 +270,9 @@ class TaskEngine:
         except (StepError, variants.VariantError, stopcondition.StopConditionError) as exc:
             raise OperationError(ErrorCode.INVALID_PARAMS, str(exc)) from None
         resources = core._resources(first.resources, p.pool, p.gpus)
+        if spec["type"] == "distributed":
+            self._check_group(len(commands), spec, p.retries, resources)
+            resources[distributed.GROUP_KEY] = len(commands)  # its members are placed as one group
         image = p.image or first.image or core.config.defaults.image
         base = runoptions.apply(ExecutionRow(
             step=first.name, title=p.title, owner=owner, owner_uid=owner_uid, parameters=first.parameters,
@@ -279,7 +296,7 @@ class TaskEngine:
             id=0, name=p.blueprint, title=p.title, type=spec["type"], step=spec["step"], status="created",
             reason=None, owner=owner, owner_uid=owner_uid, spec=spec)
         async with self._lock, core.quota_lock():
-            queued = core.quotas.admit(rows, queued)  # beyond the owner's quota: created, reason quota
+            queued = self._admit(spec["type"], rows, queued)  # beyond the owner's quota: created, reason quota
             record, rows, events = await taskstore.create(self.store, record, rows, queued,
                                                           varying=("parameters", "command"))
             self._tasks[record.id] = record
@@ -292,6 +309,35 @@ class TaskEngine:
                  record.type, queued)
         return self.view(record, {"queued": queued, "created": len(rows) - queued} if queued < len(rows)
                          else {"queued": queued}, [r.id for r in rows])
+
+    def _admit(self, kind: str, rows: list[ExecutionRow], queued: int) -> int:
+        """How many of ``rows`` the owner's quota lets be queued now (under the quota lock). A
+        distributed task's members all or none: members held back one by one could fill the
+        owner's quota with halves of groups that can never be placed."""
+        from .core import OperationError
+
+        admitted = self.core.quotas.admit(rows, queued)
+        if kind == "distributed" and admitted < len(rows):
+            raise OperationError(ErrorCode.INVALID_PARAMS, (
+                f"your quota has room for {admitted} more executions now, and a distributed task's "
+                f"{len(rows)} members must all be queued at once: try again when fewer of yours are active"))
+        return admitted
+
+    def _check_group(self, count: int, spec: dict[str, Any], retries: int, resources: dict[str, Any]) -> None:
+        """Refuse a distributed task that could never run as one group, naming why."""
+        from .core import OperationError
+        from .runtime_slurm import ClusterHost
+
+        hosts = self.core.hosts.values()
+        pool = resources.get("pool")
+        known = all(h.cpus is not None and h.memory_mb is not None for h in hosts
+                    if pool is None or h.settings.pool == pool)
+        refused = distributed.refusal(
+            count, limit=spec.get("maximum_queued_executions"), retries=retries, resources=resources,
+            cluster_pools={h.settings.pool for h in hosts if isinstance(h, ClusterHost)},
+            capacities=self.core.capacities([]) if known else None)
+        if refused is not None:
+            raise OperationError(ErrorCode.INVALID_PARAMS, refused)
 
     async def get(self, task_id: int) -> taskstore.TaskRecord:
         from .core import OperationError
@@ -333,7 +379,7 @@ class TaskEngine:
         record = dataclasses.replace(old, id=0, status="created", reason=None, owner=owner, owner_uid=owner_uid,
                                      spec={**old.spec, "restarted_from": old.id}, ended_at=None)
         async with self._lock, self.core.quota_lock():
-            queued = self.core.quotas.admit(rows, queued)
+            queued = self._admit(old.type, rows, queued)
             record, rows, events = await taskstore.create(self.store, record, rows, queued)
             self._tasks[record.id] = record
             for row in rows:
@@ -372,6 +418,15 @@ class TaskEngine:
 
     def active_children(self) -> int:
         return len(self._task_of)
+
+
+def _step_named(config: Any, p: TaskCreateParams) -> TaskCreateParams:
+    """`task run STEP --type distributed --count N` names a step, with no variant flags to say so:
+    a name that is no blueprint but a step, given with a type, is the step."""
+    if (p.blueprint is not None and p.type is not None and not p.step and p.blueprint not in config.tasks
+            and p.blueprint in config.steps):
+        return msgspec.structs.replace(p, step=p.blueprint, blueprint=None)
+    return p
 
 
 def _plan(config: Any, p: TaskCreateParams) -> tuple[dict[str, Any], list[dict[str, Any]]]:

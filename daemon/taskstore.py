@@ -168,11 +168,13 @@ async def children(store: Store, task_id: int, statuses: Iterable[str] = (), lim
     return [int(r[0]) for r in rows]
 
 
-async def set_state(store: Store, task_id: int, status: str, reason: str | None) -> None:
+async def set_state(store: Store, task_id: int, status: str, reason: str | None) -> str | None:
+    """Record the task's new state; returns its ended_at (set as it reaches a terminal state)."""
     ended = utcnow() if status in TASK_TERMINAL else None
     async with store._tx():
         await store.db.execute("UPDATE tasks SET status = ?, reason = ?, ended_at = ? WHERE id = ?",
                                (status, reason, ended, task_id))
+    return ended
 
 
 async def delete(store: Store, task_id: int) -> None:

@@ -4,7 +4,8 @@ Faithful to valohai-yaml's ``Task`` and ``VariantParameter``: a variant paramete
 (single, multiple, linear, logspace, random) and rules (value; items; start/end/step;
 start/end/count/base; min/max/distribution/integerify/seed), and the task's type says how the
 parameters combine: grid_search (the Cartesian product), random_search (``execution-count``
-draws, reproducible with a seed), manual_search (one child per ``parameter-sets`` entry).
+draws, reproducible with a seed), manual_search (one child per ``parameter-sets`` entry),
+distributed (``execution-count`` identical members; see distributed.py for how they meet).
 
 Bayesian search is not here: its children are asked for in rounds by optimize.py, which has
 seen the earlier rounds' results; its random first batch is a random_search of :func:`expand`.
@@ -21,7 +22,6 @@ from typing import Any, Final
 
 STYLES: Final = ("single", "multiple", "linear", "logspace", "random")
 TYPES: Final = ("grid_search", "random_search", "manual_search", "bayesian_tpe", "distributed")
-RUNNABLE_TYPES: Final = ("grid_search", "random_search", "manual_search", "bayesian_tpe")
 DISTRIBUTIONS: Final = ("uniform", "loguniform")
 MAX_CHILDREN: Final = 20_000
 DEFAULT_RANDOM_COUNT: Final = 20  # Valohai's default first batch
@@ -184,11 +184,31 @@ def expand(kind: str, variants: Iterable[Variant], *, parameter_sets: Iterable[M
         children = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
     elif kind == "bayesian_tpe":
         raise VariantError("a bayesian_tpe task's children are asked of its optimiser in rounds (optimize.py)")
+    elif kind == "distributed":
+        children = _members(variants, sets, count)
     else:
-        raise VariantError(f"task type {kind} is not run by runyard yet (it runs {', '.join(RUNNABLE_TYPES)})")
+        raise AssertionError(f"task type {kind} has no expansion")  # task_type refused any other
     if len(children) > MAX_CHILDREN:
         raise VariantError(f"the task makes {len(children)} children, more than {MAX_CHILDREN}")
     return children
+
+
+def _members(variants: list[Variant], sets: list[dict[str, Any]], count: int | None) -> list[dict[str, Any]]:
+    """A distributed task's members: ``count`` identical children (Valohai's execution-count)."""
+    if sets:
+        raise VariantError("a distributed task's members are identical: it takes no parameter-sets")
+    fixed: dict[str, Any] = {}
+    for v in variants:
+        given = [] if v.style == "random" else values(v)
+        if len(given) != 1:
+            raise VariantError(f"parameter {v.name}: a distributed task's members are identical, so each "
+                               f"parameter takes one value (style single), not {v.style}")
+        fixed[v.name] = given[0]
+    if count is None:
+        raise VariantError("a distributed task needs execution-count (--count N): how many members it has")
+    if not 1 <= count <= MAX_CHILDREN:
+        raise VariantError(f"execution-count must be between 1 and {MAX_CHILDREN}, not {count}")
+    return [dict(fixed) for _ in range(count)]
 
 
 def raw(value: Any) -> str | list[str]:

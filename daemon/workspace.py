@@ -81,7 +81,7 @@ def execution_config(row: ExecutionRow) -> dict[str, Any]:
     }
 
 
-def _write_config(config: Path, name: str, data: dict[str, Any]) -> None:
+def write_config(config: Path, name: str, data: dict[str, Any]) -> None:
     """``<name>.json`` and ``<name>.yaml``: Valohai writes both, and scripts read either."""
     (config / f"{name}.json").write_text(json.dumps(data, indent=2))
     (config / f"{name}.yaml").write_text(yaml.safe_dump(data, default_flow_style=False, sort_keys=False))
@@ -105,10 +105,10 @@ def prepare(work: Path, row: ExecutionRow, snapshots: SnapshotStore,
     for input_name in row.inputs:
         (work / "inputs" / input_name).mkdir(exist_ok=True)
     config = work / "config"
-    _write_config(config, "parameters", row.parameters)
+    write_config(config, "parameters", row.parameters)
     described = {name: {"files": []} for name in row.inputs} | (inputs_json or {})
-    _write_config(config, "inputs", described)
-    _write_config(config, "execution", execution_config(row))
+    write_config(config, "inputs", described)
+    write_config(config, "execution", execution_config(row))
 
 
 def remove(work: Path) -> None:

@@ -49,8 +49,9 @@ def test_manual_sets_and_limits() -> None:
     assert len(v.expand("random_search", [v.Variant("a", "random", {"min": 1, "max": 25, "count": 10})])) == 10
     with pytest.raises(v.VariantError, match="more than"):
         v.expand("grid_search", [v.parse_linear("a=1:200:1"), v.parse_linear("b=1:200:1")])
-    with pytest.raises(v.VariantError, match="not run by runyard"):
-        v.expand("Distributed", [v.parse_random("a=0..1")])
+    with pytest.raises(v.VariantError, match="members are identical"):
+        v.expand("Distributed", [v.parse_random("a=0..1")], count=2)
+    assert v.expand("distributed", [v.parse_grid("a=3")], count=2) == [{"a": 3}, {"a": 3}]
     assert v.task_type("Grid-Search") == "grid_search"
 
 

@@ -198,12 +198,35 @@ async def test_blueprint_random_search_is_reproducible_and_manual_sets_run_as_gi
     done = await follow(plain, manual["id"])
     assert [(e["parameters"]["lr"], e["parameters"]["x"]) for e in infos(plain, done.execution_ids)] == \
         [(0.5, 7), (0.25, 1)]
-    # A blueprint that is not there, and a task type runyard does not run, are refused by name.
+    # A blueprint that is not there, and a distributed task of varying members, are refused by name.
     assert "no task named 'nope'" in cli(plain, "task", "run", "nope", cwd=repo, code=2)
-    assert "distributed is not run" in cli(plain, "task", "run", "train", "--type", "distributed",
-                                           "--random", "lr=0..1", cwd=repo, code=2)
+    assert "a distributed task's members are identical" in cli(plain, "task", "run", "train", "--type",
+                                                               "distributed", "--random", "lr=0..1", cwd=repo, code=2)
     assert "needs optimization-target-metric" in cli(plain, "task", "run", "train", "--type", "bayesian-tpe",
                                                      "--random", "lr=0..1", cwd=repo, code=2)
+
+
+async def test_an_ended_task_always_shows_when_it_ended(plain: Daemon, repo: Path) -> None:
+    # Clients (the TUI, `task info`, `--watch`) ask for a task while it ends: whoever sees it
+    # ended sees its end time too, in tasks.get, `task info` and `task list --json`.
+    async def poll(task_id: int) -> TaskView:
+        client = await Client.connect(plain.socket, client_name="tests")
+        try:
+            while (task := msgspec.convert(await client.call("tasks.get", {"id": task_id}), TaskView)).status \
+                    not in ("complete", "error", "stopped"):
+                pass
+            return task
+        finally:
+            await client.close()
+
+    ids = [new_task(plain, repo, "train", "--grid", "x=1,2", "-p", "steps=10")["id"] for _ in range(2)]
+    seen = await asyncio.gather(*(poll(i) for i in ids for _ in range(3)))
+    assert [(t.status, t.ended_at is not None) for t in seen] == [("complete", True)] * len(seen)
+    shown = json.loads(cli(plain, "task", "info", str(ids[0]), "--json"))
+    assert shown["ended_at"] and shown["ended_at"] >= shown["created_at"]
+    assert f"ended:          {shown['ended_at']}" in cli(plain, "task", "info", str(ids[0]))
+    listed = {t["id"]: t["ended_at"] for t in json.loads(cli(plain, "task", "list", "--json"))}
+    assert listed[ids[0]] == shown["ended_at"] and all(listed[i] for i in ids)
 
 
 async def test_on_child_error_modes(plain: Daemon, repo: Path) -> None:

@@ -46,7 +46,7 @@ def record(n: int) -> str:
 @pytest.fixture(scope="module")
 def searched() -> Iterator[tuple[Daemon, int]]:
     root = Path(tempfile.mkdtemp(prefix="ry-", dir="/tmp"))
-    daemon = Daemon(root=root, local_extra='runtime = "process"\n', daemon_extra="search_seconds = 3.0\n")
+    daemon = Daemon(root=root, local_extra='runtime = "process"\n', daemon_extra="search_seconds = 5.0\n")
     daemon.start()
     try:
         repo = make_repo(root / "repo", {"valohai.yaml": step_yaml("tiny", "echo hi")})
@@ -150,7 +150,7 @@ async def test_search_goes_on_from_where_it_stopped_in_both_directions(searched:
         assert (await other.get(execution)).status == "complete"
         assert [m.line for m in (await other.search_logs(execution, "needle")).matches] == [30_001]
         assert not runaway.done()
-    with pytest.raises(RemoteError, match=r"took over 3 s .* backtrack"):
+    with pytest.raises(RemoteError, match=r"took over 5 s .* backtrack"):
         await runaway
 
 
@@ -230,8 +230,8 @@ async def test_tui_search_jumps_to_matches_anywhere_in_the_log_and_n_N_move_betw
 
 def test_the_time_limit_bounds_the_whole_search_not_each_piece(searched: tuple[Daemon, int]) -> None:
     """A pattern slow on every line, though no piece of the log takes the limit alone, is refused
-    after about daemon.search_seconds over the whole search, not after minutes. (3 s here: the
-    legitimate searches of this module take a second on a busy machine.)"""
+    after about daemon.search_seconds over the whole search, not after minutes. (5 s here: the
+    legitimate searches of this module take a second, and up to 4 s on a machine loaded 15 deep.)"""
     daemon, _ = searched
 
     async def another() -> int:
@@ -244,12 +244,12 @@ def test_the_time_limit_bounds_the_whole_search_not_each_piece(searched: tuple[D
     log = daemon.data_dir / "logs" / f"{execution}.log"
     fresh = log.with_name("slow.tmp")
     # (a|aa)+$ tries every way of splitting seven a's before failing on the b: about 0.15 s for each
-    # 256 KiB here, some seconds for the whole 8 MiB
-    fresh.write_text(record_of("a" * 7 + "b") * 200_000)
+    # 256 KiB here, some seconds for the whole 14 MiB
+    fresh.write_text(record_of("a" * 7 + "b") * 350_000)
     os.replace(fresh, log)
     runaway = subprocess.Popen([sys.executable, "-m", "runyard.cli", "logs", str(execution), "--grep", "(a|aa)+$"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "RUNYARD_SOCKET": daemon.socket, "NO_COLOR": "1"})
     assert run_cli(daemon, "info", str(execution)).returncode == 0  # the daemon answers meanwhile
     _, err = runaway.communicate(timeout=120)
-    assert runaway.returncode == 2 and "took over 3 s" in err and "backtrack" in err, err
+    assert runaway.returncode == 2 and "took over 5 s" in err and "backtrack" in err, err

@@ -47,7 +47,7 @@ from runyard.protocol.messages import ErrorCode
 
 from .core import OperationError
 from .runtime_docker import LABEL_DAEMON, LABEL_EXECUTION
-from .shell_leftovers import ShellRecords, end_in_container, new_pid_file, wrapped
+from .shell_leftovers import KILL_TIMEOUT, ShellRecords, end_in_container, new_pid_file, wrapped
 from .transport import SshTransport, q
 from .workspace import container_environment
 
@@ -375,7 +375,7 @@ class DockerShell:
             running = (await self.exec.inspect()).get("Running")
             # An ended command's pid may be another process's by now: only its pid file goes.
             await asyncio.wait_for(end_in_container(self.docker, self.container_id, self.pid_file,
-                                                    signal=bool(running)), 15)
+                                                    signal=bool(running)), KILL_TIMEOUT)
         except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.info("shell in container %s: ending it: %r", self.container_id[:12], exc)  # gone with its container
         await asyncio.to_thread(self.records.remove, record)

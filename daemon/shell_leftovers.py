@@ -37,7 +37,9 @@ KILLER: Final = (
     'for i in 1 2 3; do kill -0 "$p" 2>/dev/null || exit 0; sleep 1; done; '
     'kill -KILL -"$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null; exit 0'
 )
-_KILL_TIMEOUT: Final = 15.0
+# A bound for a hung engine only: a loaded engine takes seconds to run an exec, and a shell given
+# up on keeps running its command.
+KILL_TIMEOUT: Final = 60.0
 
 
 def new_pid_file() -> str:
@@ -100,7 +102,7 @@ async def end_leftovers(records: ShellRecords, host: str, docker: aiodocker.Dock
     """End the shells a previous daemon left open on ``host``: their clients went with it."""
     for path, container_id, pid_file in await asyncio.to_thread(records.of_host, host):
         try:
-            await asyncio.wait_for(end_in_container(docker, container_id, pid_file), _KILL_TIMEOUT)
+            await asyncio.wait_for(end_in_container(docker, container_id, pid_file), KILL_TIMEOUT)
             log.info("host %s: ended a shell left open in container %s by the previous daemon", host,
                      container_id[:12])
         except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:

@@ -25,12 +25,26 @@ HOST_COLUMNS = ("HOST", "STATE", "POOL", "GPUS FREE", "CPU", "MEMORY", "RUNNING"
 GPU_COLUMNS = ("GPU", "MODEL", "MEMORY", "UTIL", "HELD BY")
 
 
-def _columns(table: VimTable, names: tuple[str, ...]) -> None:
-    """Empty the table, columns too: a column sized to what it once held (``connecting``, a GPU
-    still being scanned) would keep that width, or cut what it holds now."""
+Row = tuple[str, tuple[object, ...]]  # key, cells
+
+
+def _fill(table: VimTable, names: tuple[str, ...], rows: list[Row], shown: dict[str, list[Row]]) -> bool:
+    """Show ``rows``, unless the table shows them already; False when it did.
+
+    The table is emptied, columns too: a column sized to what it once held (``connecting``, a GPU
+    still being scanned) would keep that width, or cut what it holds now. DataTable sizes columns
+    when idle, so a refill shows them at their headers' width for a moment: an update that changes
+    nothing (most host updates) leaves the table alone instead of making it flicker."""
+    key = str(table.id)
+    if shown.get(key) == rows and table.row_count == len(rows):
+        return False
+    shown[key] = rows
     table.clear(columns=True)
     for name in names:
         table.add_column(name, key=name.lower())
+    for row_key, cells in rows:
+        table.add_row(*cells, key=row_key)
+    return True
 
 
 class HostsScreen(Screen[None]):
@@ -54,6 +68,7 @@ class HostsScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.hosts: list[HostView] = []
+        self._shown: dict[str, list[Row]] = {}  # what each table shows, by its id
 
     @property
     def ry(self) -> RunyardApp:
@@ -84,15 +99,15 @@ class HostsScreen(Screen[None]):
         self.hosts = hosts
         table = self.query_one("#hosts-table", VimTable)
         current = self.current_host()
-        _columns(table, HOST_COLUMNS)
+        rows: list[Row] = []
         for h in hosts:
             free = sum(1 for g in h.gpus if g.execution is None)
             cpu = f"{h.cpus_used:g}/{h.cpus}" if h.cpus else f"{h.cpus_used:g}/?"
             memory = f"{h.memory_used_mb // 1024}/{h.memory_mb // 1024} GiB" if h.memory_mb else "?"
             state = Text(h.state, style=HOST_STATE_STYLES.get(h.state, ""))
-            table.add_row(h.name, state, h.pool, f"{free}/{len(h.gpus)}", cpu, memory,
-                          ",".join(f"#{i}" for i in h.executions) or "-", key=h.name)
-        if current and current in table.rows:
+            rows.append((h.name, (h.name, state, h.pool, f"{free}/{len(h.gpus)}", cpu, memory,
+                                  ",".join(f"#{i}" for i in h.executions) or "-")))
+        if _fill(table, HOST_COLUMNS, rows, self._shown) and current and current in table.rows:
             table.move_cursor(row=table.get_row_index(current))
         self._show_gpus()
         ready = sum(1 for h in hosts if h.state == "ready")
@@ -112,10 +127,11 @@ class HostsScreen(Screen[None]):
 
     def _show_gpus(self) -> None:
         gpus = self.query_one("#gpu-table", VimTable)
-        _columns(gpus, GPU_COLUMNS)
         h = self.host()
         summary = self.query_one("#host-summary", Static)
+        rows: list[Row] = []
         if h is None:
+            _fill(gpus, GPU_COLUMNS, rows, self._shown)
             summary.update("no hosts configured")
             return
         lines = [f"[b]{h.name}[/b] {h.address} · {h.runtime} · max {h.max_concurrent} at once"
@@ -135,7 +151,8 @@ class HostsScreen(Screen[None]):
             util = g.utilization
             util_text = f"{bar(None if util is None else util / 100)} {util if util is not None else '?':>3}%"
             holder = f"#{g.execution}" if g.execution is not None else "free"
-            gpus.add_row(str(g.index), g.name, memory, util_text, holder, key=g.uuid)
+            rows.append((g.uuid, (str(g.index), g.name, memory, util_text, holder)))
+        _fill(gpus, GPU_COLUMNS, rows, self._shown)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id == "hosts-table":

@@ -7,7 +7,10 @@ stays queued. Through the protocol client on one connection:
 - submit, one after another, until the queue holds N (100, 1,000, 10,000): the mean
   round trip and the daemon's CPU time per submit (from /proc), for the last 100 submits;
 - `list` (the newest 100) with the queue at N;
-- `stop --all` of the N queued ones.
+- `stop --all` of the N queued ones;
+- with ``--running N``: N executions running at once (plain `sleep` processes), then `stop
+  --all`: the answer, and the time until every one of them has ended `stopped` (signalled,
+  exited, recorded). There is no baseline for that one: the target (5 s for 1,000) is absolute.
 
 The baseline, in the same run, is the same request with the queue nearly empty (the
 first 100 submits), so the figure is the cost's growth with the queue: flat is 1.0x.
@@ -22,6 +25,7 @@ import asyncio
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import save  # noqa: E402
 from runyard.daemon.snapshots import snapshot_commit  # noqa: E402
 from runyard.protocol.client import Client  # noqa: E402
+from runyard.protocol.messages import Event  # noqa: E402
 from tests.conftest import Daemon, make_repo, step_yaml  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -115,10 +120,70 @@ async def one_size(size: int) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+async def until_all(client: Client, ids: set[int], statuses: set[str]) -> None:
+    """Until every one of ``ids`` is in one of ``statuses``: the state once subscribed, then events."""
+    subscribed = asyncio.Event()
+    changes: asyncio.Queue[Event] = asyncio.Queue()
+
+    async def follow() -> None:
+        async for event in client.events(subscribed=subscribed.set):
+            if isinstance(event, Event) and event.kind != "host":
+                changes.put_nowait(event)
+
+    follower = asyncio.create_task(follow())
+    try:
+        await subscribed.wait()
+        status = {v.id: v.status for v in await client.list_executions(limit=len(ids) + 10)}
+        while not all(status.get(i) in statuses for i in ids):
+            event = await changes.get()
+            status[event.execution_id] = event.status
+    finally:
+        follower.cancel()
+
+
+async def running(count: int) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="ryr-", dir="/tmp"))
+    daemon = QuietDaemon(root=root, max_concurrent=count, stop_grace=30, local_extra='runtime = "process"\n')
+    try:
+        repo = make_repo(root / "repo", {"valohai.yaml": step_yaml("wait", "sleep 100000")})
+        daemon.start()
+        assert daemon.process is not None
+        pid = daemon.process.pid
+        async with await Client.connect(daemon.socket, client_name="bench") as client:
+            snap = snapshot_commit(repo, "HEAD")
+            await client.snapshot_put(snap.id, snap.data)
+            ids = {(await client.submit(step="wait", snapshot=snap.id)).id for _ in range(count)}
+            started = time.perf_counter()
+            await until_all(client, ids, {"started"})
+            all_started_s = time.perf_counter() - started
+            cpu = cpu_seconds(pid)
+            started = time.perf_counter()
+            result = await client.stop(all=True)
+            answer_s = time.perf_counter() - started
+            await until_all(client, ids, {"stopped", "error", "complete"})
+            ended_s = time.perf_counter() - started
+            stop_cpu = cpu_seconds(pid) - cpu
+            stopped = sum(1 for v in await client.list_executions(status=["stopped"], limit=count + 10) if v.id in ids)
+        return {"running": count, "all_started_after_s": round(all_started_s, 1),
+                "stop_all": {"asked": len(result.stopped), "answer_s": round(answer_s, 3),
+                             "all_stopped_s": round(ended_s, 3), "stopped": stopped,
+                             "daemon_cpu_s": round(stop_cpu, 3)}}
+    finally:
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
+        subprocess.run(["pkill", "-f", "sleep 100000"], check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,1000,10000")
+    parser.add_argument("--running", type=int, default=0, help="instead: N running at once, then stop --all")
     args = parser.parse_args()
+    if args.running:
+        save("queue_running", await running(args.running))
+        return
     results = [await one_size(int(s)) for s in args.sizes.split(",")]
     save("queue", {"sizes": results})
 

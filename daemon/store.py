@@ -12,10 +12,10 @@ import dataclasses
 import json
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import aiosqlite
 
@@ -24,6 +24,8 @@ from runyard.protocol.messages import Event
 from .lifecycle import ACTIVE_STATUSES, ALLOWED, TERMINAL
 from .record import COLUMNS, SELECT, ExecutionRow, column_values, encode_field, row_of
 from .schema import MIGRATIONS, SCHEMA_VERSION
+
+T = TypeVar("T")
 
 __all__ = ["ACTIVE_STATUSES", "ALLOWED", "TERMINAL", "ExecutionRow", "Store", "StoreError", "utcnow"]
 
@@ -84,6 +86,30 @@ class Store:
                 await _to_the_end(self._rollback())
                 raise
 
+    async def _in_one_hop(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` as one write transaction in one trip to aiosqlite's thread.
+
+        Each awaited statement is a round trip through that thread and back to the event loop
+        (about 0.1 ms each on a busy machine): a submit's BEGIN, two INSERTs and COMMIT were
+        most of its cost. ``work`` runs whole on the thread, so a cancel of the caller can never
+        leave its transaction open: the lock is held until it has ended either way."""
+        def run() -> T:
+            conn = self.db._conn  # aiosqlite's own connection, only ever used on its thread
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.OperationalError):
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+        async with self._lock:
+            hop: asyncio.Future[T] = asyncio.ensure_future(self.db._execute(run))  # type: ignore[no-untyped-call]
+            await _to_the_end(hop)
+            return hop.result()
+
     async def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.OperationalError):  # "no transaction is active"
             await self.db.execute("ROLLBACK")
@@ -136,13 +162,17 @@ class Store:
         now = utcnow()
         new.status, new.created_at = status, now
         names = [c for c in COLUMNS if c != "id"]
-        async with self._tx():
-            cur = await self.db.execute(
-                f"INSERT INTO executions ({', '.join(names)}) VALUES ({','.join('?' * len(names))})",
-                column_values(new, names),
-            )
-            execution_id = int(cur.lastrowid or 0)
-            event = await self._append_event(execution_id, "created", status, new.reason, now)
+        insert = f"INSERT INTO executions ({', '.join(names)}) VALUES ({','.join('?' * len(names))})"
+        values = column_values(new, names)
+
+        def work(conn: sqlite3.Connection) -> tuple[int, int]:
+            execution_id = int(conn.execute(insert, values).lastrowid or 0)
+            seq = conn.execute("INSERT INTO events (execution_id, kind, status, reason, at) VALUES (?,?,?,?,?)",
+                               (execution_id, "created", status, new.reason, now)).lastrowid
+            return execution_id, int(seq or 0)
+
+        execution_id, seq = await self._in_one_hop(work)
+        event = Event(seq=seq, execution_id=execution_id, kind="created", status=status, reason=new.reason, at=now)
         # Every column was written from ``new``: it is the row, with its id.
         return dataclasses.replace(new, id=execution_id), event
 

@@ -108,6 +108,33 @@ def _points(steps: range, **extra: object) -> list[tuple[str, str, dict[str, obj
     return out
 
 
+async def test_a_submit_is_recorded_whole_or_not_at_all_even_when_it_fails_or_is_cancelled(tmp_path: Path) -> None:
+    """A submit's row and its event are one transaction: a submit that fails leaves neither, one
+    cancelled mid-way leaves both or neither, and the next one is recorded as usual."""
+    store = await Store.open(tmp_path / "db.sqlite3")
+    try:
+        first, event = await store.create_execution(_new("first"))
+        assert (event.execution_id, event.kind, event.status) == (first.id, "created", "queued")
+        bad = _new("unbindable")
+        bad.title = object()  # type: ignore[assignment]  # a value SQLite cannot store
+        with pytest.raises(Exception, match=r"(?i)type|bind"):
+            await store.create_execution(bad)
+        for turns in range(20):  # cancelled at every point a submit can be
+            task = asyncio.create_task(store.create_execution(_new("cancelled")))
+            for _ in range(turns % 5):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        last, _ = await store.create_execution(_new("last"))
+        rows = await store.list_executions(limit=1000)
+        created = [e for e in await store.events_since(0) if e.kind == "created"]
+        assert sorted(r.id for r in rows) == sorted(e.execution_id for e in created)
+        assert "unbindable" not in [r.title for r in rows] and last.id == max(r.id for r in rows)
+    finally:
+        await store.close()
+
+
 async def test_a_retried_executions_metadata_is_its_current_attempts(tmp_path: Path) -> None:
     """Steps 0-19 of the first attempt and 0-9 of the retry: the latest values and the points
     asked for by default are the retry's; the first attempt's stay in the history, marked."""

@@ -220,9 +220,9 @@ class Store:
         with another actor that already moved it), so callers can be idempotent.
         """
         now = utcnow()
-        async with self._tx():
-            async with self.db.execute("SELECT status FROM executions WHERE id = ?", (execution_id,)) as cur:
-                r = await cur.fetchone()
+
+        def work(conn: sqlite3.Connection) -> tuple[ExecutionRow, Event] | None:
+            r = conn.execute("SELECT status FROM executions WHERE id = ?", (execution_id,)).fetchone()
             if r is None or status not in ALLOWED.get(r[0], frozenset()):
                 return None
             if status == "started":
@@ -230,16 +230,17 @@ class Store:
             if status in TERMINAL:
                 fields.setdefault("ended_at", now)
             sets = ["status = ?", "reason = ?"] + [f"{k} = ?" for k in fields]
-            await self.db.execute(
-                f"UPDATE executions SET {', '.join(sets)} WHERE id = ?",
-                (status, reason, *(encode_field(k, v) for k, v in fields.items()), execution_id),
-            )
+            conn.execute(f"UPDATE executions SET {', '.join(sets)} WHERE id = ?",
+                         (status, reason, *(encode_field(k, v) for k, v in fields.items()), execution_id))
             if new_attempt:  # back to the queue: the next attempt's latest values start empty
-                await self.db.execute("DELETE FROM metadata_latest WHERE execution_id = ?", (execution_id,))
-            event = await self._append_event(execution_id, "status", status, reason, now)
-        row = await self.get(execution_id)
-        assert row is not None
-        return row, event
+                conn.execute("DELETE FROM metadata_latest WHERE execution_id = ?", (execution_id,))
+            seq = conn.execute("INSERT INTO events (execution_id, kind, status, reason, at) VALUES (?,?,?,?,?)",
+                               (execution_id, "status", status, reason, now)).lastrowid
+            row = row_of(conn.execute(f"SELECT {SELECT} FROM executions WHERE id = ?", (execution_id,)).fetchone())
+            return row, Event(seq=int(seq or 0), execution_id=execution_id, kind="status", status=status,
+                              reason=reason, at=now)
+
+        return await self._in_one_hop(work)
 
     async def transition_many(self, moves: list[tuple[int, str, str | None]]
                               ) -> list[tuple[int, str, str | None, str, int]]:

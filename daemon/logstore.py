@@ -296,8 +296,9 @@ def _compress(path: Path, should_stop: Callable[[], bool], after_block: Callable
             return False
         tmp.unlink(missing_ok=True)  # a leftover of a rewrite killed midway
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        fast = zstandard.ZstdCompressor(level=_FAST_LEVEL)
-        small = zstandard.ZstdCompressor(level=_SMALL_LEVEL)
+        # Each frame carries a checksum of its plain bytes: damage reads as an error, never as other text.
+        fast = zstandard.ZstdCompressor(level=_FAST_LEVEL, write_checksum=True)
+        small = zstandard.ZstdCompressor(level=_SMALL_LEVEL, write_checksum=True)
         entries: list[bytes] = []
         place = _HEADER.size
         records = 0

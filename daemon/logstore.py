@@ -228,17 +228,26 @@ def open_reader(path: Path) -> Iterator[PlainReader | BlockReader]:
 
 
 def plain_size(path: Path, *, strict: bool = True) -> int:
-    """The size of the log's plain bytes (what offsets count), 0 if there is none. Not ``strict``
-    (a listing): a damaged log counts as its stored size, and only reading it says what is wrong."""
+    """The size of the log's plain bytes (what offsets count), 0 if there is none; reads at most
+    the header and the trailer (``list`` asks it of every row). Not ``strict`` (a listing): a log
+    whose trailer is damaged counts as its stored size, and only reading it says what is wrong."""
     try:
-        with open_reader(path) as reader:
-            return reader.size
+        fd = open_regular(path, os.O_RDONLY)
     except FileNotFoundError:
         return 0
-    except LogDamaged:
+    try:
+        stored = os.fstat(fd).st_size
+        if not _kind(fd):
+            return stored
+        if stored >= _HEADER.size + _TRAILER.size:
+            *_, size, _records, end = _TRAILER.unpack(os.pread(fd, _TRAILER.size, stored - _TRAILER.size))
+            if end == END_MAGIC:
+                return int(size)
         if strict:
-            raise
-        return path.stat().st_size
+            raise LogDamaged(f"the stored log {path} is damaged: its end marker is missing (cut short or overwritten)")
+        return stored
+    finally:
+        os.close(fd)
 
 
 def is_compressed(path: Path) -> bool:

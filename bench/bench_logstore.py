@@ -89,10 +89,13 @@ def cpu() -> float:
 
 
 def storage(root: Path, lines: int) -> dict[str, Any]:
+    """Writes root/mix.plain, the mix log, for the reads after."""
     out: dict[str, Any] = {}
     for kind in ("mix", "short"):
         path = root / f"{kind}.log"
         printed = write_log(path, kind, lines, lines // 2)
+        if kind == "mix":
+            shutil.copyfile(path, root / "mix.plain")
         plain = path.stat().st_size
         used, wall = cpu(), time.perf_counter()
         assert store_ended(path)
@@ -112,14 +115,13 @@ async def timed(read: Callable[[int], Awaitable[Any]], execution_id: int) -> tup
 
 
 async def reads(client: Client, plain_id: int, stored_id: int, size: int, needle: int) -> dict[str, Any]:
-    async def search_all(execution_id: int, pattern: str) -> tuple[int, int]:
-        offset, spent, found, requests = None, 0.0, 0, 0
+    async def search_all(execution_id: int, pattern: str) -> int:
+        offset, spent, found = None, 0.0, 0
         while True:
             part = await client.search_logs(execution_id, pattern, offset=offset, spent=spent)
-            requests += 1
             found += len(part.matches)
             if part.done:
-                return found, requests
+                return found
             offset, spent = part.next, spent + part.seconds
 
     async def follow(execution_id: int, offset: int) -> int:
@@ -129,8 +131,13 @@ async def reads(client: Client, plain_id: int, stored_id: int, size: int, needle
         return got
 
     async def search_needle(execution_id: int) -> int:
-        found = await client.search_logs(execution_id, "needle")
-        return found.matches[0].line
+        """As `logs --grep` and the TUI's / do: requests until the first match."""
+        offset, spent = None, 0.0
+        while True:
+            found = await client.search_logs(execution_id, "needle", offset=offset, spent=spent, limit=1)
+            if found.matches or found.done:
+                return found.matches[0].line
+            offset, spent = found.next, spent + found.seconds
 
     kinds: dict[str, Callable[[int], Awaitable[Any]]] = {
         "head": lambda i: client.read_logs(i, head=200),
@@ -185,7 +192,7 @@ async def main() -> None:
                 ids.append(e.id)
             logs = [daemon.data_dir / "logs" / f"{i}.log" for i in ids]
             for log in logs:
-                write_log(log, "mix", lines, needle)
+                shutil.copyfile(root / "mix.plain", log)
             assert store_ended(logs[1])
             size = logs[0].stat().st_size
             subprocess.run(["cat", str(logs[0]), str(logs[1])], stdout=subprocess.DEVNULL, check=True)

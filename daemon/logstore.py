@@ -58,7 +58,7 @@ _INDEX_MAX: Final = 64 << 20  # 2 M blocks: a log of 512 GiB
 LOG_LOCK: Final = threading.Lock()
 _compressing: set[str] = set()
 
-# Blocks and indexes already read, by file identity (device, inode, change time): each request
+# Blocks and indexes already read, by file identity (device, inode, mtime, size, trailer): each request
 # opens the log anew, and a client paging through it or following it asks for neighbouring bytes.
 K = TypeVar("K")
 V = TypeVar("V")
@@ -84,8 +84,9 @@ class _Lru(Generic[K, V]):
                 self._items.popitem(last=False)
 
 
-_blocks: _Lru[tuple[int, int, int, int], bytes] = _Lru(_CACHED_BLOCKS)
-_indexes: _Lru[tuple[int, int, int], tuple[list[tuple[int, int, int]], int, int]] = _Lru(_CACHED_INDEXES)
+_Identity = tuple[int, int, int, int, bytes]
+_blocks: _Lru[tuple[_Identity, int], bytes] = _Lru(_CACHED_BLOCKS)
+_indexes: _Lru[_Identity, tuple[list[tuple[int, int, int]], int, int]] = _Lru(_CACHED_INDEXES)
 
 
 class LogDamaged(Exception):
@@ -135,20 +136,22 @@ class BlockReader:
         self.fd = fd
         self.path = path
         self._dctx = zstandard.ZstdDecompressor()
+        if stored < _HEADER.size + _TRAILER.size:
+            self._damaged(f"{stored} bytes is too short for a compressed log")
+        trailer = os.pread(fd, _TRAILER.size, stored - _TRAILER.size)
         st = os.fstat(fd)
-        self._identity = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        # The trailer too: a file's times are as coarse as the kernel's clock tick, and an inode
+        # freed by a removed log is soon another's.
+        self._identity = (st.st_dev, st.st_ino, st.st_mtime_ns, stored, trailer)
         known = _indexes.get(self._identity)
         if known is not None:
             self._entries, self.size, self.records = known
             return
-        if stored < _HEADER.size + _TRAILER.size:
-            self._damaged(f"{stored} bytes is too short for a compressed log")
         magic, version, block = _HEADER.unpack(os.pread(fd, _HEADER.size, 0))
         if magic != MAGIC or version != VERSION or block != BLOCK:
             self._damaged(f"format version {version} with blocks of {block} bytes; this runyard reads "
                           f"version {VERSION} with blocks of {BLOCK}")
-        index_at, blocks, self.size, self.records, end = _TRAILER.unpack(
-            os.pread(fd, _TRAILER.size, stored - _TRAILER.size))
+        index_at, blocks, self.size, self.records, end = _TRAILER.unpack(trailer)
         if end != END_MAGIC:
             self._damaged("its end marker is missing (cut short or overwritten)")
         index_size = blocks * _ENTRY.size
@@ -171,7 +174,7 @@ class BlockReader:
         raise LogDamaged(f"the stored log {self.path} is damaged: {why}")
 
     def block(self, number: int) -> bytes:
-        key = (*self._identity, number)
+        key = (self._identity, number)
         data = _blocks.get(key)
         if data is not None:
             return data
@@ -188,6 +191,7 @@ class BlockReader:
         return data
 
     def pread(self, size: int, offset: int) -> bytes:
+        offset = max(0, offset)
         end = min(self.size, offset + max(0, size))
         if offset >= end:
             return b""
@@ -373,6 +377,9 @@ def decompress_log(path: Path) -> None:
             raise
         os.close(out)
     with LOG_LOCK:
+        if not path.exists():
+            tmp.unlink(missing_ok=True)  # removed meanwhile: it stays removed
+            return
         os.replace(tmp, path)
     _sync_dir(path.parent)
 

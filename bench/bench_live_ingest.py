@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_foundation import _cpu_seconds, _dockerd_pid, _engine_scheduling  # noqa: E402
 from bench.common import save  # noqa: E402
+from runyard.daemon.logstore import open_reader  # noqa: E402
 from runyard.protocol import Client  # noqa: E402
 from tests.conftest import BASE_IMAGE, Daemon, make_repo, step_yaml, submit_repo  # noqa: E402
 
@@ -72,7 +73,9 @@ async def _runyard(daemon: Daemon, repo: Path, lines: int, engine: str | None) -
         last_write = log.stat().st_mtime
         count = await client.call("logs.count", {"id": execution.id})
     # The runner's own notes (S records) are not the command's lines.
-    stored = sum(1 for line in log.read_bytes().splitlines() if line[:1] in (b"O", b"E"))
+    with open_reader(log) as reader:  # compressed by now, or soon: the daemon does so once it ended
+        plain = reader.pread(reader.size, 0)
+    stored = sum(1 for line in plain.splitlines() if line[:1] in (b"O", b"E"))
     assert stored == lines, f"runyard stored {stored} lines of {lines} ({count} records)"
     return {"seconds": seconds, "engine_cpu": (cpu1 or 0) - (cpu0 or 0), "daemon_cpu": (own1 or 0) - (own0 or 0),
             "complete_after_last_write_s": arrived - last_write, "reread": reread}

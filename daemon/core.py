@@ -29,6 +29,7 @@ from . import runoptions, shell_leftovers, workspace
 from .config import Config
 from .distributed import Groups, group_size
 from .doctor import diagnose
+from .endedlogs import EndedLogs
 from .events import EventHub
 from .fairqueue import FairQueue
 from .gpuuse import GpuUse
@@ -36,6 +37,7 @@ from .hosts import Host, all_settings
 from .inputs import InputFetcher, remove_partial_downloads
 from .lifecycle import TERMINAL, StopAsked, decide
 from .logfile import LogFile, append_once, remove_log
+from .logstore import plain_size
 from .logstream import timestamp_now
 from .mlyaml import STEP_NAME, is_ml_yaml, prepare_ml
 from .outputs import LocalOutputStore, OutputStore, S3OutputStore
@@ -112,6 +114,7 @@ class Core:
         self._host_said: dict[str, tuple[str, str]] = {}
         self._progress: dict[int, dict[str, Any]] = {}  # inputs being fetched, per execution
         self._progress_pushed: dict[int, float] = {}  # when each last went out as an event
+        self.ended_logs = EndedLogs(self.logs_root, lambda i: i in self.active or i in self._open_logs)
         self.runner_services = RunnerServices(
             store=store, snapshots=self.snapshots, outputs=self.outputs,
             work_root=self.work_root, stop_grace=config.defaults.stop_grace_seconds,
@@ -121,6 +124,7 @@ class Core:
             live_outputs_every=config.defaults.live_outputs_seconds, input_progress=self._input_progress,
             host_cache_bytes=config.cache.host_inputs_max_mb << 20,
             publish=self.publish, open_log=self.live_log, release_log=self._release_log, track=self.track,
+            log_ended=self.ended_logs.ended,
             host_of=self.hosts.get, inputs=InputFetcher(
                 data / "cache" / "inputs", self.outputs, s3_options=config.s3.options,
                 max_bytes=config.cache.inputs_max_mb << 20),
@@ -157,6 +161,7 @@ class Core:
                 # Placed before the daemon stopped: its runner finds the container again (or creates
                 # it, or ends it as host-lost if the host is gone from the configuration).
                 self._spawn(row)
+        self.ended_logs.start()
         await self.tasks.start()
         for host in self.hosts.values():
             host.start()
@@ -169,6 +174,7 @@ class Core:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.ended_logs.close()
         for logfile in self._open_logs.values():
             logfile.close()
         await asyncio.gather(*(host.close() for host in self.hosts.values()), return_exceptions=True)
@@ -752,10 +758,9 @@ class Core:
         return [DoctorCheck(name=c.name, ok=c.ok, detail=c.detail) for c in await diagnose(self.host(name))]
 
     def view(self, row: ExecutionRow, metadata: dict[str, Any] | None = None) -> ExecutionView:
-        path = self.log_path(row.id)
         return ExecutionView(
             **view_fields(row), input_progress=self._progress.get(row.id),
-            log_size=path.stat().st_size if path.exists() else 0, metadata=metadata or {},
+            log_size=plain_size(self.log_path(row.id), strict=False), metadata=metadata or {},
         )
 
 

@@ -10,16 +10,29 @@ import asyncio
 import contextlib
 import itertools
 import os
-import stat
 import struct
 import threading
 import weakref
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Final
 
 from runyard.protocol.logformat import HEADER_WIDTH, STREAM_LETTERS, TIMESTAMP_WIDTH
 
+from .logstore import (
+    LOG_LOCK,
+    BlockReader,
+    PlainReader,
+    block_reader,
+    compress_log,
+    decompress_log,
+    is_compressed,
+    open_reader,
+    open_regular,
+    plain_size,
+    tmp_path,
+)
 from .logstream import ResumePoint, split_timestamp
 
 _BLOCK: Final = 1 << 16
@@ -66,18 +79,25 @@ def marks_path(log_path: Path) -> Path:
 
 
 def remove_log(log_path: Path) -> None:
-    """Delete a log and the files kept beside it (its line index, its long-line marks)."""
-    for path in (log_path, index_path(log_path), marks_path(log_path)):
-        path.unlink(missing_ok=True)
+    """Delete a log and the files kept beside it (its line index, its long-line marks, a compressed
+    copy being written); under the lock a compression renames under, so it cannot bring it back."""
+    with LOG_LOCK:
+        for path in (log_path, index_path(log_path), marks_path(log_path), tmp_path(log_path)):
+            path.unlink(missing_ok=True)
 
 
-def _open_regular(path: Path, flags: int, mode: int = 0o640) -> int:
-    """A file descriptor for ``path``, never through a symbolic link, and only for a regular file."""
-    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(f"{path} is not a regular file")
-    return fd
+def store_ended(log_path: Path, should_stop: Callable[[], bool] = lambda: False) -> bool:
+    """Compress an ended execution's log in place (logstore.compress_log) and drop what only a
+    live log needs: its line index (the compressed log has its own) and its long-line marks.
+    Blocking: call it in a thread."""
+    done = compress_log(log_path, should_stop=should_stop)
+    if done:
+        for path in (index_path(log_path), marks_path(log_path)):
+            path.unlink(missing_ok=True)
+    return done
+
+
+_open_regular = open_regular
 
 
 class LineIndex:
@@ -122,6 +142,9 @@ class LineIndex:
             except FileNotFoundError:
                 return 0
             try:
+                compressed = block_reader(fd, self.log_path)
+                if compressed is not None:
+                    return compressed.count(upto)
                 st = os.fstat(fd)
                 upto = min(upto, st.st_size)
                 if upto <= 0:
@@ -206,6 +229,8 @@ class LineIndex:
 def _open_whole(path: Path) -> tuple[int, int]:
     """Open a log for appending, first cutting off a torn last record left by a crash: (fd, size)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if is_compressed(path):
+        decompress_log(path)  # appending to an ended execution's log: it grows plain again
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o640)
     size = os.fstat(fd).st_size
     if size:
@@ -236,7 +261,7 @@ class LogFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
-        self.size = path.stat().st_size if path.exists() else 0
+        self.size = plain_size(path)  # of the plain bytes, whether the log is stored compressed or not
         self.finished = False
         self._changed = asyncio.Condition()
         self._index = LineIndex.of(path)
@@ -293,21 +318,14 @@ class LogFile:
         async with self._changed:
             await self._changed.wait_for(lambda: self.size > offset or self.finished)
 
-    def _pread(self, offset: int, size: int) -> bytes:
-        with self.path.open("rb") as fh:
-            fh.seek(offset)
-            return fh.read(size)
-
     def read_range(self, offset: int, max_bytes: int) -> tuple[bytes, int]:
         """Whole records from ``offset``; at least one record even if it is longer than max_bytes."""
         offset = max(0, min(offset, self.size))
-        data = self._pread(offset, min(max_bytes, self.size - offset))
-        cut = data.rfind(b"\n")
-        if cut < 0 and offset < self.size:
-            with self.path.open("rb") as fh:  # one record longer than max_bytes
-                fh.seek(offset)
-                line = fh.readline()
-            return line, offset + len(line)
+        with open_reader(self.path) as reader:
+            data = reader.pread(min(max_bytes, self.size - offset), offset)
+            cut = data.rfind(b"\n")
+            if cut < 0 and offset < self.size:
+                return _one_record(reader, offset, data)  # one record longer than max_bytes
         data = data[: cut + 1]
         return data, offset + len(data)
 
@@ -318,15 +336,24 @@ class LogFile:
         end = 0
         if count <= 0 or not self.path.exists():
             return b"", 0
-        with self.path.open("rb") as fh:
-            for record in fh:
-                if not record.endswith(b"\n"):
+        with open_reader(self.path) as reader:
+            pos = 0
+            carry = b""
+            chunk = 1 << 16
+            while len(picked) < count:
+                data = reader.pread(chunk, pos)
+                if not data:
                     break
-                end += len(record)
-                if _matches(record, letter):
-                    picked.append(record)
-                    if len(picked) >= count:
-                        break
+                pos += len(data)
+                chunk = min(chunk * 2, 1 << 20)
+                records = (carry + data).split(b"\n")
+                carry = records.pop()
+                for record in records:
+                    end += len(record) + 1
+                    if _matches(record, letter):
+                        picked.append(record + b"\n")
+                        if len(picked) >= count:
+                            break
         return b"".join(picked), end
 
     def tail(self, count: int, stream: str | None = None, size: int | None = None) -> tuple[bytes, int]:
@@ -341,12 +368,11 @@ class LogFile:
         start = size
         pos = size
         fragment = b""  # the end of a record whose start lies in an earlier block
-        with self.path.open("rb") as fh:
+        with open_reader(self.path) as reader:
             while pos > 0 and len(picked) < count:
                 step = min(_BLOCK, pos)
                 pos -= step
-                fh.seek(pos)
-                buf = fh.read(step) + fragment
+                buf = reader.pread(step, pos) + fragment
                 if pos > 0:
                     first_nl = buf.find(b"\n")
                     if first_nl < 0:
@@ -504,6 +530,24 @@ class LogFile:
             if reached_floor or start <= self.base:
                 return ResumePoint(since, skips["O"], skips["E"])
             chunk *= 4
+
+
+def _one_record(reader: PlainReader | BlockReader, offset: int, data: bytes) -> tuple[bytes, int]:
+    """The record at ``offset`` whole, however long; ``data`` is its start, already read."""
+    parts = [data]
+    pos = offset + len(data)
+    while pos < reader.size:
+        more = reader.pread(1 << 20, pos)
+        if not more:
+            break
+        cut = more.find(b"\n")
+        if cut >= 0:
+            parts.append(more[: cut + 1])
+            break
+        parts.append(more)
+        pos += len(more)
+    line = b"".join(parts)
+    return line, offset + len(line)
 
 
 def _shift(timestamp: str, seconds: float) -> str:

@@ -19,7 +19,7 @@ the next one. A client that lies only spends its own requests, each still bounde
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +41,8 @@ from runyard.protocol.logsearch import (
     LogsSearchResult,
 )
 
-from .logfile import RECORD_SHOWN_MAX, LineIndex, _open_regular, cap_records
+from .logfile import RECORD_SHOWN_MAX, LineIndex, cap_records
+from .logstore import BlockReader, Reader, open_reader
 
 CHUNK: Final = 4 << 20
 # A request's first chunk: a pattern that matches densely (a page of matches wanted) reads little.
@@ -240,13 +241,13 @@ def _matching_records(text: str, query: Query, clock: _Clock) -> Iterator[tuple[
         pos = end + 1
 
 
-def _read_whole(fd: int, start: int, end: int, forward: bool, size: int) -> tuple[bytes, int, int]:
+def _read_whole(fd: Reader, start: int, end: int, forward: bool, size: int) -> tuple[bytes, int, int]:
     """Whole records within [start, end) near one side: forward, those from ``start`` (at least
     one, however long); backward, those ending at ``end`` (at least one). ``start``/``end`` are
     record boundaries. Returns the bytes and where they start and end."""
     while True:
         if forward:
-            data = os.pread(fd, min(size, end - start), start)
+            data = fd.pread(min(size, end - start), start)
             cut = data.rfind(b"\n")
             if cut >= 0:
                 return data[: cut + 1], start, start + cut + 1
@@ -254,7 +255,7 @@ def _read_whole(fd: int, start: int, end: int, forward: bool, size: int) -> tupl
                 return b"", start, start  # a torn last record: not a record yet
         else:
             first = max(start, end - size)
-            data = os.pread(fd, end - first, first)
+            data = fd.pread(end - first, first)
             if first == start:
                 return data, first, end
             cut = data.find(b"\n")
@@ -263,7 +264,7 @@ def _read_whole(fd: int, start: int, end: int, forward: bool, size: int) -> tupl
         size *= 2
 
 
-def _boundary_at_or_after(fd: int, offset: int, size: int) -> int:
+def _boundary_at_or_after(fd: Reader, offset: int, size: int) -> int:
     """The first record start at or after ``offset``."""
     if offset <= 0:
         return 0
@@ -271,7 +272,7 @@ def _boundary_at_or_after(fd: int, offset: int, size: int) -> int:
         return size
     pos = offset - 1
     while pos < size:
-        block = os.pread(fd, min(1 << 16, size - pos), pos)
+        block = fd.pread(min(1 << 16, size - pos), pos)
         if not block:
             return size
         nl = block.find(b"\n")
@@ -281,12 +282,12 @@ def _boundary_at_or_after(fd: int, offset: int, size: int) -> int:
     return size
 
 
-def _whole_size(fd: int, size: int) -> int:
+def _whole_size(fd: Reader, size: int) -> int:
     """The end of the last whole record: a record being appended is not searched yet."""
     pos = size
     while pos > 0:
         start = max(0, pos - (1 << 16))
-        block = os.pread(fd, pos - start, start)
+        block = fd.pread(pos - start, start)
         nl = block.rfind(b"\n")
         if nl >= 0:
             return start + nl + 1
@@ -301,14 +302,15 @@ def search_log(path: Path, p: LogsSearchParams, query: Query, reply_budget: int,
     out = _Outcome()
     if clock.hard <= 0:
         _too_slow(p, hard_seconds, 0)
+    stack = contextlib.ExitStack()
     try:
-        fd = _open_regular(path, os.O_RDONLY)
+        fd = stack.enter_context(open_reader(path))  # plain or compressed: the same bytes by offset
     except FileNotFoundError:
         out.done = True
         return out
     try:
-        out.size = size = _whole_size(fd, os.fstat(fd).st_size)
-        index = LineIndex.of(path)
+        out.size = size = _whole_size(fd, fd.size)
+        index = fd if isinstance(fd, BlockReader) else LineIndex.of(path)
         limit = max(1, min(p.limit, SEARCH_LIMIT_MAX))
         chunk_size = min(FIRST_CHUNK, CHUNK)
         used = 0
@@ -399,7 +401,7 @@ def search_log(path: Path, p: LogsSearchParams, query: Query, reply_budget: int,
         out.seconds = clock.seconds()
         return out
     finally:
-        os.close(fd)
+        stack.close()
 
 
 def _too_slow(p: LogsSearchParams, seconds: float, scanned: int) -> NoReturn:
@@ -416,13 +418,13 @@ def _shown(record: str, cut: int) -> str:
     return cap_records(raw, cut).decode("utf-8", "replace").rstrip("\n")
 
 
-def _context(fd: int, at: int, line: int, n: int, letters: frozenset[str] | None, cut: int, *,
+def _context(fd: Reader, at: int, line: int, n: int, letters: frozenset[str] | None, cut: int, *,
              backward: bool, size: int) -> list[LogRecord]:
     """Up to ``n`` records of the kept streams just before (or after) byte ``at``, reading at most
     CONTEXT_SCAN_MAX bytes; ``line`` is the match's line number."""
     if backward:
         start = max(0, at - CONTEXT_SCAN_MAX)
-        data = os.pread(fd, at - start, start)
+        data = fd.pread(at - start, start)
         if start > 0:
             nl = data.find(b"\n")
             data, start = (data[nl + 1 :], start + nl + 1) if nl >= 0 else (b"", at)
@@ -440,7 +442,7 @@ def _context(fd: int, at: int, line: int, n: int, letters: frozenset[str] | None
                     break
         picked.reverse()
         return picked
-    data = os.pread(fd, min(CONTEXT_SCAN_MAX, size - at), at)
+    data = fd.pread(min(CONTEXT_SCAN_MAX, size - at), at)
     nl = data.rfind(b"\n")
     data = data[: nl + 1] if nl >= 0 else b""
     picked = []

@@ -85,6 +85,7 @@ class RunnerServices:
     host_cache_bytes: int = 100 << 30
     input_progress: Callable[[int, str, int, int | None], None] = lambda *_: None
     metadata_added: Callable[[int], None] = lambda _: None  # an execution recorded new metadata points
+    log_ended: Callable[[int], None] = lambda _: None  # its log is final: store it compressed (endedlogs)
 
 
 def stop_note(by: str, stopping: tuple[str, int] | None) -> str:
@@ -204,6 +205,8 @@ class Runner:
                 if not letter.answer.done():
                     letter.answer.set_result(None)
             await self.s.release_log(self.id)
+            if self.row.terminal:
+                self.s.log_ended(self.id)
 
     async def _serve_mailbox(self) -> None:
         """Decide letters one at a time until the work says it is done."""

@@ -31,6 +31,7 @@ from . import api
 from .core import Core, OperationError
 from .diskspace import is_disk_full
 from .logfile import cap_records
+from .logstore import LogDamaged
 from .shell import Shells
 
 log = logging.getLogger("runyard.server")
@@ -185,6 +186,9 @@ class Connection:
             reply: msg.Message = msg.Response(id=request.id, result=result)
         except OperationError as exc:
             reply = msg.Error(id=request.id, code=exc.code, message=str(exc))
+        except LogDamaged as exc:
+            log.error("request %s: %s", request.method, exc)
+            reply = msg.Error(id=request.id, code=ErrorCode.INTERNAL, message=str(exc))
         except msgspec.ValidationError as exc:
             reply = msg.Error(id=request.id, code=ErrorCode.INVALID_PARAMS,
                               message=f"{request.method}: {str(exc).replace('$.', 'params.')}")
@@ -317,6 +321,11 @@ class Connection:
                     grown.cancel()
         except ConnectionError:
             pass
+        except LogDamaged as exc:
+            log.error("following the log of execution %s: %s", execution_id, exc)
+            with contextlib.suppress(ConnectionError):
+                await self.send(msg.LogEnd(sub=sub, execution_id=execution_id, offset=offset,
+                                           code=ErrorCode.INTERNAL, error=str(exc)))
         except FileNotFoundError:
             # Its log was removed under the read: deleted (a delete racing this follow), or lost.
             with contextlib.suppress(ConnectionError):

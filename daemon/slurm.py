@@ -202,6 +202,17 @@ def sbatch_argv(submit: Submit, name: str, directory: str, *, gpus: int, cpus: f
     return argv
 
 
+# The step's first process: Slurm sends a signal other than KILL (`scancel --signal=TERM`, a TIMEOUT's
+# warning) to it alone, so a command under it (python under the step's shell) never heard a stop and
+# was killed after the grace. This passes TERM on to the step's whole process group, as the other
+# runtimes send it, ignores it itself, and ends with the command's exit code once the command ends.
+# It also sets CUDA_VISIBLE_DEVICES empty where Slurm granted no GPU (Slurm unsets it in the step), as
+# in a Docker container: no library then picks a GPU of its own.
+TERM_TO_GROUP: Final = (': "${CUDA_VISIBLE_DEVICES=}"; export CUDA_VISIBLE_DEVICES; '
+                        "trap 'trap \"\" TERM; kill -TERM 0' TERM; \"$@\" & p=$!; wait $p; c=$?; "
+                        "while kill -0 $p 2>/dev/null; do wait $p; c=$?; done; exit $c")
+
+
 def batch_script(directory: str, command: str, environment: dict[str, str], *, container: str = "") -> str:
     """The job's batch script: the Valohai environment, the command under `srun --unbuffered` (so
     lines reach the output file as they are printed), and its own record of the GPUs it was granted,
@@ -213,7 +224,8 @@ def batch_script(directory: str, command: str, environment: dict[str, str], *, c
     run = f'{launcher} "$(cat "$r/command.sh")"' if shebang else 'sh "$r/command.sh"'
     # container: the attempt's OCI bundle; the batch script stays on the node (it records the job's
     # files), the command's step runs in the bundle.
-    step = f"srun --unbuffered --container={q(container)} {run}" if container else f"srun --unbuffered {run}"
+    where = f" --container={q(container)}" if container else ""
+    step = f"srun --unbuffered{where} sh -c {q(TERM_TO_GROUP)} runyard-step {run}"
     return (
         "#!/bin/sh\n"
         "# Written by runyard: one attempt of an execution, as one Slurm job.\n"

@@ -46,6 +46,7 @@ STEPS = (
               """)
     + step_yaml("fail", ["echo failing", "exit 3"], extra="environment: hpc")
     + step_yaml("sleepy", ["echo sleeping", "sleep 300"], extra="environment: hpc")
+    + step_yaml("trapper", "python3 trapper.py", extra="environment: hpc")
     + step_yaml("boxed", ["head -n 1 /etc/os-release", "command -v sbatch || echo no sbatch in here",
                           "cat /valohai/inputs/data/data.csv", "echo inside > /valohai/outputs/where.txt"],
                 extra="""\
@@ -59,6 +60,18 @@ STEPS = (
           default: 0
         """, extra="environment: hpc")
 )
+
+# Saves its work on TERM and exits cleanly, as a training script does.
+TRAPPER = """\
+import os, signal, sys, time
+def term(*_):
+    print("got SIGTERM", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, term)
+print("ready gpus=" + repr(os.environ.get("CUDA_VISIBLE_DEVICES")), flush=True)
+while True:
+    time.sleep(0.1)
+"""
 
 TRAIN = """\
 import json, os
@@ -131,7 +144,7 @@ def cluster(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> It
     daemon.start()
     data = tmp / "data.csv"
     data.write_text("a,b\n1,2\n")
-    repo = make_repo(tmp / "repo", {"valohai.yaml": STEPS, "train.py": TRAIN})
+    repo = make_repo(tmp / "repo", {"valohai.yaml": STEPS, "train.py": TRAIN, "trapper.py": TRAPPER})
     try:
         yield Cluster(daemon, login, repo, data)
     finally:
@@ -392,3 +405,18 @@ async def test_a_task_of_20_children_runs_each_once_within_the_job_cap(cluster: 
     names = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-o", "%j"], capture_output=True,
                            text=True).stdout.split()
     assert all(names.count(f"runyard-{cluster.daemon.daemon_id}-{v.id}-0") == 1 for v in views), names
+
+
+async def test_a_stop_delivers_sigterm_to_the_command_and_says_so_in_its_log(cluster: Cluster,
+                                                                          client: Client) -> None:
+    e = await wait_for_status(client, (await submit_repo(client, cluster.repo, "trapper")).id, {"started"})
+    # Without GPUs, set and empty, as in a Docker container.
+    assert await first_line(client, e.id, "ready") == "ready gpus=''"
+    assert run_cli(cluster.daemon, "stop", str(e.id)).returncode == 0
+    done = await wait_for_status(client, e.id)
+    log = run_cli(cluster.daemon, "logs", str(e.id)).stdout
+    # The command heard the TERM and ended on its own (not killed after the grace), and the log says
+    # who stopped it, as on the other runtimes.
+    assert "got SIGTERM" in log and "stop asked by" in log, log
+    assert "*** JOB" not in log, log  # ended by itself, not cancelled after the grace
+    assert done.status == "stopped", done

@@ -72,7 +72,8 @@ def test_the_job_asked_for() -> None:
                     "/shared/w/7/.runyard/batch.sh"]
     script = slurm.batch_script("/shared/w/7", "python3 train.py", {"VH_OUTPUTS_DIR": "/shared/w/7/outputs",
                                                                      "BAD NAME": "x", "Q": "a'b"})
-    assert "srun --unbuffered sh \"$r/command.sh\"" in script
+    # The command under a step shell that passes a stop's TERM on to its whole process group.
+    assert "srun --unbuffered sh -c " in script and ' runyard-step sh "$r/command.sh"' in script
     assert "export Q='a'\"'\"'b'" in script and "BAD NAME" not in script
     assert slurm.granted_gpus("vm\n0,1\n") == ("vm:0", "vm:1")
 

@@ -340,7 +340,9 @@ class Runner:
             await self._send(Vanished())
             await self._clean_up()
         except (EngineError, LinkError) as exc:
-            await self._note(f"runtime error: {exc}")
+            # Named and in the daemon's log too: the note alone once read "runtime error: hpc: -".
+            log.error("execution %s: runtime error (%s): %s", self.id, type(exc).__name__, exc)
+            await self._note(f"runtime error ({type(exc).__name__}): {exc}")
             await self._fail("runtime-error")
         except Exception:
             log.exception("execution %s failed inside runyard", self.id)

@@ -181,7 +181,7 @@ class SlurmRuntime:
         async with self._slots:
             result = await self.transport.run(f"d={q(directory)}; {slurm.FILES}")
         if result.status != 0:
-            raise EngineError(f"{self.host}: {result.error_text}")
+            raise EngineError(f"{self.host}: reading {directory}/{slurm.CONTROL} failed: {result.error_text}")
         return slurm.parse_files(result.stdout.decode("utf-8", "replace"))
 
     # -- Runtime -----------------------------------------------------------------------------

@@ -269,8 +269,11 @@ def submit_command(name: str, control: str) -> str:
 FILES: Final = (
     'r="$d/.runyard"; [ -d "$r" ] || { echo missing; exit 0; }; echo present; '
     'for f in job_id exit_code started_at finished_at; do v=$(head -c 40 "$r/$f" 2>/dev/null | tr -cd 0-9.); '
-    'echo "${v:--}"; done; head -c 4000 "$r/granted" 2>/dev/null'
+    'echo "${v:--}"; done; head -c 4000 "$r/granted" 2>/dev/null; exit 0'
 )
+# (exit 0: before the job runs there is no "granted" yet, and head's failure made every look at a
+# job not yet running an error, "-": an attempt a daemon kill left unsubmitted then failed at recovery
+# instead of being submitted.)
 
 
 @dataclass(frozen=True, slots=True)

@@ -332,6 +332,52 @@ async def test_a_daemon_killed_during_a_submit_and_while_a_job_runs_adopts_both(
         await c.close()
 
 
+EARLY_SBATCH = """\
+#!/bin/sh
+# sbatch on the login node, which (while HOLD exists) stalls before it submits: the daemon is killed
+# in that moment, with the attempt's files and job name written and no job made. Once the daemon is
+# dead (KILLED), the submit's whole process group goes too, so no job of that name ever exists.
+dir=$(dirname "$0")
+if [ -e "$dir/HOLD" ]; then
+    echo stalled > "$dir/SUBMITTED"
+    while [ ! -e "$dir/KILLED" ]; do sleep 0.05; done
+    kill -KILL 0
+fi
+exec /usr/bin/sbatch "$@"
+"""
+
+
+async def test_a_daemon_killed_before_its_submit_reached_slurm_submits_it_once(cluster: Cluster,
+                                                                               client: Client) -> None:
+    bin_dir = cluster.login.root / "bin"
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(EARLY_SBATCH)
+    sbatch.chmod(0o755)
+    (bin_dir / "HOLD").touch()
+    os.mkfifo(bin_dir / "SUBMITTED")
+    try:
+        e = await submit_repo(client, cluster.repo, "sweep")
+        said = await asyncio.wait_for(asyncio.to_thread((bin_dir / "SUBMITTED").read_text), 60)
+        assert said == "stalled\n"
+        await client.close()
+        cluster.daemon.kill9()
+        (bin_dir / "KILLED").touch()
+    finally:
+        for name in ("HOLD", "SUBMITTED", "sbatch", "KILLED"):
+            (bin_dir / name).unlink(missing_ok=True)
+    cluster.daemon.start()
+    c = await Client.connect(cluster.daemon.socket, client_name="tests")
+    try:
+        done = await wait_for_status(c, e.id)
+        log = run_cli(cluster.daemon, "logs", str(e.id)).stdout
+        assert (done.status, log) == ("complete", "--x=0\n"), (done, log)
+        names = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-o", "%j"], capture_output=True,
+                               text=True).stdout.split()
+        assert names.count(f"runyard-{cluster.daemon.daemon_id}-{e.id}-0") == 1, names
+    finally:
+        await c.close()
+
+
 def _gone(pid: int) -> None:
     while Path(f"/proc/{pid}").exists():
         time.sleep(0.05)

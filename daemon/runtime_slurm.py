@@ -296,10 +296,10 @@ class SlurmRuntime:
         started = _epoch(files.started) if files.started else None
         finished = _epoch(files.finished) if files.finished else None
 
-        def made(status: str, code: int = 0, *, oom: bool = False, cause: str = "") -> ContainerState:
+        def made(status: str, code: int = 0, *, oom: bool = False, cause: str = "", said: str = "") -> ContainerState:
             return ContainerState(id=container_id, execution_id=execution_id, status=status, exit_code=code,
                                   oom_killed=oom, gpus=files.gpus, attempt=attempt, started_at=started,
-                                  finished_at=finished if status == "exited" else None, cause=cause)
+                                  finished_at=finished if status == "exited" else None, cause=cause, said=said)
 
         if job is None and not files.job_id:
             return made("created")
@@ -315,7 +315,7 @@ class SlurmRuntime:
             state = state or looked_state
             code = code if code is not None else looked_code
         code, oom, cause = slurm.outcome(state, code)
-        return made("exited", code, oom=oom, cause=cause)
+        return made("exited", code, oom=oom, cause=cause, said=slurm.ended_words(state) if cause else "")
 
     async def _look_up(self, job_id: str) -> tuple[str, int | None]:
         """One job the poller no longer sees: scontrol while the controller remembers it."""

@@ -33,6 +33,16 @@ CAUSES: Final = {
     "PREEMPTED": "node-lost",
     "REVOKED": "node-lost",
 }
+# What Slurm's end states mean, in words, for the execution's log.
+_STATE_WORDS: Final = {
+    "NODE_FAIL": "its node failed",
+    "BOOT_FAIL": "its node failed to boot",
+    "PREEMPTED": "a job of higher priority preempted it",
+    "REVOKED": "another cluster of the federation runs it",
+    "TIMEOUT": "it reached its time limit",
+    "DEADLINE": "it reached its deadline",
+    "CANCELLED": "it was cancelled",
+}
 _NAME_PART = re.compile(r"[A-Za-z0-9_.-]+")
 _SLURM_WORD = re.compile(r"[A-Za-z0-9_.:+-]{1,64}")
 
@@ -92,6 +102,14 @@ def outcome(state: str, code: int | None) -> tuple[int, bool, str]:
     if state in ("COMPLETED", "FAILED"):
         return (code if code is not None else (0 if state == "COMPLETED" else 1)), False, ""
     return (code if code is not None else LOST), False, CAUSES.get(state, "cancelled")
+
+
+def ended_words(state: str) -> str:
+    """What Slurm said when it ended a job other than by its command's exit, for the execution's log."""
+    if not state:
+        return "Slurm no longer knows the job"
+    words = _STATE_WORDS.get(state)
+    return f"Slurm ended the job: {state}" + (f" ({words})" if words else "")
 
 
 def parse_squeue(text: str, prefix: str) -> dict[str, Job]:

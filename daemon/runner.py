@@ -464,6 +464,10 @@ class Runner:
             # The labels (or the GPUs a cluster granted the job) are the truth about which GPUs it holds.
             await self.s.store.update(self.id, gpu_ids=list(state.gpus))
             self._set(dataclasses.replace(self.row, gpu_ids=list(state.gpus)))
+        if state.job and state.job != self.row.cluster_job:
+            # A cluster's job id, for info (a resubmitted attempt's is new).
+            await self.s.store.update(self.id, cluster_job=state.job)
+            self._set(dataclasses.replace(self.row, cluster_job=state.job))
         if self.row.status == "queued":
             # "started" means the engine has started it; a crash before this is healed on restart
             # by adopting the labelled container, so nothing runs twice. The time is the engine's.

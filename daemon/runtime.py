@@ -103,6 +103,7 @@ class ContainerState:
     cause: str = ""
     # What the cluster said when it ended it (for its log), e.g. "Slurm ended the job: NODE_FAIL (...)".
     said: str = ""
+    job: str = ""  # a cluster's job id (Slurm's)
 
 
 def store_time_of_engine(text: object) -> str | None:

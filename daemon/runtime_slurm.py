@@ -299,7 +299,8 @@ class SlurmRuntime:
         def made(status: str, code: int = 0, *, oom: bool = False, cause: str = "", said: str = "") -> ContainerState:
             return ContainerState(id=container_id, execution_id=execution_id, status=status, exit_code=code,
                                   oom_killed=oom, gpus=files.gpus, attempt=attempt, started_at=started,
-                                  finished_at=finished if status == "exited" else None, cause=cause, said=said)
+                                  finished_at=finished if status == "exited" else None, cause=cause, said=said,
+                                  job=files.job_id or (job.id if job is not None else ""))
 
         if job is None and not files.job_id:
             return made("created")

@@ -16,12 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from textual.widgets import DataTable, Static
 
 from runyard.protocol import Client
 from runyard.protocol.methods import ExecutionView
+from runyard.tui.app import RunyardApp
 
 from .conftest import BASE_IMAGE, Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_for_status
 from .pool import SshHost, make_client_key, wait_for_host
+from .test_tui import until
 
 pytestmark = pytest.mark.slow
 
@@ -210,6 +213,13 @@ async def test_a_job_runs_with_logs_metadata_inputs_outputs_and_its_gpu(cluster:
     assert done.gpus == [f"{os.uname().nodename.split('.')[0]}:{out[0][-1]}"], done.gpus
     assert [o.path for o in await client.outputs(e.id)] == ["model.txt"]
     assert [p.values["loss"] for p in await client.metadata(e.id)] == [1.0, 0.5, 1.0 / 3]
+    # info and --json name its Slurm job and its whole directory.
+    job = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-n", f"runyard-{cluster.daemon.daemon_id}-{e.id}-0",
+                          "-o", "%i"], capture_output=True, text=True).stdout.strip()
+    info = run_cli(cluster.daemon, "info", str(e.id)).stdout
+    assert f"container:      Slurm job {job} in {cluster.work(e)}\n" in info, info
+    view = json.loads(run_cli(cluster.daemon, "info", str(e.id), "--json").stdout)
+    assert (view["cluster_job"], view["container_id"]) == (job, f"slurm:{cluster.work(e)}"), view
 
     failed = await wait_for_status(client, (await submit_repo(client, cluster.repo, "fail")).id)
     assert (failed.status, failed.reason) == ("error", "exit-code 3"), failed
@@ -410,6 +420,19 @@ async def test_hosts_and_doctor_show_the_cluster(cluster: Cluster, client: Clien
         assert "partition gpu  nodes 1 mix  GPUs 2/2 allocated  jobs 1 running, 0 pending" in text, text
         view = json.loads(run_cli(cluster.daemon, "hosts", "--json").stdout)[0]
         assert view["cluster"]["gpus_allocated"] == 2 and view["executions"] == [held.id], view
+        # The TUI's hosts screen shows the same: no GPU free of 2, Slurm's figures, not "0/0 ? ?".
+        app = RunyardApp(cluster.daemon.socket)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await pilot.press("2")
+            table = app.screen.query_one("#hosts-table", DataTable)
+
+            def row() -> list[str]:
+                return [str(cell) for cell in table.get_row("hpc")] if "hpc" in table.rows else []
+
+            await until(pilot, lambda: row()[:4] == ["hpc", "ready", "hpc", "0/2"], "the cluster's row")
+            assert row()[4:6] == ["Slurm", "Slurm"], row()
+            summary = str(app.screen.query_one("#host-summary", Static).render())
+            assert "partition gpu · nodes 1 mix · GPUs 2/2 allocated · jobs 1 running, 0 pending" in summary, summary
     finally:
         cluster.release(held)
     doctor = run_cli(cluster.daemon, "doctor", "hpc", "--json")

@@ -490,7 +490,7 @@ async def cmd_info(client: Client, args: argparse.Namespace) -> int:
         ("created", e.created_at), ("started", e.started_at or "-"), ("ended", e.ended_at or "-"),
         ("duration", render.duration(e.started_at, e.ended_at)),
         ("exit code", "-" if e.exit_code is None else str(e.exit_code)),
-        ("container", (e.container_id or "-")[:12]),
+        ("container", render.container_text(e.container_id, e.cluster_job)),
         ("restarted from", str(e.restarted_from) if e.restarted_from else "-"),
         ("command", e.command), ("log", human_size(e.log_size)),
     ]

@@ -135,6 +135,16 @@ def executions_table(executions: list[ExecutionView], colour: bool) -> str:
     return table(headers, rows, plain)
 
 
+def container_text(container_id: str | None, cluster_job: str | None) -> str:
+    """`info`'s container: a Docker id cut short; a Slurm attempt as its job and its whole directory
+    (cut, "slurm:/srv/a" named nothing)."""
+    if not container_id:
+        return "-"
+    if container_id.startswith("slurm:"):
+        return f"Slurm job {cluster_job or '(not known yet)'} in {container_id[len('slurm:'):]}"
+    return container_id[:12]
+
+
 def seconds_text(value: object) -> str:
     """A limit in seconds as `1h30m`, `90s`; `-` for none."""
     if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:

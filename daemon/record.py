@@ -61,6 +61,7 @@ class ExecutionRow:
     gpu_ids: list[str] = field(default_factory=list, metadata={"json": True, "view": "gpus"})
     # Byte offset where the current attempt's log lines begin; it also names the attempt.
     log_base: int = field(default=0, metadata=_HIDDEN)
+    cluster_job: str | None = None  # a Slurm execution's job id (its current attempt's)
 
     @property
     def terminal(self) -> bool:

@@ -98,6 +98,14 @@ def stop_note(by: str, stopping: tuple[str, int] | None) -> str:
     return f"{asked}: stopping {what} ({grace} s to end before it is killed)"
 
 
+def host_failed_note(host: str | None, event: Exited, said: str) -> str:
+    """Why an execution's host failed it, for its log: a cluster's own words (``said``: NODE_FAIL ...)
+    where it ended the job, else a container engine that restarted under it."""
+    if event.cause == "node-lost" and said:
+        return said
+    return f"the container engine on host {host} restarted and ended the execution (exit code {event.code})"
+
+
 def parse_utc(text: str) -> float:
     """Seconds since the epoch of a stored UTC timestamp (microseconds or nanoseconds, with Z)."""
     whole, frac = split_timestamp(text)
@@ -238,15 +246,17 @@ class Runner:
         if move is STAY:
             return move
         fields = dict(letter.fields)
+        node_lost = isinstance(event, Exited) and event.cause == "node-lost"
         if isinstance(event, Exited) and (move.requeue or move.reason == "host-lost"):
-            await self._note(f"the container engine on host {row.host} restarted and ended the execution "
-                             f"(exit code {event.code})")
+            await self._note(host_failed_note(row.host, event, letter.why))
+        # What failed it, for the notes below: the host (its engine restarted, it went away) or Slurm.
+        failed = "Slurm ended its job" if node_lost else f"host {row.host} {letter.why}"
         if move.unplace:
             await self._note(f"host {row.host} {letter.why}; placing it elsewhere")
             await self.s.store.place([(self.id, None, ())])
             self._set(dataclasses.replace(row, host=None, gpu_ids=[]))
         elif move.requeue:
-            await self._note(f"host {row.host} {letter.why}: back to the queue ({row.retries - 1} retries left "
+            await self._note(f"{failed}: back to the queue ({row.retries - 1} retries left "
                              "after this one); if the host returns, whatever is left there is removed")
             # The next attempt's container starts its output from scratch: resume from here.
             await self._record(move.status, f"host-lost {row.host}, retrying", host=None, gpu_ids=[],
@@ -254,7 +264,7 @@ class Runner:
                                retries=row.retries - 1, new_attempt=True)
         elif move.status is not None:
             if move.reason == "host-lost":
-                await self._note(f"host {row.host} {letter.why}: giving the execution up")
+                await self._note(f"{failed}: giving the execution up")
             elif isinstance(event, HostLost) and row.status == "stopping":
                 await self._note(f"host {row.host} {letter.why}: recorded as stopped; if anything of it still "
                                  "runs there, it is removed when the host returns")
@@ -343,7 +353,9 @@ class Runner:
             await self._send(Vanished())
             await self._clean_up()
         except (EngineError, LinkError) as exc:
-            await self._note(f"runtime error: {exc}")
+            # Named and in the daemon's log too: the note alone once read "runtime error: hpc: -".
+            log.error("execution %s: runtime error (%s): %s", self.id, type(exc).__name__, exc)
+            await self._note(f"runtime error ({type(exc).__name__}): {exc}")
             await self._fail("runtime-error")
         except Exception:
             log.exception("execution %s failed inside runyard", self.id)
@@ -455,6 +467,10 @@ class Runner:
             # The labels (or the GPUs a cluster granted the job) are the truth about which GPUs it holds.
             await self.s.store.update(self.id, gpu_ids=list(state.gpus))
             self._set(dataclasses.replace(self.row, gpu_ids=list(state.gpus)))
+        if state.job and state.job != self.row.cluster_job:
+            # A cluster's job id, for info (a resubmitted attempt's is new).
+            await self.s.store.update(self.id, cluster_job=state.job)
+            self._set(dataclasses.replace(self.row, cluster_job=state.job))
         if self.row.status == "queued":
             # "started" means the engine has started it; a crash before this is healed on restart
             # by adopting the labelled container, so nothing runs twice. The time is the engine's.
@@ -492,7 +508,7 @@ class Runner:
         await self._collect_outputs()
         move = await self._send(Exited(state.exit_code, state.oom_killed, engine_restarted=self._engine_lost,
                                        cause=state.cause),
-                                why="restarted its container engine", exit_code=state.exit_code,
+                                why=state.said or "restarted its container engine", exit_code=state.exit_code,
                                 **({"ended_at": state.finished_at} if state.finished_at else {}))
         if move is not None and move.reason == "process-lost":
             await self._note("the process vanished without an exit status (host rebooted?)")

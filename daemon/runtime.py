@@ -101,6 +101,9 @@ class ContainerState:
     # Why it ended when not by its command's exit (a cluster's "time-limit", "cancelled", "node-lost"):
     # lifecycle.decide turns it into the execution's reason.
     cause: str = ""
+    # What the cluster said when it ended it (for its log), e.g. "Slurm ended the job: NODE_FAIL (...)".
+    said: str = ""
+    job: str = ""  # a cluster's job id (Slurm's)
 
 
 def store_time_of_engine(text: object) -> str | None:

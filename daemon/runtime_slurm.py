@@ -181,7 +181,7 @@ class SlurmRuntime:
         async with self._slots:
             result = await self.transport.run(f"d={q(directory)}; {slurm.FILES}")
         if result.status != 0:
-            raise EngineError(f"{self.host}: {result.error_text}")
+            raise EngineError(f"{self.host}: reading {directory}/{slurm.CONTROL} failed: {result.error_text}")
         return slurm.parse_files(result.stdout.decode("utf-8", "replace"))
 
     # -- Runtime -----------------------------------------------------------------------------
@@ -296,10 +296,11 @@ class SlurmRuntime:
         started = _epoch(files.started) if files.started else None
         finished = _epoch(files.finished) if files.finished else None
 
-        def made(status: str, code: int = 0, *, oom: bool = False, cause: str = "") -> ContainerState:
+        def made(status: str, code: int = 0, *, oom: bool = False, cause: str = "", said: str = "") -> ContainerState:
             return ContainerState(id=container_id, execution_id=execution_id, status=status, exit_code=code,
                                   oom_killed=oom, gpus=files.gpus, attempt=attempt, started_at=started,
-                                  finished_at=finished if status == "exited" else None, cause=cause)
+                                  finished_at=finished if status == "exited" else None, cause=cause, said=said,
+                                  job=files.job_id or (job.id if job is not None else ""))
 
         if job is None and not files.job_id:
             return made("created")
@@ -315,7 +316,7 @@ class SlurmRuntime:
             state = state or looked_state
             code = code if code is not None else looked_code
         code, oom, cause = slurm.outcome(state, code)
-        return made("exited", code, oom=oom, cause=cause)
+        return made("exited", code, oom=oom, cause=cause, said=slurm.ended_words(state) if cause else "")
 
     async def _look_up(self, job_id: str) -> tuple[str, int | None]:
         """One job the poller no longer sees: scontrol while the controller remembers it."""

@@ -120,6 +120,10 @@ MIGRATIONS: Final[list[str]] = [
     ALTER TABLE executions ADD COLUMN stop_condition TEXT;
     CREATE INDEX executions_task ON executions (task_id, status) WHERE task_id IS NOT NULL;
     """,
+    # A Slurm execution's job id (the attempt's latest), for info and --json.
+    """
+    ALTER TABLE executions ADD COLUMN cluster_job TEXT;
+    """,
 ]
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -33,6 +33,16 @@ CAUSES: Final = {
     "PREEMPTED": "node-lost",
     "REVOKED": "node-lost",
 }
+# What Slurm's end states mean, in words, for the execution's log.
+_STATE_WORDS: Final = {
+    "NODE_FAIL": "its node failed",
+    "BOOT_FAIL": "its node failed to boot",
+    "PREEMPTED": "a job of higher priority preempted it",
+    "REVOKED": "another cluster of the federation runs it",
+    "TIMEOUT": "it reached its time limit",
+    "DEADLINE": "it reached its deadline",
+    "CANCELLED": "it was cancelled",
+}
 _NAME_PART = re.compile(r"[A-Za-z0-9_.-]+")
 _SLURM_WORD = re.compile(r"[A-Za-z0-9_.:+-]{1,64}")
 
@@ -92,6 +102,14 @@ def outcome(state: str, code: int | None) -> tuple[int, bool, str]:
     if state in ("COMPLETED", "FAILED"):
         return (code if code is not None else (0 if state == "COMPLETED" else 1)), False, ""
     return (code if code is not None else LOST), False, CAUSES.get(state, "cancelled")
+
+
+def ended_words(state: str) -> str:
+    """What Slurm said when it ended a job other than by its command's exit, for the execution's log."""
+    if not state:
+        return "Slurm no longer knows the job"
+    words = _STATE_WORDS.get(state)
+    return f"Slurm ended the job: {state}" + (f" ({words})" if words else "")
 
 
 def parse_squeue(text: str, prefix: str) -> dict[str, Job]:
@@ -202,6 +220,17 @@ def sbatch_argv(submit: Submit, name: str, directory: str, *, gpus: int, cpus: f
     return argv
 
 
+# The step's first process: Slurm sends a signal other than KILL (`scancel --signal=TERM`, a TIMEOUT's
+# warning) to it alone, so a command under it (python under the step's shell) never heard a stop and
+# was killed after the grace. This passes TERM on to the step's whole process group, as the other
+# runtimes send it, ignores it itself, and ends with the command's exit code once the command ends.
+# It also sets CUDA_VISIBLE_DEVICES empty where Slurm granted no GPU (Slurm unsets it in the step), as
+# in a Docker container: no library then picks a GPU of its own.
+TERM_TO_GROUP: Final = (': "${CUDA_VISIBLE_DEVICES=}"; export CUDA_VISIBLE_DEVICES; '
+                        "trap 'trap \"\" TERM; kill -TERM 0' TERM; \"$@\" & p=$!; wait $p; c=$?; "
+                        "while kill -0 $p 2>/dev/null; do wait $p; c=$?; done; exit $c")
+
+
 def batch_script(directory: str, command: str, environment: dict[str, str], *, container: str = "") -> str:
     """The job's batch script: the Valohai environment, the command under `srun --unbuffered` (so
     lines reach the output file as they are printed), and its own record of the GPUs it was granted,
@@ -213,7 +242,8 @@ def batch_script(directory: str, command: str, environment: dict[str, str], *, c
     run = f'{launcher} "$(cat "$r/command.sh")"' if shebang else 'sh "$r/command.sh"'
     # container: the attempt's OCI bundle; the batch script stays on the node (it records the job's
     # files), the command's step runs in the bundle.
-    step = f"srun --unbuffered --container={q(container)} {run}" if container else f"srun --unbuffered {run}"
+    where = f" --container={q(container)}" if container else ""
+    step = f"srun --unbuffered{where} sh -c {q(TERM_TO_GROUP)} runyard-step {run}"
     return (
         "#!/bin/sh\n"
         "# Written by runyard: one attempt of an execution, as one Slurm job.\n"
@@ -257,8 +287,11 @@ def submit_command(name: str, control: str) -> str:
 FILES: Final = (
     'r="$d/.runyard"; [ -d "$r" ] || { echo missing; exit 0; }; echo present; '
     'for f in job_id exit_code started_at finished_at; do v=$(head -c 40 "$r/$f" 2>/dev/null | tr -cd 0-9.); '
-    'echo "${v:--}"; done; head -c 4000 "$r/granted" 2>/dev/null'
+    'echo "${v:--}"; done; head -c 4000 "$r/granted" 2>/dev/null; exit 0'
 )
+# (exit 0: before the job runs there is no "granted" yet, and head's failure made every look at a
+# job not yet running an error, "-": an attempt a daemon kill left unsubmitted then failed at recovery
+# instead of being submitted.)
 
 
 @dataclass(frozen=True, slots=True)

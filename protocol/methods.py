@@ -56,6 +56,7 @@ class ExecutionView(msgspec.Struct, kw_only=True):
     stop_condition: str | None = None  # the step's: it is stopped when its metadata meets this
     gpu_use: list[GpuUseSample] = []  # executions.get only: its GPUs' readings over time, oldest first
     config_path: str = "valohai.yaml"  # the snapshot's file it was read from
+    cluster_job: str | None = None  # a Slurm execution's job id (its current attempt's)
 
 
 class OutputView(msgspec.Struct):

@@ -16,12 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from textual.widgets import DataTable, Static
 
 from runyard.protocol import Client
 from runyard.protocol.methods import ExecutionView
+from runyard.tui.app import RunyardApp
 
 from .conftest import BASE_IMAGE, Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_for_status
 from .pool import SshHost, make_client_key, wait_for_host
+from .test_tui import until
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +49,7 @@ STEPS = (
               """)
     + step_yaml("fail", ["echo failing", "exit 3"], extra="environment: hpc")
     + step_yaml("sleepy", ["echo sleeping", "sleep 300"], extra="environment: hpc")
+    + step_yaml("trapper", "python3 trapper.py", extra="environment: hpc")
     + step_yaml("boxed", ["head -n 1 /etc/os-release", "command -v sbatch || echo no sbatch in here",
                           "cat /valohai/inputs/data/data.csv", "echo inside > /valohai/outputs/where.txt"],
                 extra="""\
@@ -59,6 +63,18 @@ STEPS = (
           default: 0
         """, extra="environment: hpc")
 )
+
+# Saves its work on TERM and exits cleanly, as a training script does.
+TRAPPER = """\
+import os, signal, sys, time
+def term(*_):
+    print("got SIGTERM", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, term)
+print("ready gpus=" + repr(os.environ.get("CUDA_VISIBLE_DEVICES")), flush=True)
+while True:
+    time.sleep(0.1)
+"""
 
 TRAIN = """\
 import json, os
@@ -131,7 +147,7 @@ def cluster(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> It
     daemon.start()
     data = tmp / "data.csv"
     data.write_text("a,b\n1,2\n")
-    repo = make_repo(tmp / "repo", {"valohai.yaml": STEPS, "train.py": TRAIN})
+    repo = make_repo(tmp / "repo", {"valohai.yaml": STEPS, "train.py": TRAIN, "trapper.py": TRAPPER})
     try:
         yield Cluster(daemon, login, repo, data)
     finally:
@@ -197,6 +213,13 @@ async def test_a_job_runs_with_logs_metadata_inputs_outputs_and_its_gpu(cluster:
     assert done.gpus == [f"{os.uname().nodename.split('.')[0]}:{out[0][-1]}"], done.gpus
     assert [o.path for o in await client.outputs(e.id)] == ["model.txt"]
     assert [p.values["loss"] for p in await client.metadata(e.id)] == [1.0, 0.5, 1.0 / 3]
+    # info and --json name its Slurm job and its whole directory.
+    job = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-n", f"runyard-{cluster.daemon.daemon_id}-{e.id}-0",
+                          "-o", "%i"], capture_output=True, text=True).stdout.strip()
+    info = run_cli(cluster.daemon, "info", str(e.id)).stdout
+    assert f"container:      Slurm job {job} in {cluster.work(e)}\n" in info, info
+    view = json.loads(run_cli(cluster.daemon, "info", str(e.id), "--json").stdout)
+    assert (view["cluster_job"], view["container_id"]) == (job, f"slurm:{cluster.work(e)}"), view
 
     failed = await wait_for_status(client, (await submit_repo(client, cluster.repo, "fail")).id)
     assert (failed.status, failed.reason) == ("error", "exit-code 3"), failed
@@ -319,6 +342,52 @@ async def test_a_daemon_killed_during_a_submit_and_while_a_job_runs_adopts_both(
         await c.close()
 
 
+EARLY_SBATCH = """\
+#!/bin/sh
+# sbatch on the login node, which (while HOLD exists) stalls before it submits: the daemon is killed
+# in that moment, with the attempt's files and job name written and no job made. Once the daemon is
+# dead (KILLED), the submit's whole process group goes too, so no job of that name ever exists.
+dir=$(dirname "$0")
+if [ -e "$dir/HOLD" ]; then
+    echo stalled > "$dir/SUBMITTED"
+    while [ ! -e "$dir/KILLED" ]; do sleep 0.05; done
+    kill -KILL 0
+fi
+exec /usr/bin/sbatch "$@"
+"""
+
+
+async def test_a_daemon_killed_before_its_submit_reached_slurm_submits_it_once(cluster: Cluster,
+                                                                               client: Client) -> None:
+    bin_dir = cluster.login.root / "bin"
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(EARLY_SBATCH)
+    sbatch.chmod(0o755)
+    (bin_dir / "HOLD").touch()
+    os.mkfifo(bin_dir / "SUBMITTED")
+    try:
+        e = await submit_repo(client, cluster.repo, "sweep")
+        said = await asyncio.wait_for(asyncio.to_thread((bin_dir / "SUBMITTED").read_text), 60)
+        assert said == "stalled\n"
+        await client.close()
+        cluster.daemon.kill9()
+        (bin_dir / "KILLED").touch()
+    finally:
+        for name in ("HOLD", "SUBMITTED", "sbatch", "KILLED"):
+            (bin_dir / name).unlink(missing_ok=True)
+    cluster.daemon.start()
+    c = await Client.connect(cluster.daemon.socket, client_name="tests")
+    try:
+        done = await wait_for_status(c, e.id)
+        log = run_cli(cluster.daemon, "logs", str(e.id)).stdout
+        assert (done.status, log) == ("complete", "--x=0\n"), (done, log)
+        names = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-o", "%j"], capture_output=True,
+                               text=True).stdout.split()
+        assert names.count(f"runyard-{cluster.daemon.daemon_id}-{e.id}-0") == 1, names
+    finally:
+        await c.close()
+
+
 def _gone(pid: int) -> None:
     while Path(f"/proc/{pid}").exists():
         time.sleep(0.05)
@@ -351,6 +420,19 @@ async def test_hosts_and_doctor_show_the_cluster(cluster: Cluster, client: Clien
         assert "partition gpu  nodes 1 mix  GPUs 2/2 allocated  jobs 1 running, 0 pending" in text, text
         view = json.loads(run_cli(cluster.daemon, "hosts", "--json").stdout)[0]
         assert view["cluster"]["gpus_allocated"] == 2 and view["executions"] == [held.id], view
+        # The TUI's hosts screen shows the same: no GPU free of 2, Slurm's figures, not "0/0 ? ?".
+        app = RunyardApp(cluster.daemon.socket)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await pilot.press("2")
+            table = app.screen.query_one("#hosts-table", DataTable)
+
+            def row() -> list[str]:
+                return [str(cell) for cell in table.get_row("hpc")] if "hpc" in table.rows else []
+
+            await until(pilot, lambda: row()[:4] == ["hpc", "ready", "hpc", "0/2"], "the cluster's row")
+            assert row()[4:6] == ["Slurm", "Slurm"], row()
+            summary = str(app.screen.query_one("#host-summary", Static).render())
+            assert "partition gpu · nodes 1 mix · GPUs 2/2 allocated · jobs 1 running, 0 pending" in summary, summary
     finally:
         cluster.release(held)
     doctor = run_cli(cluster.daemon, "doctor", "hpc", "--json")
@@ -392,3 +474,18 @@ async def test_a_task_of_20_children_runs_each_once_within_the_job_cap(cluster: 
     names = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-o", "%j"], capture_output=True,
                            text=True).stdout.split()
     assert all(names.count(f"runyard-{cluster.daemon.daemon_id}-{v.id}-0") == 1 for v in views), names
+
+
+async def test_a_stop_delivers_sigterm_to_the_command_and_says_so_in_its_log(cluster: Cluster,
+                                                                          client: Client) -> None:
+    e = await wait_for_status(client, (await submit_repo(client, cluster.repo, "trapper")).id, {"started"})
+    # Without GPUs, set and empty, as in a Docker container.
+    assert await first_line(client, e.id, "ready") == "ready gpus=''"
+    assert run_cli(cluster.daemon, "stop", str(e.id)).returncode == 0
+    done = await wait_for_status(client, e.id)
+    log = run_cli(cluster.daemon, "logs", str(e.id)).stdout
+    # The command heard the TERM and ended on its own (not killed after the grace), and the log says
+    # who stopped it, as on the other runtimes.
+    assert "got SIGTERM" in log and "stop asked by" in log, log
+    assert "*** JOB" not in log, log  # ended by itself, not cancelled after the grace
+    assert done.status == "stopped", done

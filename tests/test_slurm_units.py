@@ -72,7 +72,8 @@ def test_the_job_asked_for() -> None:
                     "/shared/w/7/.runyard/batch.sh"]
     script = slurm.batch_script("/shared/w/7", "python3 train.py", {"VH_OUTPUTS_DIR": "/shared/w/7/outputs",
                                                                      "BAD NAME": "x", "Q": "a'b"})
-    assert "srun --unbuffered sh \"$r/command.sh\"" in script
+    # The command under a step shell that passes a stop's TERM on to its whole process group.
+    assert "srun --unbuffered sh -c " in script and ' runyard-step sh "$r/command.sh"' in script
     assert "export Q='a'\"'\"'b'" in script and "BAD NAME" not in script
     assert slurm.granted_gpus("vm\n0,1\n") == ("vm:0", "vm:1")
 
@@ -146,3 +147,19 @@ def test_a_cancel_a_restarted_controller_undid_is_made_again() -> None:
     assert slurm.cancel_again(running, slurm.CANCEL_POLLS)
     assert not slurm.cancel_again(completing, slurm.CANCEL_POLLS + 5)
     assert not slurm.cancel_again(cancelled, slurm.CANCEL_POLLS + 5)
+
+
+def test_a_job_slurm_ended_is_said_in_slurms_words() -> None:
+    from runyard.daemon.lifecycle import Exited
+    from runyard.daemon.runner import host_failed_note
+
+    # As the runner writes it in the execution's log when the job's node failed: what Slurm said,
+    # not that a container engine restarted (the batch script had recorded exit 0).
+    said = slurm.ended_words("NODE_FAIL")
+    assert host_failed_note("hpc", Exited(0, False, cause="node-lost"), said) == (
+        "Slurm ended the job: NODE_FAIL (its node failed)")
+    assert slurm.ended_words("PREEMPTED") == "Slurm ended the job: PREEMPTED (a job of higher priority preempted it)"
+    assert slurm.ended_words("BOOT_FAIL") == "Slurm ended the job: BOOT_FAIL (its node failed to boot)"
+    # A container engine's restart keeps its own words.
+    assert host_failed_note("h1", Exited(137, False, engine_restarted=True), "restarted its container engine") == (
+        "the container engine on host h1 restarted and ended the execution (exit code 137)")

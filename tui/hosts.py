@@ -11,7 +11,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
-from runyard.protocol.methods import HostView
+from runyard.protocol.methods import ClusterView, HostView
 
 from .format import HOST_STATE_STYLES, bar
 from .keys import MODE_BINDINGS, KeyFooter
@@ -45,6 +45,19 @@ def _fill(table: VimTable, names: tuple[str, ...], rows: list[Row], shown: dict[
     for row_key, cells in rows:
         table.add_row(*cells, key=row_key)
     return True
+
+
+def cluster_cells(c: ClusterView) -> tuple[str, str, str]:
+    """A cluster's GPUS FREE, CPU and MEMORY cells: its partition's idle GPUs of all (sinfo); Slurm
+    places by CPU and memory, so runyard has no figures of its own to show there."""
+    return f"{c.gpus_total - c.gpus_allocated}/{c.gpus_total}", "Slurm", "Slurm"
+
+
+def cluster_line(c: ClusterView) -> str:
+    """The summary under the table for a cluster: as `runyard hosts` says it."""
+    nodes = ", ".join(f"{n} {state}" for state, n in sorted(c.nodes.items())) or "? (not scanned yet)"
+    return (f"partition {c.partition} · nodes {nodes} · GPUs {c.gpus_allocated}/{c.gpus_total} allocated · "
+            f"jobs {c.jobs_running} running, {c.jobs_pending} pending")
 
 
 class HostsScreen(Screen[None]):
@@ -105,7 +118,10 @@ class HostsScreen(Screen[None]):
             cpu = f"{h.cpus_used:g}/{h.cpus}" if h.cpus else f"{h.cpus_used:g}/?"
             memory = f"{h.memory_used_mb // 1024}/{h.memory_mb // 1024} GiB" if h.memory_mb else "?"
             state = Text(h.state, style=HOST_STATE_STYLES.get(h.state, ""))
-            rows.append((h.name, (h.name, state, h.pool, f"{free}/{len(h.gpus)}", cpu, memory,
+            gpus = f"{free}/{len(h.gpus)}"
+            if h.cluster is not None:  # Slurm's, from the last sinfo: runyard fits no CPU or memory there
+                gpus, cpu, memory = cluster_cells(h.cluster)
+            rows.append((h.name, (h.name, state, h.pool, gpus, cpu, memory,
                                   ",".join(f"#{i}" for i in h.executions) or "-")))
         if _fill(table, HOST_COLUMNS, rows, self._shown) and current and current in table.rows:
             table.move_cursor(row=table.get_row_index(current))
@@ -142,6 +158,8 @@ class HostsScreen(Screen[None]):
             lines.append(f"[red]{escape(h.error)}{retry}[/red]")
         for problem in h.problems:
             lines.append(f"[yellow]{problem}[/yellow]")
+        if h.cluster is not None:
+            lines.append(escape(cluster_line(h.cluster)))
         summary.update("\n".join(lines))
         for g in h.gpus:
             if g.memory_total_mb:

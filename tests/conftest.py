@@ -26,6 +26,21 @@ GIT_ENV = {
 }
 
 
+# The longest files first: the workers take test files in this order, so a long one started last
+# would leave the other worker idle at the end (longest-first keeps the two busy to the end).
+LONGEST_FIRST = ("test_chaos.py", "test_slurm.py", "test_tasks_search.py", "test_tui_snapshots.py", "test_tui.py",
+                 "test_shell.py", "test_run_flags.py", "test_tasks.py", "test_lifecycle.py", "test_pool.py",
+                 "test_cli_parity.py", "test_trust.py", "test_executions.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: within a file, and among the rest, the order stays
+
+
 @pytest.fixture(scope="session")
 def docker_engine() -> None:
     """The suite needs a running engine and the base image; scripts/test provides both."""

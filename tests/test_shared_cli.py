@@ -28,7 +28,8 @@ def test_the_shared_venv_runs_for_another_user() -> None:
         made = subprocess.run(["bash", "-c", f"source {ROOT}/scripts/lib.sh; make_shared_venv"], capture_output=True,
                               text=True, timeout=300, env={**os.environ, "RUNYARD_SHARED_VENV": str(venv)})
         assert made.returncode == 0, made.stderr
-        ran = subprocess.run([str(venv / "bin" / "python"), "-c", "import sys, ssl; print(sys.version_info >= (3, 11))"],
+        probe = "import sys, ssl; print(sys.version_info >= (3, 11))"
+        ran = subprocess.run([str(venv / "bin" / "python"), "-c", probe],
                              capture_output=True, text=True, timeout=60, user=users["ryalice"].pw_uid,
                              group=users["ryalice"].pw_gid, extra_groups=[], cwd="/")
         assert (ran.returncode, ran.stdout.strip()) == (0, "True"), ran.stderr

@@ -195,3 +195,27 @@ async def test_a_task_keeps_its_search_and_its_children_go_with_it(plain: Daemon
     said = cli(plain, "delete", str(child), code=2)
     assert f"execution {child} is a child of task {tuned['id']}: delete the whole task" in said
     assert task_json(plain, tuned["id"])["total"] == 2
+
+
+async def test_the_tuis_log_view_of_an_execution_not_started_yet_opens_empty_and_follows(plain: Daemon, repo: Path,
+                                                                                        tmp_path: Path) -> None:
+    from runyard.tui.app import RunyardApp
+    from runyard.tui.logview import LogView
+
+    from .test_tui_snapshots import screen_lines, until
+
+    gate = tmp_path / "gate"
+    made = json.loads(cli(plain, "task", "run", "gated", "--grid", "x=5,6", "-p", f"gate={gate}", "--max-queued", "1",
+                          "--json", cwd=repo))
+    first, waiting = task_json(plain, made["id"])["execution_ids"]
+    async with await Client.connect(plain.socket) as client:
+        await wait_for_status(client, first, {"started"})
+        app = RunyardApp(plain.socket)
+        async with app.run_test(size=(100, 30), notifications=True) as pilot:
+            await app.loaded.wait()
+            app.open_execution(waiting)
+            await until(lambda p: bool(p.app.screen.query(LogView)) and p.app.screen.query_one(LogView).opened)(pilot)
+            assert not [n.message for n in app._notifications], [n.message for n in app._notifications]
+            gate.touch()  # it starts, prints, and the view follows
+            await until(lambda p: any("hello 6" in line for line in screen_lines(app)))(pilot)
+            await wait_for_status(client, waiting)

@@ -1,5 +1,5 @@
 """`runyard summarize`: one row per execution, its parameters and metadata, ranked (Valohai's
-`vh execution summarize`); and execution ranges (`10-40`, `1,3,5-7`, `latest`) for the CLI."""
+`vh execution summarize`). Execution ranges (`10-40`, `1,3,5-7`, `latest`) are cli/ranges.py's."""
 
 from __future__ import annotations
 

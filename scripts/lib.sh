@@ -127,7 +127,7 @@ ensure_shared_cli() {
         as_root "$SHARED_VENV/bin/python" -m pip install -q "$ROOT[tui]"  # a copy of this checkout
         as_root touch "$stamp"
     elif [ -n "$(find "$ROOT/pyproject.toml" "$ROOT/cli" "$ROOT/daemon" "$ROOT/protocol" "$ROOT/tui" \
-            -newer "$stamp" -print -quit)" ]; then
+            \( -name '*.py' -o -name pyproject.toml \) -newer "$stamp" -print -quit)" ]; then
         say "updating runyard in $SHARED_VENV"
         as_root "$SHARED_VENV/bin/python" -m pip install -q "$ROOT[tui]"
         # the same version number: pip would keep the old copy

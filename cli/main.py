@@ -18,7 +18,7 @@ from runyard.protocol.logformat import parse_records
 from runyard.protocol.methods import ExecutionView
 from runyard.protocol.units import human_size
 
-from . import grep, render, runflags, summarize, tasks
+from . import grep, ranges, render, runflags, summarize, tasks
 
 EXIT_ERROR = 1  # the execution failed, or lint found errors
 EXIT_USAGE = 2  # the daemon refused the request
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     grep.add_arguments(p)
 
     p = sub.add_parser("metadata", help="metadata points and the latest value of each key")
-    p.add_argument("id", type=int)
+    p.add_argument("id", metavar="ID", help=ranges.ONE_HELP)
     p.add_argument("--all-attempts", action="store_true",
                    help="the points of every attempt of a retried execution, not only the current one")
     p.add_argument("--json", action="store_true")
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("restart", help="a new execution with the same snapshot, step, parameters, image; "
                                        "the flags change what they name (Valohai's copy execution)")
-    p.add_argument("id", type=int)
+    p.add_argument("id", metavar="ID", help=ranges.ONE_HELP)
     p.add_argument("-p", "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
                    help="a parameter value instead of the old one (repeatable)")
     p.add_argument("--input", type=_input, action="append", default=[], metavar="NAME=URL",
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("rename", help="set an execution's title")
-    p.add_argument("id", type=int)
+    p.add_argument("id", metavar="ID", help=ranges.ONE_HELP)
     p.add_argument("title", help='the new title; "" clears it')
     p.add_argument("--json", action="store_true")
 
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--purge-outputs", action="store_true", help="remove its stored outputs too")
 
     p = sub.add_parser("outputs", help="list (or download) an execution's outputs")
-    p.add_argument("id", type=int)
+    p.add_argument("id", metavar="ID", help=ranges.ONE_HELP)
     p.add_argument("--download", metavar="DIR", help="copy every output into DIR")
     p.add_argument("--sync", metavar="DIR",
                    help="copy outputs into DIR as they are stored (live outputs) until the execution ends; "
@@ -308,6 +308,11 @@ async def _client_command(args: argparse.Namespace) -> int:
     handler = COMMANDS[args.command]
     client = await Client.connect(args.socket, client_name="runyard-cli")
     try:
+        if args.command in ranges.ONE_ID_COMMANDS:  # `latest` works wherever one id is taken
+            try:
+                args.id = await ranges.one(client, args.id)
+            except ranges.RangeError as exc:
+                raise CliError(str(exc)) from None
         return await handler(client, args)
     finally:
         await client.close()
@@ -502,7 +507,7 @@ async def cmd_info(client: Client, args: argparse.Namespace) -> int:
     for key, value in fields:
         # the status is ours, coloured; every other value may hold what a user or script wrote
         text = value if key == "status" else "\n".ljust(17).join(map(shown, value.split("\n")))
-        print(f"{key + ':':<16}{text}")
+        print(f"{key + ':':<15} {text}")
     if e.parameters:
         print("parameters:")
         for name, param in e.parameters.items():
@@ -686,7 +691,12 @@ async def cmd_rename(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_delete(client: Client, args: argparse.Namespace) -> int:
-    for execution_id in await _ids(client, args.id):
+    ids = await _ids(client, args.id)
+    if len(ids) > 1:  # what the daemon would refuse, found before anything is deleted
+        refused = await ranges.undeletable(client, ids)
+        if refused:
+            raise CliError("nothing deleted: " + "; ".join(refused))
+    for execution_id in ids:
         await client.delete(execution_id, purge_outputs=args.purge_outputs)
         print(f"execution {execution_id} deleted" + (" with its outputs" if args.purge_outputs else ""))
     return 0

@@ -30,7 +30,7 @@ def add_parser(sub: Any) -> None:
         description="Open an interactive shell in a running execution's container (docker exec on its host, "
                     "over the daemon's SSH connection), or in its work directory for the process runtime. "
                     "With `-- CMD ARGS`, run that command instead. Exits with the command's status.")
-    p.add_argument("id", type=int)
+    p.add_argument("id", help="a running execution's id, or latest (the newest)")
     p.add_argument("-T", "--no-tty", action="store_true",
                    help="no terminal, even when stdin is one (output keeps stdout and stderr apart)")
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD",

@@ -1,5 +1,5 @@
 """`runyard summarize`: one row per execution, its parameters and metadata, ranked (Valohai's
-`vh execution summarize`); and execution ranges (`10-40`, `1,3,5-7`, `latest`) for the CLI."""
+`vh execution summarize`). Execution ranges (`10-40`, `1,3,5-7`, `latest`) are cli/ranges.py's."""
 
 from __future__ import annotations
 
@@ -15,53 +15,10 @@ from runyard.protocol import Client
 from runyard.protocol.methods import ExecutionView
 from runyard.protocol.tasks import TaskView
 
-from . import render
+from . import ranges, render
 
-MAX_RANGE = 10_000
-
-
-class RangeError(ValueError):
-    pass
-
-
-def parse_ranges(texts: list[str]) -> list[int | str]:
-    """`10-40`, `1,3,5-7` and `latest` as ids in order (duplicates once); 'latest' stays a word."""
-    out: list[int | str] = []
-    seen: set[int | str] = set()
-    for text in texts:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            if part == "latest":
-                items: list[int | str] = ["latest"]
-            else:
-                low, sep, high = part.partition("-")
-                try:
-                    first, last = int(low), int(high) if sep else int(low)
-                except ValueError:
-                    raise RangeError(f"{part!r} is not an execution id, a range like 10-40, or latest") from None
-                if first < 1 or last < first:
-                    raise RangeError(f"{part!r}: a range goes from a lower id to a higher one")
-                if last - first >= MAX_RANGE:
-                    raise RangeError(f"{part!r}: at most {MAX_RANGE} executions in one range")
-                items = list(range(first, last + 1))
-            for item in items:
-                if item not in seen:
-                    seen.add(item)
-                    out.append(item)
-    return out
-
-
-async def resolve(client: Client, texts: list[str]) -> list[int]:
-    """Ids from ranges, `latest` being the newest execution."""
-    ids = []
-    for item in parse_ranges(texts):
-        if item == "latest":
-            newest = await client.list_executions(limit=1)
-            if not newest:
-                raise RangeError("there is no latest execution: none exists")
-            ids.append(newest[0].id)
-        else:
-            ids.append(int(item))
-    return ids
+RangeError = ranges.RangeError
+resolve = ranges.resolve
 
 
 def add_parser(sub: Any) -> None:

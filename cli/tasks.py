@@ -255,11 +255,24 @@ async def _info(client: Client, args: argparse.Namespace) -> int:
                        ("step", t.step), ("status", t.status + (f" ({t.reason})" if t.reason else "")),
                        ("owner", t.owner), ("children", f"{t.total}: {progress(t)}"), ("max queued", limit),
                        ("on child error", t.on_child_error), ("stop condition", t.stop_condition or "-"),
-                       ("created", t.created_at), ("ended", t.ended_at or "-")):
+                       *_search_fields(t), ("created", t.created_at), ("ended", t.ended_at or "-")):
         print(f"{key + ':':<16}{render.shown(value)}")
     if t.execution_ids:
         print(f"executions:     {_ranges(t.execution_ids)}  (runyard summarize --task {t.id})")
     return 0
+
+
+def _search_fields(t: TaskView) -> list[tuple[str, str]]:
+    """What a search was asked: its target metric and which way it is ranked, count, batch, seed."""
+    def text(value: object) -> str:
+        return "-" if value is None else str(value)
+
+    metric = t.optimization_target_metric
+    if metric is not None:
+        towards = t.optimization_target_value
+        metric += " (lowest first)" if towards is None else f" (closest to {towards:g} first)"
+    return [("target metric", metric or "-"), ("count", text(t.execution_count)),
+            ("batch size", text(t.execution_batch_size)), ("seed", text(t.seed))]
 
 
 def _ranges(ids: list[int]) -> str:

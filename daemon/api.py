@@ -142,6 +142,10 @@ async def rename(core: Core, caller: Caller, p: m.RenameParams) -> m.ExecutionVi
 @method("executions.delete", m.DeleteParams)
 async def delete(core: Core, caller: Caller, p: m.DeleteParams) -> None:
     await _owned(core, caller, p.id, "delete")
+    task = (await core.get(p.id)).task_id
+    if task is not None:  # a task's children go with it, so its count of children stays true
+        raise OperationError(ErrorCode.INVALID_STATE, f"execution {p.id} is a child of task {task}: delete the "
+                             f"whole task (runyard task delete {task}), not one of its children")
     await core.delete(p.id, p.purge_outputs)
     return None
 

@@ -321,6 +321,8 @@ class LogFile:
     def read_range(self, offset: int, max_bytes: int) -> tuple[bytes, int]:
         """Whole records from ``offset``; at least one record even if it is longer than max_bytes."""
         offset = max(0, min(offset, self.size))
+        if offset >= self.size:  # nothing to read, and a log not written yet has no file
+            return b"", offset
         with open_reader(self.path) as reader:
             data = reader.pread(min(max_bytes, self.size - offset), offset)
             cut = data.rfind(b"\n")

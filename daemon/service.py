@@ -21,6 +21,7 @@ from typing import Final
 from .config import Config
 from .doctor import Check, diagnose
 from .hosts import Host, all_settings
+from .runtime_slurm import cluster_hosts
 
 UNIT_NAME: Final = "runyard.service"
 
@@ -147,6 +148,9 @@ async def check_hosts(config: Config) -> list[HostReport]:
                     for s in all_settings(config) if s.enabled]
         hosts = [Host(s, daemon_id="", ssh=config.ssh, sockets_dir=sockets, on_change=lambda _h: None)
                  for s in settings]
+        # A cluster's login node is checked as `runyard doctor CLUSTER` checks it.
+        hosts += [h for h in cluster_hosts(config, on_pending=lambda _id, _why: None, daemon_id="", ssh=config.ssh,
+                                           sockets_dir=sockets, on_change=lambda _h: None) if h.settings.enabled]
         return list(await asyncio.gather(*(_check_host(h) for h in hosts)))
     finally:
         shutil.rmtree(sockets, ignore_errors=True)
@@ -169,4 +173,4 @@ async def _check_host(host: Host) -> HostReport:
             checks.append(Check("inventory", False, "; ".join(inventory.problems)))
     finally:
         await host.close()
-    return HostReport(host.name, host.settings.pool, host.settings.runtime, checks)
+    return HostReport(host.name, host.settings.pool, host.runtime_name, checks)

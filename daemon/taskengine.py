@@ -414,6 +414,7 @@ class TaskEngine:
             maximum_queued_executions=task.spec.get("maximum_queued_executions"),
             on_child_error=task.spec.get("on_child_error") or DEFAULT_ON_CHILD_ERROR,
             stop_condition=task.spec.get("stop_condition"), execution_ids=ids,
+            **{k: task.spec.get(k) for k in _SHOWN_SPEC},
         )
 
     def active_children(self) -> int:
@@ -466,10 +467,27 @@ def _plan(config: Any, p: TaskCreateParams) -> tuple[dict[str, Any], list[dict[s
         "stop_condition": condition, "variants": [dataclasses.asdict(v) for v in chosen],
         "parameter_sets": sets, "execution_count": count, "seed": p.seed,
     }
+    # Any task may name the metric its children are ranked by (the TUI's best, its children's order).
+    spec.update(_target(p, blueprint))
     if kind == "bayesian_tpe":
         return spec, _bayesian_plan(spec, chosen, p, blueprint)
     children = variants.expand(kind, chosen, parameter_sets=sets, count=count, seed=p.seed)
     return spec, children
+
+
+_SHOWN_SPEC = ("execution_count", "execution_batch_size", "seed", "optimization_target_metric",
+               "optimization_target_value")
+
+
+def _target(p: TaskCreateParams, blueprint: Any) -> dict[str, Any]:
+    """optimization-target-metric and -value: the request's, else the blueprint's."""
+    out: dict[str, Any] = {}
+    for name in ("optimization_target_metric", "optimization_target_value"):
+        given = getattr(p, name)
+        value = given if given is not None else getattr(blueprint, name, None) if blueprint is not None else None
+        if value is not None:
+            out[name] = float(value) if name == "optimization_target_value" else str(value)
+    return out
 
 
 def _bayesian_plan(spec: dict[str, Any], chosen: list[variants.Variant], p: TaskCreateParams,

@@ -70,6 +70,11 @@ class TaskView(msgspec.Struct, kw_only=True):
     on_child_error: str = "continue-and-complete"
     stop_condition: str | None = None
     execution_ids: list[int] = []  # in the order they were made (only in tasks.get)
+    execution_count: int | None = None  # random_search, bayesian_tpe: children asked for
+    execution_batch_size: int | None = None  # bayesian_tpe: children per round
+    seed: int | None = None
+    optimization_target_metric: str | None = None  # the metadata key children are ranked by
+    optimization_target_value: float | None = None  # ranked by distance to it (else lowest first)
 
 
 class TaskIdParams(msgspec.Struct, forbid_unknown_fields=True):

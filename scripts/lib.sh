@@ -97,6 +97,50 @@ ensure_venv() {
     fi
 }
 
+SHARED_VENV=${RUNYARD_SHARED_VENV:-/opt/runyard/venv}
+SHARED_LINK=${RUNYARD_SHARED_LINK-/usr/local/bin/runyard}
+
+make_shared_venv() {
+    # A venv every user can run. It is made from Debian's own Python, since a venv's interpreter is
+    # a link to the one it was made from, and root's pyenv (or any interpreter under /root) is not
+    # theirs to run; `--copies` would not help, the standard library would stay there.
+    local python=/usr/bin/python3
+    if ! "$python" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        say "$python is not Python 3.11 or newer with venv: no CLI for other users in $SHARED_VENV"
+        return 1
+    fi
+    if [ ! -x "$SHARED_VENV/bin/python" ]; then
+        say "creating $SHARED_VENV: the runyard CLI and TUI for every user"
+        as_root mkdir -p "$(dirname "$SHARED_VENV")"
+        as_root "$python" -m venv "$SHARED_VENV"
+    fi
+    as_root chmod -R a+rX "$SHARED_VENV"  # whatever root's umask was
+}
+
+ensure_shared_cli() {
+    # The CLI for the lab's other users (scripts/quickstart), in the shared venv. runyard is
+    # installed into it, not linked to this checkout, which they may not be able to read.
+    local stamp="$SHARED_VENV/.runyard-installed"
+    make_shared_venv || return 1
+    if [ ! -f "$stamp" ]; then
+        say "installing runyard into $SHARED_VENV"
+        as_root "$SHARED_VENV/bin/python" -m pip install -q "$ROOT[tui]"  # a copy of this checkout
+        as_root touch "$stamp"
+    elif [ -n "$(find "$ROOT/pyproject.toml" "$ROOT/cli" "$ROOT/daemon" "$ROOT/protocol" "$ROOT/tui" \
+            \( -name '*.py' -o -name pyproject.toml \) -newer "$stamp" -print -quit)" ]; then
+        say "updating runyard in $SHARED_VENV"
+        as_root "$SHARED_VENV/bin/python" -m pip install -q "$ROOT[tui]"
+        # the same version number: pip would keep the old copy
+        as_root "$SHARED_VENV/bin/python" -m pip install -q --no-deps --force-reinstall "$ROOT"
+        as_root touch "$stamp"
+    fi
+    as_root chmod -R a+rX "$SHARED_VENV"  # whatever root's umask was
+    # On every user's PATH, unless something else has that name already.
+    if [ -n "$SHARED_LINK" ] && { [ ! -e "$SHARED_LINK" ] || [ "$(readlink "$SHARED_LINK")" = "$SHARED_VENV/bin/runyard" ]; }; then
+        as_root ln -sfn "$SHARED_VENV/bin/runyard" "$SHARED_LINK"
+    fi
+}
+
 SLURM_DIR=${RUNYARD_SLURM_DIR:-/var/lib/runyard-slurm}
 
 slurm_up() {

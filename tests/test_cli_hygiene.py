@@ -128,7 +128,7 @@ async def test_titles_vars_and_tags_are_checked_first_and_nothing_prints_raw(pla
     info = run_cli(plain, "info", str(execution)).stdout
     assert "\\u001b[31mred" in info
     # info's text shows what the run was given: limits, variables, tags.
-    assert "time limit:     1h30m\n" in info and "no-output limit:1m30s\n" in info
+    assert "time limit:     1h30m\n" in info and "no-output limit: 1m30s\n" in info
     assert 'MODE = "fast"' in info and "tags:           t1\n" in info
 
 

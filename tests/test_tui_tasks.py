@@ -56,7 +56,7 @@ def tasks_daemon(docker_engine: None) -> Iterator[Daemon]:
             plain = await submit_repo(client, repo, "train", title="baseline", parameters={})
             await wait_for_status(client, plain.id)
         made = run_cli(daemon, "task", "run", "train", "--grid", "lr=0.5,0.25", "--grid", "x=3,4",
-                       "--title", "lr sweep", "--watch", "--json", cwd=repo)
+                       "--title", "lr sweep", "--target-metric", "loss", "--watch", "--json", cwd=repo)
         assert made.returncode == 0, made.stderr
 
     try:
@@ -99,6 +99,23 @@ SCREENS = {
 @pytest.mark.parametrize("name", list(SCREENS))
 def test_task_screen(tasks_daemon: Daemon, snap_compare: Any, name: str, size: tuple[int, int]) -> None:
     assert snap_compare(app_for(tasks_daemon), terminal_size=size, run_before=SCREENS[name])
+
+
+async def test_a_task_ranks_by_its_own_target_metric_and_an_ended_task_is_not_stopped(tasks_daemon: Daemon) -> None:
+    # No metadata column chosen: the task's --target-metric alone ranks it and names its best.
+    app = RunyardApp(Path(tasks_daemon.socket).name, clock=clock, metadata_columns=[])
+    async with app.run_test(size=(120, 30), notifications=True) as pilot:
+        await until(task_row_shown)(pilot)
+        assert "lr sweep · best loss 0.75 (#4)" in "\n".join(screen_lines(app))
+        await pilot.press("s")  # on the ended task's row: nothing to stop, and no dialog offering to
+        await until(lambda p: any("already ended" in n.message for n in p.app._notifications))(pilot)
+        assert "task 1 has already ended (complete): nothing to stop" in [n.message for n in app._notifications]
+        assert isinstance(app.screen, QueueScreen)
+        await pilot.press("enter")
+        await until(children_shown)(pilot)
+        assert "sorted by loss" in "\n".join(screen_lines(app))
+        table = app.screen.query_one("#task-table")
+        assert [str(table.get_row_at(r)[0]).strip() for r in range(4)] == ["4", "5", "2", "3"]
 
 
 async def test_a_task_is_one_row_its_children_rank_by_loss_and_it_is_deleted_whole(tasks_daemon: Daemon) -> None:

@@ -106,7 +106,16 @@ def test_config_errors_name_the_key() -> None:
 
 def test_example_config_is_valid() -> None:
     root = Path(__file__).resolve().parents[1]
-    parse_config((root / "config.example.toml").read_text())
+    text = (root / "config.example.toml").read_text()
+    parse_config(text)
+    # Its commented [[clusters]] table, uncommented, is a valid cluster naming every key there is.
+    block = text.split("# [[clusters]]\n", 1)[1].split("\n\n", 1)[0]
+    keys = [line[2:].split("=", 1)[0].strip() for line in block.splitlines()]
+    from runyard.daemon.config import ClusterSection
+
+    assert sorted(keys) == sorted(ClusterSection.__struct_fields__)
+    cluster = parse_config("[[clusters]]\n" + "\n".join(line[2:] for line in block.splitlines())).clusters[0]
+    assert (cluster.name, cluster.container, cluster.max_jobs) == ("hpc", "none", 100)
 
 
 YAML = """

@@ -27,7 +27,7 @@ from .format import (
     value_text,
 )
 from .keys import MODE_BINDINGS, KeyFooter
-from .tasks import TaskScreen, row_key, task_cells, task_of_key
+from .tasks import TaskScreen, row_key, squeeze_title, task_cells, task_of_key, title_min
 from .tasks import act as act_on_task
 from .widgets import StatusBar, VimTable
 
@@ -152,7 +152,15 @@ class QueueScreen(Screen[None]):
         own = [*BASE_COLUMNS, *(["tags"] if tagged else [])]
         all_columns = [*own, *metadata_columns]
         labels = [self._label(name) for name in all_columns]
-        keep, title_width = fit_columns(all_columns, labels, rows, self._room(len(rows)), tagged=tagged)
+        at = BASE_COLUMNS.index("title")
+        least = max([TITLE_MIN, *(title_min(r[at], TITLE_MIN) for v, r in zip(views, rows, strict=True)
+                                  if isinstance(v, TaskView))])
+        keep, title_width = fit_columns(all_columns, labels, rows, self._room(len(rows)), tagged=tagged,
+                                        title_least=least)
+        if title_width is not None:  # a task's best value stays readable: its name is cut instead
+            for v, r in zip(views, rows, strict=True):
+                if isinstance(v, TaskView):
+                    r[at] = squeeze_title(r[at], title_width)
         layout = (keep, title_width, labels)
         if layout != self._columns:
             table.clear(columns=True)
@@ -424,7 +432,7 @@ TITLE_MIN = 12
 
 
 def fit_columns(names: list[str], labels: list[str], rows: list[list[Any]], room: int, *,
-                tagged: bool = False) -> tuple[list[int], int | None]:
+                tagged: bool = False, title_least: int = TITLE_MIN) -> tuple[list[int], int | None]:
     """Which columns (by index) fit in ``room`` cells, and the title's width (None: as wide as it needs).
 
     Chosen metadata columns are why a user widened the table, so they stay: first an empty GPUs
@@ -452,6 +460,6 @@ def fit_columns(names: list[str], labels: list[str], rows: list[list[Any]], room
     title_width = None
     over = total() - room
     title = widths[base["title"]] - 2
-    if over > 0 and title > TITLE_MIN:
-        title_width = max(TITLE_MIN, title - over)
+    if over > 0 and title > title_least:
+        title_width = max(title_least, title - over)
     return shown, title_width

@@ -12,6 +12,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from rich.cells import cell_len
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -29,6 +30,7 @@ from .widgets import StatusBar, VimTable
 if TYPE_CHECKING:
     from .app import RunyardApp
 
+ENDED = frozenset({"complete", "error", "stopped"})  # a task's end states
 TASKS_LISTED = 1000  # the newest tasks the queue knows of
 FETCH_CHILDREN = 1000  # children of a task fetched one by one when not already known
 
@@ -51,8 +53,14 @@ async def refresh(app: RunyardApp) -> None:
 
 def target_metric(task: TaskView, chosen: list[str]) -> str | None:
     """The metric a task is ranked by: its optimization-target-metric, else the first metadata column."""
-    metric = getattr(task, "optimization_target_metric", None)
-    return str(metric) if metric else (chosen[0] if chosen else None)
+    return task.optimization_target_metric or (chosen[0] if chosen else None)
+
+
+def towards(task: TaskView | None, metric: str | None) -> float | None:
+    """The value the task's own target metric is ranked towards (its optimization-target-value)."""
+    if task is None or metric is None or metric != task.optimization_target_metric:
+        return None
+    return task.optimization_target_value
 
 
 def _number(value: Any) -> float | None:
@@ -61,12 +69,15 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def best(children: list[ExecutionView], metric: str | None) -> tuple[float, int] | None:
-    """The lowest value of ``metric`` among the children, and whose."""
+def best(children: list[ExecutionView], metric: str | None,
+         target: float | None = None) -> tuple[float, int] | None:
+    """The lowest value of ``metric`` among the children (closest to ``target`` if given), and whose."""
     if metric is None:
         return None
     found = [(n, v.id) for v in children if (n := _number(v.metadata.get(metric))) is not None]
-    return min(found) if found else None
+    if not found:
+        return None
+    return min(found, key=lambda f: (abs(f[0] - target) if target is not None else f[0], f[1]))
 
 
 def progress(task: TaskView) -> str:
@@ -85,19 +96,38 @@ def task_cells(task: TaskView, children: list[ExecutionView], metric_columns: li
                chosen: list[str], *, tagged: bool = False) -> list[Any]:
     """A task's row in the queue, in the queue's columns."""
     metric = target_metric(task, chosen)
-    top = best(children, metric)
+    top = best(children, metric, towards(task, metric))
     title = task.title or task.name or task.type.replace("_", " ")
     if top is not None and metric is not None:
-        title += f" · best {metric} {value_text(top[0])} (#{top[1]})"
+        title += f"{BEST}{metric} {value_text(top[0])} (#{top[1]})"
     status = Text(f"{task.status} {progress(task)}", style=STATUS_STYLES.get(task.status, ""))
     created = parse_time(task.created_at)
     cells: list[Any] = [
         Text(f"▸T{task.id}", style="bold"), title, task.step, status, "", "", task.owner,
         span((now - created).total_seconds()) if created else "?", "", *([""] if tagged else []),
     ]
-    tops = {k: best(children, k) for k in metric_columns}
+    tops = {k: best(children, k, towards(task, k)) for k in metric_columns}
     cells += [value_text(tops[k][0]) if tops[k] is not None else "" for k in metric_columns]  # type: ignore[index]
     return cells
+
+
+BEST = " · best "
+
+
+def title_min(title: str, least: int) -> int:
+    """The narrowest a task row's title may be cut to: its best value whole, and a little of its name."""
+    _, sep, top = title.rpartition(BEST)
+    return max(least, cell_len(sep + top) + 4) if sep else least
+
+
+def squeeze_title(title: str, width: int) -> str:
+    """A task row's title in ``width`` cells: its name gives way, its best value stays whole."""
+    name, sep, top = title.rpartition(BEST)
+    if not sep or cell_len(title) <= width:
+        return title
+    cut = Text(name)
+    cut.truncate(max(1, width - cell_len(sep + top)), overflow="ellipsis")
+    return cut.plain + sep + top
 
 
 def describe(task: TaskView) -> list[str]:
@@ -106,6 +136,9 @@ def describe(task: TaskView) -> list[str]:
 
 async def act(app: RunyardApp, task: TaskView, action: str) -> None:
     """Stop, restart or delete a whole task, asked first (naming it and how many children)."""
+    if action == "stop" and task.status in ENDED:
+        app.notify(f"task {task.id} has already ended ({task.status}): nothing to stop", severity="warning")
+        return
     questions = {"stop": f"Stop task {task.id} and its {task.total} children?",
                  "restart": f"Restart task {task.id} ({task.total} children) as a new task?",
                  "delete": f"Delete task {task.id} and its {task.total} children?"}
@@ -180,9 +213,12 @@ class TaskScreen(Screen[None]):
         task = self.ry.tasks.get(self.task_id)
         metric = target_metric(task, self.ry.metadata_columns) if task else None
         kids = [v for v in self.ry.cache.views.values() if v.task == self.task_id]
+        target = towards(task, metric)
 
         def rank(v: ExecutionView) -> tuple[int, float, int]:
             value = _number(v.metadata.get(metric)) if metric else None
+            if value is not None and target is not None:
+                value = abs(value - target)
             return (value is None, value if value is not None else 0.0, v.id)
 
         return sorted(kids, key=rank)
@@ -214,7 +250,9 @@ class TaskScreen(Screen[None]):
         parts = [f"task {self.task_id} {what}".strip()]
         if task is not None:
             parts.append(f"{task.status} {progress(task)}")
-        parts.append(f"sorted by {metric}" if metric else "no target metric (c on the queue picks one)")
+        target = towards(task, metric)
+        order = f" (closest to {target:g} first)" if target is not None else ""
+        parts.append(f"sorted by {metric}{order}" if metric else "no target metric (c on the queue picks one)")
         if self.marked:
             parts.append(f"{len(self.marked)} marked")
         self.query_one(StatusBar).say(" · ".join(parts))

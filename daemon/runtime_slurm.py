@@ -68,7 +68,7 @@ class SlurmRuntime:
         self.submit = submit
         self.poll_seconds = poll_seconds
         self.on_pending = on_pending
-        self.prefix = slurm.job_name_prefix(daemon_id)
+        self.prefix = slurm.job_name_prefix(daemon_id, host)  # this daemon's jobs of this pool, no one else's
         self.jobs: dict[str, slurm.Job] = {}  # the latest squeue, by job name
         self.polled_at = 0.0
         self.calls = 0  # controller calls made (squeue, sbatch, scancel, scontrol), for the bench
@@ -161,7 +161,7 @@ class SlurmRuntime:
     def _name(self, container_id: str) -> str:
         base = self._dir(container_id).rstrip("/").rsplit("/", 1)[-1]
         execution, _, attempt = base.partition("-")
-        return slurm.job_name(self.daemon_id, int(execution), int(attempt or 0))
+        return slurm.job_name(self.daemon_id, self.host, int(execution), int(attempt or 0))
 
     @staticmethod
     def _ids(container_id: str) -> tuple[int, int]:
@@ -209,7 +209,7 @@ class SlurmRuntime:
         r = spec.resources
         limit = r.get("time_limit_seconds")
         argv = slurm.sbatch_argv(
-            self.submit, slurm.job_name(self.daemon_id, spec.execution_id, spec.attempt), d,
+            self.submit, slurm.job_name(self.daemon_id, self.host, spec.execution_id, spec.attempt), d,
             gpus=int(r.get("gpus", 0) or 0), cpus=float(r.get("cpus", 0) or 0),
             memory_mb=int(r.get("memory_mb", 0) or 0),
             time_limit_seconds=float(limit) if limit else None)
@@ -315,7 +315,7 @@ class SlurmRuntime:
             state = state or looked_state
             code = code if code is not None else looked_code
         code, oom, cause = slurm.outcome(state, code)
-        return made("exited", code, oom=oom, cause=cause)
+        return made("exited", code, oom=oom or files.oom, cause=cause)
 
     async def _look_up(self, job_id: str) -> tuple[str, int | None]:
         """One job the poller no longer sees: scontrol while the controller remembers it."""
@@ -342,13 +342,13 @@ class SlurmRuntime:
         for job in jobs.values():
             if job.ended:
                 continue
-            rest = job.name[len(self.prefix):]
-            execution, _, attempt = rest.partition("-")
-            if execution.isdigit() and attempt.isdigit():
-                container_id = SLURM_PREFIX + f"{self.work_root}/{attempt_name(int(execution), int(attempt))}"
-                states.append(ContainerState(id=container_id, execution_id=int(execution),
+            ids = slurm.parse_job_name(job.name, self.prefix)  # only this pool's (parse_squeue kept no other)
+            if ids is not None:
+                execution, attempt = ids
+                container_id = SLURM_PREFIX + f"{self.work_root}/{attempt_name(execution, attempt)}"
+                states.append(ContainerState(id=container_id, execution_id=execution,
                                              status="pending" if job.pending else "running", exit_code=0,
-                                             oom_killed=False, attempt=int(attempt)))
+                                             oom_killed=False, attempt=attempt))
         return states
 
     async def wait(self, container_id: str) -> None:
@@ -548,6 +548,14 @@ class ClusterHost(Host):
     async def _make_runtime(self) -> Runtime:
         assert self.transport is not None
         c = self.cluster
+        # Each cluster pool has a directory of its own: pools of one daemon may share a work_dir (two
+        # partitions of one cluster), and one pool's reconciling must not take the other's attempts
+        # for strays.
+        own = f"{self.work_root}/{self.name}"
+        result = await self.transport.run(f"mkdir -p {q(own)}")
+        if result.status != 0:
+            raise EngineError(f"cannot create work directory {own}: {result.error_text}")
+        self.work_root = own
         runtime = SlurmRuntime(self.transport, self.work_root, host=self.name, daemon_id=self.daemon_id,
                                submit=slurm.Submit(partition=c.partition, gres_type=c.gres_type, account=c.account,
                                                    qos=c.qos, extra=tuple(c.sbatch_args)),

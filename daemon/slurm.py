@@ -33,7 +33,9 @@ CAUSES: Final = {
     "PREEMPTED": "node-lost",
     "REVOKED": "node-lost",
 }
-_NAME_PART = re.compile(r"[A-Za-z0-9_.-]+")
+_DAEMON_ID = re.compile(r"[A-Za-z0-9_.]+")
+_CLUSTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # as config.py allows
+_ATTEMPT_PART = re.compile(r"([0-9]{1,18})-([0-9]{1,9})")
 _SLURM_WORD = re.compile(r"[A-Za-z0-9_.:+-]{1,64}")
 
 
@@ -41,16 +43,32 @@ class SlurmError(Exception):
     pass
 
 
-def job_name(daemon_id: str, execution_id: int, attempt: int) -> str:
-    """What identifies an attempt's job among everyone's: this daemon, the execution and the attempt.
-    Known before sbatch runs, so a daemon killed during the submit finds the job again by it."""
-    if not _NAME_PART.fullmatch(daemon_id):
+def job_name(daemon_id: str, cluster: str, execution_id: int, attempt: int) -> str:
+    """What identifies an attempt's job among everyone's on the controller: this daemon, the cluster
+    pool it was submitted for (two pools of one daemon may share a controller), the execution and the
+    attempt. Known before sbatch runs, so a daemon killed during the submit finds the job again by it."""
+    return f"{job_name_prefix(daemon_id, cluster)}{int(execution_id)}-{int(attempt)}"
+
+
+def job_name_prefix(daemon_id: str, cluster: str) -> str:
+    # The daemon id has no "-" (the store makes it of hex digits) and the attempt's part is two numbers,
+    # so a name parses one way only: no daemon's or pool's prefix is the start of another's job name
+    # (see parse_job_name).
+    if not _DAEMON_ID.fullmatch(daemon_id):
         raise SlurmError(f"daemon id {daemon_id!r} cannot be part of a job name")
-    return f"runyard-{daemon_id}-{int(execution_id)}-{int(attempt)}"
+    if not _CLUSTER_NAME.fullmatch(cluster):
+        raise SlurmError(f"cluster name {cluster!r} cannot be part of a job name")
+    return f"runyard-{daemon_id}-{cluster}-"
 
 
-def job_name_prefix(daemon_id: str) -> str:
-    return f"runyard-{daemon_id}-"
+def parse_job_name(name: str, prefix: str) -> tuple[int, int] | None:
+    """The execution and attempt of a job of ``prefix``'s daemon and pool; None for anyone else's.
+    Exact: pool "a"'s prefix also starts the names of pool "a-1"'s jobs ("runyard-d-a-1-5-0"), which
+    have three numbers where pool "a"'s have two."""
+    if not name.startswith(prefix):
+        return None
+    match = _ATTEMPT_PART.fullmatch(name, len(prefix))
+    return (int(match[1]), int(match[2])) if match else None
 
 
 def check_word(what: str, value: str) -> str:
@@ -95,12 +113,12 @@ def outcome(state: str, code: int | None) -> tuple[int, bool, str]:
 
 
 def parse_squeue(text: str, prefix: str) -> dict[str, Job]:
-    """``SQUEUE``'s lines for the jobs whose names start with ``prefix`` (this daemon's), by name.
+    """``SQUEUE``'s lines for the jobs of ``prefix`` (this daemon's pool, see parse_job_name), by name.
     A name seen twice (resubmitted by someone) keeps its newest job."""
     jobs: dict[str, Job] = {}
     for line in text.splitlines():
         parts = line.split("|")
-        if len(parts) != 5 or not parts[1].startswith(prefix):
+        if len(parts) != 5 or parse_job_name(parts[1], prefix) is None:
             continue
         job = Job(id=parts[0].strip(), name=parts[1], state=parts[2].strip().split()[0] if parts[2].strip() else "",
                   reason=parts[3].strip(), nodes=parts[4].strip())
@@ -213,7 +231,11 @@ def batch_script(directory: str, command: str, environment: dict[str, str], *, c
     run = f'{launcher} "$(cat "$r/command.sh")"' if shebang else 'sh "$r/command.sh"'
     # container: the attempt's OCI bundle; the batch script stays on the node (it records the job's
     # files), the command's step runs in the bundle.
-    step = f"srun --unbuffered --container={q(container)} {run}" if container else f"srun --unbuffered {run}"
+    # The command's stderr goes to its file from the node (--error); srun's own messages to srun.err,
+    # added to the stderr file after it: an out-of-memory kill of the step is told only there ("task 0:
+    # Out Of Memory"), the job itself ends FAILED 1, so the script records it (oom).
+    srun = 'srun --unbuffered --error="$r/stderr" --open-mode=append'
+    step = f"{srun} --container={q(container)} {run}" if container else f"{srun} {run}"
     return (
         "#!/bin/sh\n"
         "# Written by runyard: one attempt of an execution, as one Slurm job.\n"
@@ -223,8 +245,10 @@ def batch_script(directory: str, command: str, environment: dict[str, str], *, c
         'printf "%s\\n%s\\n" "${SLURM_JOB_NODELIST:-}" "${SLURM_JOB_GPUS:-${CUDA_VISIBLE_DEVICES:-}}" '
         '> "$r/granted.tmp" && mv "$r/granted.tmp" "$r/granted"\n'
         'date +%s.%N > "$r/started_at.tmp"; mv "$r/started_at.tmp" "$r/started_at"\n'
-        f"{step}\n"
+        f'{step} 2> "$r/srun.err"\n'
         "c=$?\n"
+        'if grep -q "Out Of Memory" "$r/srun.err"; then echo 1 > "$r/oom"; fi\n'
+        'cat "$r/srun.err" >&2\n'
         'date +%s.%N > "$r/finished_at.tmp"; mv "$r/finished_at.tmp" "$r/finished_at"\n'
         'echo $c > "$r/exit_code.tmp" && mv "$r/exit_code.tmp" "$r/exit_code"\n'
         "exit $c\n"
@@ -252,11 +276,12 @@ def submit_command(name: str, control: str) -> str:
     )
 
 
-# Prints, for the attempt directory in $d: the recorded job id, exit code, start and end times, and
-# the granted GPUs' two lines, each on a line of its own ("-" where not written).
+# Prints, for the attempt directory in $d: the recorded job id, exit code, start and end times, whether
+# its step ran out of memory, and the granted GPUs' two lines, each on a line of its own ("-" where not
+# written).
 FILES: Final = (
     'r="$d/.runyard"; [ -d "$r" ] || { echo missing; exit 0; }; echo present; '
-    'for f in job_id exit_code started_at finished_at; do v=$(head -c 40 "$r/$f" 2>/dev/null | tr -cd 0-9.); '
+    'for f in job_id exit_code started_at finished_at oom; do v=$(head -c 40 "$r/$f" 2>/dev/null | tr -cd 0-9.); '
     'echo "${v:--}"; done; head -c 4000 "$r/granted" 2>/dev/null'
 )
 
@@ -269,16 +294,17 @@ class Files:
     started: str = ""
     finished: str = ""
     gpus: tuple[str, ...] = ()
+    oom: bool = False  # srun said its step ran out of memory
 
 
 def parse_files(text: str) -> Files:
     lines = text.splitlines()
     if not lines or lines[0] != "present":
         return Files(present=False)
-    values = [v if v != "-" else "" for v in (lines[1:5] + ["-"] * 4)[:4]]
+    values = [v if v != "-" else "" for v in (lines[1:6] + ["-"] * 5)[:5]]
     code = int(values[1]) if values[1].isdigit() else None
     return Files(present=True, job_id=values[0], exit_code=code, started=values[2], finished=values[3],
-                 gpus=granted_gpus("\n".join(lines[5:])))
+                 oom=values[4] == "1", gpus=granted_gpus("\n".join(lines[6:])))
 
 
 # One line per node: name, state, GRES configured, GRES in use ("|"-separated, each field ends with "|").

@@ -44,6 +44,21 @@ STEPS = (
                 devices:
                   nvidia.com/gpu: 2
               """)
+    + "".join(step_yaml(name, ['echo "held gpus=$CUDA_VISIBLE_DEVICES"', RELEASE, "echo released"], extra=f"""\
+              environment: {pool}
+              resources:
+                devices:
+                  nvidia.com/gpu: 1
+              """) for name, pool in (("one", "hpc"), ("one-b", "hpc-b")))
+    + step_yaml("hog", ["echo hogging", "python3 -c 'x = b\"x\" * (400 << 20)'"], extra="""\
+              environment: hpc
+              resources:
+                memory:
+                  min: 100
+              """)
+    + step_yaml("overrun", ["echo overrunning", "sleep 300"], extra="environment: hpc-short")
+    + step_yaml("mark", "echo marked", extra="environment: hpc")
+    + step_yaml("mark-b", "echo marked", extra="environment: hpc-b")
     + step_yaml("fail", ["echo failing", "exit 3"], extra="environment: hpc")
     + step_yaml("sleepy", ["echo sleeping", "sleep 300"], extra="environment: hpc")
     + step_yaml("boxed", ["head -n 1 /etc/os-release", "command -v sbatch || echo no sbatch in here",
@@ -84,9 +99,11 @@ class Cluster:
     login: SshHost
     repo: Path
     data: Path
+    overrun: int  # an execution submitted first: Slurm ends it at its one-minute limit, while the rest run
 
     def work(self, e: ExecutionView) -> Path:
-        return self.login.root / "work" / self.daemon.daemon_id / str(e.id)
+        # Each cluster pool has a directory of its own under the daemon's.
+        return self.login.root / "work" / self.daemon.daemon_id / (e.host or "hpc") / str(e.id)
 
     def release(self, e: ExecutionView) -> None:
         (self.work(e) / "outputs" / "go").touch()
@@ -126,14 +143,22 @@ def cluster(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> It
     known = tmp / "known_hosts"
     known.write_text(login.known_hosts_line())
     import tempfile
+    # More pools on the same controller, login node and work_dir, as partitions of one cluster: hpc-b,
+    # and hpc-short, whose jobs Slurm ends after a minute (a partition's time limit).
+    pool = cluster_config(login, known).split("[[clusters]]")[1]
+    more = "".join("[[clusters]]" + pool.replace('name = "hpc"', f'name = "{name}"') + extra
+                   for name, extra in (("hpc-b", ""), ("hpc-short", 'sbatch_args = ["--time=1"]\n')))
     daemon = Daemon(root=Path(tempfile.mkdtemp(prefix="ry-", dir="/tmp")), stop_grace=2,
-                    local_extra="enabled = false", extra_config=cluster_config(login, known))
+                    local_extra="enabled = false", extra_config=cluster_config(login, known) + more)
     daemon.start()
     data = tmp / "data.csv"
     data.write_text("a,b\n1,2\n")
     repo = make_repo(tmp / "repo", {"valohai.yaml": STEPS, "train.py": TRAIN})
+    # Submitted before every other test, so the minute and a half Slurm takes to end it passes while they run.
+    overrun = run_cli(daemon, "run", "overrun", "--json", cwd=repo)
+    assert overrun.returncode == 0, overrun.stderr
     try:
-        yield Cluster(daemon, login, repo, data)
+        yield Cluster(daemon, login, repo, data, json.loads(overrun.stdout)["id"])
     finally:
         if daemon.process is not None and daemon.process.poll() is None:
             daemon.process.kill()
@@ -204,8 +229,7 @@ async def test_a_job_runs_with_logs_metadata_inputs_outputs_and_its_gpu(cluster:
 
 async def test_a_step_runs_in_an_oci_bundle_of_its_image_with_its_workspace_at_valohai(cluster: Cluster,
                                                                                      client: Client) -> None:
-    # A daemon of its own: two cluster pools of one daemon on one Slurm controller would take each
-    # other's jobs for their own at a restart (job names do not say which pool).
+    # A daemon of its own, whose cluster pool runs every step in a bundle.
     bundle = "/var/lib/runyard-slurm/bundles/base"
     made = subprocess.run(["bash", "-c", f"source {ROOT}/scripts/lib.sh; ensure_oci_bundle {BASE_IMAGE} {bundle}"],
                           capture_output=True, text=True, timeout=300)
@@ -280,6 +304,17 @@ exit $s
 """
 
 
+async def test_a_step_over_its_memory_is_oom_killed(cluster: Cluster, client: Client) -> None:
+    plugins = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    if "task/cgroup" not in plugins:
+        pytest.skip("the test cluster limits no job's memory: ensure_slurm found no writable cgroup v1 memory "
+                    "controller, so it runs Slurm without task/cgroup")
+    done = await wait_for_status(client, (await submit_repo(client, cluster.repo, "hog")).id)
+    assert (done.status, done.reason) == ("error", "oom-killed"), done
+    # What Slurm said of it reaches the log too.
+    assert "Out Of Memory" in run_cli(cluster.daemon, "logs", str(done.id), "--stream", "stderr").stdout
+
+
 async def test_a_daemon_killed_during_a_submit_and_while_a_job_runs_adopts_both(cluster: Cluster,
                                                                               client: Client) -> None:
     held = await wait_for_status(client, (await submit_repo(client, cluster.repo, "hold")).id, {"started"})
@@ -314,7 +349,52 @@ async def test_a_daemon_killed_during_a_submit_and_while_a_job_runs_adopts_both(
         # The job whose submit the kill cut off was adopted by its name, not submitted again.
         names = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-o", "%j"], capture_output=True,
                                text=True).stdout.split()
-        assert names.count(f"runyard-{cluster.daemon.daemon_id}-{waiting.id}-0") == 1, names
+        assert names.count(f"runyard-{cluster.daemon.daemon_id}-hpc-{waiting.id}-0") == 1, names
+    finally:
+        await c.close()
+
+
+async def wait_placed(client: Client, execution_id: int, timeout: float = 60) -> ExecutionView:
+    async def wait() -> ExecutionView:
+        async for _ in client.events(since=0):
+            view = await client.get(execution_id)
+            if view.host is not None:
+                return view
+        raise AssertionError("event stream ended")
+
+    return await asyncio.wait_for(wait(), timeout)
+
+
+async def test_two_cluster_pools_on_one_controller_keep_their_own_jobs_through_a_restart(cluster: Cluster,
+                                                                                       client: Client) -> None:
+    # "hpc" and "hpc-b": two pools of one daemon on one controller and one work_dir.
+    a, b = [await submit_repo(client, cluster.repo, step) for step in ("one", "one-b")]
+    a, b = [await wait_for_status(client, e.id, {"started"}) for e in (a, b)]
+    assert (a.host, b.host) == ("hpc", "hpc-b")
+    jobs = {a.id: job_of(cluster, a), b.id: job_of(cluster, b)}
+    await client.close()
+    cluster.daemon.kill9()
+    cluster.daemon.start()
+    c = await Client.connect(cluster.daemon.socket, client_name="tests")
+    try:
+        # A pool takes new work once it has reconciled what it holds: from then on, each pool has
+        # had its chance to take the other's job (or its attempt's directory) for a stray of its own.
+        marks = [await submit_repo(c, cluster.repo, step) for step in ("mark", "mark-b")]
+        assert [(await wait_placed(c, m.id)).host for m in marks] == ["hpc", "hpc-b"]
+        for e in (a, b):
+            cluster.release(e)
+        for e in (a, b):
+            done = await wait_for_status(c, e.id)
+            out = run_cli(cluster.daemon, "logs", str(e.id), "--stream", "stdout").stdout.splitlines()
+            assert (done.status, done.reason, done.host, out[1:]) == ("complete", None, e.host, ["released"]), (
+                done, out)
+        assert [(await wait_for_status(c, m.id)).status for m in marks] == ["complete", "complete"]
+        # Each its own job, adopted, not submitted again.
+        out = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-o", "%j %i %T"], capture_output=True,
+                             text=True).stdout.splitlines()
+        for e in (a, b):
+            name = f"runyard-{cluster.daemon.daemon_id}-{e.host}-{e.id}-0"
+            assert [line for line in out if line.startswith(f"{name} ")] == [f"{name} {jobs[e.id]} COMPLETED"], out
     finally:
         await c.close()
 
@@ -391,4 +471,15 @@ async def test_a_task_of_20_children_runs_each_once_within_the_job_cap(cluster: 
     # Each child was one Slurm job: submitted once, never twice.
     names = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-o", "%j"], capture_output=True,
                            text=True).stdout.split()
-    assert all(names.count(f"runyard-{cluster.daemon.daemon_id}-{v.id}-0") == 1 for v in views), names
+    assert all(names.count(f"runyard-{cluster.daemon.daemon_id}-hpc-{v.id}-0") == 1 for v in views), names
+
+
+async def test_a_job_slurm_ends_at_its_time_limit_is_an_error_time_limit(cluster: Cluster, client: Client) -> None:
+    # The step has no time-limit of its own: it was Slurm that ended it (TIMEOUT), at hpc-short's --time=1.
+    # Last in this file: the module fixture submitted it first, so its minute ran meanwhile.
+    done = await wait_for_status(client, cluster.overrun, timeout=180)
+    assert (done.status, done.reason, done.host) == ("error", "time-limit", "hpc-short"), done
+    assert run_cli(cluster.daemon, "logs", str(done.id), "--stream", "stdout").stdout == "overrunning\n"
+    states = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-o", "%j %T"], capture_output=True,
+                            text=True).stdout.splitlines()
+    assert f"runyard-{cluster.daemon.daemon_id}-hpc-short-{done.id}-0 TIMEOUT" in states, states

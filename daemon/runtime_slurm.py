@@ -79,6 +79,8 @@ class SlurmRuntime:
         self._wanted = asyncio.Event()
         self._missing: dict[str, int] = {}
         self._cancelled: dict[str, int] = {}  # names runyard scancelled: polls seen since, while they last
+        self._prepared: dict[str, bytes] = {}  # attempt -> its control files, written by start's one command
+        self._begun: dict[str, tuple[slurm.Files, float]] = {}  # attempt -> its files when start saw it begin
         # Short commands at once on the login node's one connection: sshd allows 10 sessions per
         # connection (MaxSessions), and each followed job already holds two (its output files' tails).
         self._slots = asyncio.Semaphore(3)
@@ -203,7 +205,6 @@ class SlurmRuntime:
 
     async def create(self, spec: ContainerSpec) -> str:
         d = f"{self.work_root}/{attempt_name(spec.execution_id, spec.attempt)}"
-        control = f"{d}/{slurm.CONTROL}"
         bundle = await self._oci_bundle(spec.image, d) if self.oci_bundles is not None else ""
         script = slurm.batch_script(d, spec.command, spec.environment, container=bundle)
         r = spec.resources
@@ -213,12 +214,10 @@ class SlurmRuntime:
             gpus=int(r.get("gpus", 0) or 0), cpus=float(r.get("cpus", 0) or 0),
             memory_mb=int(r.get("memory_mb", 0) or 0),
             time_limit_seconds=float(limit) if limit else None)
-        # batch.sh holds the secrets: the directory is 0700 and every file 0600, whatever the umask.
-        await self._run(f"umask 077 && mkdir -p {q(control)} && chmod 0700 {q(d)} {q(control)} && "
-                        f"cat > {q(control)}/command.sh", input=spec.command.encode())
-        await asyncio.gather(
-            self._run(f"umask 077 && cat > {q(control)}/batch.sh", input=script.encode()),
-            self._run(f"umask 077 && cat > {q(control)}/sbatch.args", input="\0".join(argv).encode()))
+        # Written with the submit, in start's one round trip (batch.sh holds the secrets: the
+        # directory is 0700 and every file 0600, whatever the umask). Until then the attempt has no
+        # control directory, so a daemon killed meanwhile finds nothing to adopt and creates it again.
+        self._prepared[SLURM_PREFIX + d] = slurm.control_files(spec.command, script, argv)
         return SLURM_PREFIX + d
 
     async def _oci_bundle(self, image: str, d: str) -> str:
@@ -250,9 +249,18 @@ class SlurmRuntime:
         while it pends."""
         d = self._dir(container_id)
         name = self._name(container_id)
-        control = f"{d}/{slurm.CONTROL}"
-        job_id = (await self._run(slurm.submit_command(name, control))).strip()
+        files = self._prepared.pop(container_id, None)
+        # While this pool's jobs pend, a new one will too: no wait for its script then.
+        quick = not any(job.pending for job in self.jobs.values())
+        out = await self._run(slurm.start_command(name, d, write=files is not None,
+                                                  wait_seconds=slurm.QUICK_START_SECONDS if quick else 0),
+                              input=files)
+        job_id, seen = slurm.parse_start(out)
         log.info("cluster %s: %s is job %s", self.host, name, job_id)
+        if seen.started and seen.exit_code is None:
+            # Its script began (so Slurm runs it), its GPUs recorded: no poll needed to say so.
+            self._begun[container_id] = (seen, time.monotonic())
+            return
         execution_id, _ = self._ids(container_id)
         said = ""
         with self._watch(name):
@@ -279,6 +287,12 @@ class SlurmRuntime:
     async def state(self, container_id: str) -> ContainerState:
         d = self._dir(container_id)
         name = self._name(container_id)
+        begun = self._begun.pop(container_id, None)
+        if begun is not None and time.monotonic() - begun[1] < self.poll_seconds:
+            # start() saw its script begin a moment ago: running (wait() hears of its end).
+            files = begun[0]
+            return await self._state_of(container_id, files, slurm.Job(id=files.job_id, name=name, state="RUNNING",
+                                                                       reason="", nodes=""))
         files = await self._files(d)
         if not files.present:
             raise ContainerGone(f"{d} was removed behind runyard's back")
@@ -485,6 +499,8 @@ class SlurmRuntime:
         """Like `docker rm -f`: a job still pending or running is cancelled, then its directory goes."""
         d = self._dir(container_id)
         name = self._name(container_id)
+        self._prepared.pop(container_id, None)
+        self._begun.pop(container_id, None)
         with contextlib.suppress(LinkError, EngineError):
             self.calls += 1
             await self.transport.run(

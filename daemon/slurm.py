@@ -7,7 +7,10 @@ decides what an ended job means from the ``cause`` these give.
 
 from __future__ import annotations
 
+import io
 import re
+import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -276,13 +279,53 @@ def submit_command(name: str, control: str) -> str:
     )
 
 
+def control_files(command: str, script: str, argv: Sequence[str]) -> bytes:
+    """command.sh, batch.sh and sbatch.args as one tar stream, the start command's stdin: the batch
+    script holds the execution's secrets, which never go into a command line (ps shows those)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in (("command.sh", command.encode()), ("batch.sh", script.encode()),
+                           ("sbatch.args", "\0".join(argv).encode())):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+QUICK_START_SECONDS: Final = 1.0  # how long start_command waits for a job's script to begin
+
+
+def start_command(name: str, directory: str, *, write: bool, wait_seconds: float) -> str:
+    """An attempt's start in one round trip: its control files written from stdin (``write``: a tar
+    of control_files), its job submitted once (submit_command: adopted by name, never twice), then,
+    for up to ``wait_seconds``, a look on the shared file system for its script to begin (no
+    controller call). Prints the job id on the first line, then FILES."""
+    steps = [f"d={q(directory)}", f"r={q(directory + '/' + CONTROL)}", "umask 077"]
+    if write:
+        # No ownership or modes from the archive: the login user's, and the umask's (0600).
+        steps.append('{ mkdir -p "$r" && chmod 0700 "$d" "$r" && '
+                     'tar -x -f - -C "$r" --no-same-owner --no-same-permissions; } || exit 1')
+    steps.append(f"id=$({submit_command(name, directory + '/' + CONTROL)}) || exit 1")
+    steps.append('echo "$id"')
+    if wait_seconds > 0:
+        ticks = max(1, int(wait_seconds / 0.02))
+        steps.append(f'i=0; while [ $i -lt {ticks} ] && [ ! -e "$r/started_at" ] && [ ! -e "$r/exit_code" ]; '
+                     "do sleep 0.02; i=$((i+1)); done")
+    return "; ".join(steps) + "; " + FILES
+
+
+def parse_start(text: str) -> tuple[str, Files]:
+    first, _, rest = text.partition("\n")
+    return first.strip(), parse_files(rest)
+
+
 # Prints, for the attempt directory in $d: the recorded job id, exit code, start and end times, whether
 # its step ran out of memory, and the granted GPUs' two lines, each on a line of its own ("-" where not
 # written).
 FILES: Final = (
     'r="$d/.runyard"; [ -d "$r" ] || { echo missing; exit 0; }; echo present; '
     'for f in job_id exit_code started_at finished_at oom; do v=$(head -c 40 "$r/$f" 2>/dev/null | tr -cd 0-9.); '
-    'echo "${v:--}"; done; head -c 4000 "$r/granted" 2>/dev/null'
+    'echo "${v:--}"; done; head -c 4000 "$r/granted" 2>/dev/null; true'
 )
 
 

@@ -147,6 +147,14 @@ RunTimeKill="runc --root=/run/runyard-oci kill -a %n.%u.%j.%s.%t"
 RunTimeDelete="runc --root=/run/runyard-oci delete --force %n.%u.%j.%s.%t"
 RunTimeRun="runc --root=/run/runyard-oci run %n.%u.%j.%s.%t -b %b"
 OCICONF
+    # One at a time: test runs and benchmarks on this machine share the cluster, and two starting or
+    # restarting it at once leave it half up.
+    as_root mkdir -p "$SLURM_DIR"
+    ( flock -w 300 9 || { echo "another ensure_slurm holds $SLURM_DIR/ensure.lock" >&2; exit 1; }
+      _start_slurm ) 9>"$SLURM_DIR/ensure.lock" || exit 1
+}
+
+_start_slurm() {
     local node cgroups=no
     node=$(hostname -s)
     # Memory cgroups (v1, writable) give Slurm real OUT_OF_MEMORY: proctrack/cgroup and task/cgroup
@@ -245,6 +253,6 @@ ConstrainDevices=no"
         sleep 0.5
     done
     echo "the Slurm cluster did not come up; see $SLURM_DIR/slurmctld.log and slurmd.log" >&2
-    tail -20 "$SLURM_DIR/slurmctld.log" "$SLURM_DIR/slurmd.log" >&2 || true
+    tail -n 20 "$SLURM_DIR/slurmctld.log" "$SLURM_DIR/slurmd.log" >&2 || true
     exit 1
 }

@@ -170,9 +170,13 @@ def cluster(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def cancel_jobs(prefix: str) -> None:
-    """Jobs left by a test that failed half way would hold the cluster's GPUs for the next."""
-    out = subprocess.run(["squeue", "--me", "-h", "-o", "%i %j"], capture_output=True, text=True).stdout
-    ids = [line.split()[0] for line in out.splitlines() if line.split()[1:2] and line.split()[1].startswith(prefix)]
+    """Jobs left by a test that failed half way would hold the cluster's GPUs for the next. Only those
+    whose directory is gone (their run is over) when the prefix is everyone's: the cluster is shared
+    with other test runs on this machine."""
+    out = subprocess.run(["squeue", "--me", "-h", "-o", "%i|%j|%Z"], capture_output=True, text=True).stdout
+    jobs = [line.split("|") for line in out.splitlines() if line.count("|") == 2]
+    ids = [i for i, name, workdir in jobs if name.startswith(prefix)
+           and (prefix != "runyard-" or not Path(workdir).exists())]
     if ids:
         subprocess.run(["scancel", *ids], capture_output=True)
 
@@ -296,7 +300,8 @@ out=$(/usr/bin/sbatch "$@"); s=$?
 dir=$(dirname "$0")
 if [ -e "$dir/HOLD" ]; then
     echo submitted > "$dir/SUBMITTED"
-    while [ ! -e "$dir/KILLED" ]; do sleep 0.05; done
+    # (or the test is over: HOLD gone, so a KILLED it removed at once can never leave this looping)
+    while [ ! -e "$dir/KILLED" ] && [ -e "$dir/HOLD" ]; do sleep 0.05; done
     kill -KILL 0
 fi
 echo "$out"
@@ -480,6 +485,7 @@ async def test_a_job_slurm_ends_at_its_time_limit_is_an_error_time_limit(cluster
     done = await wait_for_status(client, cluster.overrun, timeout=180)
     assert (done.status, done.reason, done.host) == ("error", "time-limit", "hpc-short"), done
     assert run_cli(cluster.daemon, "logs", str(done.id), "--stream", "stdout").stdout == "overrunning\n"
-    states = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-o", "%j %T"], capture_output=True,
+    # The job completion file (squeue may have forgotten the job by now).
+    states = subprocess.run(["sacct", "-c", "-n", "-P", "-o", "JobName,State"], capture_output=True,
                             text=True).stdout.splitlines()
-    assert f"runyard-{cluster.daemon.daemon_id}-hpc-short-{done.id}-0 TIMEOUT" in states, states
+    assert f"runyard-{cluster.daemon.daemon_id}-hpc-short-{done.id}-0|TIMEOUT" in states, states[-5:]

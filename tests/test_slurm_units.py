@@ -153,6 +153,47 @@ def test_a_submit_the_controller_lost_is_made_again_once_under_its_name(tmp_path
     assert (tmp_path / "calls").read_text() == "x\n"  # submitted once
 
 
+def test_one_command_writes_the_control_files_submits_and_sees_the_script_begin(tmp_path: Path) -> None:
+    # Stand-ins on the login node: a squeue that knows no job, an sbatch that "runs" the job at once
+    # (its script's first lines: started_at and the GPUs granted), as a node would.
+    bin_dir, d = tmp_path / "bin", tmp_path / "w" / "7"
+    bin_dir.mkdir()
+    d.mkdir(parents=True)
+    (bin_dir / "squeue").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/args\nr={d}/.runyard\n"
+                                    "printf 'vm\\n1\\n' > $r/granted; echo 1764650000.5 > $r/started_at\n"
+                                    "echo '58;vm'\n")
+    for tool in ("squeue", "sbatch"):
+        (bin_dir / tool).chmod(0o755)
+    argv = ["sbatch", "--parsable", "--job-name=runyard-abc-hpc-7-0", f"{d}/.runyard/batch.sh"]
+    files = slurm.control_files("echo 'secret value'", "#!/bin/sh\nexport TOKEN=s3cret\n", argv)
+    command = slurm.start_command("runyard-abc-hpc-7-0", str(d), write=True, wait_seconds=1.0)
+    assert "s3cret" not in command  # on stdin only, never in a command line
+    done = subprocess.run(["sh", "-c", command], input=files, capture_output=True,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    job_id, seen = slurm.parse_start(done.stdout.decode())
+    assert (job_id, seen.job_id, seen.started, seen.gpus) == ("58", "58", "1764650000.5", ("vm:1",))
+    control = d / ".runyard"
+    assert (control / "batch.sh").read_text() == "#!/bin/sh\nexport TOKEN=s3cret\n"
+    assert (control / "sbatch.args").read_bytes() == "\0".join(argv).encode()
+    assert {f.name: f.stat().st_mode & 0o777 for f in control.iterdir() if f.name.endswith((".sh", ".args"))} == {
+        "command.sh": 0o600, "batch.sh": 0o600, "sbatch.args": 0o600}
+    assert control.stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "args").read_text().split() == argv[1:]
+
+    # A job that pends: its id, and files that say it has not begun (no error for what is not there).
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 59\n")
+    pending = tmp_path / "w" / "8"
+    pending.mkdir()
+    command = slurm.start_command("runyard-abc-hpc-8-0", str(pending), write=True, wait_seconds=0.05)
+    done = subprocess.run(["sh", "-c", command], input=files, capture_output=True,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    job_id, seen = slurm.parse_start(done.stdout.decode())
+    assert (job_id, seen.present, seen.started, seen.gpus) == ("59", True, "", ())
+
+
 def test_a_cancel_a_restarted_controller_undid_is_made_again() -> None:
     jobs = slurm.parse_squeue("57|runyard-abc-hpc-7-0|RUNNING|None|vm\n58|runyard-abc-hpc-8-0|COMPLETING|None|vm\n"
                               "59|runyard-abc-hpc-9-0|CANCELLED|None|vm\n", "runyard-abc-hpc-")

@@ -68,7 +68,7 @@ class SlurmRuntime:
         self.submit = submit
         self.poll_seconds = poll_seconds
         self.on_pending = on_pending
-        self.prefix = slurm.job_name_prefix(daemon_id)
+        self.prefix = slurm.job_name_prefix(daemon_id, host)  # this daemon's jobs of this pool, no one else's
         self.jobs: dict[str, slurm.Job] = {}  # the latest squeue, by job name
         self.polled_at = 0.0
         self.calls = 0  # controller calls made (squeue, sbatch, scancel, scontrol), for the bench
@@ -79,6 +79,8 @@ class SlurmRuntime:
         self._wanted = asyncio.Event()
         self._missing: dict[str, int] = {}
         self._cancelled: dict[str, int] = {}  # names runyard scancelled: polls seen since, while they last
+        self._prepared: dict[str, bytes] = {}  # attempt -> its control files, written by start's one command
+        self._begun: dict[str, tuple[slurm.Files, float]] = {}  # attempt -> its files when start saw it begin
         # Short commands at once on the login node's one connection: sshd allows 10 sessions per
         # connection (MaxSessions), and each followed job already holds two (its output files' tails).
         self._slots = asyncio.Semaphore(3)
@@ -161,7 +163,7 @@ class SlurmRuntime:
     def _name(self, container_id: str) -> str:
         base = self._dir(container_id).rstrip("/").rsplit("/", 1)[-1]
         execution, _, attempt = base.partition("-")
-        return slurm.job_name(self.daemon_id, int(execution), int(attempt or 0))
+        return slurm.job_name(self.daemon_id, self.host, int(execution), int(attempt or 0))
 
     @staticmethod
     def _ids(container_id: str) -> tuple[int, int]:
@@ -203,22 +205,19 @@ class SlurmRuntime:
 
     async def create(self, spec: ContainerSpec) -> str:
         d = f"{self.work_root}/{attempt_name(spec.execution_id, spec.attempt)}"
-        control = f"{d}/{slurm.CONTROL}"
         bundle = await self._oci_bundle(spec.image, d) if self.oci_bundles is not None else ""
         script = slurm.batch_script(d, spec.command, spec.environment, container=bundle)
         r = spec.resources
         limit = r.get("time_limit_seconds")
         argv = slurm.sbatch_argv(
-            self.submit, slurm.job_name(self.daemon_id, spec.execution_id, spec.attempt), d,
+            self.submit, slurm.job_name(self.daemon_id, self.host, spec.execution_id, spec.attempt), d,
             gpus=int(r.get("gpus", 0) or 0), cpus=float(r.get("cpus", 0) or 0),
             memory_mb=int(r.get("memory_mb", 0) or 0),
             time_limit_seconds=float(limit) if limit else None)
-        # batch.sh holds the secrets: the directory is 0700 and every file 0600, whatever the umask.
-        await self._run(f"umask 077 && mkdir -p {q(control)} && chmod 0700 {q(d)} {q(control)} && "
-                        f"cat > {q(control)}/command.sh", input=spec.command.encode())
-        await asyncio.gather(
-            self._run(f"umask 077 && cat > {q(control)}/batch.sh", input=script.encode()),
-            self._run(f"umask 077 && cat > {q(control)}/sbatch.args", input="\0".join(argv).encode()))
+        # Written with the submit, in start's one round trip (batch.sh holds the secrets: the
+        # directory is 0700 and every file 0600, whatever the umask). Until then the attempt has no
+        # control directory, so a daemon killed meanwhile finds nothing to adopt and creates it again.
+        self._prepared[SLURM_PREFIX + d] = slurm.control_files(spec.command, script, argv)
         return SLURM_PREFIX + d
 
     async def _oci_bundle(self, image: str, d: str) -> str:
@@ -250,9 +249,18 @@ class SlurmRuntime:
         while it pends."""
         d = self._dir(container_id)
         name = self._name(container_id)
-        control = f"{d}/{slurm.CONTROL}"
-        job_id = (await self._run(slurm.submit_command(name, control))).strip()
+        files = self._prepared.pop(container_id, None)
+        # While this pool's jobs pend, a new one will too: no wait for its script then.
+        quick = not any(job.pending for job in self.jobs.values())
+        out = await self._run(slurm.start_command(name, d, write=files is not None,
+                                                  wait_seconds=slurm.QUICK_START_SECONDS if quick else 0),
+                              input=files)
+        job_id, seen = slurm.parse_start(out)
         log.info("cluster %s: %s is job %s", self.host, name, job_id)
+        if seen.started and seen.exit_code is None:
+            # Its script began (so Slurm runs it), its GPUs recorded: no poll needed to say so.
+            self._begun[container_id] = (seen, time.monotonic())
+            return
         execution_id, _ = self._ids(container_id)
         said = ""
         with self._watch(name):
@@ -279,6 +287,12 @@ class SlurmRuntime:
     async def state(self, container_id: str) -> ContainerState:
         d = self._dir(container_id)
         name = self._name(container_id)
+        begun = self._begun.pop(container_id, None)
+        if begun is not None and time.monotonic() - begun[1] < self.poll_seconds:
+            # start() saw its script begin a moment ago: running (wait() hears of its end).
+            files = begun[0]
+            return await self._state_of(container_id, files, slurm.Job(id=files.job_id, name=name, state="RUNNING",
+                                                                       reason="", nodes=""))
         files = await self._files(d)
         if not files.present:
             raise ContainerGone(f"{d} was removed behind runyard's back")
@@ -316,7 +330,8 @@ class SlurmRuntime:
             state = state or looked_state
             code = code if code is not None else looked_code
         code, oom, cause = slurm.outcome(state, code)
-        return made("exited", code, oom=oom, cause=cause, said=slurm.ended_words(state) if cause else "")
+        return made("exited", code, oom=oom or files.oom, cause=cause,
+                    said=slurm.ended_words(state) if cause else "")
 
     async def _look_up(self, job_id: str) -> tuple[str, int | None]:
         """One job the poller no longer sees: scontrol while the controller remembers it."""
@@ -343,13 +358,13 @@ class SlurmRuntime:
         for job in jobs.values():
             if job.ended:
                 continue
-            rest = job.name[len(self.prefix):]
-            execution, _, attempt = rest.partition("-")
-            if execution.isdigit() and attempt.isdigit():
-                container_id = SLURM_PREFIX + f"{self.work_root}/{attempt_name(int(execution), int(attempt))}"
-                states.append(ContainerState(id=container_id, execution_id=int(execution),
+            ids = slurm.parse_job_name(job.name, self.prefix)  # only this pool's (parse_squeue kept no other)
+            if ids is not None:
+                execution, attempt = ids
+                container_id = SLURM_PREFIX + f"{self.work_root}/{attempt_name(execution, attempt)}"
+                states.append(ContainerState(id=container_id, execution_id=execution,
                                              status="pending" if job.pending else "running", exit_code=0,
-                                             oom_killed=False, attempt=int(attempt)))
+                                             oom_killed=False, attempt=attempt))
         return states
 
     async def wait(self, container_id: str) -> None:
@@ -486,6 +501,8 @@ class SlurmRuntime:
         """Like `docker rm -f`: a job still pending or running is cancelled, then its directory goes."""
         d = self._dir(container_id)
         name = self._name(container_id)
+        self._prepared.pop(container_id, None)
+        self._begun.pop(container_id, None)
         with contextlib.suppress(LinkError, EngineError):
             self.calls += 1
             await self.transport.run(
@@ -549,6 +566,14 @@ class ClusterHost(Host):
     async def _make_runtime(self) -> Runtime:
         assert self.transport is not None
         c = self.cluster
+        # Each cluster pool has a directory of its own: pools of one daemon may share a work_dir (two
+        # partitions of one cluster), and one pool's reconciling must not take the other's attempts
+        # for strays.
+        own = f"{self.work_root}/{self.name}"
+        result = await self.transport.run(f"mkdir -p {q(own)}")
+        if result.status != 0:
+            raise EngineError(f"cannot create work directory {own}: {result.error_text}")
+        self.work_root = own
         runtime = SlurmRuntime(self.transport, self.work_root, host=self.name, daemon_id=self.daemon_id,
                                submit=slurm.Submit(partition=c.partition, gres_type=c.gres_type, account=c.account,
                                                    qos=c.qos, extra=tuple(c.sbatch_args)),

@@ -7,7 +7,10 @@ decides what an ended job means from the ``cause`` these give.
 
 from __future__ import annotations
 
+import io
 import re
+import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -43,7 +46,9 @@ _STATE_WORDS: Final = {
     "DEADLINE": "it reached its deadline",
     "CANCELLED": "it was cancelled",
 }
-_NAME_PART = re.compile(r"[A-Za-z0-9_.-]+")
+_DAEMON_ID = re.compile(r"[A-Za-z0-9_.]+")
+_CLUSTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # as config.py allows
+_ATTEMPT_PART = re.compile(r"([0-9]{1,18})-([0-9]{1,9})")
 _SLURM_WORD = re.compile(r"[A-Za-z0-9_.:+-]{1,64}")
 
 
@@ -51,16 +56,32 @@ class SlurmError(Exception):
     pass
 
 
-def job_name(daemon_id: str, execution_id: int, attempt: int) -> str:
-    """What identifies an attempt's job among everyone's: this daemon, the execution and the attempt.
-    Known before sbatch runs, so a daemon killed during the submit finds the job again by it."""
-    if not _NAME_PART.fullmatch(daemon_id):
+def job_name(daemon_id: str, cluster: str, execution_id: int, attempt: int) -> str:
+    """What identifies an attempt's job among everyone's on the controller: this daemon, the cluster
+    pool it was submitted for (two pools of one daemon may share a controller), the execution and the
+    attempt. Known before sbatch runs, so a daemon killed during the submit finds the job again by it."""
+    return f"{job_name_prefix(daemon_id, cluster)}{int(execution_id)}-{int(attempt)}"
+
+
+def job_name_prefix(daemon_id: str, cluster: str) -> str:
+    # The daemon id has no "-" (the store makes it of hex digits) and the attempt's part is two numbers,
+    # so a name parses one way only: no daemon's or pool's prefix is the start of another's job name
+    # (see parse_job_name).
+    if not _DAEMON_ID.fullmatch(daemon_id):
         raise SlurmError(f"daemon id {daemon_id!r} cannot be part of a job name")
-    return f"runyard-{daemon_id}-{int(execution_id)}-{int(attempt)}"
+    if not _CLUSTER_NAME.fullmatch(cluster):
+        raise SlurmError(f"cluster name {cluster!r} cannot be part of a job name")
+    return f"runyard-{daemon_id}-{cluster}-"
 
 
-def job_name_prefix(daemon_id: str) -> str:
-    return f"runyard-{daemon_id}-"
+def parse_job_name(name: str, prefix: str) -> tuple[int, int] | None:
+    """The execution and attempt of a job of ``prefix``'s daemon and pool; None for anyone else's.
+    Exact: pool "a"'s prefix also starts the names of pool "a-1"'s jobs ("runyard-d-a-1-5-0"), which
+    have three numbers where pool "a"'s have two."""
+    if not name.startswith(prefix):
+        return None
+    match = _ATTEMPT_PART.fullmatch(name, len(prefix))
+    return (int(match[1]), int(match[2])) if match else None
 
 
 def check_word(what: str, value: str) -> str:
@@ -113,12 +134,12 @@ def ended_words(state: str) -> str:
 
 
 def parse_squeue(text: str, prefix: str) -> dict[str, Job]:
-    """``SQUEUE``'s lines for the jobs whose names start with ``prefix`` (this daemon's), by name.
+    """``SQUEUE``'s lines for the jobs of ``prefix`` (this daemon's pool, see parse_job_name), by name.
     A name seen twice (resubmitted by someone) keeps its newest job."""
     jobs: dict[str, Job] = {}
     for line in text.splitlines():
         parts = line.split("|")
-        if len(parts) != 5 or not parts[1].startswith(prefix):
+        if len(parts) != 5 or parse_job_name(parts[1], prefix) is None:
             continue
         job = Job(id=parts[0].strip(), name=parts[1], state=parts[2].strip().split()[0] if parts[2].strip() else "",
                   reason=parts[3].strip(), nodes=parts[4].strip())
@@ -242,8 +263,12 @@ def batch_script(directory: str, command: str, environment: dict[str, str], *, c
     run = f'{launcher} "$(cat "$r/command.sh")"' if shebang else 'sh "$r/command.sh"'
     # container: the attempt's OCI bundle; the batch script stays on the node (it records the job's
     # files), the command's step runs in the bundle.
+    # The command's stderr goes to its file from the node (--error); srun's own messages to srun.err,
+    # added to the stderr file after it: an out-of-memory kill of the step is told only there ("task 0:
+    # Out Of Memory"), the job itself ends FAILED 1, so the script records it (oom).
+    srun = 'srun --unbuffered --error="$r/stderr" --open-mode=append'
     where = f" --container={q(container)}" if container else ""
-    step = f"srun --unbuffered{where} sh -c {q(TERM_TO_GROUP)} runyard-step {run}"
+    step = f"{srun}{where} sh -c {q(TERM_TO_GROUP)} runyard-step {run}"
     return (
         "#!/bin/sh\n"
         "# Written by runyard: one attempt of an execution, as one Slurm job.\n"
@@ -253,8 +278,10 @@ def batch_script(directory: str, command: str, environment: dict[str, str], *, c
         'printf "%s\\n%s\\n" "${SLURM_JOB_NODELIST:-}" "${SLURM_JOB_GPUS:-${CUDA_VISIBLE_DEVICES:-}}" '
         '> "$r/granted.tmp" && mv "$r/granted.tmp" "$r/granted"\n'
         'date +%s.%N > "$r/started_at.tmp"; mv "$r/started_at.tmp" "$r/started_at"\n'
-        f"{step}\n"
+        f'{step} 2> "$r/srun.err"\n'
         "c=$?\n"
+        'if grep -q "Out Of Memory" "$r/srun.err"; then echo 1 > "$r/oom"; fi\n'
+        'cat "$r/srun.err" >&2\n'
         'date +%s.%N > "$r/finished_at.tmp"; mv "$r/finished_at.tmp" "$r/finished_at"\n'
         'echo $c > "$r/exit_code.tmp" && mv "$r/exit_code.tmp" "$r/exit_code"\n'
         "exit $c\n"
@@ -282,11 +309,52 @@ def submit_command(name: str, control: str) -> str:
     )
 
 
-# Prints, for the attempt directory in $d: the recorded job id, exit code, start and end times, and
-# the granted GPUs' two lines, each on a line of its own ("-" where not written).
+def control_files(command: str, script: str, argv: Sequence[str]) -> bytes:
+    """command.sh, batch.sh and sbatch.args as one tar stream, the start command's stdin: the batch
+    script holds the execution's secrets, which never go into a command line (ps shows those)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in (("command.sh", command.encode()), ("batch.sh", script.encode()),
+                           ("sbatch.args", "\0".join(argv).encode())):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+QUICK_START_SECONDS: Final = 1.0  # how long start_command waits for a job's script to begin
+
+
+def start_command(name: str, directory: str, *, write: bool, wait_seconds: float) -> str:
+    """An attempt's start in one round trip: its control files written from stdin (``write``: a tar
+    of control_files), its job submitted once (submit_command: adopted by name, never twice), then,
+    for up to ``wait_seconds``, a look on the shared file system for its script to begin (no
+    controller call). Prints the job id on the first line, then FILES."""
+    steps = [f"d={q(directory)}", f"r={q(directory + '/' + CONTROL)}", "umask 077"]
+    if write:
+        # No ownership or modes from the archive: the login user's, and the umask's (0600).
+        steps.append('{ mkdir -p "$r" && chmod 0700 "$d" "$r" && '
+                     'tar -x -f - -C "$r" --no-same-owner --no-same-permissions; } || exit 1')
+    steps.append(f"id=$({submit_command(name, directory + '/' + CONTROL)}) || exit 1")
+    steps.append('echo "$id"')
+    if wait_seconds > 0:
+        ticks = max(1, int(wait_seconds / 0.02))
+        steps.append(f'i=0; while [ $i -lt {ticks} ] && [ ! -e "$r/started_at" ] && [ ! -e "$r/exit_code" ]; '
+                     "do sleep 0.02; i=$((i+1)); done")
+    return "; ".join(steps) + "; " + FILES
+
+
+def parse_start(text: str) -> tuple[str, Files]:
+    first, _, rest = text.partition("\n")
+    return first.strip(), parse_files(rest)
+
+
+# Prints, for the attempt directory in $d: the recorded job id, exit code, start and end times, whether
+# its step ran out of memory, and the granted GPUs' two lines, each on a line of its own ("-" where not
+# written).
 FILES: Final = (
     'r="$d/.runyard"; [ -d "$r" ] || { echo missing; exit 0; }; echo present; '
-    'for f in job_id exit_code started_at finished_at; do v=$(head -c 40 "$r/$f" 2>/dev/null | tr -cd 0-9.); '
+    'for f in job_id exit_code started_at finished_at oom; do v=$(head -c 40 "$r/$f" 2>/dev/null | tr -cd 0-9.); '
     'echo "${v:--}"; done; head -c 4000 "$r/granted" 2>/dev/null; exit 0'
 )
 # (exit 0: before the job runs there is no "granted" yet, and head's failure made every look at a
@@ -302,16 +370,17 @@ class Files:
     started: str = ""
     finished: str = ""
     gpus: tuple[str, ...] = ()
+    oom: bool = False  # srun said its step ran out of memory
 
 
 def parse_files(text: str) -> Files:
     lines = text.splitlines()
     if not lines or lines[0] != "present":
         return Files(present=False)
-    values = [v if v != "-" else "" for v in (lines[1:5] + ["-"] * 4)[:4]]
+    values = [v if v != "-" else "" for v in (lines[1:6] + ["-"] * 5)[:5]]
     code = int(values[1]) if values[1].isdigit() else None
     return Files(present=True, job_id=values[0], exit_code=code, started=values[2], finished=values[3],
-                 gpus=granted_gpus("\n".join(lines[5:])))
+                 oom=values[4] == "1", gpus=granted_gpus("\n".join(lines[6:])))
 
 
 # One line per node: name, state, GRES configured, GRES in use ("|"-separated, each field ends with "|").

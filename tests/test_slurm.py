@@ -47,6 +47,21 @@ STEPS = (
                 devices:
                   nvidia.com/gpu: 2
               """)
+    + "".join(step_yaml(name, ['echo "held gpus=$CUDA_VISIBLE_DEVICES"', RELEASE, "echo released"], extra=f"""\
+              environment: {pool}
+              resources:
+                devices:
+                  nvidia.com/gpu: 1
+              """) for name, pool in (("one", "hpc"), ("one-b", "hpc-b")))
+    + step_yaml("hog", ["echo hogging", "python3 -c 'x = b\"x\" * (400 << 20)'"], extra="""\
+              environment: hpc
+              resources:
+                memory:
+                  min: 100
+              """)
+    + step_yaml("overrun", ["echo overrunning", "sleep 300"], extra="environment: hpc-short")
+    + step_yaml("mark", "echo marked", extra="environment: hpc")
+    + step_yaml("mark-b", "echo marked", extra="environment: hpc-b")
     + step_yaml("fail", ["echo failing", "exit 3"], extra="environment: hpc")
     + step_yaml("sleepy", ["echo sleeping", "sleep 300"], extra="environment: hpc")
     + step_yaml("trapper", "python3 trapper.py", extra="environment: hpc")
@@ -100,9 +115,11 @@ class Cluster:
     login: SshHost
     repo: Path
     data: Path
+    overrun: int  # an execution submitted first: Slurm ends it at its one-minute limit, while the rest run
 
     def work(self, e: ExecutionView) -> Path:
-        return self.login.root / "work" / self.daemon.daemon_id / str(e.id)
+        # Each cluster pool has a directory of its own under the daemon's.
+        return self.login.root / "work" / self.daemon.daemon_id / (e.host or "hpc") / str(e.id)
 
     def release(self, e: ExecutionView) -> None:
         (self.work(e) / "outputs" / "go").touch()
@@ -142,14 +159,22 @@ def cluster(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> It
     known = tmp / "known_hosts"
     known.write_text(login.known_hosts_line())
     import tempfile
+    # More pools on the same controller, login node and work_dir, as partitions of one cluster: hpc-b,
+    # and hpc-short, whose jobs Slurm ends after a minute (a partition's time limit).
+    pool = cluster_config(login, known).split("[[clusters]]")[1]
+    more = "".join("[[clusters]]" + pool.replace('name = "hpc"', f'name = "{name}"') + extra
+                   for name, extra in (("hpc-b", ""), ("hpc-short", 'sbatch_args = ["--time=1"]\n')))
     daemon = Daemon(root=Path(tempfile.mkdtemp(prefix="ry-", dir="/tmp")), stop_grace=2,
-                    local_extra="enabled = false", extra_config=cluster_config(login, known))
+                    local_extra="enabled = false", extra_config=cluster_config(login, known) + more)
     daemon.start()
     data = tmp / "data.csv"
     data.write_text("a,b\n1,2\n")
     repo = make_repo(tmp / "repo", {"valohai.yaml": STEPS, "train.py": TRAIN, "trapper.py": TRAPPER})
+    # Submitted before every other test, so the minute and a half Slurm takes to end it passes while they run.
+    overrun = run_cli(daemon, "run", "overrun", "--json", cwd=repo)
+    assert overrun.returncode == 0, overrun.stderr
     try:
-        yield Cluster(daemon, login, repo, data)
+        yield Cluster(daemon, login, repo, data, json.loads(overrun.stdout)["id"])
     finally:
         if daemon.process is not None and daemon.process.poll() is None:
             daemon.process.kill()
@@ -161,9 +186,13 @@ def cluster(slurm_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def cancel_jobs(prefix: str) -> None:
-    """Jobs left by a test that failed half way would hold the cluster's GPUs for the next."""
-    out = subprocess.run(["squeue", "--me", "-h", "-o", "%i %j"], capture_output=True, text=True).stdout
-    ids = [line.split()[0] for line in out.splitlines() if line.split()[1:2] and line.split()[1].startswith(prefix)]
+    """Jobs left by a test that failed half way would hold the cluster's GPUs for the next. Only those
+    whose directory is gone (their run is over) when the prefix is everyone's: the cluster is shared
+    with other test runs on this machine."""
+    out = subprocess.run(["squeue", "--me", "-h", "-o", "%i|%j|%Z"], capture_output=True, text=True).stdout
+    jobs = [line.split("|") for line in out.splitlines() if line.count("|") == 2]
+    ids = [i for i, name, workdir in jobs if name.startswith(prefix)
+           and (prefix != "runyard-" or not Path(workdir).exists())]
     if ids:
         subprocess.run(["scancel", *ids], capture_output=True)
 
@@ -214,7 +243,7 @@ async def test_a_job_runs_with_logs_metadata_inputs_outputs_and_its_gpu(cluster:
     assert [o.path for o in await client.outputs(e.id)] == ["model.txt"]
     assert [p.values["loss"] for p in await client.metadata(e.id)] == [1.0, 0.5, 1.0 / 3]
     # info and --json name its Slurm job and its whole directory.
-    job = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-n", f"runyard-{cluster.daemon.daemon_id}-{e.id}-0",
+    job = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-n", f"runyard-{cluster.daemon.daemon_id}-hpc-{e.id}-0",
                           "-o", "%i"], capture_output=True, text=True).stdout.strip()
     info = run_cli(cluster.daemon, "info", str(e.id)).stdout
     assert f"container:      Slurm job {job} in {cluster.work(e)}\n" in info, info
@@ -227,8 +256,7 @@ async def test_a_job_runs_with_logs_metadata_inputs_outputs_and_its_gpu(cluster:
 
 async def test_a_step_runs_in_an_oci_bundle_of_its_image_with_its_workspace_at_valohai(cluster: Cluster,
                                                                                      client: Client) -> None:
-    # A daemon of its own: two cluster pools of one daemon on one Slurm controller would take each
-    # other's jobs for their own at a restart (job names do not say which pool).
+    # A daemon of its own, whose cluster pool runs every step in a bundle.
     bundle = "/var/lib/runyard-slurm/bundles/base"
     made = subprocess.run(["bash", "-c", f"source {ROOT}/scripts/lib.sh; ensure_oci_bundle {BASE_IMAGE} {bundle}"],
                           capture_output=True, text=True, timeout=300)
@@ -295,12 +323,24 @@ out=$(/usr/bin/sbatch "$@"); s=$?
 dir=$(dirname "$0")
 if [ -e "$dir/HOLD" ]; then
     echo submitted > "$dir/SUBMITTED"
-    while [ ! -e "$dir/KILLED" ]; do sleep 0.05; done
+    # (or the test is over: HOLD gone, so a KILLED it removed at once can never leave this looping)
+    while [ ! -e "$dir/KILLED" ] && [ -e "$dir/HOLD" ]; do sleep 0.05; done
     kill -KILL 0
 fi
 echo "$out"
 exit $s
 """
+
+
+async def test_a_step_over_its_memory_is_oom_killed(cluster: Cluster, client: Client) -> None:
+    plugins = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    if "task/cgroup" not in plugins:
+        pytest.skip("the test cluster limits no job's memory: ensure_slurm found no writable cgroup v1 memory "
+                    "controller, so it runs Slurm without task/cgroup")
+    done = await wait_for_status(client, (await submit_repo(client, cluster.repo, "hog")).id)
+    assert (done.status, done.reason) == ("error", "oom-killed"), done
+    # What Slurm said of it reaches the log too.
+    assert "Out Of Memory" in run_cli(cluster.daemon, "logs", str(done.id), "--stream", "stderr").stdout
 
 
 async def test_a_daemon_killed_during_a_submit_and_while_a_job_runs_adopts_both(cluster: Cluster,
@@ -337,7 +377,52 @@ async def test_a_daemon_killed_during_a_submit_and_while_a_job_runs_adopts_both(
         # The job whose submit the kill cut off was adopted by its name, not submitted again.
         names = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-o", "%j"], capture_output=True,
                                text=True).stdout.split()
-        assert names.count(f"runyard-{cluster.daemon.daemon_id}-{waiting.id}-0") == 1, names
+        assert names.count(f"runyard-{cluster.daemon.daemon_id}-hpc-{waiting.id}-0") == 1, names
+    finally:
+        await c.close()
+
+
+async def wait_placed(client: Client, execution_id: int, timeout: float = 60) -> ExecutionView:
+    async def wait() -> ExecutionView:
+        async for _ in client.events(since=0):
+            view = await client.get(execution_id)
+            if view.host is not None:
+                return view
+        raise AssertionError("event stream ended")
+
+    return await asyncio.wait_for(wait(), timeout)
+
+
+async def test_two_cluster_pools_on_one_controller_keep_their_own_jobs_through_a_restart(cluster: Cluster,
+                                                                                       client: Client) -> None:
+    # "hpc" and "hpc-b": two pools of one daemon on one controller and one work_dir.
+    a, b = [await submit_repo(client, cluster.repo, step) for step in ("one", "one-b")]
+    a, b = [await wait_for_status(client, e.id, {"started"}) for e in (a, b)]
+    assert (a.host, b.host) == ("hpc", "hpc-b")
+    jobs = {a.id: job_of(cluster, a), b.id: job_of(cluster, b)}
+    await client.close()
+    cluster.daemon.kill9()
+    cluster.daemon.start()
+    c = await Client.connect(cluster.daemon.socket, client_name="tests")
+    try:
+        # A pool takes new work once it has reconciled what it holds: from then on, each pool has
+        # had its chance to take the other's job (or its attempt's directory) for a stray of its own.
+        marks = [await submit_repo(c, cluster.repo, step) for step in ("mark", "mark-b")]
+        assert [(await wait_placed(c, m.id)).host for m in marks] == ["hpc", "hpc-b"]
+        for e in (a, b):
+            cluster.release(e)
+        for e in (a, b):
+            done = await wait_for_status(c, e.id)
+            out = run_cli(cluster.daemon, "logs", str(e.id), "--stream", "stdout").stdout.splitlines()
+            assert (done.status, done.reason, done.host, out[1:]) == ("complete", None, e.host, ["released"]), (
+                done, out)
+        assert [(await wait_for_status(c, m.id)).status for m in marks] == ["complete", "complete"]
+        # Each its own job, adopted, not submitted again.
+        out = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-o", "%j %i %T"], capture_output=True,
+                             text=True).stdout.splitlines()
+        for e in (a, b):
+            name = f"runyard-{cluster.daemon.daemon_id}-{e.host}-{e.id}-0"
+            assert [line for line in out if line.startswith(f"{name} ")] == [f"{name} {jobs[e.id]} COMPLETED"], out
     finally:
         await c.close()
 
@@ -383,7 +468,7 @@ async def test_a_daemon_killed_before_its_submit_reached_slurm_submits_it_once(c
         assert (done.status, log) == ("complete", "--x=0\n"), (done, log)
         names = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-o", "%j"], capture_output=True,
                                text=True).stdout.split()
-        assert names.count(f"runyard-{cluster.daemon.daemon_id}-{e.id}-0") == 1, names
+        assert names.count(f"runyard-{cluster.daemon.daemon_id}-{done.host}-{e.id}-0") == 1, names
     finally:
         await c.close()
 
@@ -473,7 +558,7 @@ async def test_a_task_of_20_children_runs_each_once_within_the_job_cap(cluster: 
     # Each child was one Slurm job: submitted once, never twice.
     names = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-o", "%j"], capture_output=True,
                            text=True).stdout.split()
-    assert all(names.count(f"runyard-{cluster.daemon.daemon_id}-{v.id}-0") == 1 for v in views), names
+    assert all(names.count(f"runyard-{cluster.daemon.daemon_id}-hpc-{v.id}-0") == 1 for v in views), names
 
 
 async def test_a_stop_delivers_sigterm_to_the_command_and_says_so_in_its_log(cluster: Cluster,
@@ -489,3 +574,15 @@ async def test_a_stop_delivers_sigterm_to_the_command_and_says_so_in_its_log(clu
     assert "got SIGTERM" in log and "stop asked by" in log, log
     assert "*** JOB" not in log, log  # ended by itself, not cancelled after the grace
     assert done.status == "stopped", done
+
+
+async def test_a_job_slurm_ends_at_its_time_limit_is_an_error_time_limit(cluster: Cluster, client: Client) -> None:
+    # The step has no time-limit of its own: it was Slurm that ended it (TIMEOUT), at hpc-short's --time=1.
+    # Last in this file: the module fixture submitted it first, so its minute ran meanwhile.
+    done = await wait_for_status(client, cluster.overrun, timeout=180)
+    assert (done.status, done.reason, done.host) == ("error", "time-limit", "hpc-short"), done
+    assert run_cli(cluster.daemon, "logs", str(done.id), "--stream", "stdout").stdout == "overrunning\n"
+    # The job completion file (squeue may have forgotten the job by now).
+    states = subprocess.run(["sacct", "-c", "-n", "-P", "-o", "JobName,State"], capture_output=True,
+                            text=True).stdout.splitlines()
+    assert f"runyard-{cluster.daemon.daemon_id}-hpc-short-{done.id}-0|TIMEOUT" in states, states[-5:]

@@ -148,8 +148,11 @@ async def check_hosts(config: Config) -> list[HostReport]:
                     for s in all_settings(config) if s.enabled]
         hosts = [Host(s, daemon_id="", ssh=config.ssh, sockets_dir=sockets, on_change=lambda _h: None)
                  for s in settings]
-        # A cluster's login node is checked as `runyard doctor CLUSTER` checks it.
-        hosts += [h for h in cluster_hosts(config, on_pending=lambda _id, _why: None, daemon_id="", ssh=config.ssh,
+        # A cluster's login node is checked as `runyard doctor CLUSTER` checks it. Job names need a
+        # daemon id, and the check has no store to take one from: its own (nothing is submitted; the
+        # pool's directory under the work directory, <work_dir>/checkconfig/<pool>, is made as a daemon's is).
+        hosts += [h for h in cluster_hosts(config, on_pending=lambda _id, _why: None, daemon_id="checkconfig",
+                                           ssh=config.ssh,
                                            sockets_dir=sockets, on_change=lambda _h: None) if h.settings.enabled]
         return list(await asyncio.gather(*(_check_host(h) for h in hosts)))
     finally:

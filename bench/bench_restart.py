@@ -65,8 +65,9 @@ def started_at(pid: int) -> float:
     return BOOT + int(fields[19]) / TICKS
 
 
-def followers(work_roots: list[str], since: float) -> set[str]:
-    """Execution directories whose stdout a `tail -F` started after ``since`` follows."""
+def followers(work_roots: list[str], since: float, before: bool = False) -> set[str]:
+    """Execution directories whose stdout a `tail -F` started after ``since`` follows (``before``: one
+    started before it, the killed daemon's, still running)."""
     found = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -76,13 +77,27 @@ def followers(work_roots: list[str], since: float) -> set[str]:
             if not argv or not argv[0].endswith(b"tail") or b"-F" not in argv:
                 continue
             path = argv[-2].decode() if argv[-1] == b"" else argv[-1].decode()
-            if not path.endswith("/.runyard/stdout") or started_at(int(entry)) < since:
+            if not path.endswith("/.runyard/stdout") or (started_at(int(entry)) < since) != before:
                 continue
         except (OSError, IndexError, ValueError):
             continue
         if any(path.startswith(r) for r in work_roots):
             found.add(path.rsplit("/.runyard/", 1)[0])
     return found
+
+
+def host_cpu(root: Path) -> float:
+    """CPU seconds of the processes running for this run's executions on its hosts, reaped children included."""
+    mine, total = str(root).encode(), 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if mine in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                    total += sum(int(f) for f in fields[11:15])
+            except (OSError, ValueError):
+                continue
+    return total / TICKS
 
 
 def kill_leftovers(root: Path) -> None:
@@ -138,6 +153,11 @@ async def one(root: Path, executions: int, host_count: int) -> dict[str, Any]:
             short_ids = [(await client.submit(step="short", snapshot=snap.id)).id for _ in range(short)]
             await until_all_started(client, set(ids + short_ids))
             all_started_s = time.perf_counter() - t0
+        # What following them costs the hosts while nothing happens: the wrappers', wait loops' and
+        # tails' CPU (with their reaped children: the loops' `cat`, `grep`, `sleep`), per second.
+        cpu0, at0 = host_cpu(root), time.perf_counter()
+        await asyncio.sleep(10)
+        host_cpu_per_s = (host_cpu(root) - cpu0) / (time.perf_counter() - at0)
         work_roots = [str(h.root / "work") for h in hosts]
         daemon.kill9()
         killed = time.time()
@@ -179,14 +199,17 @@ async def one(root: Path, executions: int, host_count: int) -> dict[str, Any]:
         for v in views:
             key_ = f"{v.status} {v.reason or ''}".strip()
             statuses[key_] = statuses.get(key_, 0) + 1
+        stale = len(followers(work_roots, restarted, before=True))
         lost = [v.id for v in views if v.status not in ("started", "complete")
                 or (v.status == "complete" and v.id not in short_ids)]
         async with await Client.connect(daemon.socket, client_name="bench") as client:
             await client.stop(all=True)
         return {"executions": executions, "hosts": host_count, "all_started_after_submit_s": round(all_started_s, 1),
-                "down_s": round(restarted - killed, 2), "socket_answers_s": round(answered, 2),
+                "down_s": round(restarted - killed, 2),
+                "host_cpu_while_followed_per_s": round(host_cpu_per_s, 2), "socket_answers_s": round(answered, 2),
                 "all_reattached_s": round(reattached, 2) if reattached is not None else None,
-                "statuses": statuses, "lost": lost, "followed_over_time": seen[:: max(1, len(seen) // 20)]}
+                "statuses": statuses, "lost": lost, "killed_daemons_tails_still_running": stale,
+                "followed_over_time": seen[:: max(1, len(seen) // 20)]}
     finally:
         if daemon.process is not None and daemon.process.poll() is None:
             daemon.process.kill()

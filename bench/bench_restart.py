@@ -102,7 +102,7 @@ def host_cpu(root: Path) -> float:
 
 def kill_leftovers(root: Path) -> None:
     """What this run started on its hosts and may have left (each by its pid): wrappers, commands, tails."""
-    for pid_file in root.glob("h*/work/*/.runyard/child.pid"):
+    for pid_file in root.glob("h*/work/*/*/.runyard/child.pid"):
         try:
             os.killpg(int(pid_file.read_text().strip()), 9)  # the command's own process group
         except (OSError, ValueError):

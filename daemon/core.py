@@ -412,7 +412,9 @@ class Core:
     async def _place(self) -> None:
         if self._prune_pending:
             self._prune_pending = False
-            await self.store.prune_events(self.config.daemon.events_retained)
+            # Beside the pass, not in it: the delete waits its turn at the store like any write.
+            watched(self.store.prune_events(self.config.daemon.events_retained), "pruning old events",
+                    self._background)
         async with self._queue_lock:
             if self.quotas.freed:
                 await self._release(self.quotas.next_waiting())
@@ -557,12 +559,20 @@ class Core:
             refused = self.quotas.refusal(new)
             if refused is not None:
                 raise OperationError("invalid-params", refused)
-            async with self._queue_lock:  # the owner's count and the new row change together
-                status = "queued"
-                if not self.quotas.room(new):
-                    new.reason, status = QUOTA, "created"
+            # Admitted without the queue lock, which a busy store would turn into a convoy that
+            # scheduling passes wait behind: the new execution counts against its owner's quota
+            # from the decision on (every admission sees it), and for real once it is tracked.
+            status = "queued"
+            if not self.quotas.room(new):
+                new.reason, status = QUOTA, "created"
+            else:
+                self.quotas.hold(new, 1)
+            try:
                 row, event = await self.store.create_execution(new, status)
-                self.track(row)
+            finally:
+                if status == "queued":
+                    self.quotas.hold(new, -1)
+            self.track(row)
             self.publish(event)
             return row
         row, event = await self.store.create_execution(new)
@@ -662,15 +672,21 @@ class Core:
             await self._release(execution_ids)
 
     async def _release(self, execution_ids: list[int]) -> None:
-        """``release`` under the queue lock: each goes only if its owner's quota has room."""
+        """``release`` under the queue lock: each goes only if its owner's quota has room; all that
+        go are recorded in one transaction (an end frees room for many on a busy day)."""
+        rows: dict[int, ExecutionRow] = {}
         for execution_id in execution_ids:
             row = self.active.get(execution_id)
-            if row is None or row.status != "created" or not self.quotas.room(row):
-                continue
-            result = await self.store.transition(execution_id, "queued")
-            if result is not None:
-                self.track(result[0])
-                self.publish(result[1])
+            if row is not None and row.status == "created":
+                rows[row.id] = row
+        chosen = self.quotas.releasable(list(rows.values()))
+        if not chosen:
+            return
+        for execution_id, status, reason, at, seq in await self.store.transition_many(
+                [(row.id, "queued", None) for row in chosen]):
+            self.track(dataclasses.replace(rows[execution_id], status=status, reason=reason))
+            self.publish(Event(seq=seq, execution_id=execution_id, kind="status", status=status,
+                               reason=reason, at=at))
 
     async def rename(self, execution_id: int, title: str | None) -> ExecutionRow:
         try:

@@ -3,10 +3,10 @@
 An execution in flight is queued, started or stopping. One that would take its owner past
 ``[quotas]`` is recorded as ``created`` with reason ``quota`` instead of queued, and queued, in
 the scheduler's order, as its owner's others end. The counts here follow Core.track, the one
-place the daemon's view of active executions changes, so they are exact at every instant; the
-admission (Core._create, a task's creation) and every created -> queued move (Core.release, the
-quota pass of Core._place) read them under Core's queue lock. After a restart they are rebuilt
-from the store's active rows like the rest of Core's view.
+place the daemon's view of active executions changes, so they are exact at every instant; a task's
+admission and every created -> queued move (Core.release, the quota pass of Core._place) read them
+under Core's queue lock, and Core._create holds its admission in them (``hold``) while recording it.
+After a restart they are rebuilt from the store's active rows like the rest of Core's view.
 """
 
 from __future__ import annotations
@@ -53,11 +53,7 @@ class Quotas:
     def _count(self, row: ExecutionRow, sign: int) -> None:
         owner = row.owner
         if row.status in _IN_FLIGHT:
-            self._active[owner] += sign
-            pool = _pool(row)
-            if pool is not None:
-                self._pool_active[owner, pool] += sign
-            self._gpus[owner] += sign * _gpus(row)
+            self._in_flight(row, sign)
             if sign < 0 and owner in self._waiting:
                 self.freed.add(owner)
         elif row.status == "created" and row.reason == QUOTA:
@@ -71,6 +67,31 @@ class Quotas:
                 del waiting[at]
                 if not waiting:
                     del self._waiting[owner]
+
+    def _in_flight(self, row: ExecutionRow, sign: int) -> None:
+        self._active[row.owner] += sign
+        pool = _pool(row)
+        if pool is not None:
+            self._pool_active[row.owner, pool] += sign
+        self._gpus[row.owner] += sign * _gpus(row)
+
+    def hold(self, row: ExecutionRow, sign: int) -> None:
+        """Count ``row`` as in flight (1) while its admission is being recorded, or stop (-1) just
+        before it is tracked: admissions meanwhile see it."""
+        if self.enabled:
+            self._in_flight(row, sign)
+
+    def releasable(self, rows: list[ExecutionRow]) -> list[ExecutionRow]:
+        """Of ``rows`` (waiting as created), in order, those that may go in flight now, each counted
+        as the later ones are looked at: what one transaction may queue together."""
+        chosen = []
+        for row in rows:
+            if self.room(row):
+                self._in_flight(row, 1)
+                chosen.append(row)
+        for row in chosen:  # counted for real by moved() once the store has recorded them
+            self._in_flight(row, -1)
+        return chosen
 
     def room(self, row: ExecutionRow, more: int = 0) -> bool:
         """Whether ``row`` may go in flight now, with ``more`` like it already admitted alongside."""

@@ -113,15 +113,22 @@ def place(queue: Iterable[Demand], hosts: Sequence[Capacity], *, now: float,
     # (10,000 entries on a busy day) need not be walked. Reservations only hold hosts back,
     # and are made afresh on every pass.
     open_hosts = sum(1 for h in pools[None] if h.free_slots is None or h.free_slots >= 1)
-    # Per pool, the largest GPU request already found not to fit: any request at least as
-    # large cannot fit either in this pass, which keeps a long full queue cheap to walk.
-    hopeless: dict[str | None, tuple[int, float, int]] = {}
+    # Per pool, the requests already found not to fit (none at least as large as another): any
+    # request at least as large as one of them cannot fit either in this pass, which keeps a long
+    # full queue cheap to walk.
+    hopeless: dict[str | None, list[tuple[int, float, int]]] = {}
+    # Per pool, hosts not reserved yet. Once every host of a pool is reserved, nothing later in
+    # the queue can be placed there or reserve anything there in this pass (each execution comes
+    # once, and its own reservation would have been made at its turn): its requests are skipped,
+    # and once every host is reserved the walk ends.
+    unreserved: dict[str | None, int] = {p: sum(1 for h in members if h.reserved_by is None)
+                                         for p, members in pools.items()}
     tried: set[int] = set()  # groups already placed or found not to fit in this pass
     for d in queue if ordered else order(queue):
-        if not open_hosts:
+        if not open_hosts or not unreserved[None]:
             break
         candidates = pools.get(d.pool, [])
-        if not candidates:
+        if not candidates or not unreserved[d.pool]:
             continue
         if d.group is not None:
             if d.group in tried:
@@ -134,17 +141,17 @@ def place(queue: Iterable[Demand], hosts: Sequence[Capacity], *, now: float,
             if placed is None:
                 if now - min(m.submitted for m in members) >= reserve_after:
                     for m in members:
-                        _reserve(m, candidates)
+                        _reserve(m, candidates, unreserved)
                 continue
             placements += placed
             if running is not None:
                 running[d.owner] = running.get(d.owner, 0) + len(placed)
             open_hosts = sum(1 for h in pools[None] if h.free_slots is None or h.free_slots >= 1)
             continue
-        floor = hopeless.get(d.pool)
-        if floor is not None and d.gpus >= floor[0] and d.cpus >= floor[1] and d.memory_mb >= floor[2]:
+        failed = hopeless.setdefault(d.pool, [])
+        if any(d.gpus >= g and d.cpus >= c and d.memory_mb >= m for g, c, m in failed):
             if now - d.submitted >= reserve_after:
-                _reserve(d, candidates)
+                _reserve(d, candidates, unreserved)
             continue
         best: Capacity | None = None
         for h in candidates:
@@ -159,9 +166,10 @@ def place(queue: Iterable[Demand], hosts: Sequence[Capacity], *, now: float,
             if best.free_slots == 0:
                 open_hosts -= 1
             continue
-        hopeless[d.pool] = (d.gpus, d.cpus, d.memory_mb)
+        failed[:] = [f for f in failed if not (f[0] >= d.gpus and f[1] >= d.cpus and f[2] >= d.memory_mb)]
+        failed.append((d.gpus, d.cpus, d.memory_mb))
         if now - d.submitted >= reserve_after:
-            _reserve(d, candidates)
+            _reserve(d, candidates, unreserved)
     return placements
 
 
@@ -188,7 +196,9 @@ def place_group(members: Sequence[Demand], candidates: Sequence[Capacity]) -> li
     return placed
 
 
-def _reserve(d: Demand, candidates: list[Capacity]) -> None:
+def _reserve(d: Demand, candidates: list[Capacity], unreserved: dict[str | None, int]) -> None:
+    if not unreserved[d.pool]:
+        return
     choice: Capacity | None = None
     for h in candidates:
         if h.reserved_by is None and h.could_ever_fit(d) and (
@@ -197,6 +207,8 @@ def _reserve(d: Demand, candidates: list[Capacity]) -> None:
             choice = h
     if choice is not None:
         choice.reserved_by = d.execution_id
+        unreserved[None] -= 1
+        unreserved[choice.pool] -= 1
 
 
 def refusal(d: Demand, hosts: Sequence[Capacity], pools: Iterable[str]) -> str | None:

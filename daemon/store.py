@@ -312,16 +312,13 @@ class Store:
         Recorded first so that after a crash an execution waits for that host to say
         whether it has a container for it, instead of being run somewhere else too.
         """
-        done: set[int] = set()
         async with self._tx():
-            for execution_id, host, gpu_ids in placements:
-                cur = await self.db.execute(
-                    "UPDATE executions SET host = ?, gpu_ids = ? WHERE id = ? AND status = 'queued'",
-                    (host, json.dumps(list(gpu_ids)), execution_id),
-                )
-                if cur.rowcount == 1:
-                    done.add(execution_id)
-        return done
+            # A few statements whatever the count: a pass that fills a pool places hundreds.
+            current = await self._statuses([execution_id for execution_id, _, _ in placements])
+            moves = [(host, json.dumps(list(gpu_ids)), execution_id) for execution_id, host, gpu_ids in placements
+                     if current.get(execution_id) == "queued"]
+            await self.db.executemany("UPDATE executions SET host = ?, gpu_ids = ? WHERE id = ?", moves)
+        return {execution_id for _, _, execution_id in moves}
 
     async def host_admin(self) -> dict[str, str]:
         async with self.db.execute("SELECT name, admin FROM host_admin") as cur:

@@ -15,7 +15,7 @@ from .conftest import Daemon, make_repo, step_yaml, submit_repo, wait_for_status
 
 # Needed by `run`, `lint`, `task run --parameter-sets`, `daemon`, the TUI: imported there, when asked.
 HEAVY = ("yaml", "runyard.daemon", "runyard.tui", "textual", "valohai", "valohai_yaml", "valohai_utils",
-         "aioboto3", "boto3", "botocore", "aiodocker", "aiohttp", "asyncssh", "git", "random")
+         "aioboto3", "boto3", "botocore", "aiodocker", "aiohttp", "asyncssh", "git")
 
 
 def imported(*args: str, socket: str) -> tuple[str, set[str]]:

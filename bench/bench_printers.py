@@ -232,17 +232,28 @@ async def runyard_round(root: Path, count: int, rate: int, seconds: float, engin
     assert daemon.process is not None
     try:
         async with await Client.connect(daemon.socket, client_name="bench") as client:
-            events = client.events()
+            subscribed = asyncio.Event()
+            events = client.events(subscribed=subscribed.set)
+            # Subscribed before the first submit, so that no start or end is missed.
+            first = asyncio.ensure_future(events.__anext__())
+            await subscribed.wait()
             snap = snapshot_commit(repo, "HEAD")
             await client.snapshot_put(snap.id, snap.data)
             t0 = time.perf_counter()
             ids = [(await client.submit(step="print", snapshot=snap.id)).id for _ in range(count)]
             started: set[int] = set()
-            async for event in events:
-                if getattr(event, "status", None) == "started" and event.execution_id in ids:
+            ended: set[int] = set()
+
+            def seen(event: Any) -> None:
+                status = getattr(event, "status", None)
+                if status == "started":
                     started.add(event.execution_id)
-                    if len(started) == count:
-                        break
+                elif status == "complete":
+                    ended.add(event.execution_id)
+
+            seen(await first)
+            while not started.issuperset(ids):
+                seen(await events.__anext__())
             all_started = time.perf_counter() - t0
             files = {str(i): daemon.data_dir / "logs" / f"{i}.log" for i in ids}
             window = seconds - all_started - 3.0
@@ -256,12 +267,8 @@ async def runyard_round(root: Path, count: int, rate: int, seconds: float, engin
                        "--pid", str(daemon.process.pid)] if py_spy else None
             result = await asyncio.to_thread(measure, Sampler(files), cpu, window, profile)
             result["all_started_s"] = round(all_started, 2)
-            done: set[int] = set()
-            async for event in events:
-                if getattr(event, "status", None) == "complete" and event.execution_id in ids:
-                    done.add(event.execution_id)
-                    if len(done) == count:
-                        break
+            while not ended.issuperset(ids):
+                seen(await events.__anext__())
             await events.aclose()
         return result
     finally:

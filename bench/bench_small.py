@@ -64,23 +64,29 @@ async def runyard_round(daemon: QuietDaemon, snap: str, count: int, engine: str 
     assert daemon.process is not None
     ours = str(daemon.process.pid)
     async with await Client.connect(daemon.socket, client_name="bench") as client:
-        events = client.events()
+        ids: set[int] = set()
+        ended: dict[int, str] = {}
+        subscribed = asyncio.Event()
+
+        async def watch() -> None:
+            # Subscribed before the first submit: an early end is never missed.
+            async for event in client.events(subscribed=subscribed.set):
+                status = getattr(event, "status", None)
+                if status in ("complete", "error", "stopped", "failed"):
+                    ended[event.execution_id] = status
+                    if len(ended) >= count and ids.issubset(ended):
+                        return
+
+        watcher = asyncio.create_task(watch())
+        await subscribed.wait()
         cpu0, own0 = _cpu_seconds(engine) or 0.0, _cpu_seconds(ours) or 0.0
         t0 = time.perf_counter()
-        ids = set()
         for _ in range(count):
             ids.add((await client.submit(step="noop", snapshot=snap)).id)
         submitted = time.perf_counter() - t0
-        ended: dict[int, str] = {}
-        async for event in events:
-            status = getattr(event, "status", None)
-            if event.execution_id in ids and status in ("complete", "error", "stopped", "failed"):
-                ended[event.execution_id] = status
-                if len(ended) == count:
-                    break
+        await watcher
         seconds = time.perf_counter() - t0
-        await events.aclose()
-    failed = sum(1 for s in ended.values() if s != "complete")
+    failed = sum(1 for i in ids if ended[i] != "complete")
     assert not failed, f"{failed} of {count} did not complete"
     return {"seconds": seconds, "submit_s": submitted, "dockerd_cpu": (_cpu_seconds(engine) or 0.0) - cpu0,
             "daemon_cpu": (_cpu_seconds(ours) or 0.0) - own0}
@@ -130,6 +136,7 @@ async def main() -> None:
                     base.append(docker_round(count, engine))
                 else:
                     ours.append(await runyard_round(daemon, snap.id, count, engine))
+                print(f"  {name}: {(base if name == 'docker' else ours)[-1]}", flush=True)
             loads.append(load())
             print(f"round {i + 1}: docker run --rm {base[-1]['seconds']:.1f} s "
                   f"(dockerd {base[-1]['dockerd_cpu']:.1f} s CPU), runyard {ours[-1]['seconds']:.1f} s "

@@ -9,8 +9,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 RawParameter = str | list[str]
 
 
@@ -74,6 +72,8 @@ def load_parameter_file(path: str) -> dict[str, RawParameter]:
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or exc
         raise ParameterFileError(f"cannot read parameter file {path}: {reason}") from None
+    import yaml  # only here: every CLI start would pay for it
+
     try:
         data = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:

@@ -6,23 +6,28 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import yaml
 
-from runyard.daemon import variants
 from runyard.protocol import Client
 from runyard.protocol.tasks import TaskStopResult, TaskView
 from runyard.protocol.units import human_size
 
 from . import render, runflags
 
+if TYPE_CHECKING:
+    from runyard.daemon import variants
 
-def _variant(parse: Any) -> Any:
+
+def _variant(parse: str) -> Any:
+    """A flag's converter by the parser's name in daemon.variants, imported only when a task flag is
+    given: every CLI start builds this parser."""
     def convert(text: str) -> variants.Variant:
+        from runyard.daemon import variants
+
         try:
-            return parse(text)  # type: ignore[no-any-return]
+            return getattr(variants, parse)(text)  # type: ignore[no-any-return]
         except variants.VariantError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
     return convert
@@ -35,13 +40,13 @@ def add_parsers(sub: Any) -> None:
     r = actions.add_parser("run", help="create a task: `task run STEP --grid ...`, or `task run BLUEPRINT` "
                                        "for a task: in valohai.yaml")
     r.add_argument("name", help="the step (with variant flags), or the name of a valohai.yaml task (without)")
-    r.add_argument("--grid", type=_variant(variants.parse_grid), action="append", default=[],
+    r.add_argument("--grid", type=_variant("parse_grid"), action="append", default=[],
                    metavar="NAME=V1,V2,...", help="these values (repeatable; a grid runs every combination)")
-    r.add_argument("--linear", type=_variant(variants.parse_linear), action="append", default=[],
+    r.add_argument("--linear", type=_variant("parse_linear"), action="append", default=[],
                    metavar="NAME=START:END:STEP", help="start, start+step, ... up to end (inclusive)")
-    r.add_argument("--logspace", type=_variant(variants.parse_logspace), action="append", default=[],
+    r.add_argument("--logspace", type=_variant("parse_logspace"), action="append", default=[],
                    metavar="NAME=START:END:COUNT[:BASE]", help="COUNT values base**START .. base**END (base 10)")
-    r.add_argument("--random", type=_variant(variants.parse_random), action="append", default=[],
+    r.add_argument("--random", type=_variant("parse_random"), action="append", default=[],
                    metavar="NAME=MIN..MAX[:loguniform][:int]",
                    help="drawn between MIN and MAX (makes a random search of --count children)")
     r.add_argument("--parameter-sets", metavar="FILE",
@@ -134,6 +139,8 @@ async def _run(client: Client, args: argparse.Namespace) -> int:
     chosen = [*args.grid, *args.linear, *args.logspace, *args.random]
     sets: list[dict[str, Any]] = []
     if args.parameter_sets:
+        import yaml
+
         try:
             loaded = yaml.safe_load(await asyncio.to_thread(Path(args.parameter_sets).read_text))
         except (OSError, yaml.YAMLError) as exc:

@@ -104,10 +104,13 @@ def _calls(path: Path, method: str) -> list[int]:
 
 def test_only_owners_write_an_executions_state() -> None:
     """Status changes are recorded by a runner, or by the scheduler's stop of an unplaced execution."""
-    writers = {p.name for p in (ROOT / "daemon").glob("*.py") if _calls(p, "transition")}
+    writers = {p.name for p in (ROOT / "daemon").glob("*.py")
+               if _calls(p, "transition") or _calls(p, "transition_many")}
     assert writers == {"runner.py", "core.py"}, writers
-    # Core.stop, and Core.release (a task's waiting child queued), both under the queue lock
-    assert len(_calls(ROOT / "daemon" / "core.py", "transition")) == 2
+    # Core.stop and Core.stop_many (unplaced ones stopped), and Core.release (waiting children or a
+    # quota's waiters queued), all under the queue lock
+    core = ROOT / "daemon" / "core.py"
+    assert len(_calls(core, "transition")) + len(_calls(core, "transition_many")) == 3
     # Nobody drives a runner through its private parts.
     for path in (ROOT / "daemon").glob("*.py"):
         if path.name == "runner.py":

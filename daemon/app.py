@@ -98,6 +98,10 @@ def run(config: Config) -> int:
     # At debug level the AWS libraries log signed request headers; credentials stay out of logs.
     for name in ("botocore", "aiobotocore", "boto3", "s3transfer"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # asyncssh logs every channel opened and closed at INFO: about a hundred lines for one Slurm job,
+    # burying runyard's own. Its warnings and errors still show.
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("asyncssh").setLevel(logging.WARNING)
     try:
         asyncio.run(serve(config))
     except StartupError as exc:

@@ -381,9 +381,13 @@ class Core:
                 await asyncio.sleep(min(spent * 4, _PASS_SPACING_MAX))
 
     def capacities(self, rows: Iterable[ExecutionRow]) -> list[Capacity]:
-        """Every host with a known inventory, less what the executions placed on it hold."""
+        """Every host of runyard's own with a known inventory, less what the executions placed on it
+        hold. Not a cluster's login node: Slurm places there (cluster_placements), and an execution
+        of no pool ("any host") is never sent to a cluster."""
         capacities: dict[str, Capacity] = {}
         for host in self.hosts.values():
+            if isinstance(host, ClusterHost):
+                continue
             cpus, memory = host.cpus, host.memory_mb
             if cpus is None or memory is None:
                 continue
@@ -482,7 +486,11 @@ class Core:
             resources["gpus"] = gpus
         demand = _demand_of(0, 0, 0.0, resources)
         known = self.capacities([])
-        unknown_pool = any(h.cpus is None or h.memory_mb is None for h in self.hosts.values()
+        own = [h for h in self.hosts.values() if not isinstance(h, ClusterHost)]
+        if demand.pool is None and not own:
+            raise OperationError("invalid-params", "every pool is a Slurm cluster: name one with --pool "
+                                                   f"({', '.join(sorted(pools))})")
+        unknown_pool = any(h.cpus is None or h.memory_mb is None for h in own
                            if demand.pool is None or h.settings.pool == demand.pool)
         reason = None if unknown_pool else refusal(demand, known, pools)
         if reason is not None:

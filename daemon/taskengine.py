@@ -331,7 +331,7 @@ class TaskEngine:
         hosts = self.core.hosts.values()
         pool = resources.get("pool")
         known = all(h.cpus is not None and h.memory_mb is not None for h in hosts
-                    if pool is None or h.settings.pool == pool)
+                    if (pool is None or h.settings.pool == pool) and not isinstance(h, ClusterHost))
         refused = distributed.refusal(
             count, limit=spec.get("maximum_queued_executions"), retries=retries, resources=resources,
             cluster_pools={h.settings.pool for h in hosts if isinstance(h, ClusterHost)},

@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RELEASE = 'while [ ! -e "$VH_OUTPUTS_DIR/go" ]; do sleep 0.05; done'
 
 STEPS = (
+    step_yaml("anywhere", "echo here")  # no environment: any host of runyard's own
+    +
     step_yaml("train", ['echo "gpus=$CUDA_VISIBLE_DEVICES"', "python3 train.py", 'echo "to stderr" >&2',
                         'cat "$VH_INPUTS_DIR/data/data.csv"'], extra="""\
               environment: hpc
@@ -559,6 +561,13 @@ async def test_a_task_of_20_children_runs_each_once_within_the_job_cap(cluster: 
     names = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-o", "%j"], capture_output=True,
                            text=True).stdout.split()
     assert all(names.count(f"runyard-{cluster.daemon.daemon_id}-hpc-{v.id}-0") == 1 for v in views), names
+
+
+def test_work_of_no_pool_is_never_sent_to_a_cluster(cluster: Cluster) -> None:
+    # The module's daemon has only cluster pools: a run naming none is refused, not queued forever.
+    refused = run_cli(cluster.daemon, "run", "anywhere", cwd=cluster.repo)
+    assert refused.returncode == 2 and "every pool is a Slurm cluster: name one with --pool" in refused.stderr, refused
+    assert run_cli(cluster.daemon, "run", "anywhere", "--pool", "hpc", cwd=cluster.repo).returncode == 0
 
 
 async def test_a_stop_delivers_sigterm_to_the_command_and_says_so_in_its_log(cluster: Cluster,

@@ -437,7 +437,8 @@ EARLY_SBATCH = """\
 dir=$(dirname "$0")
 if [ -e "$dir/HOLD" ]; then
     echo stalled > "$dir/SUBMITTED"
-    while [ ! -e "$dir/KILLED" ]; do sleep 0.05; done
+    # (or the test is over: HOLD gone, so a KILLED it removed at once can never leave this looping)
+    while [ ! -e "$dir/KILLED" ] && [ -e "$dir/HOLD" ]; do sleep 0.05; done
     kill -KILL 0
 fi
 exec /usr/bin/sbatch "$@"

@@ -265,17 +265,9 @@ class SlurmRuntime:
         said = ""
         with self._watch(name):
             while True:
-                await self._next_poll()
-                job = self.jobs.get(name)
+                job = await self._next_sight(container_id, name)
                 if job is None:
-                    self._missing[name] = self._missing.get(name, 0) + 1
-                    if self._missing[name] >= _GONE_POLLS:
-                        self._missing.pop(name, None)
-                        if await self._resubmit_if_lost(container_id):
-                            continue
-                        return  # ended and forgotten already: state() looks it up alone
-                    continue
-                self._missing.pop(name, None)
+                    return  # ended and forgotten already: state() looks it up alone
                 if not job.pending:
                     return
                 # "None" right after the submit: Slurm has not looked at the job yet; nothing to say.
@@ -367,21 +359,28 @@ class SlurmRuntime:
                                              oom_killed=False, attempt=attempt))
         return states
 
+    async def _next_sight(self, container_id: str, name: str) -> slurm.Job | None:
+        """The job as the next poll sees it, waiting out polls that miss it; None once it has been
+        missing for _GONE_POLLS polls in a row and was not a lost submit made again."""
+        while True:
+            await self._next_poll()
+            job = self.jobs.get(name)
+            if job is not None:
+                self._missing.pop(name, None)
+                return job
+            self._missing[name] = self._missing.get(name, 0) + 1
+            if self._missing[name] >= _GONE_POLLS:
+                self._missing.pop(name, None)
+                if not await self._resubmit_if_lost(container_id):
+                    return None
+
     async def wait(self, container_id: str) -> None:
         name = self._name(container_id)
         with self._watch(name):
             while True:
-                await self._next_poll()
-                job = self.jobs.get(name)
+                job = await self._next_sight(container_id, name)
                 if job is None:
-                    self._missing[name] = self._missing.get(name, 0) + 1
-                    if self._missing[name] >= _GONE_POLLS:
-                        self._missing.pop(name, None)
-                        if await self._resubmit_if_lost(container_id):
-                            continue
-                        return
-                    continue
-                self._missing.pop(name, None)
+                    return
                 if job.ended:
                     self._cancelled.pop(name, None)
                     return

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -77,30 +79,46 @@ async def lists(client: Client, rounds: int = 20) -> float:
     return statistics.median(times) * 1000
 
 
-async def one_size(size: int) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="ryq-", dir="/tmp"))
-    daemon = QuietDaemon(root=root, max_concurrent=1, local_extra='runtime = "process"\n')
+@contextlib.asynccontextmanager
+async def queue_daemon(max_concurrent: int, stop_grace: int = 10) -> AsyncIterator[tuple[int, Client, str]]:
+    """A quiet daemon (plain-process runtime, this machine) whose step ``wait`` sleeps, its snapshot
+    uploaded: (the daemon's pid, a client, the snapshot id). Each run's sleep is its own length, so
+    what a killed daemon left running is ended without touching anyone else's sleep."""
+    root = Path(tempfile.mkdtemp(prefix="ry-bench-queue-", dir="/tmp"))
+    sleep = f"sleep {100_000 + os.getpid() % 100_000}"
+    daemon = QuietDaemon(root=root, max_concurrent=max_concurrent, stop_grace=stop_grace,
+                         local_extra='runtime = "process"\n')
     try:
-        repo = make_repo(root / "repo", {"valohai.yaml": step_yaml("wait", "sleep 100000")})
+        repo = make_repo(root / "repo", {"valohai.yaml": step_yaml("wait", sleep)})
         daemon.start()
         assert daemon.process is not None
-        pid = daemon.process.pid
         async with await Client.connect(daemon.socket, client_name="bench") as client:
             snap = snapshot_commit(repo, "HEAD")
             await client.snapshot_put(snap.id, snap.data)
-            holder = await client.submit(step="wait", snapshot=snap.id)
-            baseline = await submits(client, snap.id, pid, min(100, size))
-            list_base = await lists(client)
-            if size > 200:
-                await submits(client, snap.id, pid, size - 200)
-            at_size = await submits(client, snap.id, pid, 100) if size > 100 else baseline
-            list_at = await lists(client)
-            cpu = cpu_seconds(pid)
-            started = time.perf_counter()
-            result = await client.stop(all=True)
-            stop_s = time.perf_counter() - started
-            stop_cpu = cpu_seconds(pid) - cpu
-            assert holder.id in result.stopped
+            yield daemon.process.pid, client, snap.id
+    finally:
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
+        subprocess.run(["pkill", "-x", "-f", sleep], check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def one_size(size: int) -> dict[str, Any]:
+    async with queue_daemon(max_concurrent=1) as (pid, client, snap):
+        holder = await client.submit(step="wait", snapshot=snap)
+        baseline = await submits(client, snap, pid, min(100, size))
+        list_base = await lists(client)
+        if size > 200:
+            await submits(client, snap, pid, size - 200)
+        at_size = await submits(client, snap, pid, 100) if size > 100 else baseline
+        list_at = await lists(client)
+        cpu = cpu_seconds(pid)
+        started = time.perf_counter()
+        result = await client.stop(all=True)
+        stop_s = time.perf_counter() - started
+        stop_cpu = cpu_seconds(pid) - cpu
+        assert holder.id in result.stopped
         return {
             "queued": size,
             "submit_round_trip_ms": {"near_empty": round(baseline["round_trip_ms"], 3),
@@ -113,11 +131,6 @@ async def one_size(size: int) -> dict[str, Any]:
             "stop_all": {"stopped": len(result.stopped), "seconds": round(stop_s, 3),
                          "daemon_cpu_s": round(stop_cpu, 3)},
         }
-    finally:
-        if daemon.process is not None and daemon.process.poll() is None:
-            daemon.process.kill()
-            daemon.process.wait()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 async def until_all(client: Client, ids: set[int], statuses: set[str]) -> None:
@@ -142,38 +155,23 @@ async def until_all(client: Client, ids: set[int], statuses: set[str]) -> None:
 
 
 async def running(count: int) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="ryr-", dir="/tmp"))
-    daemon = QuietDaemon(root=root, max_concurrent=count, stop_grace=30, local_extra='runtime = "process"\n')
-    try:
-        repo = make_repo(root / "repo", {"valohai.yaml": step_yaml("wait", "sleep 100000")})
-        daemon.start()
-        assert daemon.process is not None
-        pid = daemon.process.pid
-        async with await Client.connect(daemon.socket, client_name="bench") as client:
-            snap = snapshot_commit(repo, "HEAD")
-            await client.snapshot_put(snap.id, snap.data)
-            ids = {(await client.submit(step="wait", snapshot=snap.id)).id for _ in range(count)}
-            started = time.perf_counter()
-            await until_all(client, ids, {"started"})
-            all_started_s = time.perf_counter() - started
-            cpu = cpu_seconds(pid)
-            started = time.perf_counter()
-            result = await client.stop(all=True)
-            answer_s = time.perf_counter() - started
-            await until_all(client, ids, {"stopped", "error", "complete"})
-            ended_s = time.perf_counter() - started
-            stop_cpu = cpu_seconds(pid) - cpu
-            stopped = sum(1 for v in await client.list_executions(status=["stopped"], limit=count + 10) if v.id in ids)
+    async with queue_daemon(max_concurrent=count, stop_grace=30) as (pid, client, snap):
+        ids = {(await client.submit(step="wait", snapshot=snap)).id for _ in range(count)}
+        started = time.perf_counter()
+        await until_all(client, ids, {"started"})
+        all_started_s = time.perf_counter() - started
+        cpu = cpu_seconds(pid)
+        started = time.perf_counter()
+        result = await client.stop(all=True)
+        answer_s = time.perf_counter() - started
+        await until_all(client, ids, {"stopped", "error", "complete"})
+        ended_s = time.perf_counter() - started
+        stop_cpu = cpu_seconds(pid) - cpu
+        stopped = sum(1 for v in await client.list_executions(status=["stopped"], limit=count + 10) if v.id in ids)
         return {"running": count, "all_started_after_s": round(all_started_s, 1),
                 "stop_all": {"asked": len(result.stopped), "answer_s": round(answer_s, 3),
                              "all_stopped_s": round(ended_s, 3), "stopped": stopped,
                              "daemon_cpu_s": round(stop_cpu, 3)}}
-    finally:
-        if daemon.process is not None and daemon.process.poll() is None:
-            daemon.process.kill()
-            daemon.process.wait()
-        subprocess.run(["pkill", "-f", "sleep 100000"], check=False)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 async def main() -> None:

@@ -178,6 +178,19 @@ class Daemon:
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
 
 
+def plain_process_daemon() -> Iterator[Daemon]:
+    """The body of a module-scoped fixture: one daemon for a whole test module, running plain
+    processes on this machine (4 at a time, a 2 s stop grace), killed at the end."""
+    daemon = Daemon(root=Path(tempfile.mkdtemp(prefix="ry-", dir="/tmp")), stop_grace=2,
+                    local_extra='runtime = "process"\n')
+    daemon.start()
+    yield daemon
+    assert daemon.process is not None
+    daemon.process.kill()
+    daemon.process.wait()
+    shutil.rmtree(daemon.root, ignore_errors=True)
+
+
 @pytest.fixture
 def daemon_factory(docker_engine: None) -> Iterator[type[Daemon]]:
     made: list[Daemon] = []

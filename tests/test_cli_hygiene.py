@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import pytest
 from runyard.protocol import Client
 from runyard.protocol.client import RemoteError
 
-from .conftest import Daemon, make_repo, run_cli, submit_repo, wait_for_status
+from .conftest import Daemon, make_repo, plain_process_daemon, run_cli, submit_repo, wait_for_status
 from .test_pool import first_line
 
 EVIL = "evil\x1b[2J\nline2"
@@ -56,14 +54,7 @@ STEPS = """\
 
 @pytest.fixture(scope="module")
 def plain(docker_engine: None) -> Iterator[Daemon]:
-    daemon = Daemon(root=Path(tempfile.mkdtemp(prefix="ry-", dir="/tmp")), stop_grace=2,
-                    local_extra='runtime = "process"\n')
-    daemon.start()
-    yield daemon
-    assert daemon.process is not None
-    daemon.process.kill()
-    daemon.process.wait()
-    shutil.rmtree(daemon.root, ignore_errors=True)
+    yield from plain_process_daemon()
 
 
 def snapshots(daemon: Daemon) -> int:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ import pytest
 
 from runyard.protocol import Client
 
-from .conftest import BASE_IMAGE, Daemon, make_repo, run_cli, submit_repo, wait_for_status
+from .conftest import BASE_IMAGE, Daemon, make_repo, plain_process_daemon, run_cli, submit_repo, wait_for_status
 
 STEPS = f"""\
 - step:
@@ -68,14 +66,7 @@ print(json.dumps({sys.argv[1]: float(sys.argv[2])}))
 
 @pytest.fixture(scope="module")
 def plain(docker_engine: None) -> Iterator[Daemon]:
-    daemon = Daemon(root=Path(tempfile.mkdtemp(prefix="ry-", dir="/tmp")), stop_grace=2,
-                    local_extra='runtime = "process"\n')
-    daemon.start()
-    yield daemon
-    assert daemon.process is not None
-    daemon.process.kill()
-    daemon.process.wait()
-    shutil.rmtree(daemon.root, ignore_errors=True)
+    yield from plain_process_daemon()
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from runyard.protocol import Client
 from runyard.protocol.messages import Event
 from runyard.protocol.tasks import TaskView
 
-from .conftest import BASE_IMAGE, Daemon, make_repo, run_cli
+from .conftest import BASE_IMAGE, Daemon, make_repo, plain_process_daemon, run_cli
 
 TRAIN = """\
 import json, os, sys, time
@@ -85,14 +83,7 @@ STEPS = f"""\
 @pytest.fixture(scope="module")
 def plain(docker_engine: None) -> Iterator[Daemon]:
     """One daemon for the module, running plain processes (4 at a time)."""
-    daemon = Daemon(root=Path(tempfile.mkdtemp(prefix="ry-", dir="/tmp")), stop_grace=2,
-                    local_extra='runtime = "process"\n')
-    daemon.start()
-    yield daemon
-    assert daemon.process is not None
-    daemon.process.kill()
-    daemon.process.wait()
-    shutil.rmtree(daemon.root, ignore_errors=True)
+    yield from plain_process_daemon()
 
 
 @pytest.fixture(scope="module")

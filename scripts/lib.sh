@@ -194,7 +194,7 @@ OCICONF
     # One at a time: test runs and benchmarks on this machine share the cluster, and two starting or
     # restarting it at once leave it half up.
     as_root mkdir -p "$SLURM_DIR"
-    ( flock -w 300 9 || { echo "another ensure_slurm holds $SLURM_DIR/ensure.lock" >&2; exit 1; }
+    ( flock -w 240 9 || { echo "another ensure_slurm has held $SLURM_DIR/ensure.lock for 4 minutes" >&2; exit 1; }
       _start_slurm ) 9>"$SLURM_DIR/ensure.lock" || exit 1
 }
 
@@ -249,7 +249,11 @@ ConstrainRAMSpace=yes
 ConstrainSwapSpace=no
 ConstrainCores=no
 ConstrainDevices=no"
-    if [ "$conf" = "$(cat /etc/slurm/slurm.conf 2>/dev/null)" ] && slurm_up; then
+    # The fake GPUs: without gres.conf the node registers no GPUs and Slurm drains it ("gres/gpu count
+    # reported lower than configured").
+    local gres_conf="NodeName=$node Name=gpu File=$SLURM_DIR/dev/gpu[0-1]"
+    if [ "$conf" = "$(cat /etc/slurm/slurm.conf 2>/dev/null)" ] \
+        && [ "$gres_conf" = "$(cat /etc/slurm/gres.conf 2>/dev/null)" ] && slurm_up; then
         return
     fi
     if slurm_up && squeue -h -t PD,CF,R,CG,S -o %i 2>/dev/null | grep -q .; then
@@ -258,7 +262,8 @@ ConstrainDevices=no"
         say "the running Slurm cluster has an older configuration; it is restarted with this one when no job is queued"
         return
     fi
-    if [ "$conf" != "$(cat /etc/slurm/slurm.conf 2>/dev/null)" ]; then
+    if [ "$conf" != "$(cat /etc/slurm/slurm.conf 2>/dev/null)" ] \
+        || [ "$gres_conf" != "$(cat /etc/slurm/gres.conf 2>/dev/null)" ]; then
         # Started with another configuration (an older ensure_slurm), now idle: stopped (by the pids
         # they recorded), then started again with this one.
         local daemon pid
@@ -277,15 +282,18 @@ ConstrainDevices=no"
     say "starting a single-node Slurm cluster (state and logs: $SLURM_DIR)"
     printf '%s\n' "$conf" | as_root tee /etc/slurm/slurm.conf >/dev/null
     printf '%s\n' "$cgroup_conf" | as_root tee /etc/slurm/cgroup.conf >/dev/null
+    printf '%s\n' "$gres_conf" | as_root tee /etc/slurm/gres.conf >/dev/null
     as_root chown munge:munge /run/munge
     [ -s /etc/munge/munge.key ] || as_root sh -c 'dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null'
     as_root chown munge:munge /etc/munge/munge.key
     as_root chmod 0400 /etc/munge/munge.key
     if ! pgrep -u munge -x munged >/dev/null; then
-        as_root su -s /bin/sh munge -c '/usr/sbin/munged --force'
+        # 9>&-: a daemon that kept the lock's descriptor would hold the lock for its whole life, and
+        # the next ensure_slurm would wait for it in vain.
+        as_root su -s /bin/sh munge -c '/usr/sbin/munged --force' 9>&-
     fi
-    pgrep -x slurmctld >/dev/null || as_root sh -c 'setsid -f /usr/sbin/slurmctld </dev/null >/dev/null 2>&1'
-    pgrep -x slurmd >/dev/null || as_root sh -c 'setsid -f /usr/sbin/slurmd </dev/null >/dev/null 2>&1'
+    pgrep -x slurmctld >/dev/null || as_root sh -c 'setsid -f /usr/sbin/slurmctld </dev/null >/dev/null 2>&1' 9>&-
+    pgrep -x slurmd >/dev/null || as_root sh -c 'setsid -f /usr/sbin/slurmd </dev/null >/dev/null 2>&1' 9>&-
     for _ in $(seq 1 60); do
         if slurm_up; then
             return

@@ -106,7 +106,7 @@ with open(os.path.join(os.environ["VH_OUTPUTS_DIR"], "model.txt"), "w") as fh:
 def slurm_cluster() -> None:
     """The real cluster: started by the project's own script (a no-op when it already runs)."""
     result = subprocess.run(["bash", "-c", f"source {ROOT}/scripts/lib.sh; ensure_slurm"],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=270)
     if result.returncode != 0:
         pytest.fail(f"ensure_slurm failed:\n{result.stdout}\n{result.stderr}")
 
@@ -261,7 +261,7 @@ async def test_a_step_runs_in_an_oci_bundle_of_its_image_with_its_workspace_at_v
     # A daemon of its own, whose cluster pool runs every step in a bundle.
     bundle = "/var/lib/runyard-slurm/bundles/base"
     made = subprocess.run(["bash", "-c", f"source {ROOT}/scripts/lib.sh; ensure_oci_bundle {BASE_IMAGE} {bundle}"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=270)
     assert made.returncode == 0, made.stderr
     known = cluster.login.root / "known_hosts_oci"
     known.write_text(cluster.login.known_hosts_line())

@@ -291,6 +291,17 @@ class Core:
         logfile.finished = True
         return logfile
 
+    def followed_log(self, execution_id: int) -> LogFile:
+        """The log a follower reads: live while the execution is active, else the finished one.
+
+        Decided from memory, with no await in between: a row read from the store may already be
+        stale (an execution that fails its inputs ends within the read), and a live log made for an
+        execution whose runner already finished its own would never end for its follower."""
+        live = self._open_logs.get(execution_id)
+        if live is not None:
+            return live
+        return self.live_log(execution_id) if execution_id in self.active else self.log_file(execution_id)
+
     def live_log(self, execution_id: int) -> LogFile:
         logfile = self._open_logs.get(execution_id)
         if logfile is None:

@@ -221,8 +221,8 @@ class Connection:
             return None
         if name == "logs.follow":
             follow = msgspec.convert(request.params, LogsFollowParams)
-            row = await self.core.get(follow.id)
-            logfile = self.core.log_file(follow.id) if row.terminal else self.core.live_log(follow.id)
+            await self.core.get(follow.id)  # it exists, and the caller may read it
+            logfile = self.core.followed_log(follow.id)
             if follow.sub in self.log_tasks:
                 raise OperationError(ErrorCode.INVALID_PARAMS, f"subscription {follow.sub} is in use")
             deleted = asyncio.Event()

@@ -243,9 +243,10 @@ def test_the_time_limit_bounds_the_whole_search_not_each_piece(searched: tuple[D
     execution = asyncio.run(another())
     log = daemon.data_dir / "logs" / f"{execution}.log"
     fresh = log.with_name("slow.tmp")
-    # (a|aa)+$ tries every way of splitting seven a's before failing on the b: about 0.15 s for each
-    # 256 KiB here, some seconds for the whole 14 MiB
-    fresh.write_text(record_of("a" * 7 + "b") * 350_000)
+    # (a|aa)+$ tries every way of splitting twelve a's before failing on the b: about 0.25 s for each
+    # 256 KiB on a quiet machine, 16 s of CPU for the whole 17 MiB (with seven a's, the whole search
+    # took 1.4 s on a quiet machine and ended under the limit: the test passed only under load)
+    fresh.write_text(record_of("a" * 12 + "b") * 350_000)
     os.replace(fresh, log)
     runaway = subprocess.Popen([sys.executable, "-m", "runyard.cli", "logs", str(execution), "--grep", "(a|aa)+$"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

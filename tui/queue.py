@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rich.cells import cell_len
+from rich.control import strip_control_codes
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -157,8 +158,9 @@ class QueueScreen(Screen[None]):
         at = BASE_COLUMNS.index("title")
         least = max([TITLE_MIN, *(title_min(r[at], TITLE_MIN) for v, r in zip(views, rows, strict=True)
                                   if isinstance(v, TaskView))])
+        content = content_widths(rows, len(all_columns))
         keep, title_width = fit_columns(all_columns, labels, rows, self._room(len(rows)), tagged=tagged,
-                                        title_least=least)
+                                        title_least=least, content=content)
         if title_width is not None:  # a task's best value stays readable: its name is cut instead
             for v, r in zip(views, rows, strict=True):
                 if isinstance(v, TaskView):
@@ -190,8 +192,8 @@ class QueueScreen(Screen[None]):
         cursor_task = self.cursor_task()
         if cursor_task is not None:
             cursor_key = row_key(cursor_task.id)  # type: ignore[assignment]
-        for key, cells in zip(keys, shown, strict=True):
-            table.add_row(*cells, key=key)
+        table.add_measured_rows(((key, [shown_text(c) for c in cells]) for key, cells in zip(keys, shown, strict=True)),
+                                [content[i] for i in keep])
         table.scroll_x = table.scroll_target_x = x
         table.scroll_y = table.scroll_target_y = y
         if cursor_key is not None and str(cursor_key) in table.rows:
@@ -208,7 +210,7 @@ class QueueScreen(Screen[None]):
             if new != old:
                 for column, cell, was in zip(columns, new, old, strict=True):
                     if cell != was:
-                        table.update_cell(key, column, cell, update_width=True)
+                        table.update_cell(key, column, shown_text(cell), update_width=True)
         self._shown_cells = shown
 
     def _label(self, name: str) -> str:
@@ -453,18 +455,45 @@ GIVE_WAY = ("tags", "owner", "age")
 TITLE_MIN = 12
 
 
+def shown_text(cell: object) -> Text:
+    """A cell as the table shows it: its text as written (a title's ``[`` or ``:`` is not Rich markup
+    or an emoji code, as DataTable would take a string's), and only its first line (a row is one high)."""
+    if isinstance(cell, Text):
+        return cell
+    return Text(str(cell).split("\n", 1)[0], no_wrap=True, end="")
+
+
+def cell_width(cell: object) -> int:
+    """How wide DataTable measures ``shown_text(cell)``: rich's measure of a text, its widest line."""
+    # a Text drops control codes (a carriage return) from what it is given
+    plain = cell.plain if isinstance(cell, Text) else strip_control_codes(str(cell).split("\n", 1)[0])
+    return max(map(cell_len, plain.splitlines()), default=0)
+
+
+def content_widths(rows: list[list[Any]], columns: int) -> list[int]:
+    """Each column's widest cell, as the table measures it."""
+    widths = [0] * columns
+    for row in rows:
+        for i, cell in enumerate(row):
+            width = cell_width(cell)
+            if width > widths[i]:
+                widths[i] = width
+    return widths
+
+
 def fit_columns(names: list[str], labels: list[str], rows: list[list[Any]], room: int, *,
-                tagged: bool = False, title_least: int = TITLE_MIN) -> tuple[list[int], int | None]:
+                tagged: bool = False, title_least: int = TITLE_MIN,
+                content: list[int] | None = None) -> tuple[list[int], int | None]:
     """Which columns (by index) fit in ``room`` cells, and the title's width (None: as wide as it needs).
 
     Chosen metadata columns are why a user widened the table, so they stay: first an empty GPUs
     column goes, then the least useful ones, then long titles are cut. What still does not fit
-    scrolls sideways, and the status bar says so.
+    scrolls sideways, and the status bar says so. ``content``: ``content_widths(rows)`` when known.
     """
-    widths = []
-    for i, label in enumerate(labels):
-        content = max((cell_len(row[i].plain if isinstance(row[i], Text) else str(row[i])) for row in rows), default=0)
-        widths.append(max(cell_len(label), content) + 2)  # DataTable pads each cell by one each side
+    if content is None:
+        content = content_widths(rows, len(labels))
+    # DataTable pads each cell by one each side
+    widths = [max(cell_len(label), content[i]) + 2 for i, label in enumerate(labels)]
     shown = list(range(len(names)))
     # with ``tagged``, TAGS follows the base columns; it gives way first
     base = {name: i for i, name in enumerate([*BASE_COLUMNS, *(["tags"] if tagged else [])])}

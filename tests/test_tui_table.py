@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.geometry import Region
 
-from runyard.tui.queue import content_widths, shown_text
+from runyard.tui.queue import content_widths, shown_cell
 from runyard.tui.widgets import VimTable
 
 # What users write: brackets and colons (Rich markup and emoji codes to DataTable, were they
@@ -36,8 +36,8 @@ async def test_rows_the_queue_measured_lay_out_as_the_table_measures_them() -> N
             for label in LABELS:
                 table.add_column(label, key=label)
         for i, row in enumerate(ROWS):
-            own.add_row(*[shown_text(c) for c in row], key=str(i))
-        given.add_measured_rows(((str(i), [shown_text(c) for c in row]) for i, row in enumerate(ROWS)),
+            own.add_row(*[shown_cell(c) for c in row], key=str(i))
+        given.add_measured_rows(((str(i), [shown_cell(c) for c in row]) for i, row in enumerate(ROWS)),
                                 content_widths(ROWS, len(LABELS)))
         await pilot.pause()
         assert [c.content_width for c in given.ordered_columns] == [c.content_width for c in own.ordered_columns]

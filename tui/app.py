@@ -96,10 +96,13 @@ class RunyardApp(App[None]):
 
     async def _on_connected(self, again: bool) -> None:
         client = self.link.client
-        active = await client.list_executions(status=sorted(ACTIVE), limit=10_000, with_metadata=True)
-        recent = await client.list_executions(limit=PAGE, with_metadata=True)
+        # asked at once: the daemon answers the next while this process reads the thousand active
+        active, recent, _ = await asyncio.gather(
+            client.list_executions(status=sorted(ACTIVE), limit=10_000, with_metadata=True),
+            client.list_executions(limit=PAGE, with_metadata=True),
+            refresh_tasks(self),
+        )
         self.cache.reset(active, recent)
-        await refresh_tasks(self)
         self._notify_all(None)
         self.loaded.set()
         await self.refresh_hosts()

@@ -23,7 +23,6 @@ from runyard.protocol.methods import HostView
 from runyard.protocol.tasks import TaskView
 
 from .cache import PAGE, ExecutionCache
-from .detail import DetailScreen
 from .dialogs import ConfirmScreen, HelpScreen, PromptScreen
 from .format import ACTIVE, now_utc
 from .hosts import HostsScreen
@@ -96,10 +95,13 @@ class RunyardApp(App[None]):
 
     async def _on_connected(self, again: bool) -> None:
         client = self.link.client
-        active = await client.list_executions(status=sorted(ACTIVE), limit=10_000, with_metadata=True)
-        recent = await client.list_executions(limit=PAGE, with_metadata=True)
+        # asked at once: the daemon answers the next while this process reads the thousand active
+        active, recent, _ = await asyncio.gather(
+            client.list_executions(status=sorted(ACTIVE), limit=10_000, with_metadata=True),
+            client.list_executions(limit=PAGE, with_metadata=True),
+            refresh_tasks(self),
+        )
         self.cache.reset(active, recent)
-        await refresh_tasks(self)
         self._notify_all(None)
         self.loaded.set()
         await self.refresh_hosts()
@@ -183,10 +185,15 @@ class RunyardApp(App[None]):
     # -- navigation -------------------------------------------------------------
 
     def open_execution(self, execution_id: int, tab: str = "logs", compare: list[int] | None = None) -> None:
+        # imported on the first open, not before the queue's first paint: a fifth of the TUI's imports
+        from .detail import DetailScreen
+
         self.push_screen(DetailScreen(execution_id, tab, compare))
 
     def _close_details(self) -> None:
         """Going somewhere by ``:`` replaces the open execution instead of stacking another on it."""
+        from .detail import DetailScreen
+
         while len(self.screen_stack) > 1 and isinstance(self.screen, DetailScreen):
             self.screen.detach()
             self.pop_screen()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rich.cells import cell_len
+from rich.control import strip_control_codes
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -157,8 +158,9 @@ class QueueScreen(Screen[None]):
         at = BASE_COLUMNS.index("title")
         least = max([TITLE_MIN, *(title_min(r[at], TITLE_MIN) for v, r in zip(views, rows, strict=True)
                                   if isinstance(v, TaskView))])
+        content = content_widths(rows, len(all_columns))
         keep, title_width = fit_columns(all_columns, labels, rows, self._room(len(rows)), tagged=tagged,
-                                        title_least=least)
+                                        title_least=least, content=content)
         if title_width is not None:  # a task's best value stays readable: its name is cut instead
             for v, r in zip(views, rows, strict=True):
                 if isinstance(v, TaskView):
@@ -190,8 +192,8 @@ class QueueScreen(Screen[None]):
         cursor_task = self.cursor_task()
         if cursor_task is not None:
             cursor_key = row_key(cursor_task.id)  # type: ignore[assignment]
-        for key, cells in zip(keys, shown, strict=True):
-            table.add_row(*cells, key=key)
+        table.add_measured_rows(((key, [shown_cell(c) for c in cells]) for key, cells in zip(keys, shown, strict=True)),
+                                [content[i] for i in keep])
         table.scroll_x = table.scroll_target_x = x
         table.scroll_y = table.scroll_target_y = y
         if cursor_key is not None and str(cursor_key) in table.rows:
@@ -208,7 +210,7 @@ class QueueScreen(Screen[None]):
             if new != old:
                 for column, cell, was in zip(columns, new, old, strict=True):
                     if cell != was:
-                        table.update_cell(key, column, cell, update_width=True)
+                        table.update_cell(key, column, shown_cell(cell), update_width=True)
         self._shown_cells = shown
 
     def _label(self, name: str) -> str:
@@ -453,18 +455,58 @@ GIVE_WAY = ("tags", "owner", "age")
 TITLE_MIN = 12
 
 
+def shown_cell(cell: object) -> object:
+    """A cell as handed to the table: its text as written (a title's ``[`` or ``:`` is not Rich markup
+    or an emoji code, as DataTable would take a string's), and only its first line (a row is one high).
+
+    A string DataTable would show as written anyway is left one: the table turns only the rows it
+    draws into text, and a thousand rows' Text objects made here were a tenth of the rebuild.
+    """
+    if isinstance(cell, Text):
+        return cell
+    text = str(cell)
+    if text.isprintable() and "[" not in text and ":" not in text:
+        return text
+    return Text(text.split("\n", 1)[0], no_wrap=True, end="")
+
+
+def cell_width(cell: object) -> int:
+    """How wide DataTable measures ``shown_cell(cell)``: rich's measure of a text, its widest line."""
+    plain = cell.plain if isinstance(cell, Text) else str(cell)
+    if plain.isprintable():  # one line, no control codes: most cells
+        return cell_len(plain)
+    if not isinstance(cell, Text):  # as shown_cell makes it: a Text drops control codes (a carriage return)
+        plain = strip_control_codes(plain.split("\n", 1)[0])
+    return max(map(cell_len, plain.splitlines()), default=0)
+
+
+def content_widths(rows: list[list[Any]], columns: int) -> list[int]:
+    """Each column's widest cell, as the table measures it."""
+    widths = []
+    for i in range(columns):
+        cells = [row[i] for row in rows]
+        plains = [c.plain if isinstance(c, Text) else str(c) for c in cells]
+        every = "".join(plains)
+        if every.isascii() and every.isprintable():  # a character a cell, one line each: most columns
+            widths.append(max(map(len, plains), default=0))
+        else:
+            widths.append(max(map(cell_width, cells), default=0))
+    return widths
+
+
 def fit_columns(names: list[str], labels: list[str], rows: list[list[Any]], room: int, *,
-                tagged: bool = False, title_least: int = TITLE_MIN) -> tuple[list[int], int | None]:
+                tagged: bool = False, title_least: int = TITLE_MIN,
+                content: list[int] | None = None) -> tuple[list[int], int | None]:
     """Which columns (by index) fit in ``room`` cells, and the title's width (None: as wide as it needs).
 
     Chosen metadata columns are why a user widened the table, so they stay: first an empty GPUs
     column goes, then the least useful ones, then long titles are cut. What still does not fit
-    scrolls sideways, and the status bar says so.
+    scrolls sideways, and the status bar says so. ``content``: ``content_widths(rows)`` when known.
     """
-    widths = []
-    for i, label in enumerate(labels):
-        content = max((cell_len(row[i].plain if isinstance(row[i], Text) else str(row[i])) for row in rows), default=0)
-        widths.append(max(cell_len(label), content) + 2)  # DataTable pads each cell by one each side
+    if content is None:
+        content = content_widths(rows, len(labels))
+    # DataTable pads each cell by one each side
+    widths = [max(cell_len(label), content[i]) + 2 for i, label in enumerate(labels)]
     shown = list(range(len(names)))
     # with ``tagged``, TAGS follows the base columns; it gives way first
     base = {name: i for i, name in enumerate([*BASE_COLUMNS, *(["tags"] if tagged else [])])}

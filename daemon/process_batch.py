@@ -26,6 +26,12 @@ from .runtime import EngineError
 from .transport import LinkError, Transport
 
 ROUND_SECONDS: Final = 0.2  # between looks at the groups in their grace (as the single stop's loop)
+# Stops asked one after another (a stop --all's runners, each recording its own) are gathered before
+# they are signalled: until none more came for GATHER_QUIET, at most GATHER_MOST. Signalled early,
+# the first ones' endings (each runner then reads its state and log through commands of its own)
+# would compete with the recording of the rest and hold the answer back.
+GATHER_QUIET: Final = 0.05
+GATHER_MOST: Final = 3.0
 # Rounds in a row that must find no process of a group before it counts as gone: a look through
 # /proc is not atomic, so a process forked during it by one that then exits can be missed once.
 _MISSES: Final = 2
@@ -123,9 +129,8 @@ class Stopper:
             _settle(group.waiters, error)
 
     async def _rounds(self) -> None:
-        # Those asked within the same turn of the event loop (a stop --all's runners) go together.
-        await asyncio.sleep(0)
         while self._asked or self._groups:
+            await self._gather()
             self._wake.clear()
             try:
                 await self._round()
@@ -135,6 +140,15 @@ class Stopper:
             if not self._asked:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), ROUND_SECONDS)
+
+    async def _gather(self) -> None:
+        """Until the stops being asked stop coming (see GATHER_QUIET)."""
+        loop = asyncio.get_running_loop()
+        most = loop.time() + GATHER_MOST
+        seen = -1
+        while self._asked and len(self._asked) != seen and loop.time() < most:
+            seen = len(self._asked)
+            await asyncio.sleep(GATHER_QUIET)
 
     async def _round(self) -> None:
         asked, self._asked = self._asked, []

@@ -82,6 +82,12 @@ class _Group:
     misses: int = 0
 
 
+def _one_line(path: str) -> None:
+    # The commands read one directory a line: a name with a line break would be read as two.
+    if "\n" in path:
+        raise EngineError(f"refusing a directory name with a line break: {path!r}")
+
+
 def _settle(waiters: list[asyncio.Future[None]], error: BaseException | None = None) -> None:
     for waiter in waiters:
         if not waiter.done():
@@ -105,6 +111,7 @@ class Stopper:
     async def stop(self, container_dir: str, grace_seconds: float) -> None:
         """TERM the command's process group, KILL what is left of it after ``grace_seconds``;
         returns once it is gone or KILLed (at once when the command has not been started)."""
+        _one_line(container_dir)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._asked.append((container_dir, float(grace_seconds), waiter))
         self._wake.set()
@@ -205,6 +212,7 @@ class Batched:
         self._task: asyncio.Task[None] | None = None
 
     async def __call__(self, item: str) -> None:
+        _one_line(item)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((item, waiter))
         if self._task is None or self._task.done():

@@ -173,7 +173,7 @@ class Stopper:
         termed: dict[int, int] = {}
         alive: set[int] = set()
         for line in result.stdout.decode("ascii", "replace").splitlines():
-            kind, *values = line.split()
+            kind, *values = line.split() or [""]
             if kind == "T" and len(values) == 2 and values[0].isdigit() and values[1].isdigit():
                 termed[int(values[0])] = int(values[1])
             elif kind == "A" and len(values) == 1 and values[0].isdigit():

@@ -89,6 +89,27 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         await store.close()
 
 
+def _watch_children_by_pidfd() -> None:
+    """Python 3.11's asyncio starts a thread for every subprocess to wait for its end, and the event
+    loop waits until that thread runs: with a thousand executions each reading and stopping through
+    commands, on a loaded machine, that wait was a fifth of the daemon's time (issue 17). A pidfd
+    watched by the loop itself needs no thread; Python 3.12 and later use one already."""
+    if sys.version_info >= (3, 12):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):  # not Linux, or a kernel before 5.3
+        return
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    asyncio.set_child_watcher(watcher)
+
+
+async def _serve_daemon(config: Config) -> None:
+    _watch_children_by_pidfd()
+    await serve(config)
+
+
 def run(config: Config) -> int:
     logging.basicConfig(
         level=config.daemon.log_level.upper(),
@@ -103,7 +124,7 @@ def run(config: Config) -> int:
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("asyncssh").setLevel(logging.WARNING)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(_serve_daemon(config))
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return 1

@@ -22,6 +22,7 @@ from runyard.protocol.logformat import format_record
 from .command_script import command_argv, shebang_argv_or_none
 from .logfile import LogFile
 from .logstream import Decoded, collapse_carriage_returns, timestamp_now
+from .process_batch import Stopper, removals
 from .runtime import (
     NEEDS_ROOT,
     ContainerGone,
@@ -64,6 +65,8 @@ class ProcessRuntime:
         self.work_root = work_root
         self.host = host
         self.run_as_owner = run_as_owner
+        self._stopper = Stopper(transport, host)
+        self._removals = removals(transport, host)
 
     def _dir(self, execution_id: int, attempt: int = 0) -> str:
         # The same directory Host.work_dir gives the runner for this attempt.
@@ -88,7 +91,8 @@ class ProcessRuntime:
         return None  # processes run on the host as it is; the image is only recorded
 
     async def close(self) -> None:
-        return None
+        await self._stopper.close()
+        await self._removals.close()
 
     async def create(self, spec: ContainerSpec) -> str:
         d = self._dir(spec.execution_id, spec.attempt)
@@ -215,31 +219,15 @@ class ProcessRuntime:
             queue.put_nowait(exc)
 
     async def stop(self, container_id: str, grace_seconds: int) -> None:
-        r = f"{container_id}/{CONTROL}"
-        # TERM to the command's whole process group, KILL to what is left after the grace. Through
-        # `env kill` (procps or util-linux): dash's builtin, /bin/sh on Debian, takes no process group.
-        await self._run(
-            f"[ -e {q(r)}/child.pid ] || exit 0; g=$(cat {q(r)}/child.pid); "
-            'case "$g" in ""|*[!0-9]*|0|1) exit 0;; esac; '
-            f'env kill -TERM -- "-$g" 2>/dev/null || exit 0; i=0; '
-            f'while [ "$i" -lt {int(grace_seconds) * 5} ] && env kill -0 -- "-$g" 2>/dev/null; '
-            "do sleep 0.2; i=$((i+1)); done; "
-            f'env kill -KILL -- "-$g" 2>/dev/null; exit 0'
-        )
+        # TERM to the command's whole process group, KILL to what is left after the grace: with the
+        # other stops on this host at the time, one command a round for all of them (process_batch).
+        await self._stopper.stop(container_id, grace_seconds)
 
     async def remove(self, container_id: str) -> None:
         """Like `docker rm -f`: what still runs there (an attempt abandoned while its host was away,
-        one stopped meanwhile) is killed, then its directory goes."""
-        r = f"{container_id}/{CONTROL}"
-        # Only while its own wrapper still runs (checked by its command line): then neither pid can
-        # have been reused, as the wrapper has not reaped the command yet.
+        one stopped meanwhile) is killed, then its directory goes (with the others removed meanwhile)."""
         with contextlib.suppress(LinkError, EngineError):
-            await self._run(
-                f"r={q(r)}; p=$(cat \"$r/wrapper.pid\" 2>/dev/null); c=$(cat \"$r/child.pid\" 2>/dev/null); "
-                'case "$p" in ""|*[!0-9]*|0|1) p="";; esac; case "$c" in ""|*[!0-9]*|0|1) c="";; esac; '
-                'if [ -n "$p" ] && grep -qF "$r/run.sh" "/proc/$p/cmdline" 2>/dev/null; then '
-                '[ -n "$c" ] && env kill -KILL -- "-$c" 2>/dev/null; env kill -KILL -- "-$p" 2>/dev/null; fi; '
-                f"rm -rf {q(container_id)}")
+            await self._removals(container_id)
 
 
 def _parse_state(path: str, text: str) -> ContainerState:

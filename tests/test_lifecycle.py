@@ -332,23 +332,53 @@ def test_every_reply_is_typed() -> None:
         assert reply is not typing.Any and "dict" not in str(reply), (name, reply)
 
 
+async def _said(client: Client, execution_id: int, text: str) -> None:
+    """Until the execution's log holds ``text`` (followed: an event, not a sleep)."""
+    seen = ""
+    follow = client.follow_logs(execution_id)
+    async for block in follow:
+        seen += block.data
+        if text in seen:
+            break
+    await follow.aclose()
+
+
 @pytest.mark.slow
-async def test_a_local_process_execution_stops_and_meets_its_time_limit(daemon_factory: type[Daemon],
-                                                                        tmp_path: Path) -> None:
-    """The process runtime on this machine runs its commands through /bin/sh (dash on Debian)."""
-    daemon = daemon_factory(local_extra='runtime = "process"', stop_grace=30)
+async def test_stop_all_of_local_processes_terms_each_command_and_kills_what_outlives_the_grace(
+        daemon_factory: type[Daemon], tmp_path: Path) -> None:
+    """The process runtime on this machine runs its commands through /bin/sh (dash on Debian). A stop
+    --all reaches every running one at once: TERM to each command's process group, KILL after the grace
+    to what ignores it; and a time limit stops its execution the same way."""
+    daemon = daemon_factory(local_extra='runtime = "process"', stop_grace=2, max_concurrent=5)
     daemon.start()
-    repo = make_repo(tmp_path / "repo", {"valohai.yaml": step_yaml("tick", "while true; do echo tick; sleep 0.1; done")
-                                         + step_yaml("limited", "while true; do echo t; sleep 0.1; done",
-                                                     extra="time-limit: 2s")})
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": (
+        step_yaml("graceful", ['trap "echo got TERM; exit 0" TERM', "echo ready", "while :; do sleep 0.1; done"])
+        + step_yaml("stubborn", ['trap "echo TERM ignored" TERM', "echo ready",
+                                 "while :; do echo still here; sleep 0.2 || :; done"])
+        + step_yaml("plain", "sleep 600")
+        + step_yaml("limited", "while true; do echo t; sleep 0.1; done", extra="time-limit: 2s"))})
     async with await Client.connect(daemon.socket) as client:
-        ticking = await wait_for_status(client, (await submit_repo(client, repo, "tick")).id, {"started"})
         limited = await submit_repo(client, repo, "limited")
-        assert run_cli(daemon, "stop", str(ticking.id)).returncode == 0
-        # TERM reaches the command's process group: it ends now, not after the 30 s grace.
-        assert (await wait_for_status(client, ticking.id, timeout=20)).status == "stopped"
+        ids = {name: (await submit_repo(client, repo, name)).id for name in ("graceful", "stubborn", "plain")}
+        for name in ("graceful", "stubborn"):  # their traps are set once they have said so
+            await asyncio.wait_for(_said(client, ids[name], "ready"), 30)
+        await wait_for_status(client, ids["plain"], {"started"})
         ended = await wait_for_status(client, limited.id, timeout=30)
         assert (ended.status, ended.reason) == ("error", "time-limit")
+
+        said = run_cli(daemon, "stop", "--all")
+        assert said.returncode == 0, said.stderr
+        views = {name: await wait_for_status(client, i, timeout=30) for name, i in ids.items()}
+        logs = {name: (await client.read_logs(i, tail=1000)).data for name, i in ids.items()}
+    assert {name: v.status for name, v in views.items()} == dict.fromkeys(ids, "stopped")
+    # TERM reached each command's whole group: the trap ran (its `sleep` ended too), and a plain
+    # command ended by it (143), neither waiting for the grace.
+    assert (views["graceful"].exit_code, "got TERM" in logs["graceful"]) == (0, True), logs["graceful"]
+    assert views["plain"].exit_code == 128 + signal.SIGTERM
+    # One that ignores TERM goes on through the grace, then is KILLed.
+    stubborn = logs["stubborn"]
+    assert "TERM ignored" in stubborn and "still here" in stubborn[stubborn.index("TERM ignored"):], stubborn
+    assert views["stubborn"].exit_code == 128 + signal.SIGKILL
 
 
 @pytest.mark.slow

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from runyard.protocol.logformat import format_record
@@ -40,19 +42,56 @@ StreamItem = tuple[str, str] | BaseException | None
 CONTROL: Final = ".runyard"  # inside the execution's directory, beside repository/ and outputs/
 LOST: Final = -1  # exit code reported when the wrapper vanished without recording one
 
+# Whether the wrapper whose pid is in $p is alive and still this execution's ($r, $d), not a process
+# that reused its pid after it was killed without recording an exit code: its working directory is
+# the control directory (start runs it there) or, once it has moved, the repository. Both are the
+# shell's own tests; the command line is read (a fork) only when neither holds.
+_ALIVE: Final = (
+    '[ -n "$p" ] && kill -0 "$p" 2>/dev/null && { [ "/proc/$p/cwd" -ef "$r" ] || '
+    '[ "/proc/$p/cwd" -ef "$d/repository" ] || grep -qF "$r/run.sh" "/proc/$p/cmdline" 2>/dev/null; }'
+)
+
 # Prints "<state> <exit code> <started> <finished>" for the execution directory in $d; the times are
 # the wrapper's own (seconds since the epoch), "-" where not written (yet).
 _STATE: Final = (
     'r="$d/.runyard"; '
     'if [ -e "$r/exit_code" ]; then s="exited $(cat "$r/exit_code")"; '
-    'elif [ -e "$r/wrapper.pid" ]; then p=$(cat "$r/wrapper.pid"); '
-    'if kill -0 "$p" 2>/dev/null && grep -q run.sh "/proc/$p/cmdline" 2>/dev/null; '
+    'elif [ -e "$r/wrapper.pid" ]; then p=; read -r p < "$r/wrapper.pid" 2>/dev/null; '
+    f'if {_ALIVE}; '
     'then s="running 0"; else s="exited -1"; fi; '
     'elif [ -e "$r/run.sh" ]; then s="created 0"; else s="missing 0"; fi; '
     't1=$(head -c 40 "$r/started_at" 2>/dev/null | tr -cd 0-9.); '
     't2=$(head -c 40 "$r/finished_at" 2>/dev/null | tr -cd 0-9.); '
     'echo "$s ${t1:--} ${t2:--}"'
 )
+
+WATCH_SECONDS: Final = 0.5  # how often the host's watcher looks at its executions
+
+# The host's one watcher, for all its executions' waits: each round, with the shell's builtins only
+# (and one `sleep`), the names of the execution directories under $w whose wrapper still runs,
+# printed as "R <name>..." when that set changed, and every tenth round anyway (so a wait that
+# missed a change still hears the state). A closed channel ends it at its next print.
+_WATCH: Final = (
+    'prev=-; n=0; while :; do run=; for d in "$w"/*; do r="$d/.runyard"; x=${d##*/}; '
+    'case $x in ""|*[!0-9-]*) continue;; esac; '
+    '[ -e "$r/exit_code" ] && continue; [ -e "$r/wrapper.pid" ] || continue; '
+    'p=; read -r p < "$r/wrapper.pid" 2>/dev/null; '
+    f'if {_ALIVE}; then run="$run $x"; fi; done; n=$((n+1)); '
+    'if [ "$run" != "$prev" ] || [ "$n" -ge 10 ]; then echo "R$run" || exit 0; prev=$run; n=0; fi; '
+    f'sleep {WATCH_SECONDS}; done'
+)
+
+
+_ATTEMPT: Final = re.compile(r"[0-9]+(-[0-9]+)?")  # attempt_name's directory names
+
+
+@dataclass(eq=False)
+class _Wait:
+    container_id: str
+    name: str
+    done: asyncio.Future[None]
+    seen: bool = False  # named running in a watcher's report since the wait began
+    checking: bool = False  # its state is being looked up
 
 
 class ProcessRuntime:
@@ -64,6 +103,11 @@ class ProcessRuntime:
         self.work_root = work_root
         self.host = host
         self.run_as_owner = run_as_owner
+        # The waits of this host's executions, all answered by one watcher command on the host.
+        self._waits: set[_Wait] = set()
+        self._watcher: asyncio.Task[None] | None = None
+        self._running: set[str] | None = None  # the names in the watcher's latest report
+        self._checks: set[asyncio.Task[None]] = set()
 
     def _dir(self, execution_id: int, attempt: int = 0) -> str:
         # The same directory Host.work_dir gives the runner for this attempt.
@@ -88,7 +132,10 @@ class ProcessRuntime:
         return None  # processes run on the host as it is; the image is only recorded
 
     async def close(self) -> None:
-        return None
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watcher
 
     async def create(self, spec: ContainerSpec) -> str:
         d = self._dir(spec.execution_id, spec.attempt)
@@ -140,8 +187,10 @@ class ProcessRuntime:
     async def start(self, container_id: str) -> None:
         r = f"{container_id}/{CONTROL}"
         await self._run(
-            f"umask 077; [ -e {q(r)}/wrapper.pid ] && exit 0; "
-            f"setsid sh {q(r)}/run.sh </dev/null >/dev/null 2>&1 & echo $! > {q(r)}/wrapper.pid"
+            # Started in its control directory: its working directory tells it from a process that
+            # reused its pid (_ALIVE).
+            f"umask 077; cd {q(r)} || exit 1; [ -e wrapper.pid ] && exit 0; "
+            f"setsid sh {q(r)}/run.sh </dev/null >/dev/null 2>&1 & echo $! > wrapper.pid"
         )
 
     async def state(self, container_id: str) -> ContainerState:
@@ -170,9 +219,79 @@ class ProcessRuntime:
         return states
 
     async def wait(self, container_id: str) -> None:
-        await self._run(
-            f"d={q(container_id)}; while :; do s=$({_STATE}); case $s in running*) sleep 0.5;; *) break;; esac; done"
-        )
+        parent, _, name = container_id.rstrip("/").rpartition("/")
+        if parent != self.work_root or not _ATTEMPT.fullmatch(name):
+            await self._run(f"d={q(container_id)}; while :; do s=$({_STATE}); "
+                            f"case $s in running*) sleep {WATCH_SECONDS};; *) break;; esac; done")
+            return
+        waiting = _Wait(container_id, name, asyncio.get_running_loop().create_future())
+        waiting.seen = self._running is not None and name in self._running
+        self._waits.add(waiting)
+        if self._watcher is None or self._watcher.done():
+            self._running = None
+            self._watcher = asyncio.create_task(self._watch())
+        try:
+            await waiting.done
+        finally:
+            self._waits.discard(waiting)
+            if waiting.done.done() and not waiting.done.cancelled():
+                waiting.done.exception()  # retrieved: a wait cancelled after its watcher failed
+            if not self._waits and self._watcher is not None:
+                # Nothing waits on this host any more: its watcher ends (a later wait starts another).
+                self._watcher.cancel()
+                self._watcher, self._running = None, None
+
+    async def _watch(self) -> None:
+        """The host's watcher: hands each report of what still runs to the waits, until cancelled."""
+        pending = b""
+        try:
+            # Cancelled while reading, the stream's own clean-up closes the command's channel.
+            async for chunk in self.transport.stream(f"w={q(self.work_root)}; {_WATCH}"):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.startswith(b"R"):
+                        self._heard(set(line[1:].decode("ascii", "replace").split()))
+            raise LinkError(f"{self.host}: the executions' watcher ended")
+        except (LinkError, EngineError) as exc:
+            self._running = None
+            for waiting in self._waits:
+                if not waiting.done.done():
+                    waiting.done.set_exception(exc)
+
+    def _heard(self, running: set[str]) -> None:
+        self._running = running
+        for waiting in self._waits:
+            if waiting.done.done():
+                continue
+            if waiting.name in running:
+                waiting.seen = True
+            elif waiting.seen:
+                # Named running in an earlier report, not in this later one: it ended (or went).
+                waiting.done.set_result(None)
+            elif not waiting.checking:
+                # Never named running since it began waiting: it may have ended before the watcher
+                # looked, or this report may be from a look before it started. Its state says which.
+                waiting.checking = True
+                check = asyncio.create_task(self._check(waiting))
+                self._checks.add(check)
+                check.add_done_callback(self._checks.discard)
+
+    async def _check(self, waiting: _Wait) -> None:
+        try:
+            state = await self.state(waiting.container_id)
+        except ContainerGone:
+            state = None
+        except (LinkError, EngineError) as exc:
+            if not waiting.done.done():
+                waiting.done.set_exception(exc)
+            return
+        finally:
+            waiting.checking = False
+        if state is not None and state.status == "running":
+            waiting.seen = True
+        elif not waiting.done.done():
+            waiting.done.set_result(None)
 
     async def last_record(self, container_id: str) -> bytes | None:
         # Its log is a file on the host, read from a byte offset: the final read costs little.

@@ -65,6 +65,11 @@ _STATE: Final = (
     'echo "$s ${t1:--} ${t2:--}"'
 )
 
+_MARK: Final = "runyard-begins"  # what a log reader prints first on each output (_tail)
+
+_GATHER_SECONDS: Final = 0.01  # how long a state look-up waits for others to make in the same command
+_STATES_AT_ONCE: Final = 200  # at most in one command (its length: a path each)
+
 WATCH_SECONDS: Final = 0.5  # how often the host's watcher looks at its executions
 
 # The host's one watcher, for all its executions' waits: each round, with the shell's builtins only
@@ -107,7 +112,9 @@ class ProcessRuntime:
         self._waits: set[_Wait] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._running: set[str] | None = None  # the names in the watcher's latest report
-        self._checks: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._asked: list[tuple[str, asyncio.Future[str]]] = []  # state look-ups to make in one command
+        self._ending: set[asyncio.Task[None]] = set()  # watchers cancelled, until they have closed their command
 
     def _dir(self, execution_id: int, attempt: int = 0) -> str:
         # The same directory Host.work_dir gives the runner for this attempt.
@@ -132,10 +139,13 @@ class ProcessRuntime:
         return None  # processes run on the host as it is; the image is only recorded
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
+        tasks = [*self._ending, *([self._watcher] if self._watcher is not None else [])]
+        for task in tasks:
+            task.cancel()
+        # A state look-up under way is left to end: cancelled, a local one would leave its process.
+        for task in [*tasks, *self._background]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watcher
+                await task
 
     async def create(self, spec: ContainerSpec) -> str:
         d = self._dir(spec.execution_id, spec.attempt)
@@ -194,11 +204,45 @@ class ProcessRuntime:
         )
 
     async def state(self, container_id: str) -> ContainerState:
-        out = await self._run(f"d={q(container_id)}; {_STATE}")
-        state = _parse_state(container_id, out)
+        state = _parse_state(container_id, await self._state_text(container_id))
         if state.status == "missing":
             raise ContainerGone(f"{container_id} was removed behind runyard's back")
         return state
+
+    async def _state_text(self, container_id: str) -> str:
+        """_STATE's line for one execution. Asked together (a restart's runners all ask at once), one
+        command answers them all: each SSH command starts the login shell, which may take a tenth of a
+        second of the host's CPU."""
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._asked.append((container_id, answer))
+        if len(self._asked) == 1:
+            task = asyncio.create_task(self._look_up())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return await answer
+
+    async def _look_up(self) -> None:
+        await asyncio.sleep(_GATHER_SECONDS)  # the others asking at the same time
+        batch, self._asked = self._asked[:_STATES_AT_ONCE], self._asked[_STATES_AT_ONCE:]
+        if self._asked:
+            task = asyncio.create_task(self._look_up())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        try:
+            out = await self._run("; ".join(f"d={q(c)}; printf '%s ' {i}; {_STATE}" for i, (c, _) in enumerate(batch)))
+        except (LinkError, EngineError) as exc:
+            for _, answer in batch:
+                if not answer.done():
+                    answer.set_exception(exc)
+            return
+        lines = dict(line.partition(" ")[::2] for line in out.splitlines())
+        for i, (container_id, answer) in enumerate(batch):
+            if answer.done():
+                continue
+            if str(i) in lines:
+                answer.set_result(lines[str(i)])
+            else:
+                answer.set_exception(EngineError(f"{self.host}: no state of {container_id} in {out[:200]!r}"))
 
     async def find(self, execution_id: int, attempt: int = 0) -> ContainerState | None:
         d = self._dir(execution_id, attempt)
@@ -239,6 +283,8 @@ class ProcessRuntime:
             if not self._waits and self._watcher is not None:
                 # Nothing waits on this host any more: its watcher ends (a later wait starts another).
                 self._watcher.cancel()
+                self._ending.add(self._watcher)
+                self._watcher.add_done_callback(self._ending.discard)
                 self._watcher, self._running = None, None
 
     async def _watch(self) -> None:
@@ -274,8 +320,8 @@ class ProcessRuntime:
                 # looked, or this report may be from a look before it started. Its state says which.
                 waiting.checking = True
                 check = asyncio.create_task(self._check(waiting))
-                self._checks.add(check)
-                check.add_done_callback(self._checks.discard)
+                self._background.add(check)
+                check.add_done_callback(self._background.discard)
 
     async def _check(self, waiting: _Wait) -> None:
         try:
@@ -300,35 +346,48 @@ class ProcessRuntime:
     async def read_logs(self, container_id: str, log: LogFile, *, follow: bool,
                         final: bool | None = None) -> AsyncIterator[Decoded]:
         counts = await asyncio.to_thread(log.count_by_stream)
-        r = f"{container_id}/{CONTROL}"
         queue: asyncio.Queue[StreamItem] = asyncio.Queue()
-        readers = [
-            asyncio.create_task(self._tail(r, name, letter, counts.get(letter, 0), follow,
-                                           final if final is not None else not follow, queue))
-            for name, letter in (("stdout", "O"), ("stderr", "E"))
-        ]
-        async for decoded in merged_lines(queue, readers):
+        reader = asyncio.create_task(self._tail(f"{container_id}/{CONTROL}", counts.get("O", 0), counts.get("E", 0),
+                                                follow, final if final is not None else not follow, queue))
+        async for decoded in merged_lines(queue, [reader]):
             yield decoded
 
-    async def _tail(self, r: str, name: str, letter: str, skip: int, follow: bool, final: bool,
+    async def _tail(self, r: str, skip_out: int, skip_err: int, follow: bool, final: bool,
                     queue: asyncio.Queue[StreamItem]) -> None:
-        path = f"{q(r)}/{name}"
+        """Both logs, each from the first line not stored yet, through one command: stdout's lines come
+        on its stdout, stderr's on its stderr (the shell's and tail's own messages go nowhere)."""
+        out, err = '"$r"/stdout', '"$r"/stderr'
         if follow:
-            command = (f"p=$(cat {q(r)}/wrapper.pid 2>/dev/null || echo 1); "
-                       f"exec tail -s 0.2 -n +{skip + 1} -F --pid=\"$p\" {path} 2>/dev/null")
+            how = 'tail -s 0.2 -F --pid="$p"'
+            tails = (f"{how} -n +{skip_out + 1} {out} & {how} -n +{skip_err + 1} {err} >&3; wait")
         else:
-            command = f"[ -e {path} ] || exit 0; exec tail -n +{skip + 1} {path}"
-        pending = b""
+            tails = (f"if [ -e {out} ]; then tail -n +{skip_out + 1} {out} & fi; "
+                     f"if [ -e {err} ]; then tail -n +{skip_err + 1} {err} >&3; fi; wait")
+        # The marker on each output begins what is read: whatever the login shell printed before the
+        # command ran (a noisy .bashrc) is no execution's output.
+        command = (f"exec 3>&2 2>/dev/null; r={q(r)}; p=1; read -r p < \"$r/wrapper.pid\"; [ -n \"$p\" ] || p=1; "
+                   f"echo {_MARK}; echo {_MARK} >&3; {tails}")
+        mark = _MARK.encode() + b"\n"
+        pending = {1: b"", 2: b""}
+        begun = {1: False, 2: False}
         try:
-            async for chunk in self.transport.stream(command):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
+            async for fd, chunk in self.transport.stream_both(command):
+                data = pending[fd] + chunk
+                if not begun[fd]:
+                    before, found, data = data.partition(mark)
+                    if not found:
+                        pending[fd] = before
+                        continue
+                    begun[fd] = True
+                *lines, pending[fd] = data.split(b"\n")
+                letter = "O" if fd == 1 else "E"
                 for line in lines:
                     queue.put_nowait((letter, collapse_carriage_returns(line.decode("utf-8", "replace"))))
-            if pending and final:
-                # The process ended without a final newline: the last line is still a line. (Before
-                # the end it is left for the next read, which starts again at its first byte.)
-                queue.put_nowait((letter, collapse_carriage_returns(pending.decode("utf-8", "replace"))))
+            for fd, letter in ((1, "O"), (2, "E")):
+                if begun[fd] and pending[fd] and final:
+                    # The process ended without a final newline: the last line is still a line. (Before
+                    # the end it is left for the next read, which starts again at its first byte.)
+                    queue.put_nowait((letter, collapse_carriage_returns(pending[fd].decode("utf-8", "replace"))))
             queue.put_nowait(None)
         except (LinkError, EngineError) as exc:
             queue.put_nowait(exc)

@@ -100,6 +100,47 @@ def host_cpu(root: Path) -> float:
     return total / TICKS
 
 
+def proc_cpu(pid: int, children: bool = True) -> float:
+    """CPU seconds of one process (and of its children it has reaped)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15 if children else 13]) / TICKS
+
+
+def tree_cpu(roots: list[int], since: float) -> float:
+    """CPU seconds of the live processes under ``roots`` (the hosts' sshd: their sessions' login shells,
+    tails and watchers) started after ``since``, with what each has reaped."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parent[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    under = set(roots)
+    changed = True
+    while changed:
+        changed = False
+        for pid, ppid in parent.items():
+            if ppid in under and pid not in under:
+                under.add(pid)
+                changed = True
+    total = 0.0
+    for pid in under - set(roots):
+        try:
+            if started_at(pid) >= since:
+                total += proc_cpu(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def load() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
 def kill_leftovers(root: Path) -> None:
     """What this run started on its hosts and may have left (each by its pid): wrappers, commands, tails."""
     for pid_file in root.glob("h*/work/*/*/.runyard/child.pid"):
@@ -159,6 +200,8 @@ async def one(root: Path, executions: int, host_count: int) -> dict[str, Any]:
         await asyncio.sleep(10)
         host_cpu_per_s = (host_cpu(root) - cpu0) / (time.perf_counter() - at0)
         work_roots = [str(h.root / "work") for h in hosts]
+        sshd = [h.process.pid for h in hosts if h.process is not None]
+        load_before = load()
         daemon.kill9()
         killed = time.time()
         config_path = daemon.root / "config.toml"
@@ -195,6 +238,11 @@ async def one(root: Path, executions: int, host_count: int) -> dict[str, Any]:
             if time.time() - restarted > 300:
                 break
             await asyncio.sleep(0.5)
+        # Where the reattach's CPU went: the new daemon's own, and the hosts' (their SSH sessions' login
+        # shells and commands), from the kill until all were followed again.
+        daemon_cpu = proc_cpu(daemon.process.pid)
+        hosts_cpu = tree_cpu(sshd, restarted)
+        load_after = load()
         statuses: dict[str, int] = {}
         for v in views:
             key_ = f"{v.status} {v.reason or ''}".strip()
@@ -208,6 +256,9 @@ async def one(root: Path, executions: int, host_count: int) -> dict[str, Any]:
                 "down_s": round(restarted - killed, 2),
                 "host_cpu_while_followed_per_s": round(host_cpu_per_s, 2), "socket_answers_s": round(answered, 2),
                 "all_reattached_s": round(reattached, 2) if reattached is not None else None,
+                "daemon_cpu_s_until_reattached": round(daemon_cpu, 1),
+                "hosts_cpu_s_until_reattached": round(hosts_cpu, 1),
+                "load_before_kill": load_before, "load_when_reattached": load_after,
                 "statuses": statuses, "lost": lost, "killed_daemons_tails_still_running": stale,
                 "followed_over_time": seen[:: max(1, len(seen) // 20)]}
     finally:

@@ -42,13 +42,13 @@ StreamItem = tuple[str, str] | BaseException | None
 CONTROL: Final = ".runyard"  # inside the execution's directory, beside repository/ and outputs/
 LOST: Final = -1  # exit code reported when the wrapper vanished without recording one
 
-# Whether the wrapper whose pid is in $p is alive and still this execution's ($r, $d), not a process
-# that reused its pid after it was killed without recording an exit code: its working directory is
-# the control directory (start runs it there) or, once it has moved, the repository. Both are the
-# shell's own tests; the command line is read (a fork) only when neither holds.
+# Whether the wrapper whose pid is in $p is alive and still this execution's, not a process that
+# reused its pid after it was killed without recording an exit code: its command line names this
+# execution's run.sh. Read with the shell's own `read` (which drops the NULs between the arguments),
+# as the watcher does it for every execution each round: no fork.
 _ALIVE: Final = (
-    '[ -n "$p" ] && kill -0 "$p" 2>/dev/null && { [ "/proc/$p/cwd" -ef "$r" ] || '
-    '[ "/proc/$p/cwd" -ef "$d/repository" ] || grep -qF "$r/run.sh" "/proc/$p/cmdline" 2>/dev/null; }'
+    '{ c=; [ -n "$p" ] && kill -0 "$p" && read -r c < "/proc/$p/cmdline"; } 2>/dev/null; '
+    'case $c in *"$r/run.sh"*) true;; *) false;; esac'
 )
 
 # Prints "<state> <exit code> <started> <finished>" for the execution directory in $d; the times are
@@ -74,19 +74,20 @@ WATCH_SECONDS: Final = 0.5  # how often the host's watcher looks at its executio
 
 # The host's one watcher, for all its executions' waits: each round, with the shell's builtins only
 # (and one `sleep`), the names of the execution directories under $w whose wrapper still runs,
-# printed as "R <name>..." when that set changed, and every tenth round anyway (so a wait that
-# missed a change still hears the state). A closed channel ends it at its next print.
+# printed as "runyard-running <name>..." when that set changed, and every tenth round anyway (so a
+# wait that missed a change still hears the state). A closed channel ends it at its next print.
 _WATCH: Final = (
     'prev=-; n=0; while :; do run=; for d in "$w"/*; do r="$d/.runyard"; x=${d##*/}; '
     'case $x in ""|*[!0-9-]*) continue;; esac; '
     '[ -e "$r/exit_code" ] && continue; [ -e "$r/wrapper.pid" ] || continue; '
     'p=; read -r p < "$r/wrapper.pid" 2>/dev/null; '
     f'if {_ALIVE}; then run="$run $x"; fi; done; n=$((n+1)); '
-    'if [ "$run" != "$prev" ] || [ "$n" -ge 10 ]; then echo "R$run" || exit 0; prev=$run; n=0; fi; '
+    'if [ "$run" != "$prev" ] || [ "$n" -ge 10 ]; then echo "runyard-running$run" || exit 0; prev=$run; n=0; fi; '
     f'sleep {WATCH_SECONDS}; done'
 )
 
 
+_RUNNING: Final = b"runyard-running"  # begins each of the watcher's reports
 _ATTEMPT: Final = re.compile(r"[0-9]+(-[0-9]+)?")  # attempt_name's directory names
 
 
@@ -197,10 +198,8 @@ class ProcessRuntime:
     async def start(self, container_id: str) -> None:
         r = f"{container_id}/{CONTROL}"
         await self._run(
-            # Started in its control directory: its working directory tells it from a process that
-            # reused its pid (_ALIVE).
-            f"umask 077; cd {q(r)} || exit 1; [ -e wrapper.pid ] && exit 0; "
-            f"setsid sh {q(r)}/run.sh </dev/null >/dev/null 2>&1 & echo $! > wrapper.pid"
+            f"umask 077; [ -e {q(r)}/wrapper.pid ] && exit 0; "
+            f"setsid sh {q(r)}/run.sh </dev/null >/dev/null 2>&1 & echo $! > {q(r)}/wrapper.pid"
         )
 
     async def state(self, container_id: str) -> ContainerState:
@@ -296,8 +295,8 @@ class ProcessRuntime:
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
-                    if line.startswith(b"R"):
-                        self._heard(set(line[1:].decode("ascii", "replace").split()))
+                    if line.startswith(_RUNNING):
+                        self._heard(set(line[len(_RUNNING):].decode("ascii", "replace").split()))
             raise LinkError(f"{self.host}: the executions' watcher ended")
         except (LinkError, EngineError) as exc:
             self._running = None

@@ -17,7 +17,10 @@ Baseline in the same run: the same restart with 20 executions (one per host).
 
 Targets: socket within 2 s, every execution reattached within 30 s, nothing lost.
 
-Run: .venv/bin/python bench/bench_restart.py [--executions 1000 --hosts 20]
+The hosts' sshd sets SHLVL=1, so bash skips root's ~/.bashrc (here `pyenv init`) for their
+commands; --bashrc keeps it.
+
+Run: .venv/bin/python bench/bench_restart.py [--executions 1000 --hosts 20] [--bashrc]
 """
 
 from __future__ import annotations
@@ -47,10 +50,21 @@ BOOT = time.time() - float(Path("/proc/uptime").read_text().split()[0])
 
 
 class BusyHost(SshHost):
+    lean_login = True
+
     def prepare(self) -> None:
         super().prepare()
         config = self.root / "sshd_config"
-        config.write_text(config.read_text() + "MaxSessions 1000\n")
+        text = config.read_text() + "MaxSessions 1000\n"
+        if self.lean_login:
+            # Each SSH command runs in the login user's shell, and Debian's bash reads ~/.bashrc for
+            # it. This machine's root .bashrc runs `pyenv init`, whose background `pyenv rehash`
+            # spins on a lock for up to a minute when hundreds of sessions start at once: that storm
+            # (hundreds of bash processes, load 75-100) is this machine's, not a pool host's. With
+            # SHLVL=1 set by sshd, bash counts itself a nested shell and skips ~/.bashrc, as a host
+            # whose .bashrc returns early for non-interactive shells would.
+            text = text.replace("SetEnv PATH=", "SetEnv SHLVL=1 PATH=")
+        config.write_text(text)
 
 
 class QuietDaemon(Daemon):
@@ -275,7 +289,10 @@ async def main() -> None:
     parser.add_argument("--executions", type=int, default=1000)
     parser.add_argument("--hosts", type=int, default=20)
     parser.add_argument("--keep", action="store_true", help="keep the hosts' and the daemon's files (and logs)")
+    parser.add_argument("--bashrc", action="store_true",
+                        help="let the hosts' login shell read root's ~/.bashrc (here: pyenv init) for every command")
     args = parser.parse_args()
+    BusyHost.lean_login = not args.bashrc
     results: dict[str, Any] = {}
     for name, count in (("baseline", args.hosts), ("at_scale", args.executions)):
         root = Path(tempfile.mkdtemp(prefix="ryr-", dir="/tmp"))

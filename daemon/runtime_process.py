@@ -6,7 +6,9 @@ the execution's directory on the host. Neither a dropped SSH connection nor a
 daemon restart touches it; the daemon finds it again from those files.
 
 Logs are read with `tail`, resuming after the lines already stored, so nothing
-is lost or stored twice. Their timestamps are the daemon's reading time.
+is lost or stored twice. Their timestamps are the daemon's reading time. One
+watcher command per host, a loop of shell builtins, tells every wait of that host
+when its execution ends: following an execution costs its host next to nothing.
 Needs POSIX sh, setsid (util-linux) and GNU tail on the host.
 """
 

@@ -43,7 +43,7 @@ from bench.common import save  # noqa: E402
 from runyard.daemon.snapshots import snapshot_commit  # noqa: E402
 from runyard.protocol import Client  # noqa: E402
 from tests.conftest import Daemon, make_repo, step_yaml  # noqa: E402
-from tests.pool import SshHost, make_client_key  # noqa: E402
+from tests.pool import SshHost, free_port, make_client_key  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 BOOT = time.time() - float(Path("/proc/uptime").read_text().split()[0])
@@ -184,9 +184,21 @@ async def until_all_started(client: Client, ids: set[int]) -> None:
 async def one(root: Path, executions: int, host_count: int) -> dict[str, Any]:
     key = make_client_key(root)
     hosts = [BusyHost(f"h{i:02d}", root / f"h{i:02d}", key, None) for i in range(host_count)]
-    for h in hosts:
-        h.prepare()
-        h.start()
+    try:
+        for h in hosts:
+            for attempt in range(3):
+                h.prepare()
+                try:
+                    h.start()
+                    break
+                except AssertionError:  # its port was taken meanwhile (free_port's race): another one
+                    if attempt == 2:
+                        raise
+                    h.port = free_port()
+    except BaseException:
+        for h in hosts:
+            h.kill()  # those started: an sshd left running would outlive the run
+        raise
     known = root / "known_hosts"
     known.write_text("".join(h.known_hosts_line() for h in hosts))
     per_host = -(-executions // host_count)
@@ -208,8 +220,8 @@ async def one(root: Path, executions: int, host_count: int) -> dict[str, Any]:
             short_ids = [(await client.submit(step="short", snapshot=snap.id)).id for _ in range(short)]
             await until_all_started(client, set(ids + short_ids))
             all_started_s = time.perf_counter() - t0
-        # What following them costs the hosts while nothing happens: the wrappers', wait loops' and
-        # tails' CPU (with their reaped children: the loops' `cat`, `grep`, `sleep`), per second.
+        # What following them costs the hosts while nothing happens: the wrappers', watchers' and
+        # tails' CPU (with their reaped children: the watchers' `sleep`), per second.
         cpu0, at0 = host_cpu(root), time.perf_counter()
         await asyncio.sleep(10)
         host_cpu_per_s = (host_cpu(root) - cpu0) / (time.perf_counter() - at0)

@@ -17,7 +17,10 @@ Baseline in the same run: the same restart with 20 executions (one per host).
 
 Targets: socket within 2 s, every execution reattached within 30 s, nothing lost.
 
-Run: .venv/bin/python bench/bench_restart.py [--executions 1000 --hosts 20]
+The hosts' sshd sets SHLVL=1, so bash skips root's ~/.bashrc (here `pyenv init`) for their
+commands; --bashrc keeps it.
+
+Run: .venv/bin/python bench/bench_restart.py [--executions 1000 --hosts 20] [--bashrc]
 """
 
 from __future__ import annotations
@@ -40,17 +43,28 @@ from bench.common import save  # noqa: E402
 from runyard.daemon.snapshots import snapshot_commit  # noqa: E402
 from runyard.protocol import Client  # noqa: E402
 from tests.conftest import Daemon, make_repo, step_yaml  # noqa: E402
-from tests.pool import SshHost, make_client_key  # noqa: E402
+from tests.pool import SshHost, free_port, make_client_key  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 BOOT = time.time() - float(Path("/proc/uptime").read_text().split()[0])
 
 
 class BusyHost(SshHost):
+    lean_login = True
+
     def prepare(self) -> None:
         super().prepare()
         config = self.root / "sshd_config"
-        config.write_text(config.read_text() + "MaxSessions 1000\n")
+        text = config.read_text() + "MaxSessions 1000\n"
+        if self.lean_login:
+            # Each SSH command runs in the login user's shell, and Debian's bash reads ~/.bashrc for
+            # it. This machine's root .bashrc runs `pyenv init`, whose background `pyenv rehash`
+            # spins on a lock for up to a minute when hundreds of sessions start at once: that storm
+            # (hundreds of bash processes, load 75-100) is this machine's, not a pool host's. With
+            # SHLVL=1 set by sshd, bash counts itself a nested shell and skips ~/.bashrc, as a host
+            # whose .bashrc returns early for non-interactive shells would.
+            text = text.replace("SetEnv PATH=", "SetEnv SHLVL=1 PATH=")
+        config.write_text(text)
 
 
 class QuietDaemon(Daemon):
@@ -100,6 +114,47 @@ def host_cpu(root: Path) -> float:
     return total / TICKS
 
 
+def proc_cpu(pid: int, children: bool = True) -> float:
+    """CPU seconds of one process (and of its children it has reaped)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15 if children else 13]) / TICKS
+
+
+def tree_cpu(roots: list[int], since: float) -> float:
+    """CPU seconds of the live processes under ``roots`` (the hosts' sshd: their sessions' login shells,
+    tails and watchers) started after ``since``, with what each has reaped."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parent[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    under = set(roots)
+    changed = True
+    while changed:
+        changed = False
+        for pid, ppid in parent.items():
+            if ppid in under and pid not in under:
+                under.add(pid)
+                changed = True
+    total = 0.0
+    for pid in under - set(roots):
+        try:
+            if started_at(pid) >= since:
+                total += proc_cpu(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def load() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
 def kill_leftovers(root: Path) -> None:
     """What this run started on its hosts and may have left (each by its pid): wrappers, commands, tails."""
     for pid_file in root.glob("h*/work/*/*/.runyard/child.pid"):
@@ -129,9 +184,21 @@ async def until_all_started(client: Client, ids: set[int]) -> None:
 async def one(root: Path, executions: int, host_count: int) -> dict[str, Any]:
     key = make_client_key(root)
     hosts = [BusyHost(f"h{i:02d}", root / f"h{i:02d}", key, None) for i in range(host_count)]
-    for h in hosts:
-        h.prepare()
-        h.start()
+    try:
+        for h in hosts:
+            for attempt in range(3):
+                h.prepare()
+                try:
+                    h.start()
+                    break
+                except AssertionError:  # its port was taken meanwhile (free_port's race): another one
+                    if attempt == 2:
+                        raise
+                    h.port = free_port()
+    except BaseException:
+        for h in hosts:
+            h.kill()  # those started: an sshd left running would outlive the run
+        raise
     known = root / "known_hosts"
     known.write_text("".join(h.known_hosts_line() for h in hosts))
     per_host = -(-executions // host_count)
@@ -153,12 +220,14 @@ async def one(root: Path, executions: int, host_count: int) -> dict[str, Any]:
             short_ids = [(await client.submit(step="short", snapshot=snap.id)).id for _ in range(short)]
             await until_all_started(client, set(ids + short_ids))
             all_started_s = time.perf_counter() - t0
-        # What following them costs the hosts while nothing happens: the wrappers', wait loops' and
-        # tails' CPU (with their reaped children: the loops' `cat`, `grep`, `sleep`), per second.
+        # What following them costs the hosts while nothing happens: the wrappers', watchers' and
+        # tails' CPU (with their reaped children: the watchers' `sleep`), per second.
         cpu0, at0 = host_cpu(root), time.perf_counter()
         await asyncio.sleep(10)
         host_cpu_per_s = (host_cpu(root) - cpu0) / (time.perf_counter() - at0)
         work_roots = [str(h.root / "work") for h in hosts]
+        sshd = [h.process.pid for h in hosts if h.process is not None]
+        load_before = load()
         daemon.kill9()
         killed = time.time()
         config_path = daemon.root / "config.toml"
@@ -195,6 +264,11 @@ async def one(root: Path, executions: int, host_count: int) -> dict[str, Any]:
             if time.time() - restarted > 300:
                 break
             await asyncio.sleep(0.5)
+        # Where the reattach's CPU went: the new daemon's own, and the hosts' (their SSH sessions' login
+        # shells and commands), from the kill until all were followed again.
+        daemon_cpu = proc_cpu(daemon.process.pid)
+        hosts_cpu = tree_cpu(sshd, restarted)
+        load_after = load()
         statuses: dict[str, int] = {}
         for v in views:
             key_ = f"{v.status} {v.reason or ''}".strip()
@@ -208,6 +282,9 @@ async def one(root: Path, executions: int, host_count: int) -> dict[str, Any]:
                 "down_s": round(restarted - killed, 2),
                 "host_cpu_while_followed_per_s": round(host_cpu_per_s, 2), "socket_answers_s": round(answered, 2),
                 "all_reattached_s": round(reattached, 2) if reattached is not None else None,
+                "daemon_cpu_s_until_reattached": round(daemon_cpu, 1),
+                "hosts_cpu_s_until_reattached": round(hosts_cpu, 1),
+                "load_before_kill": load_before, "load_when_reattached": load_after,
                 "statuses": statuses, "lost": lost, "killed_daemons_tails_still_running": stale,
                 "followed_over_time": seen[:: max(1, len(seen) // 20)]}
     finally:
@@ -224,7 +301,10 @@ async def main() -> None:
     parser.add_argument("--executions", type=int, default=1000)
     parser.add_argument("--hosts", type=int, default=20)
     parser.add_argument("--keep", action="store_true", help="keep the hosts' and the daemon's files (and logs)")
+    parser.add_argument("--bashrc", action="store_true",
+                        help="let the hosts' login shell read root's ~/.bashrc (here: pyenv init) for every command")
     args = parser.parse_args()
+    BusyHost.lean_login = not args.bashrc
     results: dict[str, Any] = {}
     for name, count in (("baseline", args.hosts), ("at_scale", args.executions)):
         root = Path(tempfile.mkdtemp(prefix="ryr-", dir="/tmp"))

@@ -5,14 +5,16 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from .config import ClusterSection
 from .hosts import Host
 from .inventory import GPU_QUERY, parse_gpus
-from .runtime_docker import DockerRuntime
 from .runtime_slurm import ClusterHost
 from .transport import LinkError, Transport, q
+
+if TYPE_CHECKING:
+    from .runtime_docker import DockerRuntime
 
 DISK_LOW_MB: Final = 10 * 1024
 
@@ -39,6 +41,8 @@ async def diagnose(host: Host) -> list[Check]:
     checks.append(await _runtime(host))
     gpu_check, gpu_count = await _nvidia_smi(transport)
     checks.append(gpu_check)
+    from .runtime_docker import DockerRuntime  # imported by a Docker host already
+
     if s.runtime == "docker" and isinstance(host.runtime, DockerRuntime):
         checks.append(await _container_toolkit(host.runtime, gpu_count, s.gpu_device_requests))
     checks.append(await _disk(transport, host.work_root))

@@ -27,7 +27,6 @@ from .inventory import INVENTORY_COMMAND, Gpu, Inventory, InventoryError, declar
 from .private import private_dir
 from .registries import Registries
 from .runtime import EngineError, Runtime, attempt_name
-from .runtime_docker import DockerRuntime
 from .runtime_process import ProcessRuntime
 from .transport import LinkError, LocalTransport, SshTransport, Transport, q
 
@@ -371,6 +370,10 @@ class Host:
             runtime = ProcessRuntime(self.transport, self.work_root, host=self.name,
                                      run_as_owner=s.run_as == "owner")
         else:
+            # Imported on first use: aiodocker and aiohttp take half a second, which a daemon without
+            # Docker hosts need not spend before it answers.
+            from .runtime_docker import DockerRuntime
+
             socket = s.docker_socket
             if self._conn is not None:
                 # Whoever can connect to this socket is root on the host: only the daemon's user may.

@@ -20,16 +20,17 @@ import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
-import aioboto3
-import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import safeio
 from .locks import KeyedLocks
 from .outputs import OutputError, OutputStore, size_and_sha256
+
+if TYPE_CHECKING:
+    import aioboto3
 
 Progress = Callable[[int, int | None], None]  # bytes done, bytes in all (None: unknown)
 
@@ -200,6 +201,9 @@ class InputFetcher:
         return _cached(entry, uri, meta)
 
     def _s3_session(self) -> aioboto3.Session:
+        # Imported on first use: a daemon without S3 inputs starts (and answers) that much sooner.
+        import aioboto3
+
         # Credentials from the usual AWS sources (environment, ~/.aws, instance role); never logged.
         return aioboto3.Session()
 
@@ -288,6 +292,8 @@ class InputFetcher:
                     headers["If-None-Match"] = str(meta["etag"])
                 if meta.get("last_modified"):
                     headers["If-Modified-Since"] = str(meta["last_modified"])
+            import aiohttp  # on first use, as aioboto3
+
             try:
                 timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
                 async with aiohttp.ClientSession(timeout=timeout) as session, session.get(

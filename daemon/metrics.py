@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from aiohttp import web
-
 from runyard.protocol.logformat import HEADER_WIDTH, TIMESTAMP_WIDTH
 
 from .lifecycle import TERMINAL
@@ -27,6 +25,8 @@ from .logstream import split_timestamp
 from .opsconfig import listen_address
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from .core import Core
 
 log = logging.getLogger("runyard.metrics")
@@ -85,6 +85,9 @@ class Metrics:
         """Serve GET /metrics on ``listen``; OSError (address in use, say) is the caller's to report."""
         self._tasks.add(asyncio.create_task(self._count_events(), name="metrics-events"))
         self._tasks.add(asyncio.create_task(self._probe_loop(), name="metrics-loop-probe"))
+        # Imported here, after the daemon serves its socket: aiohttp takes a good part of a second.
+        from aiohttp import web
+
         app = web.Application()
         app.router.add_get("/metrics", self._serve)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -133,6 +136,8 @@ class Metrics:
         return str(asked) if asked else "any"
 
     async def _serve(self, _request: web.Request) -> web.Response:
+        from aiohttp import web  # imported by start already
+
         text = await self.render()
         return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
 

@@ -17,14 +17,14 @@ import stat
 import uuid
 from typing import TYPE_CHECKING, Any, Final
 
-import aiohttp
-
 from . import taskstore
 from .lifecycle import TERMINAL
 from .opsconfig import NotifySection
 from .store import utcnow
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from .core import Core
 
 log = logging.getLogger("runyard.notify")
@@ -94,6 +94,8 @@ class _Endpoint:
         if self.key is not None:
             headers[SIGNATURE_HEADER] = signature(self.key, body)
         delay = self.hook.backoff_seconds
+        import aiohttp  # imported by start already: this costs nothing
+
         timeout = aiohttp.ClientTimeout(total=self.hook.timeout_seconds)
         for attempt in range(self.hook.retries + 1):
             try:
@@ -137,6 +139,9 @@ class Notifier:
         self._session: aiohttp.ClientSession | None = None
 
     def start(self) -> None:
+        # Imported here, after the daemon serves its socket: aiohttp takes a good part of a second.
+        import aiohttp
+
         self._session = aiohttp.ClientSession()
         for endpoint in self.endpoints:
             self._tasks.add(asyncio.create_task(endpoint.send_forever(self._session),

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-import aioboto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import safeio
@@ -235,6 +234,8 @@ class S3OutputStore:
         self.bucket = bucket
         self.prefix = prefix
         self.s3_options = s3_options
+        import aioboto3  # only a daemon storing its outputs in S3 pays for importing it
+
         # Credentials from the usual AWS sources (environment, ~/.aws, instance role); never logged.
         self.session = aioboto3.Session()
 

@@ -6,7 +6,9 @@ the execution's directory on the host. Neither a dropped SSH connection nor a
 daemon restart touches it; the daemon finds it again from those files.
 
 Logs are read with `tail`, resuming after the lines already stored, so nothing
-is lost or stored twice. Their timestamps are the daemon's reading time.
+is lost or stored twice. Their timestamps are the daemon's reading time. One
+watcher command per host, a loop of shell builtins, tells every wait of that host
+when its execution ends: following an execution costs its host next to nothing.
 Needs POSIX sh, setsid (util-linux) and GNU tail on the host.
 """
 
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from runyard.protocol.logformat import format_record
@@ -41,19 +45,62 @@ StreamItem = tuple[str, str] | BaseException | None
 CONTROL: Final = ".runyard"  # inside the execution's directory, beside repository/ and outputs/
 LOST: Final = -1  # exit code reported when the wrapper vanished without recording one
 
+# Whether the wrapper whose pid is in $p is alive and still this execution's, not a process that
+# reused its pid after it was killed without recording an exit code: its command line names this
+# execution's run.sh. Read with the shell's own `read` (which drops the NULs between the arguments),
+# as the watcher does it for every execution each round: no fork.
+_ALIVE: Final = (
+    '{ c=; [ -n "$p" ] && kill -0 "$p" && read -r c < "/proc/$p/cmdline"; } 2>/dev/null; '
+    'case $c in *"$r/run.sh"*) true;; *) false;; esac'
+)
+
 # Prints "<state> <exit code> <started> <finished>" for the execution directory in $d; the times are
 # the wrapper's own (seconds since the epoch), "-" where not written (yet).
 _STATE: Final = (
     'r="$d/.runyard"; '
     'if [ -e "$r/exit_code" ]; then s="exited $(cat "$r/exit_code")"; '
-    'elif [ -e "$r/wrapper.pid" ]; then p=$(cat "$r/wrapper.pid"); '
-    'if kill -0 "$p" 2>/dev/null && grep -q run.sh "/proc/$p/cmdline" 2>/dev/null; '
+    'elif [ -e "$r/wrapper.pid" ]; then p=; read -r p < "$r/wrapper.pid" 2>/dev/null; '
+    f'if {_ALIVE}; '
     'then s="running 0"; else s="exited -1"; fi; '
     'elif [ -e "$r/run.sh" ]; then s="created 0"; else s="missing 0"; fi; '
     't1=$(head -c 40 "$r/started_at" 2>/dev/null | tr -cd 0-9.); '
     't2=$(head -c 40 "$r/finished_at" 2>/dev/null | tr -cd 0-9.); '
     'echo "$s ${t1:--} ${t2:--}"'
 )
+
+_MARK: Final = "runyard-begins"  # what a log reader prints first on each output (_tail)
+
+_GATHER_SECONDS: Final = 0.01  # how long a state look-up waits for others to make in the same command
+_STATES_AT_ONCE: Final = 200  # at most in one command (its length: a path each)
+
+WATCH_SECONDS: Final = 0.5  # how often the host's watcher looks at its executions
+
+# The host's one watcher, for all its executions' waits: each round, with the shell's builtins only
+# (and one `sleep`), the names of the execution directories under $w whose wrapper still runs,
+# printed as "runyard-running <name>..." when that set changed, and every tenth round anyway (so a
+# wait that missed a change still hears the state). A closed channel ends it at its next print.
+_WATCH: Final = (
+    'prev=-; n=0; while :; do run=; for d in "$w"/*; do r="$d/.runyard"; x=${d##*/}; '
+    'case $x in ""|*[!0-9-]*) continue;; esac; '
+    '[ -e "$r/exit_code" ] && continue; [ -e "$r/wrapper.pid" ] || continue; '
+    'p=; read -r p < "$r/wrapper.pid" 2>/dev/null; '
+    f'if {_ALIVE}; then run="$run $x"; fi; done; n=$((n+1)); '
+    'if [ "$run" != "$prev" ] || [ "$n" -ge 10 ]; then echo "runyard-running$run" || exit 0; prev=$run; n=0; fi; '
+    f'sleep {WATCH_SECONDS}; done'
+)
+
+
+_RUNNING: Final = b"runyard-running"  # begins each of the watcher's reports
+_ATTEMPT: Final = re.compile(r"[0-9]+(-[0-9]+)?")  # attempt_name's directory names
+
+
+@dataclass(eq=False)
+class _Wait:
+    container_id: str
+    name: str
+    done: asyncio.Future[None]
+    seen: bool = False  # named running in a watcher's report since the wait began
+    checking: bool = False  # its state is being looked up
 
 
 class ProcessRuntime:
@@ -67,6 +114,13 @@ class ProcessRuntime:
         self.run_as_owner = run_as_owner
         self._stopper = Stopper(transport, host)
         self._removals = removals(transport, host)
+        # The waits of this host's executions, all answered by one watcher command on the host.
+        self._waits: set[_Wait] = set()
+        self._watcher: asyncio.Task[None] | None = None
+        self._running: set[str] | None = None  # the names in the watcher's latest report
+        self._background: set[asyncio.Task[None]] = set()
+        self._asked: list[tuple[str, asyncio.Future[str]]] = []  # state look-ups to make in one command
+        self._ending: set[asyncio.Task[None]] = set()  # watchers cancelled, until they have closed their command
 
     def _dir(self, execution_id: int, attempt: int = 0) -> str:
         # The same directory Host.work_dir gives the runner for this attempt.
@@ -93,6 +147,13 @@ class ProcessRuntime:
     async def close(self) -> None:
         await self._stopper.close()
         await self._removals.close()
+        tasks = [*self._ending, *([self._watcher] if self._watcher is not None else [])]
+        for task in tasks:
+            task.cancel()
+        # A state look-up under way is left to end: cancelled, a local one would leave its process.
+        for task in [*tasks, *self._background]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     async def create(self, spec: ContainerSpec) -> str:
         d = self._dir(spec.execution_id, spec.attempt)
@@ -149,11 +210,45 @@ class ProcessRuntime:
         )
 
     async def state(self, container_id: str) -> ContainerState:
-        out = await self._run(f"d={q(container_id)}; {_STATE}")
-        state = _parse_state(container_id, out)
+        state = _parse_state(container_id, await self._state_text(container_id))
         if state.status == "missing":
             raise ContainerGone(f"{container_id} was removed behind runyard's back")
         return state
+
+    async def _state_text(self, container_id: str) -> str:
+        """_STATE's line for one execution. Asked together (a restart's runners all ask at once), one
+        command answers them all: each SSH command starts the login shell, which may take a tenth of a
+        second of the host's CPU."""
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._asked.append((container_id, answer))
+        if len(self._asked) == 1:
+            task = asyncio.create_task(self._look_up())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return await answer
+
+    async def _look_up(self) -> None:
+        await asyncio.sleep(_GATHER_SECONDS)  # the others asking at the same time
+        batch, self._asked = self._asked[:_STATES_AT_ONCE], self._asked[_STATES_AT_ONCE:]
+        if self._asked:
+            task = asyncio.create_task(self._look_up())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        try:
+            out = await self._run("; ".join(f"d={q(c)}; printf '%s ' {i}; {_STATE}" for i, (c, _) in enumerate(batch)))
+        except (LinkError, EngineError) as exc:
+            for _, answer in batch:
+                if not answer.done():
+                    answer.set_exception(exc)
+            return
+        lines = dict(line.partition(" ")[::2] for line in out.splitlines())
+        for i, (container_id, answer) in enumerate(batch):
+            if answer.done():
+                continue
+            if str(i) in lines:
+                answer.set_result(lines[str(i)])
+            else:
+                answer.set_exception(EngineError(f"{self.host}: no state of {container_id} in {out[:200]!r}"))
 
     async def find(self, execution_id: int, attempt: int = 0) -> ContainerState | None:
         d = self._dir(execution_id, attempt)
@@ -174,9 +269,81 @@ class ProcessRuntime:
         return states
 
     async def wait(self, container_id: str) -> None:
-        await self._run(
-            f"d={q(container_id)}; while :; do s=$({_STATE}); case $s in running*) sleep 0.5;; *) break;; esac; done"
-        )
+        parent, _, name = container_id.rstrip("/").rpartition("/")
+        if parent != self.work_root or not _ATTEMPT.fullmatch(name):
+            await self._run(f"d={q(container_id)}; while :; do s=$({_STATE}); "
+                            f"case $s in running*) sleep {WATCH_SECONDS};; *) break;; esac; done")
+            return
+        waiting = _Wait(container_id, name, asyncio.get_running_loop().create_future())
+        waiting.seen = self._running is not None and name in self._running
+        self._waits.add(waiting)
+        if self._watcher is None or self._watcher.done():
+            self._running = None
+            self._watcher = asyncio.create_task(self._watch())
+        try:
+            await waiting.done
+        finally:
+            self._waits.discard(waiting)
+            if waiting.done.done() and not waiting.done.cancelled():
+                waiting.done.exception()  # retrieved: a wait cancelled after its watcher failed
+            if not self._waits and self._watcher is not None:
+                # Nothing waits on this host any more: its watcher ends (a later wait starts another).
+                self._watcher.cancel()
+                self._ending.add(self._watcher)
+                self._watcher.add_done_callback(self._ending.discard)
+                self._watcher, self._running = None, None
+
+    async def _watch(self) -> None:
+        """The host's watcher: hands each report of what still runs to the waits, until cancelled."""
+        pending = b""
+        try:
+            # Cancelled while reading, the stream's own clean-up closes the command's channel.
+            async for chunk in self.transport.stream(f"w={q(self.work_root)}; {_WATCH}"):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.startswith(_RUNNING):
+                        self._heard(set(line[len(_RUNNING):].decode("ascii", "replace").split()))
+            raise LinkError(f"{self.host}: the executions' watcher ended")
+        except (LinkError, EngineError) as exc:
+            self._running = None
+            for waiting in self._waits:
+                if not waiting.done.done():
+                    waiting.done.set_exception(exc)
+
+    def _heard(self, running: set[str]) -> None:
+        self._running = running
+        for waiting in self._waits:
+            if waiting.done.done():
+                continue
+            if waiting.name in running:
+                waiting.seen = True
+            elif waiting.seen:
+                # Named running in an earlier report, not in this later one: it ended (or went).
+                waiting.done.set_result(None)
+            elif not waiting.checking:
+                # Never named running since it began waiting: it may have ended before the watcher
+                # looked, or this report may be from a look before it started. Its state says which.
+                waiting.checking = True
+                check = asyncio.create_task(self._check(waiting))
+                self._background.add(check)
+                check.add_done_callback(self._background.discard)
+
+    async def _check(self, waiting: _Wait) -> None:
+        try:
+            state = await self.state(waiting.container_id)
+        except ContainerGone:
+            state = None
+        except (LinkError, EngineError) as exc:
+            if not waiting.done.done():
+                waiting.done.set_exception(exc)
+            return
+        finally:
+            waiting.checking = False
+        if state is not None and state.status == "running":
+            waiting.seen = True
+        elif not waiting.done.done():
+            waiting.done.set_result(None)
 
     async def last_record(self, container_id: str) -> bytes | None:
         # Its log is a file on the host, read from a byte offset: the final read costs little.
@@ -185,35 +352,48 @@ class ProcessRuntime:
     async def read_logs(self, container_id: str, log: LogFile, *, follow: bool,
                         final: bool | None = None) -> AsyncIterator[Decoded]:
         counts = await asyncio.to_thread(log.count_by_stream)
-        r = f"{container_id}/{CONTROL}"
         queue: asyncio.Queue[StreamItem] = asyncio.Queue()
-        readers = [
-            asyncio.create_task(self._tail(r, name, letter, counts.get(letter, 0), follow,
-                                           final if final is not None else not follow, queue))
-            for name, letter in (("stdout", "O"), ("stderr", "E"))
-        ]
-        async for decoded in merged_lines(queue, readers):
+        reader = asyncio.create_task(self._tail(f"{container_id}/{CONTROL}", counts.get("O", 0), counts.get("E", 0),
+                                                follow, final if final is not None else not follow, queue))
+        async for decoded in merged_lines(queue, [reader]):
             yield decoded
 
-    async def _tail(self, r: str, name: str, letter: str, skip: int, follow: bool, final: bool,
+    async def _tail(self, r: str, skip_out: int, skip_err: int, follow: bool, final: bool,
                     queue: asyncio.Queue[StreamItem]) -> None:
-        path = f"{q(r)}/{name}"
+        """Both logs, each from the first line not stored yet, through one command: stdout's lines come
+        on its stdout, stderr's on its stderr (the shell's and tail's own messages go nowhere)."""
+        out, err = '"$r"/stdout', '"$r"/stderr'
         if follow:
-            command = (f"p=$(cat {q(r)}/wrapper.pid 2>/dev/null || echo 1); "
-                       f"exec tail -s 0.2 -n +{skip + 1} -F --pid=\"$p\" {path} 2>/dev/null")
+            how = 'tail -s 0.2 -F --pid="$p"'
+            tails = (f"{how} -n +{skip_out + 1} {out} & {how} -n +{skip_err + 1} {err} >&3; wait")
         else:
-            command = f"[ -e {path} ] || exit 0; exec tail -n +{skip + 1} {path}"
-        pending = b""
+            tails = (f"if [ -e {out} ]; then tail -n +{skip_out + 1} {out} & fi; "
+                     f"if [ -e {err} ]; then tail -n +{skip_err + 1} {err} >&3; fi; wait")
+        # The marker on each output begins what is read: whatever the login shell printed before the
+        # command ran (a noisy .bashrc) is no execution's output.
+        command = (f"exec 3>&2 2>/dev/null; r={q(r)}; p=1; read -r p < \"$r/wrapper.pid\"; [ -n \"$p\" ] || p=1; "
+                   f"echo {_MARK}; echo {_MARK} >&3; {tails}")
+        mark = _MARK.encode() + b"\n"
+        pending = {1: b"", 2: b""}
+        begun = {1: False, 2: False}
         try:
-            async for chunk in self.transport.stream(command):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
+            async for fd, chunk in self.transport.stream_both(command):
+                data = pending[fd] + chunk
+                if not begun[fd]:
+                    before, found, data = data.partition(mark)
+                    if not found:
+                        pending[fd] = before
+                        continue
+                    begun[fd] = True
+                *lines, pending[fd] = data.split(b"\n")
+                letter = "O" if fd == 1 else "E"
                 for line in lines:
                     queue.put_nowait((letter, collapse_carriage_returns(line.decode("utf-8", "replace"))))
-            if pending and final:
-                # The process ended without a final newline: the last line is still a line. (Before
-                # the end it is left for the next read, which starts again at its first byte.)
-                queue.put_nowait((letter, collapse_carriage_returns(pending.decode("utf-8", "replace"))))
+            for fd, letter in ((1, "O"), (2, "E")):
+                if begun[fd] and pending[fd] and final:
+                    # The process ended without a final newline: the last line is still a line. (Before
+                    # the end it is left for the next read, which starts again at its first byte.)
+                    queue.put_nowait((letter, collapse_carriage_returns(pending[fd].decode("utf-8", "replace"))))
             queue.put_nowait(None)
         except (LinkError, EngineError) as exc:
             queue.put_nowait(exc)

@@ -36,8 +36,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-import aiodocker
-import aiohttp
 import asyncssh
 import msgspec
 
@@ -46,12 +44,13 @@ from runyard.protocol import methods as m
 from runyard.protocol.messages import ErrorCode
 
 from .core import OperationError
-from .runtime_docker import LABEL_DAEMON, LABEL_EXECUTION
 from .shell_leftovers import KILL_TIMEOUT, ShellRecords, end_in_container, new_pid_file, wrapped
 from .transport import SshTransport, q
 from .workspace import container_environment
 
 if TYPE_CHECKING:
+    import aiodocker
+
     from .api import Caller
     from .core import Core
     from .hosts import Host
@@ -202,6 +201,8 @@ class Session:
             await self.shells.send(msg.ShellExit(sub=self.sub, code=code, error=error or self.note))
 
     async def _feed(self) -> None:
+        import aiohttp  # imported with the Docker runtime (an SSH shell raises none of its errors)
+
         try:
             while True:
                 data, written = await self.inbox.get()
@@ -304,6 +305,11 @@ class DockerShell:
     @classmethod
     async def start(cls, docker: aiodocker.Docker, daemon_id: str, row: ExecutionRow, argv: list[str], tty: bool,
                     rows: int, cols: int, term: str, *, records: ShellRecords, host: str) -> DockerShell:
+        import aiodocker  # imported with the Docker runtime already
+        import aiohttp
+
+        from .runtime_docker import LABEL_DAEMON, LABEL_EXECUTION
+
         container = docker.containers.container(row.container_id or "")
         pid_file = new_pid_file()
         # Recorded before it starts: a daemon killed at any moment after leaves it to be ended.
@@ -351,6 +357,8 @@ class DockerShell:
             transport.write_eof()
 
     async def resize(self, rows: int, cols: int) -> None:
+        import aiodocker  # imported with the Docker runtime already
+
         with contextlib.suppress(aiodocker.DockerError):
             await self.exec.resize(h=rows, w=cols)
 
@@ -371,6 +379,9 @@ class DockerShell:
         record, self.record = self.record, None
         if record is None:
             return
+        import aiodocker  # imported with the Docker runtime already
+        import aiohttp
+
         try:
             running = (await self.exec.inspect()).get("Running")
             # An ended command's pid may be another process's by now: only its pid file goes.

@@ -22,10 +22,10 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import aiodocker
-import aiohttp
+if TYPE_CHECKING:
+    import aiodocker
 
 log = logging.getLogger("runyard.shell")
 
@@ -100,6 +100,9 @@ class ShellRecords:
 
 async def end_leftovers(records: ShellRecords, host: str, docker: aiodocker.Docker) -> None:
     """End the shells a previous daemon left open on ``host``: their clients went with it."""
+    import aiodocker  # imported by the Docker host's runtime already
+    import aiohttp
+
     for path, container_id, pid_file in await asyncio.to_thread(records.of_host, host):
         try:
             await asyncio.wait_for(end_in_container(docker, container_id, pid_file), KILL_TIMEOUT)

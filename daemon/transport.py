@@ -26,6 +26,7 @@ import posixpath
 import secrets
 import shlex
 import shutil
+import signal
 import stat
 import tarfile
 import threading
@@ -67,6 +68,7 @@ class Completed:
 class Transport(Protocol):
     async def run(self, command: str, *, input: bytes | None = None, timeout: float | None = None) -> Completed: ...
     def stream(self, command: str) -> AsyncIterator[bytes]: ...
+    def stream_both(self, command: str) -> AsyncIterator[tuple[int, bytes]]: ...
     async def put_tree(self, local: Path, remote: str) -> None: ...
     async def get_tree(self, remote: str, local: Path) -> None: ...
     async def remove_tree(self, remote: str) -> None: ...
@@ -92,17 +94,30 @@ class LocalTransport:
         return Completed(proc.returncode or 0, out, err)
 
     async def stream(self, command: str) -> AsyncIterator[bytes]:
+        # Its own process group: ended early, all it started goes with it (a `sleep` would keep its
+        # output open, and the pipe's transport with it, past the end).
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,
         )
         assert proc.stdout is not None
         try:
             while chunk := await proc.stdout.read(1 << 16):
                 yield chunk
         finally:
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
+            await _end_group(proc)
+
+    async def stream_both(self, command: str) -> AsyncIterator[tuple[int, bytes]]:
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            async for item in _both(proc.stdout, proc.stderr, OSError):
+                yield item
+        finally:
+            await _end_group(proc)
 
     # Every file operation here runs in a thread: a slow disk must not stall the event loop.
 
@@ -199,6 +214,25 @@ class SshTransport:
             await proc.wait_closed()
             if proc.exit_status is None:
                 # The channel closed without the command ending: the connection went away.
+                raise LinkError(f"{self.host}: connection lost while reading")
+        finally:
+            proc.close()
+
+    async def stream_both(self, command: str) -> AsyncIterator[tuple[int, bytes]]:
+        """Like stream, for both of the command's outputs: (1, chunk) from its stdout, (2, chunk) from
+        its stderr, each in its order, until both end."""
+        try:
+            proc = await self.conn.create_process(command, encoding=None, stdin=asyncssh.DEVNULL)
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(exc) from None
+        try:
+            try:
+                async for item in _both(proc.stdout, proc.stderr, (asyncssh.Error, OSError)):
+                    yield item
+            except (asyncssh.Error, OSError) as exc:
+                raise self._lost(exc) from None
+            await proc.wait_closed()
+            if proc.exit_status is None:
                 raise LinkError(f"{self.host}: connection lost while reading")
         finally:
             proc.close()
@@ -413,6 +447,50 @@ class SshTransport:
         sftp = await self._sftp()
         with self._sftp_errors(f"cannot remove {remote}"):
             await sftp.rmtree(remote, ignore_errors=True)
+
+
+async def _end_group(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:  # not reaped yet: its process group's id is still its own
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    await proc.wait()
+
+
+class _Reader(Protocol):
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+async def _both(out: _Reader, err: _Reader, errors: type[BaseException] | tuple[type[BaseException], ...]
+                ) -> AsyncIterator[tuple[int, bytes]]:
+    """(1, chunk) from ``out`` and (2, chunk) from ``err`` as they come, until both are at their end; a
+    reader's failure (one of ``errors``) is raised here."""
+    queue: asyncio.Queue[tuple[int, bytes] | BaseException | None] = asyncio.Queue()
+
+    async def read(fd: int, reader: _Reader) -> None:
+        try:
+            while chunk := await reader.read(1 << 16):
+                queue.put_nowait((fd, chunk))
+            queue.put_nowait(None)
+        except errors as exc:
+            queue.put_nowait(exc)
+
+    readers = [asyncio.create_task(read(1, out)), asyncio.create_task(read(2, err))]
+    try:
+        ended = 0
+        while ended < len(readers):
+            item = await queue.get()
+            if item is None:
+                ended += 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in readers:
+            task.cancel()
+        for task in readers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 def _entry_name(entry: asyncssh.SFTPName) -> str:

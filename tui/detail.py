@@ -186,8 +186,7 @@ class DetailScreen(Screen[None]):
         elif name == "metadata":
             pane = self.query_one(MetadataPane)
             pane.focus()
-            # The method, not a coroutine: a worker replaced before it starts leaves nothing unawaited.
-            self.run_worker(pane.reload, group="metadata", exclusive=True)
+            self.run_worker(pane.reload(), group="metadata", exclusive=True)
         elif name == "info":
             self.query_one(InfoView).focus()
             self.run_worker(self._show_info(), group="info")

@@ -32,20 +32,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_queue import QuietDaemon  # noqa: E402
 from bench.bench_tui import SIZE  # noqa: E402
 from bench.common import save  # noqa: E402
 from runyard.protocol import Client  # noqa: E402
 from runyard.tui.app import RunyardApp  # noqa: E402
 from tests.conftest import Daemon, make_repo, step_yaml, submit_repo  # noqa: E402
-
-
-class QuietDaemon(Daemon):
-    """The tests' daemon, logging what an operator would keep."""
-
-    def write_config(self) -> Path:
-        path = super().write_config()
-        path.write_text(path.read_text().replace('log_level = "debug"', 'log_level = "info"'))
-        return path
 
 
 def rss_mb(pid: int) -> float:

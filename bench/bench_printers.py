@@ -47,14 +47,6 @@ from tests.conftest import BASE_IMAGE, make_repo, step_yaml  # noqa: E402
 SAMPLE_EVERY = 0.1
 
 
-class OperatorDaemon(QuietDaemon):
-    """Live outputs looked for every 10 s, the shipped default (the tests' daemon looks every 0.2 s,
-    which for 50 executions is 250 directory walks a second)."""
-
-    def write_config(self) -> Path:
-        path = super().write_config()
-        path.write_text(path.read_text().replace("live_outputs_seconds = 0.2", "live_outputs_seconds = 10.0"))
-        return path
 
 
 def printer(rate: int, seconds: float) -> str:
@@ -224,7 +216,7 @@ def load() -> str:
 
 async def runyard_round(root: Path, count: int, rate: int, seconds: float, engine: str | None,
                         py_spy: str | None = None) -> dict[str, Any]:
-    daemon = OperatorDaemon(root=root / "d", max_concurrent=count + 2)
+    daemon = QuietDaemon(root=root / "d", max_concurrent=count + 2)
     daemon.root.mkdir(parents=True, exist_ok=True)
     repo = make_repo(root / "repo", {"valohai.yaml": step_yaml("print", "python3 printer.py"),
                                      "printer.py": printer(rate, seconds)})

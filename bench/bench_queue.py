@@ -72,11 +72,14 @@ async def until_no_sleeps() -> float:
 
 
 class QuietDaemon(Daemon):
-    """The tests' daemon, logging what an operator would keep (not every request)."""
+    """The tests' daemon with the settings an operator runs: logging what they would keep (not every
+    request), and live outputs looked for every 10 s, the shipped default (the tests' daemon looks
+    every 0.2 s: with 1,000 running, 5,000 directory walks a second, which the benches measured)."""
 
     def write_config(self) -> Path:
         path = super().write_config()
-        path.write_text(path.read_text().replace('log_level = "debug"', 'log_level = "info"'))
+        path.write_text(path.read_text().replace('log_level = "debug"', 'log_level = "info"')
+                        .replace("live_outputs_seconds = 0.2", "live_outputs_seconds = 10.0"))
         return path
 
 

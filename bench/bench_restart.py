@@ -39,10 +39,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_queue import QuietDaemon  # noqa: E402
 from bench.common import save  # noqa: E402
 from runyard.daemon.snapshots import snapshot_commit  # noqa: E402
 from runyard.protocol import Client  # noqa: E402
-from tests.conftest import Daemon, make_repo, step_yaml  # noqa: E402
+from tests.conftest import make_repo, step_yaml  # noqa: E402
 from tests.pool import SshHost, free_port, make_client_key  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -67,11 +68,6 @@ class BusyHost(SshHost):
         config.write_text(text)
 
 
-class QuietDaemon(Daemon):
-    def write_config(self) -> Path:
-        path = super().write_config()
-        path.write_text(path.read_text().replace('log_level = "debug"', 'log_level = "info"'))
-        return path
 
 
 def started_at(pid: int) -> float:

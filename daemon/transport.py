@@ -34,7 +34,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Final, Protocol
 
 import asyncssh
 
@@ -47,6 +47,10 @@ log = logging.getLogger("runyard.transport")
 # 64 KiB blocks with 128 in flight beat both the defaults and 255 KiB blocks.
 _BLOCK = 64 * 1024
 _REQUESTS = 128
+
+
+SESSIONS_HINT: Final = ("if the host's sshd log says 'no more sessions', raise MaxSessions in its sshd_config "
+                        "above the host's max_concurrent + 4")
 
 
 class LinkError(Exception):
@@ -184,6 +188,8 @@ class SshTransport:
         self._gnu_tar: bool | None = None
 
     def _lost(self, exc: BaseException) -> LinkError:
+        if isinstance(exc, asyncssh.ChannelOpenError):
+            return LinkError(f"{self.host}: its sshd refused a new session ({exc.reason}): {SESSIONS_HINT}")
         return LinkError(f"{self.host}: connection lost ({exc or type(exc).__name__})")
 
     async def run(self, command: str, *, input: bytes | None = None, timeout: float | None = None) -> Completed:
@@ -194,6 +200,10 @@ class SshTransport:
         except (asyncssh.Error, OSError) as exc:
             raise self._lost(exc) from None
         if result.exit_status is None:
+            if result.exit_signal is None:
+                # OpenSSH over its MaxSessions closes the channel without a word (its log says
+                # "no more sessions"): the usual cause when the connection itself stays up.
+                raise LinkError(f"{self.host}: a command's session closed without an exit status: {SESSIONS_HINT}")
             raise LinkError(f"{self.host}: command ended without a status ({result.exit_signal})")
         return Completed(result.exit_status, _bytes(result.stdout), _bytes(result.stderr))
 

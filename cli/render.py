@@ -136,12 +136,14 @@ def executions_table(executions: list[ExecutionView], colour: bool) -> str:
 
 
 def container_text(container_id: str | None, cluster_job: str | None) -> str:
-    """`info`'s container: a Docker id cut short; a Slurm attempt as its job and its whole directory
-    (cut, "slurm:/srv/a" named nothing)."""
+    """`info`'s container: a Docker id cut short; a Slurm attempt as its job and its whole directory,
+    a plain process as its whole directory (cut, "slurm:/srv/a" or "/tmp/acc1-ro" named nothing)."""
     if not container_id:
         return "-"
     if container_id.startswith("slurm:"):
         return f"Slurm job {cluster_job or '(not known yet)'} in {container_id[len('slurm:'):]}"
+    if "/" in container_id:  # the process runtime's attempt directory: whole, or it names nothing
+        return f"process in {container_id}"
     return container_id[:12]
 
 

@@ -121,6 +121,9 @@ async def test_titles_vars_and_tags_are_checked_first_and_nothing_prints_raw(pla
     # info's text shows what the run was given: limits, variables, tags.
     assert "time limit:     1h30m\n" in info and "no-output limit: 1m30s\n" in info
     assert 'MODE = "fast"' in info and "tags:           t1\n" in info
+    # A plain process is named by its whole attempt directory (cut to 12 characters, it named nothing).
+    where = json.loads(run_cli(plain, "info", str(execution), "--json").stdout)["container_id"]
+    assert f"container:      process in {where}\n" in info, info
 
 
 def test_restart_adhoc_checks_the_working_tree_before_uploading(plain: Daemon, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import unicodedata
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -98,6 +99,18 @@ def shown(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
+def width(text: str) -> int:
+    """Terminal cells ``text`` takes: wide characters (CJK, most emoji) two, combining marks none."""
+    if text.isascii():
+        return len(text)
+    cells = 0
+    for ch in text:
+        if unicodedata.combining(ch) or ch in "\u200b\u200d\ufe0f":
+            continue
+        cells += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return cells
+
+
 def table(headers: list[str], rows: list[list[str]], widths_from_plain: list[list[str]] | None = None) -> str:
     """Left-aligned columns; ``widths_from_plain`` gives the uncoloured text for width math.
 
@@ -115,10 +128,10 @@ def table(headers: list[str], rows: list[list[str]], widths_from_plain: list[lis
     widths = [len(h) for h in headers]
     for row in plain:
         for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
+            widths[i] = max(widths[i], width(cell))
     lines = ["  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)).rstrip()]
     for row, plain_row in zip(rows, plain, strict=True):
-        cells = [cell + " " * (widths[i] - len(plain_row[i])) for i, cell in enumerate(row)]
+        cells = [cell + " " * (widths[i] - width(plain_row[i])) for i, cell in enumerate(row)]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 

@@ -262,3 +262,23 @@ async def submit_repo(client: Client, repo: Path, step: str, *, adhoc: bool = Fa
     if not await client.snapshot_has(snap.id):
         await client.snapshot_put(snap.id, snap.data)
     return await client.submit(step=step, snapshot=snap.id, commit=snap.commit, **kwargs)
+
+
+def wait_until_removed(container_id: str, timeout: float = 60) -> bool:
+    """Whether the engine removed the container within ``timeout``: its own wait for the removal
+    (a kill and a removal are two steps of `rm -f`, and `docker wait` returns after the first)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect("/var/run/docker.sock")
+        sock.sendall(f"POST /containers/{container_id}/wait?condition=removed HTTP/1.0\r\nHost: docker\r\n"
+                     "Content-Length: 0\r\n\r\n".encode())
+        answer = b""
+        try:
+            while chunk := sock.recv(1 << 16):
+                answer += chunk
+        except TimeoutError:
+            return False
+    status = int(answer.split(b" ", 2)[1])
+    return status in (200, 404)  # removed now, or already gone

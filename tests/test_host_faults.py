@@ -16,7 +16,7 @@ import pytest
 from runyard.protocol import Client
 from runyard.protocol.methods import ExecutionView
 
-from .conftest import Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_for_status
+from .conftest import Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_for_status, wait_until_removed
 from .pool import SshHost, start_hosts, wait_for_host
 
 # Serial: their grace periods are seconds, and one of them restarts the Docker engine everyone uses.
@@ -77,10 +77,7 @@ async def test_a_host_away_past_the_grace_loses_its_execution_and_its_container_
         # When the host comes back, the container it still runs for that execution is removed.
         host.start()
         await wait_for_host(client, held.host, {"ready"})
-        gone = subprocess.run(["docker", "wait", held.container_id], capture_output=True, text=True, timeout=60)
-        assert gone.returncode != 0 or "No such container" in gone.stderr or gone.stdout.strip()
-        inspect = subprocess.run(["docker", "inspect", held.container_id], capture_output=True, text=True)
-        assert inspect.returncode != 0, "the lost execution's container still exists"
+        assert wait_until_removed(held.container_id), "the lost execution's container still exists"
 
 
 async def test_with_retries_it_goes_back_to_the_queue_and_completes_elsewhere(two_hosts: TwoHosts) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from rich.text import Text
 from textual.widgets import DataTable, Label, Static, Tree
 from textual.widgets._toast import Toast

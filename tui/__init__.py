@@ -24,7 +24,8 @@ def run_tui(socket_path: str | None, *, readonly: bool = False) -> int:
         return 2
     app = RunyardApp(socket_path, readonly=readonly, metadata_columns=settings.columns, keymap=settings.keys)
     app.run()
-    return 0
+    # Textual shows an unhandled exception's traceback and sets 1; the command must not say it went well
+    return app.return_code or 0
 
 
 def binding_ids() -> list[tuple[str, str, str]]:

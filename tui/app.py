@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.notifications import SeverityLevel
 from textual.reactive import reactive
 
 from runyard.protocol import ConnectionLost, RemoteError, default_socket_path
@@ -82,6 +83,12 @@ class RunyardApp(App[None]):
         self.run_worker(self.link.run(), group="link", exit_on_error=False)
         self.set_interval(FLUSH_SECONDS, self._flush_events)
         self.set_interval(ACTIVE_REFRESH_SECONDS, self._refresh_active)
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """A toast, its text shown as written: toasts quote titles, commands and the daemon's errors,
+        and a ``[/]`` in one would be Rich markup (a crash); no toast here is styled."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
     # -- the daemon -------------------------------------------------------------
 

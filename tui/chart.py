@@ -16,6 +16,7 @@ from runyard.protocol import ConnectionLost, RemoteError
 from runyard.protocol.methods import MetadataPoint
 
 from .format import parse_time, value_text
+from .widgets import as_written
 
 if TYPE_CHECKING:
     from .app import RunyardApp
@@ -127,7 +128,7 @@ class MetadataPane(Vertical, can_focus=True):
                 # Every key's latest value, also of keys that the downsampled points leave out.
                 self.latest[i] = dict((await client.get(i)).metadata)
         except (ConnectionLost, RemoteError) as exc:
-            self.query_one("#chart-info", Static).update(f"[red]metadata unavailable: {exc}[/red]")
+            self.query_one("#chart-info", Static).update(Text(f"metadata unavailable: {exc}", style="red"))
             return
         if not self.keys:
             self.keys = numeric_keys(self.points.get(self.execution_id, []))[:3]
@@ -176,7 +177,9 @@ class MetadataPane(Vertical, can_focus=True):
         latest = self.latest
         keys = sorted({k for values in latest.values() for k in values if k != "_time"})
         for key in keys:
-            table.add_row(key, *[value_text(latest.get(i, {}).get(key, "")) for i in self.compare], key=key)
+            # a key or value is shown as written, not taken as Rich markup (``[/]`` would crash the table)
+            table.add_row(as_written(key), *[as_written(value_text(latest.get(i, {}).get(key, "")))
+                                             for i in self.compare], key=key)
 
     def action_choose_keys(self) -> None:
         from .dialogs import PromptScreen, some_of

@@ -234,9 +234,10 @@ class DetailScreen(Screen[None]):
             for part in p.parts[:-1]:
                 parent = parent / part
                 if parent not in folders:
-                    folders[parent] = node.add(part + "/", expand=False)
+                    # a snapshot's file names are the user's: shown as written, not as Rich markup
+                    folders[parent] = node.add(Text(part + "/"), expand=False)
                 node = folders[parent]
-            node.add_leaf(f"{p.name}  [dim]{size_text(size)}[/dim]", data=path)
+            node.add_leaf(Text.assemble(p.name, "  ", (size_text(size), "dim")), data=path)
         tree.root.expand()
 
     async def on_tree_node_selected(self, event: Tree.NodeSelected[Any]) -> None:

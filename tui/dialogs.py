@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
@@ -55,8 +56,9 @@ class ConfirmScreen(ModalScreen[bool]):
         more = len(self.targets) - len(shown)
         lines = "\n".join(f"  • {t}" for t in shown) + (f"\n  … and {more} more" if more else "")
         with Vertical():
-            yield Label(f"[b]{self.question}[/b]", id="question")
-            yield Static(lines, id="targets")
+            # the question and targets name titles and hosts: shown as written, never as Rich markup
+            yield Label(Text(self.question, style="bold"), id="question")
+            yield Static(Text(lines), id="targets")
             yield Label("[b]y[/b] / Enter: yes    [b]n[/b] / q / Esc: no", id="keys")
 
     def action_answer(self, yes: bool) -> None:
@@ -78,7 +80,7 @@ class PromptScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.label)
+            yield Label(self.label, markup=False)  # it may list metadata keys or quote a title
             yield Input(value=self.value, placeholder=self.placeholder, id="prompt-input",
                         select_on_focus=self.select)
 
@@ -116,7 +118,7 @@ class HelpScreen(ModalScreen[None]):
         from .keys import help_text
 
         with Vertical():
-            yield Label(f"[b]Keys: {self.origin.title or type(self.origin).__name__}[/b]")
+            yield Label(Text(f"Keys: {self.origin.title or type(self.origin).__name__}", style="bold"))
             with VerticalScroll(id="help-scroll"):
                 yield Static(help_text(self.origin), id="keys-table")
             yield Label("[b]q[/b] Esc [b]?[/b] close · [b]j k[/b] PgUp PgDn scroll · "

@@ -150,14 +150,14 @@ class HostsScreen(Screen[None]):
             _fill(gpus, GPU_COLUMNS, rows, self._shown)
             summary.update("no hosts configured")
             return
-        lines = [f"[b]{h.name}[/b] {h.address} · {h.runtime} · max {h.max_concurrent} at once"
+        lines = [f"[b]{escape(h.name)}[/b] {escape(h.address)} · {escape(h.runtime)} · max {h.max_concurrent} at once"
                  + ("" if h.scanned_at else " · not scanned yet")]
         if h.error:
             retry = (f" (failed {h.failed_attempts}×; next try in {h.retry_in_seconds:.0f} s)"
                      if h.retry_in_seconds is not None else "")
             lines.append(f"[red]{escape(h.error)}{retry}[/red]")
         for problem in h.problems:
-            lines.append(f"[yellow]{problem}[/yellow]")
+            lines.append(f"[yellow]{escape(problem)}[/yellow]")
         if h.cluster is not None:
             lines.append(escape(cluster_line(h.cluster)))
         summary.update("\n".join(lines))

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 import regex
+from rich.markup import escape
 from rich.text import Text
 from textual import events
 from textual.binding import Binding
@@ -529,7 +530,8 @@ class LogView(Widget, can_focus=True):
         if self.wrap:
             parts.append("wrap")
         if self.search_text:
-            parts.append(self._searching or f"search: {self.search_text!r}")
+            # the status line is markup (its colours): what the user typed is escaped into it
+            parts.append(self._searching or f"search: {escape(repr(self.search_text))}")
         text = " · ".join(parts)
         if text != self._last_status:  # every update costs the screen a repaint
             self._last_status = text

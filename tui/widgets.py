@@ -9,7 +9,7 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.containers import ScrollableContainer, VerticalScroll
 from textual.widgets import DataTable, Static, Tree
-from textual.widgets.data_table import Column
+from textual.widgets.data_table import Column, ColumnKey, RowKey
 
 
 class StatusBar(Static):
@@ -42,6 +42,7 @@ class StatusBar(Static):
             rack.styles.margin = (0, 0, self.size.height + above, 0)
 
     def say(self, text: str) -> None:
+        """Show ``text`` as written: it holds titles and the filter a user typed, never Rich markup."""
         self.left = text
         self._show()
 
@@ -54,7 +55,7 @@ class StatusBar(Static):
             return
         width = max(20, (self.size.width or app.size.width) - 2)
         user = f"{app.link.user}@" if app.link.user else ""
-        left = Text.from_markup(self.left)
+        left = Text(self.left)
         if app.frozen:
             left.append_text(Text.from_markup(" · [b]FROZEN[/b] (Z)"))
         right = Text.assemble(("●", "green"), f" {user}{app.socket_path} {state}")
@@ -64,6 +65,15 @@ class StatusBar(Static):
         if left.cell_len > room:
             left.truncate(max(1, room), overflow="ellipsis")
         self.update(Text.assemble(left, ("  │ ", "dim"), right))
+
+
+def as_written(cell: Any) -> Any:
+    """A table cell that DataTable shows as written: a string that Rich markup or an emoji code
+    (``[``, ``:``) would change becomes a Text; any other string is left one, since DataTable turns
+    only the rows it draws into text, and Text objects for a thousand rows cost the queue's rebuild."""
+    if isinstance(cell, str) and ("[" in cell or ":" in cell):
+        return Text(cell, end="")
+    return cell
 
 
 class VimTable(DataTable[Any], inherit_bindings=False):
@@ -88,6 +98,21 @@ class VimTable(DataTable[Any], inherit_bindings=False):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+
+    # DataTable takes a string cell or label as Rich markup: a title, tag, host name or metadata key
+    # holding ``[/]`` would crash the table, ``[b]`` would vanish. Every string here is shown as written.
+    def add_column(self, label: str | Text, *, width: int | None = None, key: str | None = None,
+                   default: Any = None) -> ColumnKey:
+        return super().add_column(as_written(label), width=width, key=key, default=default)
+
+    def add_row(self, *cells: Any, height: int | None = 1, key: str | None = None,
+                label: str | Text | None = None) -> RowKey:
+        return super().add_row(*map(as_written, cells), height=height, key=key,
+                               label=as_written(label) if isinstance(label, str) else label)
+
+    def update_cell(self, row_key: RowKey | str, column_key: ColumnKey | str, value: Any, *,
+                    update_width: bool = False) -> None:
+        super().update_cell(row_key, column_key, as_written(value), update_width=update_width)
 
     @property
     def ordered_columns(self) -> list[Column]:

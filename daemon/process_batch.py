@@ -81,7 +81,7 @@ REMOVE_SCRIPT: Final = (
     'echo "D ${c:-0} ${p:-0} $d"; '
     'if [ -n "$p" ] && ! [ -e "$r/exit_code" ] && grep -qF "$r/run.sh" "/proc/$p/cmdline" 2>/dev/null; then '
     '[ -n "$c" ] && env kill -KILL -- "-$c" 2>/dev/null; env kill -KILL -- "-$p" 2>/dev/null; fi; done; '
-    "echo .; find /proc -mindepth 2 -maxdepth 2 -name cwd -printf '%h %l\\n' 2>/dev/null; echo .; "
+    "echo .; find /proc/[0-9]*/cwd -maxdepth 0 -printf '%h %l\\n' 2>/dev/null; echo .; "
     "cat /proc/[0-9]*/stat 2>/dev/null; } | awk '"
     's == 0 && $0 == "." { s = 1; next } '
     # "D <command group> <wrapper group> <dir>" (0: none known); the dir is the rest of the line.

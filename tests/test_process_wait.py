@@ -95,14 +95,14 @@ async def test_removing_an_ended_execution_kills_what_it_left_running_as_a_conta
     try:
         for i in range(1, len(handles) + 1):
             await until(lambda: live_with_marker(f"1000.{marker}{i}"), f"sleep {i} to start")  # noqa: B023
-        await asyncio.wait_for(runtime.wait(background), 10)
+        waits = [asyncio.create_task(runtime.wait(h)) for h in (background, orphaned, lost)]  # one watcher
+        await asyncio.wait_for(asyncio.shield(waits[0]), 10)
         assert (await runtime.state(background)).exit_code == 0
         os.kill(int((Path(orphaned) / ".runyard" / "child.pid").read_text()), signal.SIGKILL)
         os.kill(int((Path(lost) / ".runyard" / "wrapper.pid").read_text()), signal.SIGKILL)
         os.kill(int((Path(wiped) / ".runyard" / "wrapper.pid").read_text()), signal.SIGKILL)
         subprocess.run(["rm", "-rf", wiped], check=True)
-        for handle in (orphaned, lost):
-            await asyncio.wait_for(runtime.wait(handle), 10)
+        await asyncio.wait_for(asyncio.gather(*waits), 10)
         assert (await runtime.state(orphaned)).exit_code == 128 + signal.SIGKILL
         assert (await runtime.state(lost)).exit_code == -1
         assert [bool(live_with_marker(f"1000.{marker}{i}")) for i in range(1, 5)] == [True] * 4  # all left running

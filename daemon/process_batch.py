@@ -60,18 +60,43 @@ ROUND_SCRIPT: Final = (
     "'"
 )
 
-# stdin: one execution directory a line. Like `docker rm -f`: what still runs there (an attempt
-# abandoned while its host was away) is killed, then the directories go. Only while its own
-# wrapper still runs (checked by its command line): then neither pid can have been reused, as the
-# wrapper has not reaped the command yet. One that recorded its exit status has reaped it.
+# stdin: one execution directory a line. Like `docker rm -f`: whatever still runs of the execution
+# is killed, then the directories go. As in Docker, where a container's end kills everything in it,
+# that includes what outlived the command: its background jobs, the command of a wrapper that was
+# killed, the children of a command that was killed. An execution that ended leaves nothing running.
+# The groups it knows (child.pid, the command's, and wrapper.pid's; each started with setsid) may
+# have been reused once empty, so a group is KILLed only
+# - while its own wrapper still runs (checked by its command line): it has not reaped the command,
+#   so neither pid can have been reused; or
+# - when a process of it works in the execution's directory (its /proc/PID/cwd is in it): a group's
+#   id is not reused while a process is in it, and no unrelated group works in this directory.
+# A directory removed behind runyard's back (no child.pid left) has its processes found by their
+# working directory alone, which the kernel then names "<path> (deleted)": those are KILLed.
+# For the whole batch, one `find` and one `cat` read every process's working directory and groups.
 REMOVE_SCRIPT: Final = (
-    'set --; while IFS= read -r d; do [ -n "$d" ] || continue; set -- "$@" "$d"; r="$d/.runyard"; '
-    '[ -e "$r/exit_code" ] && continue; p=; c=; '
+    'set --; while IFS= read -r d; do [ -n "$d" ] && set -- "$@" "$d"; done; [ "$#" -eq 0 ] && exit 0; '
+    '{ for d; do r="$d/.runyard"; p=; c=; '
     '{ read -r p < "$r/wrapper.pid"; } 2>/dev/null; { read -r c < "$r/child.pid"; } 2>/dev/null; '
-    'case "$p" in ""|*[!0-9]*|0|1) continue;; esac; case "$c" in ""|*[!0-9]*|0|1) c="";; esac; '
-    'if grep -qF "$r/run.sh" "/proc/$p/cmdline" 2>/dev/null; then '
-    '[ -n "$c" ] && env kill -KILL -- "-$c" 2>/dev/null; env kill -KILL -- "-$p" 2>/dev/null; fi; '
-    'done; [ "$#" -eq 0 ] || rm -rf -- "$@"'
+    'case "$p" in ""|*[!0-9]*|0|1) p=;; esac; case "$c" in ""|*[!0-9]*|0|1) c=;; esac; '
+    'echo "D ${c:-0} ${p:-0} $d"; '
+    'if [ -n "$p" ] && ! [ -e "$r/exit_code" ] && grep -qF "$r/run.sh" "/proc/$p/cmdline" 2>/dev/null; then '
+    '[ -n "$c" ] && env kill -KILL -- "-$c" 2>/dev/null; env kill -KILL -- "-$p" 2>/dev/null; fi; done; '
+    "echo .; find /proc/[0-9]*/cwd -maxdepth 0 -printf '%h %l\\n' 2>/dev/null; echo .; "
+    "cat /proc/[0-9]*/stat 2>/dev/null; } | awk '"
+    's == 0 && $0 == "." { s = 1; next } '
+    # "D <command group> <wrapper group> <dir>" (0: none known); the dir is the rest of the line.
+    's == 0 { d = $0; sub(/^D [0-9]+ [0-9]+ /, "", d); sub(/\\/+$/, "", d); dir[d] = 1; '
+    'if ($2 > 1) grp[$2 " " d] = 1; if ($3 > 1) grp[$3 " " d] = 1; else if ($2 <= 1) gone[d] = 1; next } '
+    's == 1 && $0 == "." { s = 2; next } '
+    # "/proc/<pid> <cwd>": the nearest execution directory up its working directory's path, if any.
+    's == 1 { pid = substr($1, 7); w = substr($0, length($1) + 2); deleted = sub(/ \\(deleted\\)$/, "", w); '
+    'while (w != "" && !(w in dir)) if (!sub(/\\/[^\\/]*$/, "", w)) w = ""; '
+    'if (w != "") { at[pid] = w; if (deleted && (w in gone)) x = x " " pid } next } '
+    # /proc/<pid>/stat: "pid (comm) state ppid pgrp ..."; comm may hold anything, so cut at its last ") ".
+    's == 2 { pid = $1; if (!(pid in at)) next; sub(/^.*\\) /, ""); k = $3 " " at[pid]; '
+    'if ((k in grp) && !(k in hit)) { hit[k] = 1; x = x " -" $3 } } '
+    'END { if (x != "") system("env kill -KILL -- " x " 2>/dev/null") }\'; '
+    'rm -rf -- "$@"'
 )
 
 

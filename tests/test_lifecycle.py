@@ -43,6 +43,7 @@ from .conftest import Daemon, make_repo, run_cli, step_yaml, submit_repo, wait_f
 from .pool import free_port, make_client_key, wait_for_host
 from .test_host_faults import TwoHosts, two_hosts  # noqa: F401  (the fixture)
 from .test_pool import Pool, connect, make_pool, process_pool  # noqa: F401  (the fixture)
+from .test_process_wait import live_with_marker, until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,8 +150,8 @@ def _remove_containers(daemon_id: str, execution_id: int) -> None:
 
 def _remove_process(work: Path) -> None:
     """What a host reboot with a wiped scratch disk does to a process-runtime execution."""
-    pid = int((work / ".runyard" / "wrapper.pid").read_text())
-    os.killpg(os.getpgid(pid), signal.SIGKILL)
+    for name in ("wrapper.pid", "child.pid"):  # the command runs in a process group of its own
+        os.killpg(int((work / ".runyard" / name).read_text()), signal.SIGKILL)
     subprocess.run(["rm", "-rf", str(work)], check=True)
 
 
@@ -379,6 +380,35 @@ async def test_stop_all_of_local_processes_terms_each_command_and_kills_what_out
     stubborn = logs["stubborn"]
     assert "TERM ignored" in stubborn and "still here" in stubborn[stubborn.index("TERM ignored"):], stubborn
     assert views["stubborn"].exit_code == 128 + signal.SIGKILL
+
+
+async def test_an_ended_plain_process_execution_leaves_nothing_running_as_a_container_would(
+        daemon_factory: type[Daemon], tmp_path: Path) -> None:
+    """A container's end kills everything in it; so does the end of a plain-process execution: a
+    background job of a command that exited, and the command of a wrapper killed with -9."""
+    marker = f"1000.{os.getpid()}{id(tmp_path) % 1000}"
+    daemon = daemon_factory(local_extra='runtime = "process"')
+    daemon.start()
+    repo = make_repo(tmp_path / "repo", {"valohai.yaml": (
+        step_yaml("background", f"sleep {marker}1 & echo started") + step_yaml("held", f"sleep {marker}2"))})
+    try:
+        async with await Client.connect(daemon.socket) as client:
+            background = await submit_repo(client, repo, "background")
+            held = await wait_for_status(client, (await submit_repo(client, repo, "held")).id, {"started"})
+            ended = await wait_for_status(client, background.id, timeout=30)
+            assert ended.status == "complete"
+            control = daemon.data_dir / "work" / str(held.id) / ".runyard"
+            await until(lambda: live_with_marker(f"{marker}2"), "its command to start")
+            os.kill(int((control / "wrapper.pid").read_text()), signal.SIGKILL)
+            ended = await wait_for_status(client, held.id, timeout=30)
+            assert (ended.status, ended.reason) == ("error", "process-lost")
+            for e in (background, held):  # its end recorded, then its attempt removed
+                await until(lambda: not (daemon.data_dir / "work" / str(e.id)).exists(),  # noqa: B023
+                            f"execution {e.id}'s removal")
+            assert (live_with_marker(f"{marker}1"), live_with_marker(f"{marker}2")) == ([], [])
+    finally:
+        for pid in live_with_marker(marker):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slow

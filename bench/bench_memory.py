@@ -33,10 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_queue import QuietDaemon  # noqa: E402
-from bench.bench_tui import SIZE  # noqa: E402
+from bench.bench_tui import painted  # noqa: E402
 from bench.common import save  # noqa: E402
 from runyard.protocol import Client  # noqa: E402
-from runyard.tui.app import RunyardApp  # noqa: E402
 from tests.conftest import Daemon, make_repo, step_yaml, submit_repo  # noqa: E402
 
 
@@ -74,14 +73,9 @@ async def settled_rss(daemon: Daemon) -> dict[str, Any]:
 
 
 async def first_paint(daemon: Daemon) -> dict[str, Any]:
-    started = time.perf_counter()
-    app = RunyardApp(daemon.socket)
-    async with app.run_test(size=SIZE) as pilot:
-        await app.loaded.wait()
-        await pilot.pause()  # the table is built and laid out
-        painted = time.perf_counter() - started
-        rows = app.screen.query_one("#queue-table").row_count  # type: ignore[attr-defined]
-    return {"first_paint_s": round(painted, 3), "rows_loaded": rows}
+    async with painted(daemon) as (_, _, seconds, rows):
+        pass
+    return {"first_paint_s": round(seconds, 3), "rows_loaded": rows}
 
 
 async def one(root: Path, repo: Path, stored: list[int], queued: int, paint: bool) -> list[dict[str, Any]]:

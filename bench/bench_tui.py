@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from textual.pilot import Pilot  # noqa: E402
 
 from bench.common import save  # noqa: E402
 from runyard.protocol import Client  # noqa: E402
@@ -66,15 +70,22 @@ def seed(daemon: Daemon, executions: int, log_lines: int) -> None:
                              for n in range(first + 1, min(log_lines, first + block) + 1)))
 
 
-async def first_paint_and_log_open(daemon: Daemon, expected_rows: int, log_lines: int) -> dict[str, float]:
+@contextlib.asynccontextmanager
+async def painted(daemon: Daemon) -> AsyncIterator[tuple[RunyardApp, Pilot[None], float, int]]:
+    """The TUI against ``daemon`` once its queue is loaded and laid out: the app, its pilot, the
+    seconds from creating the app to that first paint, and the queue's rows then."""
     started = time.perf_counter()
     app = RunyardApp(daemon.socket)
     async with app.run_test(size=SIZE) as pilot:
         await app.loaded.wait()
         await pilot.pause()  # the table is built and laid out
-        painted = time.perf_counter() - started
-        table = app.screen.query_one("#queue-table")
-        rows = table.row_count  # type: ignore[attr-defined]
+        seconds = time.perf_counter() - started
+        rows = app.screen.query_one("#queue-table").row_count  # type: ignore[attr-defined]
+        yield app, pilot, seconds, rows
+
+
+async def first_paint_and_log_open(daemon: Daemon, expected_rows: int, log_lines: int) -> dict[str, float]:
+    async with painted(daemon) as (app, pilot, painted_s, rows):
         newest = max(app.cache.views)
         opens: list[float] = []
         mounted: asyncio.Queue[LogView] = asyncio.Queue()
@@ -96,7 +107,7 @@ async def first_paint_and_log_open(daemon: Daemon, expected_rows: int, log_lines
             await pilot.pause()
         LogView.on_mount = original  # type: ignore[method-assign]
     assert rows <= expected_rows
-    return {"first_paint_s": painted, "rows_loaded": rows, "log_open_s": statistics.median(opens),
+    return {"first_paint_s": painted_s, "rows_loaded": rows, "log_open_s": statistics.median(opens),
             "log_open_max_s": max(opens)}
 
 

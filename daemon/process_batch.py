@@ -122,6 +122,14 @@ def _settle(waiters: list[asyncio.Future[None]], error: BaseException | None = N
                 waiter.set_exception(error)
 
 
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel a batcher's worker and wait until it has let go of its command."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class Stopper:
     """The stops under way on one host: one command per round for all of them."""
 
@@ -147,10 +155,7 @@ class Stopper:
     async def close(self) -> None:
         """The host's connection is going: stops under way fail as its commands would."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _cancel(task)
         self._fail(LinkError(f"{self._host}: connection closed while stopping"))
 
     def _fail(self, error: BaseException) -> None:
@@ -246,10 +251,7 @@ class Batched:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _cancel(task)
         pending, self._pending = self._pending, []
         _settle([w for _, w in pending], LinkError(f"{self._what}: connection closed"))
 

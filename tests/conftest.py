@@ -178,11 +178,11 @@ class Daemon:
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
 
 
-def plain_process_daemon() -> Iterator[Daemon]:
+def plain_process_daemon(extra_config: str = "") -> Iterator[Daemon]:
     """The body of a module-scoped fixture: one daemon for a whole test module, running plain
     processes on this machine (4 at a time, a 2 s stop grace), killed at the end."""
     daemon = Daemon(root=Path(tempfile.mkdtemp(prefix="ry-", dir="/tmp")), stop_grace=2,
-                    local_extra='runtime = "process"\n')
+                    local_extra='runtime = "process"\n', extra_config=extra_config)
     daemon.start()
     yield daemon
     assert daemon.process is not None

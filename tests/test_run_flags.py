@@ -5,9 +5,7 @@ per-run time limits, `restart N` with changes (copy execution), and the Valohai 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import tempfile
 import textwrap
 import time
 import uuid
@@ -17,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import BASE_IMAGE, Daemon, make_repo, run_cli
+from .conftest import BASE_IMAGE, Daemon, make_repo, plain_process_daemon, run_cli
 
 # Reaches the command as an environment variable, never as shell text: it must arrive as typed.
 TRICKY = """it's $(touch /tmp/ry-pwned) `id` "q" \\ ; | & *"""
@@ -63,14 +61,7 @@ STEPS = f"""\
 @pytest.fixture(scope="module")
 def plain(docker_engine: None) -> Iterator[Daemon]:
     """One daemon for the module, running plain processes: the flags are the point, not Docker."""
-    daemon = Daemon(root=Path(tempfile.mkdtemp(prefix="ry-", dir="/tmp")), stop_grace=2,
-                    local_extra='runtime = "process"\n', extra_config='[secrets]\nRUN_TOKEN = "s3cr3t-value"\n')
-    daemon.start()
-    yield daemon
-    assert daemon.process is not None
-    daemon.process.kill()
-    daemon.process.wait()
-    shutil.rmtree(daemon.root, ignore_errors=True)
+    yield from plain_process_daemon(extra_config='[secrets]\nRUN_TOKEN = "s3cr3t-value"\n')
 
 
 def cli_json(daemon: Daemon, *args: str, cwd: Path | None = None) -> Any:

@@ -302,7 +302,10 @@ async def _until_ended(client: Client, eid: int, workload: Workload) -> Executio
         view = await client.get(eid)
         if view.status in ("complete", "error", "stopped"):
             return view
-        if view.step in ("hold", "vanish") and view.status == "started" and eid not in workload.stopped:
+        # What vanished ends on its own once the daemon sees it gone; a stop sent before that (its host
+        # still reattaching) would be obeyed, and it would end stopped instead.
+        if (view.step in ("hold", "vanish") and view.status == "started" and eid not in workload.stopped
+                and eid not in workload.vanished):
             await client.stop([eid])
             workload.stopped.add(eid)
         assert time.monotonic() < deadline, f"execution {eid} never ended: {view.status}"
